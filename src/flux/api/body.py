@@ -1,0 +1,41 @@
+"""Reading request bodies with their size limit enforced while they stream in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+
+from flux.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
+from flux.events import decode_json, describe
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it passes `limit` bytes (a declared
+    Content-Length over the limit is refused before anything is read)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(int(declared), limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_json_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not (content_type == "application/json" or content_type.endswith("+json")):
+        raise UnsupportedMediaType("Expected request with `Content-Type: application/json`")
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body from an endpoint that insists on `Content-Type: application/json`."""
+    require_json_content_type(request)
+    doc = decode_json(await read_body(request, limit))
+    if type(doc) is not dict:
+        raise ValidationError(f"invalid type: {describe(doc)}, expected a JSON object")
+    return doc

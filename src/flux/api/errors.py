@@ -1,0 +1,64 @@
+"""The one place that maps errors to HTTP: status code plus `{"error": "..."}`."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flux import errors
+
+logger = logging.getLogger("flux.api")
+
+STATUS: dict[type[errors.FluxError], int] = {
+    errors.ValidationError: 400,
+    errors.AuthError: 401,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.RateLimited: 429,
+    errors.LogUnavailable: 503,
+    errors.LogError: 500,
+}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps({"error": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def status_of(exc: errors.FluxError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+async def flux_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.FluxError)
+    headers = None
+    if isinstance(exc, errors.RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+    status = status_of(exc)
+    if status >= 500:
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(status, exc.message, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("%s %s raised", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal server error")

@@ -1,0 +1,279 @@
+"""Settings: one table of (name, environment variable, default, help), read once into a frozen
+`Settings` and passed down. Nothing else in Flux reads `os.environ`.
+
+The runtime-mutable subset (`RUNTIME_SETTINGS`) is what the admin config endpoint may change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable and the value."""
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text.strip())
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text.strip())
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text.strip())
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _optional_text(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    runtime: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "FLUX_HOST", "127.0.0.1", _text, "Address the server binds to."),
+    Setting("port", "PORT", 3000, _port, "TCP port of the HTTP and WebSocket API."),
+    Setting(
+        "data_dir",
+        "FLUX_DATA_DIR",
+        "./flux-data",
+        _text,
+        "Directory holding the event log (SQLite) and the state snapshots.",
+    ),
+    Setting(
+        "event_log",
+        "FLUX_EVENT_LOG",
+        "",
+        _text,
+        "Event log backend URL; empty means sqlite:///<data_dir>/events.db.",
+    ),
+    Setting(
+        "snapshot_interval_seconds",
+        "FLUX_SNAPSHOT_INTERVAL_SECONDS",
+        300,
+        _positive_int,
+        "Write a state snapshot at least this often while events arrive.",
+    ),
+    Setting(
+        "snapshot_every_events",
+        "FLUX_SNAPSHOT_EVERY_EVENTS",
+        100_000,
+        _positive_int,
+        "Write a state snapshot once this many events arrived since the last one.",
+    ),
+    Setting(
+        "snapshot_keep",
+        "FLUX_SNAPSHOT_KEEP",
+        3,
+        _positive_int,
+        "How many snapshots to keep (newest first).",
+    ),
+    Setting(
+        "retention_max_age_seconds",
+        "FLUX_RETENTION_MAX_AGE_SECONDS",
+        0,
+        _non_negative_int,
+        "Drop logged events older than this once a snapshot covers them; 0 keeps them forever.",
+    ),
+    Setting(
+        "retention_max_events",
+        "FLUX_RETENTION_MAX_EVENTS",
+        0,
+        _non_negative_int,
+        "Keep at most this many logged events (older ones go once a snapshot covers them); "
+        "0 means no cap.",
+    ),
+    Setting(
+        "auth_enabled",
+        "FLUX_AUTH_ENABLED",
+        False,
+        _bool,
+        "Require namespace tokens for writes.",
+    ),
+    Setting(
+        "admin_token",
+        "FLUX_ADMIN_TOKEN",
+        None,
+        _optional_text,
+        "Bearer token that guards admin operations (runtime config, namespaces).",
+    ),
+    Setting(
+        "rate_limit_enabled",
+        "FLUX_RATE_LIMIT_ENABLED",
+        True,
+        _bool,
+        "Limit events per namespace per minute.",
+        runtime=True,
+    ),
+    Setting(
+        "rate_limit_per_namespace_per_minute",
+        "FLUX_RATE_LIMIT_PER_NAMESPACE_PER_MINUTE",
+        10_000,
+        _positive_int,
+        "Events one namespace may publish per minute.",
+        runtime=True,
+    ),
+    Setting(
+        "body_size_limit_single_bytes",
+        "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES",
+        1_048_576,
+        _positive_int,
+        "Largest body accepted by POST /api/events and the other JSON endpoints.",
+        runtime=True,
+    ),
+    Setting(
+        "body_size_limit_batch_bytes",
+        "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES",
+        10_485_760,
+        _positive_int,
+        "Largest body accepted by POST /api/events/batch.",
+        runtime=True,
+    ),
+    Setting(
+        "max_batch_delete",
+        "FLUX_MAX_BATCH_DELETE",
+        10_000,
+        _positive_int,
+        "Most entities one POST /api/state/entities/delete may remove.",
+        runtime=True,
+    ),
+    Setting(
+        "log_level",
+        "FLUX_LOG_LEVEL",
+        "info",
+        _text,
+        "Server log level: debug, info, warning or error.",
+    ),
+)
+
+RUNTIME_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.runtime)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    data_dir: str = "./flux-data"
+    event_log: str = ""
+    snapshot_interval_seconds: int = 300
+    snapshot_every_events: int = 100_000
+    snapshot_keep: int = 3
+    retention_max_age_seconds: int = 0
+    retention_max_events: int = 0
+    auth_enabled: bool = False
+    admin_token: str | None = None
+    rate_limit_enabled: bool = True
+    rate_limit_per_namespace_per_minute: int = 10_000
+    body_size_limit_single_bytes: int = 1_048_576
+    body_size_limit_batch_bytes: int = 10_485_760
+    max_batch_delete: int = 10_000
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+        """Build settings from an environment mapping; keyword overrides (e.g. CLI flags that
+        were given) win. Raises ConfigError naming the variable and its bad value."""
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            raw = env.get(setting.env)
+            if raw is None:
+                continue
+            try:
+                values[setting.name] = setting.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def event_log_url(self) -> str:
+        return self.event_log or f"sqlite:///{self.data_dir}/events.db"
+
+
+def _check_table() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for setting in SETTINGS:
+        assert fields.get(setting.name, object()) == setting.default, setting.name
+    assert set(fields) == {s.name for s in SETTINGS}
+
+
+_check_table()
+
+
+def _runtime_value(name: str, value: Any) -> Any:
+    """Check one runtime setting's new value (from JSON); raises ValueError naming the problem."""
+    default = next(s.default for s in SETTINGS if s.name == name)
+    if isinstance(default, bool):
+        if type(value) is not bool:
+            raise ValueError(f"{name} must be true or false")
+        return value
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"{name} must be a positive integer")
+    return value
+
+
+@dataclass
+class RuntimeConfig:
+    """The settings an admin may change while the server runs (`RUNTIME_SETTINGS`)."""
+
+    rate_limit_enabled: bool = True
+    rate_limit_per_namespace_per_minute: int = 10_000
+    body_size_limit_single_bytes: int = 1_048_576
+    body_size_limit_batch_bytes: int = 10_485_760
+    max_batch_delete: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeConfig:
+        return cls(**{name: getattr(settings, name) for name in RUNTIME_SETTINGS})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RUNTIME_SETTINGS}
+
+    def validated(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The known keys of `changes`, checked; unknown keys are ignored (as in the original).
+        Raises ValueError on the first bad value."""
+        return {
+            name: _runtime_value(name, value)
+            for name, value in changes.items()
+            if name in RUNTIME_SETTINGS
+        }
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        for name, value in self.validated(changes).items():
+            setattr(self, name, value)

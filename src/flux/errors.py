@@ -1,0 +1,60 @@
+"""The Flux error tree. No HTTP in here: `flux.api.errors` maps each class to a status code."""
+
+from __future__ import annotations
+
+
+class FluxError(Exception):
+    """Root of every error Flux raises on purpose. `message` is what the client reads."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(FluxError):
+    """The request is malformed: bad JSON, a missing field, a rule broken (400)."""
+
+
+class UnsupportedMediaType(FluxError):
+    """A JSON endpoint got a body that does not say it is JSON (415)."""
+
+
+class AuthError(FluxError):
+    """No credential, or one that is not valid (401)."""
+
+
+class Forbidden(FluxError):
+    """A valid credential that may not do this (403)."""
+
+
+class NotFound(FluxError):
+    """The thing asked for does not exist (404)."""
+
+
+class Conflict(FluxError):
+    """The request clashes with what exists (409)."""
+
+
+class PayloadTooLarge(FluxError):
+    """The body is over its limit (413)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__("payload too large")
+        self.size = size
+        self.limit = limit
+
+
+class RateLimited(FluxError):
+    """Too many events for the namespace; retry after `retry_after` seconds (429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("rate limit exceeded")
+        self.retry_after = retry_after
+
+
+class LogError(FluxError):
+    """The event log failed (the event is not stored)."""
+
+
+class LogUnavailable(LogError):
+    """The log cannot take writes now: disk full, I/O error, log closed (503)."""

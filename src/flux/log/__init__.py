@@ -1,0 +1,81 @@
+"""The event log: one protocol, several backends (chosen by URL in `open_log`).
+
+Contract (tests/log/contract.py runs it against every backend):
+- `start(on_records)` opens the log; from then on every committed record reaches `on_records`
+  exactly once, in sequence order, on the event loop, including records other writers appended
+  (a shared log). The callback must not block.
+- `append(entries)` makes the entries durable and returns after `on_records` has seen them, with
+  their sequence numbers. An entry whose `eventId` is already in the log is not appended again: its
+  result points at the stored record and says `duplicate`.
+- `read(after_seq)` iterates over committed records with a sequence above `after_seq`, in order,
+  in batches; `history(...)` answers an entity's newest stored events.
+- Errors are `flux.errors.LogError` subclasses; driver errors never leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import NamedTuple, Protocol
+
+from flux.events import Event
+
+
+class Entry(NamedTuple):
+    """One event on its way into the log, already encoded."""
+
+    event: Event
+    event_id: str
+    entity_id: str | None
+    data: bytes  # the compact JSON of `event`
+
+
+class Record(NamedTuple):
+    """One committed event: its sequence, when it was logged (µs) and the event."""
+
+    seq: int
+    at: int
+    event: Event
+
+
+class Appended(NamedTuple):
+    seq: int
+    at: int
+    duplicate: bool
+
+
+OnRecords = Callable[[list[Record]], None]
+
+
+class EventLog(Protocol):
+    async def start(self, on_records: OnRecords) -> None: ...
+
+    async def append(self, entries: Sequence[Entry]) -> list[Appended]: ...
+
+    def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]: ...
+
+    async def history(self, entity_id: str, since_us: int, limit: int) -> list[bytes]: ...
+
+    async def first_seq(self) -> int:
+        """Lowest sequence still stored (last_seq + 1 when empty)."""
+        ...
+
+    async def last_seq(self) -> int: ...
+
+    async def prune(self, upto_seq: int, before_us: int | None, keep_events: int | None) -> int:
+        """Drop records at or below `upto_seq` that are older than `before_us` or beyond the
+        newest `keep_events`; returns how many went."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_log(url: str) -> EventLog:
+    """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"event log URL {url!r} has no scheme; expected sqlite:///PATH")
+    if scheme == "sqlite":
+        from flux.log.sqlite import SQLiteLog
+
+        return SQLiteLog(rest[1:] if rest.startswith("/") else rest)
+    raise ValueError(f"unknown event log scheme {scheme!r} in {url!r}; known: sqlite")

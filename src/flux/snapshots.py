@@ -1,0 +1,75 @@
+"""Snapshot files: gzip-compressed engine state, one file per snapshot, named by sequence.
+
+Writes are atomic: temp file, fsync, rename, fsync of the directory. gzip's CRC and length
+trailer make a torn or corrupted file fail to load, so start-up falls back to an older one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+from pathlib import Path
+
+logger = logging.getLogger("flux.snapshots")
+
+_NAME = re.compile(r"snapshot-(\d{20})\.json\.gz")
+
+
+class SnapshotStore:
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def save(self, data: bytes, seq: int) -> Path:
+        """Write one snapshot durably and drop the oldest beyond `keep`. Blocking: call it in a
+        thread. Raises OSError."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"snapshot-{seq:020d}.json.gz"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+                gz.write(data)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.directory)
+        for old in self.paths()[self.keep :]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def paths(self) -> list[Path]:
+        """Snapshot files, newest (highest sequence) first."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if _NAME.fullmatch(p.name)]
+        return sorted(found, key=lambda p: p.name, reverse=True)
+
+    @staticmethod
+    def sequence_of(path: Path) -> int:
+        match = _NAME.fullmatch(path.name)
+        if match is None:
+            raise ValueError(f"not a snapshot file name: {path.name}")
+        return int(match.group(1))
+
+    @staticmethod
+    def load(path: Path) -> bytes:
+        """The snapshot's bytes. Raises OSError, EOFError or gzip.BadGzipFile when the file is
+        unreadable, truncated or corrupted."""
+        with gzip.open(path, "rb") as gz:
+            return gz.read()
+
+    def clean_temp_files(self) -> None:
+        if self.directory.is_dir():
+            for tmp in self.directory.glob("snapshot-*.tmp"):
+                logger.info("removing unfinished snapshot %s", tmp.name)
+                tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
