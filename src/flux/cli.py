@@ -1,16 +1,28 @@
 """The `flux` command: `flux serve` runs the server; the other commands talk to one over HTTP,
-mirroring scripts/flux.sh."""
+mirroring scripts/flux.sh (see docs/cli.md).
+
+Exit codes: 0 success, 1 the request failed (server error, unreachable server, missing admin
+token), 2 usage error (bad arguments, invalid JSON).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import click
+import httpx
 
 from flux import __version__
+from flux._output import JsonArgument, echo_json, progress
+from flux.client import DEFAULT_URL, FluxClient, FluxClientError, FluxConnectionError
 from flux.config import SETTINGS, ConfigError, Settings
+from flux.events import now_ms
 
 
 def _settings_help() -> str:
@@ -20,14 +32,67 @@ def _settings_help() -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@dataclass
+class ClientOptions:
+    """What the client commands need, set by the group's options (tests may pre-set `transport`
+    through `CliRunner.invoke(..., obj=ClientOptions(transport=...))`)."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    admin_token: str | None = None
+    pretty: bool | None = None
+    transport: httpx.BaseTransport | None = None
+
+    def client(self) -> FluxClient:
+        return FluxClient(
+            self.url, token=self.token, admin_token=self.admin_token, transport=self.transport
+        )
+
+
+ENV_HELP = """\b
+Environment:
+  FLUX_URL          server address [default: http://localhost:3000]
+  FLUX_TOKEN        bearer token sent on every request (namespace token)
+  FLUX_ADMIN_TOKEN  bearer token for `flux admin-config JSON` (runtime config updates)
+  FLUX_PRETTY       1: always indent JSON output, 0: always compact
+
+\b
+Exit codes: 0 success, 1 request failed or server unreachable, 2 usage error."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENV_HELP)
 @click.version_option(__version__, prog_name="flux")
-def main() -> None:
+@click.option(
+    "--url",
+    envvar="FLUX_URL",
+    default=DEFAULT_URL,
+    show_default=True,
+    metavar="URL",
+    help="Flux server the client commands talk to [$FLUX_URL].",
+)
+@click.option(
+    "--pretty/--compact",
+    envvar="FLUX_PRETTY",
+    default=None,
+    help="Indent JSON output, or print it on one line [default: indent only on a terminal].",
+)
+@click.pass_context
+def main(ctx: click.Context, url: str, pretty: bool | None) -> None:
     """Flux: publish events and query shared world state.
 
     Start a server with `flux serve`; the other commands talk to the server at $FLUX_URL
     (default http://localhost:3000), with $FLUX_TOKEN as bearer token when set.
+
+    \b
+    Example:
+      flux publish sensors agent-01 dawn-coral/sensor-01 '{"temperature":22.5}'
+      flux get dawn-coral/sensor-01
     """
+    options = ctx.ensure_object(ClientOptions)
+    options.url = url
+    options.pretty = pretty
+    options.token = os.environ.get("FLUX_TOKEN") or None
+    options.admin_token = os.environ.get("FLUX_ADMIN_TOKEN") or None
 
 
 @main.command(epilog=_settings_help())
@@ -75,3 +140,249 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
     server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+
+def _options() -> ClientOptions:
+    return click.get_current_context().ensure_object(ClientOptions)
+
+
+@contextlib.contextmanager
+def _flux() -> Iterator[FluxClient]:
+    """A client for the current command; a failed request becomes `Error: <message> (HTTP n)`
+    on stderr and exit status 1."""
+    try:
+        with _options().client() as client:
+            yield client
+    except FluxClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _show(value: Any) -> None:
+    echo_json(value, _options().pretty)
+
+
+def _with_timestamps(events: list[Any], timestamp: int) -> list[Any]:
+    """The events, each object without a `timestamp` given this one (the API requires it)."""
+    return [
+        {**event, "timestamp": timestamp}
+        if isinstance(event, dict) and "timestamp" not in event
+        else event
+        for event in events
+    ]
+
+
+@main.command()
+@click.argument("stream")
+@click.argument("source")
+@click.argument("entity_id")
+@click.argument("properties_json", type=JsonArgument(dict))
+@click.option(
+    "--timestamp", type=click.IntRange(min=1), help="Event time in epoch ms [default: now]."
+)
+def publish(
+    stream: str,
+    source: str,
+    entity_id: str,
+    properties_json: dict[str, Any],
+    timestamp: int | None,
+) -> None:
+    """Publish an event that sets properties on an entity.
+
+    Only the properties given change; the entity's other properties are kept.
+
+    \b
+    STREAM           event stream: lowercase letters, digits and dots (sensors, system)
+    SOURCE           who is publishing (agent-01)
+    ENTITY_ID        the entity, prefixed with your namespace (dawn-coral/sensor-01)
+    PROPERTIES_JSON  JSON object of properties to set ('-' reads it from stdin)
+
+    \b
+    Example:
+      flux publish sensors agent-01 dawn-coral/sensor-01 '{"temperature":22.5,"unit":"C"}'
+    """
+    progress("Publishing event to Flux...")
+    with _flux() as flux:
+        _show(flux.publish(stream, source, entity_id, properties_json, timestamp))
+
+
+@main.command()
+@click.argument("events_json", type=JsonArgument(list, dict))
+def batch(events_json: list[Any] | dict[str, Any]) -> None:
+    """Publish several events in one request.
+
+    Events without a `timestamp` get the current time. Exits 1 if any event was
+    rejected; the others are stored all the same (see `results`).
+
+    \b
+    EVENTS_JSON  JSON array of events, or {"events": [...]} ('-' reads stdin); each event
+                 is {"stream", "source", "payload": {"entity_id", "properties"}}
+
+    \b
+    Example:
+      flux batch '[{"stream":"sensors","source":"agent-01",
+                    "payload":{"entity_id":"dawn-coral/sensor-01","properties":{"temp":22}}}]'
+    """
+    events = events_json.get("events") if isinstance(events_json, dict) else events_json
+    if not isinstance(events, list):
+        raise click.BadParameter(
+            'expected an array of events or {"events": [...]}', param_hint="EVENTS_JSON"
+        )
+    progress("Publishing batch to Flux...")
+    with _flux() as flux:
+        result = flux.batch(_with_timestamps(events, now_ms()))
+    _show(result)
+    failed = result.get("failed", 0)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(events)} event(s) rejected (see results)")
+
+
+@main.command()
+@click.argument("entity_id")
+def get(entity_id: str) -> None:
+    """Show an entity's current state.
+
+    The state holds every property published to the entity, merged (last write wins).
+
+    \b
+    ENTITY_ID  the entity (dawn-coral/sensor-01)
+
+    \b
+    Example:
+      flux get dawn-coral/temp-sensor-01
+    """
+    with _flux() as flux:
+        _show(flux.get(entity_id))
+
+
+@main.command(name="list")
+@click.option("--prefix", metavar="P", help="Only ids starting with P (scada/).")
+@click.option("--namespace", metavar="NS", help="Only ids in namespace NS (the part before '/').")
+def list_(prefix: str | None, namespace: str | None) -> None:
+    """List entities, optionally filtered.
+
+    With both --prefix and --namespace, an entity must match both.
+
+    \b
+    Examples:
+      flux list
+      flux list --prefix scada/
+      flux list --namespace dawn-coral
+    """
+    with _flux() as flux:
+        _show(flux.list(prefix=prefix, namespace=namespace))
+
+
+@main.command()
+@click.argument("entity_id")
+def delete(entity_id: str) -> None:
+    """Delete an entity.
+
+    The deletion is logged as an event; publishing to the id again re-creates it.
+
+    \b
+    ENTITY_ID  the entity (dawn-coral/sensor-01)
+
+    \b
+    Example:
+      flux delete test/old-entity
+    """
+    progress(f"Deleting entity {entity_id}...")
+    with _flux() as flux:
+        _show(flux.delete(entity_id))
+
+
+@main.command(name="batch-delete")
+@click.argument("filter_json", type=JsonArgument(dict))
+def batch_delete(filter_json: dict[str, Any]) -> None:
+    """Delete every entity that a filter selects.
+
+    \b
+    FILTER_JSON  one of {"namespace": "NS"}, {"prefix": "P"}, {"entity_ids": ["id", ...]}
+
+    \b
+    Examples:
+      flux batch-delete '{"prefix":"test/"}'
+      flux batch-delete '{"entity_ids":["dawn-coral/sensor-01","dawn-coral/sensor-02"]}'
+    """
+    progress("Batch deleting entities...")
+    with _flux() as flux:
+        _show(flux.batch_delete(filter_json))
+
+
+@main.command()
+@click.argument("entity")
+@click.option("--since", metavar="TIME", help="ISO 8601 start time [default: 24 hours ago].")
+@click.option(
+    "--limit", type=click.IntRange(1, 500), help="At most this many events [default: 100]."
+)
+def history(entity: str, since: str | None, limit: int | None) -> None:
+    """Show the events stored for an entity, newest first.
+
+    \b
+    ENTITY  the entity id (dawn-coral/sensor-01)
+
+    \b
+    Example:
+      flux history dawn-coral/sensor-01 --since 2026-01-01T00:00:00Z --limit 10
+    """
+    with _flux() as flux:
+        _show(flux.history(entity, since=since, limit=limit))
+
+
+@main.command()
+def connectors() -> None:
+    """List the connectors and their status.
+
+    \b
+    Example:
+      flux connectors
+    """
+    with _flux() as flux:
+        _show(flux.connectors())
+
+
+@main.command(name="admin-config")
+@click.argument("changes_json", metavar="[JSON]", required=False, type=JsonArgument(dict))
+def admin_config(changes_json: dict[str, Any] | None) -> None:
+    """Show or update the runtime config.
+
+    Updating needs $FLUX_ADMIN_TOKEN (exit 1 when it is not set).
+
+    \b
+    JSON  optional object of settings to change; the others keep their values
+
+    \b
+    Examples:
+      flux admin-config
+      FLUX_ADMIN_TOKEN=... flux admin-config '{"rate_limit_per_namespace_per_minute": 5000}'
+    """
+    if changes_json is not None and _options().admin_token is None:
+        raise click.ClickException("FLUX_ADMIN_TOKEN not set")
+    with _flux() as flux:
+        _show(flux.admin_config(changes_json))
+
+
+@main.command()
+def health() -> None:
+    """Check the server and count its entities.
+
+    Exits 1 when the server cannot be reached or is not ready.
+
+    \b
+    Example:
+      flux health
+    """
+    url = _options().url
+    progress(f"Testing Flux connection at {url}...")
+    try:
+        with _options().client() as flux:
+            info = flux.health()
+    except FluxClientError as exc:
+        reason = exc.reason if isinstance(exc, FluxConnectionError) else str(exc)
+        click.echo(f"✗ Failed to reach Flux at {url}: {reason}", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"✓ Flux is reachable at {url}")
+    click.echo(f"  Entities in state: {info.get('entities', '?')}")

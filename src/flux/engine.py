@@ -157,6 +157,13 @@ class StateEngine:
                 entity = Entity(
                     item["id"], item["properties"], item["last_updated"], item["version"]
                 )
+                if (
+                    type(entity.id) is not str
+                    or type(entity.properties) is not dict
+                    or type(entity.last_updated) is not int
+                    or type(entity.version) is not int
+                ):
+                    raise ValueError(f"malformed snapshot: bad entity {str(item)[:200]}")
                 engine.entities[entity.id] = entity
                 engine._by_head.setdefault(_head(entity.id), {})[entity.id] = entity
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:

@@ -63,7 +63,9 @@ class FluxService:
         self.snapshots.clean_temp_files()
         self.engine = await asyncio.to_thread(self._restore_snapshot)
         self._snapshot_seq = self.engine.last_seq
-        await self.log.start(self._on_records)
+        # New events must get sequences above the state's, even when the log is behind the
+        # snapshot (the log file was lost or replaced): else a later replay would skip them.
+        await self.log.start(self._on_records, after_seq=self.engine.last_seq)
         first = await self.log.first_seq()
         if first > self.engine.last_seq + 1:
             logger.error(
@@ -93,7 +95,7 @@ class FluxService:
         for path in self.snapshots.paths():
             try:
                 engine = StateEngine.restore(self.snapshots.load(path))
-            except (OSError, EOFError, ValueError) as exc:
+            except (OSError, ValueError) as exc:
                 logger.warning("snapshot %s is unusable (%s); trying an older one", path, exc)
                 continue
             logger.info(
@@ -116,13 +118,15 @@ class FluxService:
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
-        if self.ready and self.engine.last_seq > self._snapshot_seq:
-            try:
-                await self.snapshot()
-            except OSError as exc:
-                logger.error("final snapshot failed: %s", exc)
-        await self.log.close()
-        self.ready = False
+        try:
+            if self.ready and self.engine.last_seq > self._snapshot_seq:
+                try:
+                    await self.snapshot()
+                except OSError as exc:
+                    logger.error("final snapshot failed: %s", exc)
+        finally:
+            await self.log.close()
+            self.ready = False
 
     # -- runtime config --------------------------------------------------------------------
 
@@ -185,13 +189,19 @@ class FluxService:
     # -- snapshots and retention -----------------------------------------------------------
 
     async def snapshot(self) -> int:
-        """Write a snapshot of the current state, then apply retention; returns its sequence."""
+        """Write a snapshot of the current state, then apply retention; returns its sequence.
+
+        Retention removes only events that every kept snapshot covers (up to the oldest kept
+        one's sequence), so falling back to an older snapshot at start-up still finds the
+        events after it."""
         async with self._snapshot_lock:
             seq = self.engine.last_seq
             data = self.engine.snapshot()
             began = time.monotonic()
             path = await asyncio.to_thread(self.snapshots.save, data, seq)
             self._snapshot_seq = seq
+            kept = self.snapshots.paths()
+            covered = min((self.snapshots.sequence_of(p) for p in kept), default=seq)
             logger.info(
                 "snapshot %s written: %d entities, %d bytes of state, %.2fs",
                 path.name,
@@ -199,7 +209,7 @@ class FluxService:
                 len(data),
                 time.monotonic() - began,
             )
-        await self._apply_retention(seq)
+        await self._apply_retention(min(covered, seq))
         return seq
 
     async def _apply_retention(self, covered_seq: int) -> None:

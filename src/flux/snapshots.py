@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import re
+import zlib
 from pathlib import Path
 
 logger = logging.getLogger("flux.snapshots")
@@ -55,10 +56,17 @@ class SnapshotStore:
 
     @staticmethod
     def load(path: Path) -> bytes:
-        """The snapshot's bytes. Raises OSError, EOFError or gzip.BadGzipFile when the file is
-        unreadable, truncated or corrupted."""
-        with gzip.open(path, "rb") as gz:
-            return gz.read()
+        """The snapshot's bytes. Raises OSError when the file cannot be read and ValueError when
+        it is truncated or corrupted (a bad header, bad deflate data, a CRC or length
+        mismatch, or an empty file)."""
+        try:
+            with gzip.open(path, "rb") as gz:
+                data = gz.read()
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise ValueError(f"corrupt snapshot file {path.name}: {exc}") from exc
+        if not data:  # an empty file reads as no gzip member at all
+            raise ValueError(f"empty snapshot file {path.name}")
+        return data
 
     def clean_temp_files(self) -> None:
         if self.directory.is_dir():

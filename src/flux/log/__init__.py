@@ -5,8 +5,11 @@ Contract (tests/log/contract.py runs it against every backend):
   exactly once, in sequence order, on the event loop, including records other writers appended
   (a shared log). The callback must not block.
 - `append(entries)` makes the entries durable and returns after `on_records` has seen them, with
-  their sequence numbers. An entry whose `eventId` is already in the log is not appended again: its
-  result points at the stored record and says `duplicate`.
+  their sequence numbers. An entry whose `eventId` is already in the log (or earlier in the same
+  group) is not appended again: its result points at the stored record and says `duplicate`.
+- Sequences increase by one per stored record (a rejected duplicate takes no number) and never go
+  back: not after `prune` removed every record, nor below `start(..., after_seq=N)` (the state's
+  sequence, when a snapshot is ahead of the log).
 - `read(after_seq)` iterates over committed records with a sequence above `after_seq`, in order,
   in batches; `history(...)` answers an entity's newest stored events.
 - Errors are `flux.errors.LogError` subclasses; driver errors never leak.
@@ -47,7 +50,7 @@ OnRecords = Callable[[list[Record]], None]
 
 
 class EventLog(Protocol):
-    async def start(self, on_records: OnRecords) -> None: ...
+    async def start(self, on_records: OnRecords, *, after_seq: int = 0) -> None: ...
 
     async def append(self, entries: Sequence[Entry]) -> list[Appended]: ...
 
@@ -59,7 +62,9 @@ class EventLog(Protocol):
         """Lowest sequence still stored (last_seq + 1 when empty)."""
         ...
 
-    async def last_seq(self) -> int: ...
+    async def last_seq(self) -> int:
+        """Highest sequence ever assigned (kept even when pruning removed that record)."""
+        ...
 
     async def prune(self, upto_seq: int, before_us: int | None, keep_events: int | None) -> int:
         """Drop records at or below `upto_seq` that are older than `before_us` or beyond the

@@ -3,12 +3,24 @@
 The writer drains everything queued since its last commit, appends it in one transaction and
 commits once (group commit: one fsync for the whole group). Only then does it hand the records to
 the event loop, in one callback, which passes them to `on_records` and resolves the waiting
-appends. Reads (replay, history) use their own connections on a small thread pool.
+appends. Reads (replay, history) use their own connections on a small thread pool, each query in
+one read transaction (a consistent view even while the writer prunes).
+
+Sequences are consecutive: a group is inserted with consecutive numbers and, when some of its
+event ids are already stored (or repeated within the group), the transaction is redone without
+them, so a rejected duplicate never uses up a number. The highest sequence ever assigned (and
+its time) is kept in the `meta` table before pruning removes rows, and a floor can be set at
+start (`after_seq`), so numbers never go back, even when every row was pruned or the log is
+younger than the snapshot that rebuilt the state.
+
+If the writer thread ever fails outside a transaction (a bug, memory), the log turns unavailable:
+every waiting and later append fails with `LogUnavailable` instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -37,19 +49,34 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
 CREATE INDEX IF NOT EXISTS events_entity ON events(entity_id, seq) WHERE entity_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+_INSERT = "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_NEW = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+_RAISE_MARKS = (
+    "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('last_at', ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
+)
 
 _STOP = object()
 _MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
 _PRUNE_CHUNK = 20_000
+_LOOKUP_CHUNK = 500
 
 
-def translate(exc: sqlite3.Error) -> LogError:
-    """Map a driver error to the Flux error tree."""
-    text = str(exc)
-    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
-        return LogUnavailable(f"event log unavailable: {text}")
-    return LogError(f"event log error: {text}")
+def translate(exc: BaseException) -> LogError:
+    """Map a driver error (or an unexpected one) to the Flux error tree."""
+    if isinstance(exc, LogError):
+        return exc
+    if isinstance(exc, sqlite3.DatabaseError):  # operational, integrity, corrupt file, full disk
+        return LogUnavailable(f"event log unavailable: {exc}")
+    if isinstance(exc, sqlite3.Error):
+        return LogError(f"event log error: {exc}")
+    return LogError(f"event log error: {exc!r}")
 
 
 class _Append:
@@ -70,28 +97,39 @@ class _Job:
 
 
 class SQLiteLog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, max_page_count: int | None = None) -> None:
+        """`max_page_count` caps the database size in pages (SQLite's pragma); tests use it to
+        make the disk look full."""
         self.path = path
+        self.max_page_count = max_page_count
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_records: OnRecords | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-log-read")
         self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
         self._next_seq = 1
         self._last_at = 0
         self._closed = False
+        self._broken: LogError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, on_records: OnRecords) -> None:
+    async def start(self, on_records: OnRecords, *, after_seq: int = 0) -> None:
+        """Open the log. New records get sequences above every stored one and above
+        `after_seq`. Raises LogUnavailable when the database cannot be opened."""
         self._loop = asyncio.get_running_loop()
         self._on_records = on_records
         directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise LogUnavailable(f"event log unavailable: {exc}") from exc
         ready: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(
-            target=self._run, args=(ready,), name="flux-log-writer", daemon=True
+            target=self._run, args=(ready, after_seq), name="flux-log-writer", daemon=True
         )
         self._thread.start()
         await ready
@@ -104,141 +142,213 @@ class SQLiteLog:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
         self._readers.shutdown(wait=True)
+        with self._reader_lock:
+            conns, self._reader_conns = self._reader_conns, []
+        for conn in conns:
+            conn.close()
+
+    def _unavailable(self) -> LogError | None:
+        if self._broken is not None:
+            return type(self._broken)(self._broken.message)  # a fresh one per caller
+        if self._closed or self._loop is None:
+            return LogUnavailable("event log unavailable: the log is closed")
+        return None
 
     # -- writing ---------------------------------------------------------------------------
 
     async def append(self, entries: Sequence[Entry]) -> list[Appended]:
-        if self._closed or self._loop is None:
-            raise LogUnavailable("event log unavailable: the log is closed")
+        error = self._unavailable()
+        if error is not None:
+            raise error
         if not entries:
             return []
+        assert self._loop is not None
         future: asyncio.Future[list[Appended]] = self._loop.create_future()
         self._queue.put(_Append(entries, future))
+        if self._broken is not None:  # the writer died after the check: it may not see this one
+            _settle(future, None, self._unavailable())
         return await future
 
     async def _job(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        if self._closed or self._loop is None:
-            raise LogUnavailable("event log unavailable: the log is closed")
+        error = self._unavailable()
+        if error is not None:
+            raise error
+        assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put(_Job(fn, future))
+        if self._broken is not None:
+            _settle(future, None, self._unavailable())
         return await future
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            if self.max_page_count is not None:
+                conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
-    def _run(self, ready: asyncio.Future[None]) -> None:
+    def _open(self, after_seq: int) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.executescript(SCHEMA)
+            row = conn.execute(
+                "SELECT seq, stored_at FROM events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            marks = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            stored_seq = int(row[0]) if row else 0
+            last_seq = max(stored_seq, int(marks.get("last_seq", 0)))
+            self._last_at = max(int(row[1]) if row else 0, int(marks.get("last_at", 0)))
+            if after_seq > last_seq:
+                logger.warning(
+                    "the event log ends at sequence %d but the state is at %d (was the log "
+                    "replaced or lost?); new events get sequences from %d",
+                    last_seq,
+                    after_seq,
+                    after_seq + 1,
+                )
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_RAISE_MARKS, (after_seq, self._last_at))
+                conn.execute("COMMIT")
+                last_seq = after_seq
+            self._next_seq = last_seq + 1
+        except BaseException:
+            _rollback(conn)
+            conn.close()
+            raise
+        return conn
+
+    def _run(self, ready: asyncio.Future[None], after_seq: int) -> None:
         loop = self._loop
         assert loop is not None
         try:
-            conn = self._connect()
-            conn.executescript(SCHEMA)
-            row = conn.execute("SELECT MAX(seq), MAX(stored_at) FROM events").fetchone()
-            self._next_seq = (row[0] or 0) + 1
-            self._last_at = row[1] or 0
-        except sqlite3.Error as exc:
+            conn = self._open(after_seq)
+        except Exception as exc:
             error = translate(exc)
+            logger.error("cannot open the event log %s: %s", self.path, exc)
+            self._broken = error
             loop.call_soon_threadsafe(_settle, ready, None, error)
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
+        taken: list[Any] = []
         try:
-            self._serve(conn, loop)
+            self._serve(conn, loop, taken)
+        except BaseException as exc:
+            error = LogUnavailable(f"event log unavailable: the log writer failed: {exc!r}")
+            self._broken = error
+            logger.critical("the event log writer failed; no more writes", exc_info=True)
+            _rollback(conn)
+            self._fail(loop, taken, error)
         finally:
-            conn.close()
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
 
-    def _serve(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def _fail(self, loop: asyncio.AbstractEventLoop, taken: list[Any], error: LogError) -> None:
+        """After the writer died: fail what it held and whatever is still queued."""
+        pending = list(taken)
+        while True:
+            try:
+                pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in pending:
+            if isinstance(item, _Append | _Job):
+                with contextlib.suppress(RuntimeError):  # the loop may be closed already
+                    loop.call_soon_threadsafe(_settle, item.future, None, error)
+
+    def _serve(
+        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, taken: list[Any]
+    ) -> None:
         stop = False
         while not stop:
-            items = [self._queue.get()]
-            count = 0
+            taken.clear()
+            first = self._queue.get()
+            taken.append(first)
+            count = len(first.entries) if isinstance(first, _Append) else 0
             while count < _MAX_GROUP:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                items.append(item)
+                taken.append(item)
                 if isinstance(item, _Append):
                     count += len(item.entries)
-            appends = [i for i in items if isinstance(i, _Append)]
-            jobs = [i for i in items if isinstance(i, _Job)]
-            stop = any(i is _STOP for i in items)
+            appends = [i for i in taken if isinstance(i, _Append)]
+            jobs = [i for i in taken if isinstance(i, _Job)]
+            stop = any(i is _STOP for i in taken)
             if appends:
                 records = self._commit(conn, appends)
                 loop.call_soon_threadsafe(self._deliver, appends, records)
             for job in jobs:
                 try:
                     result = job.fn(conn)
-                except sqlite3.Error as exc:
+                except Exception as exc:  # a job's own failure must not kill the writer
                     _rollback(conn)
                     loop.call_soon_threadsafe(_settle, job.future, None, translate(exc))
-                except Exception as exc:  # a job's own bug must not kill the writer
-                    _rollback(conn)
-                    loop.call_soon_threadsafe(_settle, job.future, None, exc)
                 else:
                     loop.call_soon_threadsafe(_settle, job.future, result, None)
+        taken.clear()
 
     def _commit(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[Record]:
-        """Append every entry of the group in one transaction; set each append's results."""
+        """Append every entry of the group in one transaction; set each append's results.
+        Returns the new records (none when the transaction failed)."""
         at = max(now_us(), self._last_at)
         first = self._next_seq
-        rows = []
-        seq = first
-        for append in appends:
-            for entry in append.entries:
-                rows.append((seq, entry.event_id, entry.entity_id, at, entry.data))
-                seq += 1
         try:
+            entries = [entry for append in appends for entry in append.entries]
+            rows = [
+                (first + i, entry.event_id, entry.entity_id, at, entry.data)
+                for i, entry in enumerate(entries)
+            ]
+            outcome: list[Appended] | None = None  # None: every entry is new, in order
             conn.execute("BEGIN IMMEDIATE")
             before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO events(seq, event_id, entity_id, stored_at, data) "
-                "VALUES (?, ?, ?, ?, ?)",
-                rows,
-            )
-            inserted = conn.total_changes - before
-            known: dict[str, tuple[int, int]] = {}
-            present: set[int] | None = None
-            if inserted != len(rows):
-                present = {
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT seq FROM events WHERE seq BETWEEN ? AND ?", (first, seq - 1)
-                    )
-                }
-                missing = [r[1] for r in rows if r[0] not in present]
-                for i in range(0, len(missing), 500):
-                    part = missing[i : i + 500]
-                    marks = ",".join("?" * len(part))
-                    for event_id, old_seq, old_at in conn.execute(
-                        f"SELECT event_id, seq, stored_at FROM events WHERE event_id IN ({marks})",
-                        part,
-                    ):
-                        known[event_id] = (old_seq, old_at)
+            conn.executemany(_INSERT_NEW, rows)
+            if conn.total_changes - before != len(rows):
+                # Some ids are stored already or repeat within the group: redo without them,
+                # so the new events keep consecutive sequences.
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+                known = _lookup(conn, list({entry.event_id for entry in entries}))
+                outcome, rows = [], []
+                seq = first
+                for entry in entries:
+                    stored = known.get(entry.event_id)
+                    if stored is not None:
+                        outcome.append(Appended(stored[0], stored[1], True))
+                        continue
+                    known[entry.event_id] = (seq, at)
+                    outcome.append(Appended(seq, at, False))
+                    rows.append((seq, entry.event_id, entry.entity_id, at, entry.data))
+                    seq += 1
+                conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:
             _rollback(conn)
             error = translate(exc)
-            logger.error("append of %d events failed: %s", len(rows), exc)
+            logger.error(
+                "append of %d events failed: %s", sum(len(a.entries) for a in appends), exc
+            )
             for append in appends:
                 append.results = error
             return []
-        self._next_seq = seq
+        self._next_seq = first + len(rows)
         self._last_at = at
         records: list[Record] = []
-        seq = first
+        index = 0
         for append in appends:
             results = []
             for entry in append.entries:
-                if present is None or seq in present:
-                    results.append(Appended(seq, at, False))
-                    records.append(Record(seq, at, entry.event))
-                else:
-                    old_seq, old_at = known[entry.event_id]
-                    results.append(Appended(old_seq, old_at, True))
-                seq += 1
+                done = Appended(first + index, at, False) if outcome is None else outcome[index]
+                results.append(done)
+                if not done.duplicate:
+                    records.append(Record(done.seq, at, entry.event))
+                index += 1
             append.results = results
         return records
 
@@ -264,19 +374,37 @@ class SQLiteLog:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA query_only=ON")
             conn.execute("PRAGMA busy_timeout=10000")
+            with self._reader_lock:
+                self._reader_conns.append(conn)
             self._local.conn = conn
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn` on a reader connection inside one read transaction."""
+        if self._closed:
+            raise LogUnavailable("event log unavailable: the log is closed")
         loop = asyncio.get_running_loop()
 
         def call() -> Any:
+            conn = None
             try:
-                return fn(self._reader())
-            except sqlite3.Error as exc:
+                conn = self._reader()
+                conn.execute("BEGIN")
+                try:
+                    return fn(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except Exception as exc:  # driver errors, and stored data that does not decode
+                if conn is not None:
+                    _rollback(conn)
                 raise translate(exc) from exc
 
-        return await loop.run_in_executor(self._readers, call)
+        try:
+            return await loop.run_in_executor(self._readers, call)
+        except RuntimeError as exc:  # the pool shut down: the log was closed meanwhile
+            if self._closed:
+                raise LogUnavailable("event log unavailable: the log is closed") from exc
+            raise
 
     async def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]:
         def fetch(conn: sqlite3.Connection, *, after: int) -> list[Record]:
@@ -301,16 +429,14 @@ class SQLiteLog:
 
     async def first_seq(self) -> int:
         def query(conn: sqlite3.Connection) -> int:
-            row = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
-            return int(row[0]) if row[0] is not None else int(row[1] or 0) + 1
+            low = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            return int(low) if low is not None else _last_seq(conn) + 1
 
         result: int = await self._read(query)
         return result
 
     async def last_seq(self) -> int:
-        result: int = await self._read(
-            lambda conn: int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
-        )
+        result: int = await self._read(_last_seq)
         return result
 
     async def history(self, entity_id: str, since_us: int, limit: int) -> list[bytes]:
@@ -333,22 +459,37 @@ class SQLiteLog:
     # -- retention -------------------------------------------------------------------------
 
     async def prune(self, upto_seq: int, before_us: int | None, keep_events: int | None) -> int:
-        def work(conn: sqlite3.Connection) -> tuple[int, bool]:
-            bound = upto_seq
+        if before_us is None and keep_events is None:
+            return 0
+
+        def limit(conn: sqlite3.Connection) -> int | None:
+            """The highest sequence to remove, or None when nothing goes."""
+            lowest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            if lowest is None:
+                return None
             limits = []
             if before_us is not None:
                 first_kept = _first_seq_at_or_after(conn, before_us)
-                limits.append(first_kept - 1 if first_kept is not None else bound)
+                limits.append(first_kept - 1 if first_kept is not None else upto_seq)
             if keep_events is not None:
-                limits.append(self._next_seq - 1 - keep_events)
-            if not limits:
-                return 0, False
-            bound = min(bound, max(limits))
+                row = conn.execute(
+                    "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep_events,)
+                ).fetchone()
+                limits.append(int(row[0]) if row is not None else lowest - 1)
+            bound = min(upto_seq, max(limits))
+            return bound if bound >= lowest else None
+
+        bound: int | None = await self._read(limit)
+        if bound is None:
+            return 0
+
+        def work(conn: sqlite3.Connection) -> tuple[int, bool]:
             lowest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
             if lowest is None or bound < lowest:
                 return 0, False
             chunk_end = min(bound, lowest + _PRUNE_CHUNK - 1)
             conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_RAISE_MARKS, (self._next_seq - 1, self._last_at))
             cursor = conn.execute("DELETE FROM events WHERE seq <= ?", (chunk_end,))
             conn.execute("COMMIT")
             return cursor.rowcount, chunk_end < bound
@@ -362,9 +503,28 @@ class SQLiteLog:
                 return total
 
 
+def _last_seq(conn: sqlite3.Connection) -> int:
+    high = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+    mark = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+    return max(int(high or 0), int(mark[0]) if mark else 0)
+
+
+def _lookup(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, tuple[int, int]]:
+    """Stored (seq, stored_at) by event id, for those of `event_ids` that are in the log."""
+    known: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(event_ids), _LOOKUP_CHUNK):
+        part = event_ids[i : i + _LOOKUP_CHUNK]
+        marks = ",".join("?" * len(part))
+        for event_id, seq, at in conn.execute(
+            f"SELECT event_id, seq, stored_at FROM events WHERE event_id IN ({marks})", part
+        ):
+            known[event_id] = (int(seq), int(at))
+    return known
+
+
 def _first_seq_at_or_after(conn: sqlite3.Connection, at_us: int) -> int | None:
     """The lowest sequence logged at or after `at_us`, by bisection over the sequence (stored_at
-    never decreases with seq; sequences may have gaps)."""
+    never decreases with seq; sequences may have gaps). Call it inside a read transaction."""
 
     def first_from(seq: int) -> tuple[int, int]:
         row = conn.execute(

@@ -1,0 +1,118 @@
+"""The subscription hub: which connections want a change to an entity. Pure: no I/O.
+
+A connection subscribes to exact entity ids, to id prefixes, or to everything (`*`). As in the
+original Flux, a connection that has never subscribed receives everything; once it has
+subscribed, it receives only what matches (so unsubscribing from everything means silence).
+Matching a change is a dict lookup for the exact id plus a walk over the distinct prefixes (or
+over the id's own prefixes, whichever is shorter), never a scan of all connections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+C = TypeVar("C", bound=Hashable)
+
+WILDCARD = "*"
+
+
+class Hub(Generic[C]):
+    def __init__(self) -> None:
+        self._fresh: set[C] = set()  # never subscribed: receive everything
+        self._wildcard: set[C] = set()
+        self._exact: dict[str, set[C]] = {}
+        self._prefix: dict[str, set[C]] = {}
+        self._subs: dict[C, set[tuple[str, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def add(self, conn: C) -> None:
+        self._subs[conn] = set()
+        self._fresh.add(conn)
+
+    def remove(self, conn: C) -> None:
+        for kind, key in self._subs.pop(conn, set()):
+            self._drop(conn, kind, key)
+        self._fresh.discard(conn)
+
+    def subscribe(self, conn: C, entity_id: str | None = None, prefix: str | None = None) -> None:
+        """Subscribe to one entity id (`*` for all) or to every id starting with `prefix`."""
+        subs = self._subs[conn]
+        self._fresh.discard(conn)
+        if prefix is not None:
+            if prefix == "":
+                subs.add(("all", ""))
+                self._wildcard.add(conn)
+            else:
+                subs.add(("prefix", prefix))
+                self._prefix.setdefault(prefix, set()).add(conn)
+        elif entity_id == WILDCARD:
+            subs.add(("all", ""))
+            self._wildcard.add(conn)
+        elif entity_id is not None:
+            subs.add(("exact", entity_id))
+            self._exact.setdefault(entity_id, set()).add(conn)
+
+    def unsubscribe(self, conn: C, entity_id: str | None = None, prefix: str | None = None) -> None:
+        subs = self._subs.get(conn)
+        if subs is None:
+            return
+        self._fresh.discard(conn)
+        if prefix is not None:
+            key = ("all", "") if prefix == "" else ("prefix", prefix)
+        elif entity_id == WILDCARD:
+            key = ("all", "")
+        elif entity_id is not None:
+            key = ("exact", entity_id)
+        else:
+            return
+        if key in subs:
+            subs.discard(key)
+            self._drop(conn, *key)
+
+    def _drop(self, conn: C, kind: str, key: str) -> None:
+        if kind == "all":
+            self._wildcard.discard(conn)
+            return
+        index = self._exact if kind == "exact" else self._prefix
+        bucket = index.get(key)
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del index[key]
+
+    def subscriptions(self, conn: C) -> set[tuple[str, str]]:
+        """(kind, key) pairs of a connection: kind is "all", "exact" or "prefix"."""
+        return set(self._subs.get(conn, ()))
+
+    def wants(self, conn: C, entity_id: str) -> bool:
+        """Whether one connection's subscriptions match an entity id."""
+        if conn in self._fresh or conn in self._wildcard:
+            return True
+        for kind, key in self._subs.get(conn, ()):
+            if (kind == "exact" and key == entity_id) or (
+                kind == "prefix" and entity_id.startswith(key)
+            ):
+                return True
+        return False
+
+    def match(self, entity_id: str) -> set[C]:
+        """Every connection that wants changes to `entity_id`."""
+        found = self._fresh | self._wildcard
+        exact = self._exact.get(entity_id)
+        if exact:
+            found |= exact
+        prefixes = self._prefix
+        if prefixes:
+            if len(prefixes) <= len(entity_id):
+                for prefix, conns in prefixes.items():
+                    if entity_id.startswith(prefix):
+                        found |= conns
+            else:
+                for end in range(1, len(entity_id) + 1):
+                    bucket = prefixes.get(entity_id[:end])
+                    if bucket:
+                        found |= bucket
+        return found

@@ -1,0 +1,462 @@
+"""FluxService on a real SQLite log and real snapshot files: start-up (newest valid snapshot +
+replay, fallback from corrupt or truncated snapshots), periodic and final snapshots, retention,
+and a full disk reaching the client as 503."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import orjson
+import pytest
+
+from flux.api.app import create_app
+from flux.config import Settings
+from flux.engine import StateEngine
+from flux.errors import LogUnavailable
+from flux.events import Event, validate_event
+from flux.log.sqlite import SQLiteLog
+from flux.service import FluxService
+
+pytestmark = pytest.mark.anyio
+
+State = dict[str, tuple[dict[str, Any], int, int]]
+
+
+def new_event(entity_id: str, **properties: Any) -> Event:
+    return validate_event(
+        {
+            "stream": "test",
+            "source": "tests",
+            "timestamp": 1_700_000_000_000,
+            "payload": {"entity_id": entity_id, "properties": properties},
+        }
+    )
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=str(data_dir), snapshot_interval_seconds=3600)
+
+
+@asynccontextmanager
+async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[FluxService]:
+    """A started service; stopped (final snapshot included) on the way out, unless the body
+    set `ready = False`, which stops it as a crash would: no final snapshot."""
+    service = FluxService(settings, **kwargs)
+    with anyio.fail_after(30):
+        await service.start()
+    try:
+        yield service
+    finally:
+        with anyio.fail_after(30):
+            await service.stop()
+
+
+def crash(service: FluxService) -> None:
+    """Make the coming stop() skip the final snapshot, as a killed process would."""
+    service.ready = False
+
+
+async def publish_each(service: FluxService, events: list[Event]) -> None:
+    for event in events:
+        await service.publish([event])
+
+
+def snapshot_files(settings: Settings) -> list[Path]:
+    return sorted((Path(settings.data_dir) / "snapshots").glob("snapshot-*.json.gz"))
+
+
+def names_of(settings: Settings) -> list[str]:
+    return [p.name for p in snapshot_files(settings)]
+
+
+def replayed(caplog: pytest.LogCaptureFixture) -> int:
+    """How many events the last start-up replayed, from its log line."""
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("state ready")]
+    assert lines, "no 'state ready' line"
+    return int(lines[-1].split("(")[1].split()[0])
+
+
+def mixed_events() -> list[Event]:
+    events = [new_event(f"ns/e{i % 5}", n=i, **{f"p{i % 3}": i}) for i in range(20)]
+    events.insert(7, new_event("ns/e1", __deleted__=True))
+    events.insert(15, new_event("ns/e2", __deleted__=True))
+    return events
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="flux")
+
+
+# -- start-up and replay -----------------------------------------------------------------------
+
+
+async def test_state_survives_a_clean_restart_from_the_final_snapshot(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(settings) as service:
+        await publish_each(service, mixed_events())
+        before = service.engine.state()
+        seq = service.engine.last_seq
+    assert [p.name for p in snapshot_files(settings)] == [f"snapshot-{seq:020d}.json.gz"]
+    assert any("written" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert service.engine.last_seq == seq
+        assert replayed(caplog) == 0
+        assert any(r.getMessage().startswith("loaded snapshot") for r in caplog.records)
+
+
+async def test_state_survives_a_crash_by_replaying_the_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = mixed_events()
+    async with running(settings) as service:
+        await publish_each(service, events)
+        before = service.engine.state()
+        crash(service)
+    assert snapshot_files(settings) == []
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert replayed(caplog) == len(events)
+        assert "ns/e1" in before and "ns/e2" in before  # deleted, then re-created from empty
+        assert before["ns/e2"][0] == {"n": 17, "p2": 17}
+
+
+async def test_snapshot_plus_tail_replay(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = mixed_events()
+    async with running(settings) as service:
+        await publish_each(service, events[:12])
+        assert await service.snapshot() == 12
+        await publish_each(service, events[12:])
+        before = service.engine.state()
+        crash(service)
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert replayed(caplog) == len(events) - 12
+        # the state derived now equals a fold of the whole log from nothing
+        full = StateEngine()
+        async for batch in service.log.read(0):
+            full.apply_all(batch)
+        assert full.state() == before
+
+
+def corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def not_json(path: Path) -> None:
+    path.write_bytes(gzip.compress(b'{"snapshot_format": 2, "sequence_nu'))
+
+
+@pytest.mark.parametrize("damage", [corrupt, truncate, not_json])
+async def test_a_damaged_newest_snapshot_falls_back_to_an_older_one(
+    settings: Settings, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    events = mixed_events()
+    async with running(settings) as service:
+        await publish_each(service, events[:8])
+        await service.snapshot()
+        await publish_each(service, events[8:16])
+        await service.snapshot()
+        await publish_each(service, events[16:])
+        before = service.engine.state()
+        crash(service)
+    older, newest = snapshot_files(settings)
+    damage(newest)
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert replayed(caplog) == len(events) - 8
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"snapshot {newest}") and "unusable" in m for m in messages)
+    assert any(m.startswith(f"loaded snapshot {older.name}") for m in messages)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "trying an older one" in warnings[0].getMessage()
+
+
+async def test_no_usable_snapshot_means_a_full_replay_and_says_so(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = mixed_events()
+    async with running(settings) as service:
+        await publish_each(service, events[:10])
+        await service.snapshot()
+        await publish_each(service, events[10:])
+        before = service.engine.state()
+    first, second = snapshot_files(settings)
+    corrupt(first)
+    truncate(second)
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert replayed(caplog) == len(events)
+    assert any("rebuilding state from the whole log" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_unfinished_snapshot_file_is_removed_at_start(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(settings) as service:
+        await publish_each(service, mixed_events())
+    (snapshot,) = snapshot_files(settings)
+    tmp = snapshot.with_name("snapshot-00000000000000000099.json.gz.tmp")
+    tmp.write_bytes(b"half written")
+    async with running(settings):
+        pass
+    assert not tmp.exists()
+    assert any("removing unfinished snapshot" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_lost_log_does_not_reuse_the_snapshots_sequences(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The snapshot is at 21 and the log file is gone: new events must still get 22, 23, ...
+    (were they numbered from 1, the next start-up would skip them as covered by the snapshot)."""
+    events = mixed_events()
+    async with running(settings) as service:
+        await publish_each(service, events)
+        before = service.engine.state()
+    for path in Path(settings.data_dir).glob("events.db*"):
+        path.unlink()
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert any("log ends at sequence 0" in r.getMessage() for r in caplog.records)
+        (done,) = await service.publish([new_event("ns/new", x=1)])
+        assert done.seq == len(events) + 1
+        assert service.engine.get("ns/new") is not None
+        after = service.engine.state()
+        crash(service)
+    async with running(settings) as service:
+        assert service.engine.state() == after
+
+
+# -- deletion ----------------------------------------------------------------------------------
+
+
+async def test_deletion_is_an_event_that_survives_restart(settings: Settings) -> None:
+    async with running(settings) as service:
+        await service.publish([new_event("ns/gone", a=1, b=2), new_event("ns/kept", a=1)])
+        ((tombstone, appended),) = await service.delete(["ns/gone"])
+        assert not appended.duplicate
+        assert service.engine.get("ns/gone") is None
+        crash(service)
+    async with running(settings) as service:
+        assert service.engine.get("ns/gone") is None
+        assert service.engine.get("ns/kept") is not None
+        history = [orjson.loads(raw) for raw in await service.log.history("ns/gone", 0, 10)]
+        assert history[0]["eventId"] == tombstone["eventId"]
+        await service.publish([new_event("ns/gone", c=3)])
+        entity = service.engine.get("ns/gone")
+        assert entity is not None and entity.properties == {"c": 3}
+
+
+# -- snapshots while running -------------------------------------------------------------------
+
+
+async def wait_for(condition: Any, timeout: float = 10) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.02)
+
+
+async def test_snapshots_every_n_events_keeping_the_newest(data_dir: Path) -> None:
+    settings = Settings(
+        data_dir=str(data_dir),
+        snapshot_every_events=5,
+        snapshot_keep=2,
+        snapshot_interval_seconds=3600,
+    )
+
+    def names(*seqs: int) -> list[str]:
+        return [f"snapshot-{seq:020d}.json.gz" for seq in seqs]
+
+    async with running(settings) as service:
+        for i in range(1, 24):
+            await service.publish([new_event("ns/a", n=i)])
+            if i % 5 == 0:  # the 5th event since the last snapshot starts one
+                expected = names(i - 5, i)[int(i == 5) :]
+                await wait_for(lambda want=expected: names_of(settings) == want)
+        assert names_of(settings) == names(15, 20)
+        latest = StateEngine.restore(gzip.decompress(snapshot_files(settings)[1].read_bytes()))
+        assert latest.last_seq == 20
+        assert latest.get("ns/a") is not None
+    assert names_of(settings) == names(20, 23), "and one at shutdown"
+
+
+async def test_snapshots_on_a_timer_while_events_arrive(data_dir: Path) -> None:
+    settings = Settings(data_dir=str(data_dir), snapshot_interval_seconds=1)
+    async with running(settings) as service:
+        await service.publish([new_event("ns/a", n=1)])
+        await wait_for(lambda: len(snapshot_files(settings)) == 1, timeout=5)
+        crash(service)  # no final snapshot: the one there came from the timer
+    assert [p.name for p in snapshot_files(settings)] == [f"snapshot-{1:020d}.json.gz"]
+
+
+async def test_stop_without_new_events_writes_no_snapshot(settings: Settings) -> None:
+    async with running(settings) as service:
+        await service.publish([new_event("ns/a", n=1)])
+    first = snapshot_files(settings)
+    mtime = first[0].stat().st_mtime_ns
+    async with running(settings):
+        pass
+    assert snapshot_files(settings) == first
+    assert first[0].stat().st_mtime_ns == mtime
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+async def seqs_in_log(service: FluxService) -> list[int]:
+    return [r.seq async for batch in service.log.read(0) for r in batch]
+
+
+async def test_retention_by_count_drops_only_covered_events(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        data_dir=str(data_dir),
+        snapshot_keep=1,
+        retention_max_events=3,
+        snapshot_interval_seconds=3600,
+    )
+    async with running(settings) as service:
+        await publish_each(service, [new_event("ns/a", n=i) for i in range(10)])
+        await service.snapshot()
+        assert await seqs_in_log(service) == [8, 9, 10]
+        assert any("retention removed 7 events" in r.getMessage() for r in caplog.records)
+        await publish_each(service, [new_event("ns/a", n=i) for i in range(10, 15)])
+        assert await seqs_in_log(service) == [8, 9, 10, 11, 12, 13, 14, 15]
+        before = service.engine.state()
+        crash(service)
+    async with running(settings) as service:
+        assert service.engine.state() == before
+
+
+async def test_retention_by_age_keeps_what_no_snapshot_covers(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Events after the oldest kept snapshot stay however old they are, so falling back to
+    that snapshot still gives the whole state."""
+    settings = Settings(
+        data_dir=str(data_dir),
+        snapshot_keep=2,
+        retention_max_age_seconds=1,
+        snapshot_interval_seconds=3600,
+    )
+    async with running(settings) as service:
+        await publish_each(service, [new_event(f"ns/{i}", n=i) for i in range(5)])
+        await service.snapshot()  # at 5
+        await publish_each(service, [new_event(f"ns/{i}", m=i) for i in range(5, 10)])
+        await anyio.sleep(1.1)  # everything is now older than the retention age
+        await service.snapshot()  # at 10; the oldest kept snapshot is at 5
+        assert await seqs_in_log(service) == [6, 7, 8, 9, 10]
+        before = service.engine.state()
+        crash(service)
+    older, newest = snapshot_files(settings)
+    truncate(newest)
+    caplog.clear()
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert replayed(caplog) == 5
+    assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+async def test_sequences_continue_after_retention_emptied_the_log(data_dir: Path) -> None:
+    settings = Settings(
+        data_dir=str(data_dir),
+        snapshot_keep=1,
+        retention_max_age_seconds=1,
+        snapshot_interval_seconds=3600,
+    )
+    async with running(settings) as service:
+        await publish_each(service, [new_event("ns/a", n=i) for i in range(4)])
+        await anyio.sleep(1.1)
+        await service.snapshot()
+        assert await seqs_in_log(service) == []
+    async with running(settings) as service:
+        (done,) = await service.publish([new_event("ns/b", n=1)])
+        assert done.seq == 5
+        before = service.engine.state()
+        crash(service)
+    async with running(settings) as service:
+        assert service.engine.state() == before
+        assert set(before) == {"ns/a", "ns/b"}
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+async def test_a_full_disk_is_a_503_json_answer_not_a_hang(settings: Settings) -> None:
+    log = SQLiteLog(str(Path(settings.data_dir) / "events.db"), max_page_count=40)
+    service = FluxService(settings, log=log)
+    app = create_app(settings, service)
+    await service.start()
+    statuses: list[int] = []
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://flux") as client:
+            with anyio.fail_after(30):
+                for i in range(200):
+                    event = new_event(f"ns/big{i}", blob="x" * 3000)
+                    del event["eventId"]
+                    response = await client.post(
+                        "/api/events",
+                        content=orjson.dumps(event),
+                        headers={"content-type": "application/json"},
+                    )
+                    statuses.append(response.status_code)
+                    if response.status_code != 200:
+                        break
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/json"
+            error = response.json()["error"]
+            assert "full" in error
+            assert (await client.get(f"/api/state/entities/ns/big{i}")).status_code == 404
+            assert (await client.get("/api/state/entities/ns/big0")).status_code == 200
+            with pytest.raises(LogUnavailable):
+                await service.publish([new_event("ns/more", blob="y" * 3000)])
+    finally:
+        await service.stop()
+    assert statuses.count(200) == i
+
+
+async def test_service_stop_closes_the_log_even_when_the_final_snapshot_fails(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = FluxService(settings)
+    await service.start()
+    await service.publish([new_event("ns/a", n=1)])
+    snapshots = Path(settings.data_dir) / "snapshots"
+    shutil.rmtree(snapshots, ignore_errors=True)
+    snapshots.write_text("a file where the directory should be")
+    await service.stop()
+    assert any("final snapshot failed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(LogUnavailable):
+        await service.publish([new_event("ns/a", n=2)])
+    snapshots.unlink()
+    async with running(settings) as again:
+        assert again.engine.get("ns/a") is not None
