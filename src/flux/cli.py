@@ -136,6 +136,9 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         log_config=None,
         timeout_graceful_shutdown=30,
     )
+    # The log writer thread releases the GIL while SQLite works; a short switch interval lets it
+    # take the GIL back quickly while the event loop is busy (the default 5 ms stalls commits).
+    sys.setswitchinterval(0.001)
     server = uvicorn.Server(config)
     server.run()
     if not server.started:

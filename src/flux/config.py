@@ -39,6 +39,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text.strip())
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text.strip())
     if not 0 <= value <= 65535:
@@ -172,6 +179,28 @@ SETTINGS: tuple[Setting, ...] = (
         runtime=True,
     ),
     Setting(
+        "ws_queue_limit",
+        "FLUX_WS_QUEUE_LIMIT",
+        10_000,
+        _positive_int,
+        "Messages a live (WebSocket or SSE) connection may have waiting; past it the server "
+        "closes the connection (the client resumes with `since`).",
+    ),
+    Setting(
+        "ws_max_subscriptions",
+        "FLUX_WS_MAX_SUBSCRIPTIONS",
+        1_000,
+        _positive_int,
+        "Subscriptions one live connection may hold.",
+    ),
+    Setting(
+        "metrics_interval_seconds",
+        "FLUX_METRICS_INTERVAL_SECONDS",
+        2.0,
+        _positive_float,
+        "How often metrics_update goes to every live connection.",
+    ),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -201,6 +230,9 @@ class Settings:
     body_size_limit_single_bytes: int = 1_048_576
     body_size_limit_batch_bytes: int = 10_485_760
     max_batch_delete: int = 10_000
+    ws_queue_limit: int = 10_000
+    ws_max_subscriptions: int = 1_000
+    metrics_interval_seconds: float = 2.0
     log_level: str = "info"
 
     @classmethod

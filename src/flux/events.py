@@ -110,37 +110,66 @@ def describe(value: Any) -> str:
 
 
 _REQUIRED = ("stream", "source", "timestamp", "payload")
+# Fields that must be strings when present: True for required ones (null is a type error),
+# False for optional ones (null means absent).
+_STRING_FIELDS = {"eventId": False, "stream": True, "source": True, "key": False, "schema": False}
+NUL_MESSAGE = "{field} must not contain the NUL character (U+0000)"
+MAX_PAYLOAD_DEPTH = 128  # serde_json's recursion limit; orjson.dumps gives up at 254 levels
+
+
+def _too_deep(container: Any, budget: int) -> bool:
+    """Whether a dict or list nests more than `budget` levels (counting itself as one)."""
+    if budget < 1:
+        return True
+    for child in container.values() if type(container) is dict else container:
+        kind = type(child)
+        if (kind is dict or kind is list) and _too_deep(child, budget - 1):
+            return True
+    return False
+
+
+def _decoding_error(obj: dict[str, Any]) -> ValidationError:
+    """The error serde reports for an event object whose fields are mistyped or missing: the
+    first mistyped field in input order, else the first missing one in declaration order."""
+    for name, value in obj.items():
+        required = _STRING_FIELDS.get(name)
+        if required is not None:
+            if type(value) is not str and (required or value is not None):
+                return ValidationError(f"invalid type: {describe(value)}, expected a string")
+        elif name == "timestamp":
+            if type(value) is not int:
+                return ValidationError(f"invalid type: {describe(value)}, expected i64")
+            if not I64_MIN <= value <= I64_MAX:
+                return ValidationError(f"invalid value: integer `{value}`, expected i64")
+    missing = next(name for name in _REQUIRED if name not in obj)
+    return ValidationError(f"missing field `{missing}`")
 
 
 def validate_event(obj: Any) -> Event:
     """Check one decoded event and return it in canonical form, generating `eventId` when absent.
-    Raises ValidationError with the first failure, in the original's order of checks."""
+    Raises ValidationError with the first failure, in the original's order of checks: decoding
+    errors first (like serde: the first mistyped field in input order, then the first missing
+    field), then the validation rules."""
     if type(obj) is not dict:
         raise ValidationError(f"invalid type: {describe(obj)}, expected struct Event")
-    for name in _REQUIRED:
-        if name not in obj:
-            raise ValidationError(f"missing field `{name}`")
-    stream = obj["stream"]
-    source = obj["source"]
-    timestamp = obj["timestamp"]
-    payload = obj["payload"]
-    if type(stream) is not str:
-        raise ValidationError(f"invalid type: {describe(stream)}, expected a string")
-    if type(source) is not str:
-        raise ValidationError(f"invalid type: {describe(source)}, expected a string")
-    if type(timestamp) is not int:
-        raise ValidationError(f"invalid type: {describe(timestamp)}, expected i64")
-    if not I64_MIN <= timestamp <= I64_MAX:
-        raise ValidationError(f"invalid value: integer `{timestamp}`, expected i64")
+    stream = obj.get("stream")
+    source = obj.get("source")
+    timestamp = obj.get("timestamp")
     event_id = obj.get("eventId")
-    if event_id is not None and type(event_id) is not str:
-        raise ValidationError(f"invalid type: {describe(event_id)}, expected a string")
     key = obj.get("key")
-    if key is not None and type(key) is not str:
-        raise ValidationError(f"invalid type: {describe(key)}, expected a string")
     schema = obj.get("schema")
-    if schema is not None and type(schema) is not str:
-        raise ValidationError(f"invalid type: {describe(schema)}, expected a string")
+    if not (
+        type(stream) is str
+        and type(source) is str
+        and type(timestamp) is int
+        and I64_MIN <= timestamp <= I64_MAX
+        and (event_id is None or type(event_id) is str)
+        and (key is None or type(key) is str)
+        and (schema is None or type(schema) is str)
+        and "payload" in obj
+    ):
+        raise _decoding_error(obj)
+    payload = obj["payload"]
 
     if not stream:
         raise ValidationError("stream is required")
@@ -156,6 +185,15 @@ def validate_event(obj: Any) -> Event:
         raise ValidationError(f"timestamp must be positive, got {timestamp}")
     if type(payload) is not dict:
         raise ValidationError("payload must be a JSON object")
+    if _too_deep(payload, MAX_PAYLOAD_DEPTH):
+        raise ValidationError(
+            f"recursion limit exceeded: payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+        )
+    if event_id and "\x00" in event_id:
+        raise ValidationError(NUL_MESSAGE.format(field="eventId"))
+    entity_id = payload.get("entity_id")
+    if type(entity_id) is str and "\x00" in entity_id:
+        raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
 
     event: Event = {
         "eventId": event_id or uuid7(),
@@ -169,6 +207,13 @@ def validate_event(obj: Any) -> Event:
         event["schema"] = schema
     event["payload"] = payload
     return event
+
+
+def check_entity_id(entity_id: str) -> str:
+    """An entity id given outside an event (a DELETE): the same rule as in events."""
+    if "\x00" in entity_id:
+        raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
+    return entity_id
 
 
 def entity_of(event: Event) -> str | None:

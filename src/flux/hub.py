@@ -28,6 +28,9 @@ class Hub(Generic[C]):
     def __len__(self) -> int:
         return len(self._subs)
 
+    def connections(self) -> list[C]:
+        return list(self._subs)
+
     def add(self, conn: C) -> None:
         self._subs[conn] = set()
         self._fresh.add(conn)

@@ -4,39 +4,80 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount, Route
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from flux.api import errors, http
+from flux.api.cors import cors
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
+from flux.api.prometheus import Histograms, RequestTimer, metrics_endpoint
+from flux.api.ws import sse_endpoint, websocket_endpoint
 from flux.config import Settings
 from flux.errors import FluxError
+from flux.live import Live
 from flux.service import FluxService
 
 logger = logging.getLogger("flux.api")
 
 
-def routes() -> list[Route | Mount]:
+class FullPathConvertor(Convertor[str]):
+    """The rest of the path, newlines included. Starlette's `path` is `.*`, which stops at a
+    newline, and its pattern ends in `$`, which also matches before a final newline: with it,
+    `/api/state/entities/ns%2Fa%0A` was entity `ns/a` (and DELETE deleted the wrong one)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fullpath", FullPathConvertor())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _route(path: str, **handlers: Handler) -> Route:
+    """One route per path, whatever its methods, so that a 405 lists them all in `Allow`
+    (separate routes on one path each answer 405 with only their own methods)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    return Route(path, endpoint, methods=list(handlers), name=path)
+
+
+def routes() -> list[BaseRoute]:
     return [
-        Route("/api/events", http.publish_event, methods=["POST"]),
-        Route("/api/events", http.history, methods=["GET"]),
-        Route("/api/events/batch", http.publish_batch, methods=["POST"]),
-        Route("/api/state/entities", http.list_entities, methods=["GET"]),
-        Route("/api/state/entities/delete", http.batch_delete, methods=["POST"]),
-        Route("/api/state/entities/{entity_id:path}", http.get_entity, methods=["GET"]),
-        Route("/api/state/entities/{entity_id:path}", http.delete_entity, methods=["DELETE"]),
-        Route("/api/health", http.health, methods=["GET"]),
-        Route("/api/admin/config", http.get_admin_config, methods=["GET"]),
-        Route("/api/admin/config", http.put_admin_config, methods=["PUT"]),
-        Route("/api/connectors", http.list_connectors, methods=["GET"]),
-        Route("/openapi.json", openapi_document, methods=["GET"]),
-        Route("/docs", docs_page, methods=["GET"]),
+        _route("/api/events", GET=http.history, POST=http.publish_event),
+        _route("/api/events/stream", GET=sse_endpoint),
+        WebSocketRoute("/api/ws", websocket_endpoint),
+        _route("/metrics", GET=metrics_endpoint),
+        _route("/api/events/batch", POST=http.publish_batch),
+        _route("/api/state/entities", GET=http.list_entities),
+        _route("/api/state/entities/delete", POST=http.batch_delete),
+        _route(
+            "/api/state/entities/{entity_id:fullpath}",
+            GET=http.get_entity,
+            DELETE=http.delete_entity,
+        ),
+        _route("/api/health", GET=http.health),
+        _route("/api/admin/config", GET=http.get_admin_config, PUT=http.put_admin_config),
+        _route("/api/connectors", GET=http.list_connectors),
+        _route("/openapi.json", GET=openapi_document),
+        _route("/docs", GET=docs_page),
         Mount("/docs/static", StaticFiles(directory=DOCS_STATIC), name="docs-static"),
     ]
 
@@ -45,31 +86,35 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
     """The Flux ASGI app. Nothing starts until the lifespan runs: it restores the state, serves,
     and on shutdown writes a final snapshot and closes the log."""
     flux = service if service is not None else FluxService(settings)
+    live = Live(flux)
+    histograms: Histograms = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await flux.start()
+        live.start()
         try:
             yield
         finally:
+            await live.stop()
             await flux.stop()
 
     app = Starlette(
         routes=routes(),
         middleware=[
-            Middleware(
-                CORSMiddleware,
-                allow_origins=["*"],
-                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-                allow_headers=["authorization", "content-type"],
-            )
+            Middleware(RequestTimer, histograms=histograms),
+            cors(),
+            Middleware(errors.CatchAll),
         ],
         exception_handlers={
             FluxError: errors.flux_error,
             HTTPException: errors.http_error,
+            ClientDisconnect: errors.client_disconnected,
             Exception: errors.server_error,
         },
         lifespan=lifespan,
     )
     app.state.service = flux
+    app.state.live = live
+    app.state.histograms = histograms
     return app

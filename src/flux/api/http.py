@@ -13,7 +13,15 @@ from flux import __version__
 from flux.api.body import read_body, read_json_object
 from flux.engine import Entity
 from flux.errors import AuthError, Forbidden, NotFound, ValidationError
-from flux.events import decode_json, describe, format_time, now_us, parse_time, validate_event
+from flux.events import (
+    check_entity_id,
+    decode_json,
+    describe,
+    format_time,
+    now_us,
+    parse_time,
+    validate_event,
+)
 from flux.service import FluxService
 
 HISTORY_WINDOW_US = 24 * 3600 * 1_000_000
@@ -104,13 +112,7 @@ async def history(request: Request) -> Response:
     if not entity:
         raise ValidationError("entity parameter is required")
     since_text = params.get("since")
-    if since_text:
-        try:
-            since = parse_time(since_text)
-        except ValueError:
-            raise ValidationError("invalid `since` timestamp (expected ISO 8601)") from None
-    else:
-        since = now_us() - HISTORY_WINDOW_US
+    since = _parse_since(since_text) if since_text else now_us() - HISTORY_WINDOW_US
     limit_text = params.get("limit")
     limit = HISTORY_DEFAULT_LIMIT
     if limit_text is not None:
@@ -121,6 +123,22 @@ async def history(request: Request) -> Response:
     limit = max(1, min(HISTORY_MAX_LIMIT, limit))
     rows = await service.log.history(entity, since, limit)
     return Response(b"[" + b",".join(rows) + b"]", media_type="application/json")
+
+
+def _parse_since(text: str) -> int:
+    """`since` as microseconds. An offset's `+` sent unencoded arrives as a space
+    (`...T10:00:00 02:00`); that reading is tried too, since no valid time has a space there."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    head, sep, offset = text.rpartition(" ")
+    if sep and "T" in head:
+        try:
+            return parse_time(f"{head}+{offset}")
+        except ValueError:
+            pass
+    raise ValidationError("invalid `since` timestamp (expected ISO 8601)")
 
 
 # -- state -------------------------------------------------------------------------------------
@@ -143,7 +161,7 @@ async def get_entity(request: Request) -> Response:
 
 async def delete_entity(request: Request) -> Response:
     service = service_of(request)
-    entity_id = request.path_params["entity_id"]
+    entity_id = check_entity_id(request.path_params["entity_id"])
     ((event, _),) = await service.delete([entity_id])
     return json_response({"entity_id": entity_id, "eventId": event["eventId"]})
 
@@ -151,21 +169,22 @@ async def delete_entity(request: Request) -> Response:
 async def batch_delete(request: Request) -> Response:
     service = service_of(request)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
-    if "namespace" in doc:
+    # The first filter present wins; a null one counts as absent (as serde's Option does).
+    if doc.get("namespace") is not None:
         namespace = doc["namespace"]
         if type(namespace) is not str or not namespace:
             raise ValidationError("`namespace` must be a non-empty string")
         ids = [e.id for e in service.engine.select(namespace=namespace)]
-    elif "prefix" in doc:
+    elif doc.get("prefix") is not None:
         prefix = doc["prefix"]
         if type(prefix) is not str or not prefix:
             raise ValidationError("`prefix` must be a non-empty string")
         ids = [e.id for e in service.engine.select(prefix=prefix)]
-    elif "entity_ids" in doc:
+    elif doc.get("entity_ids") is not None:
         ids = doc["entity_ids"]
         if type(ids) is not list or not all(type(i) is str for i in ids):
             raise ValidationError("`entity_ids` must be an array of strings")
-        ids = list(dict.fromkeys(ids))
+        ids = [check_entity_id(i) for i in dict.fromkeys(ids)]
     else:
         raise ValidationError("a filter is required: one of `namespace`, `prefix` or `entity_ids`")
     limit = service.runtime.max_batch_delete

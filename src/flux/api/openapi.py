@@ -73,7 +73,8 @@ SCHEMAS: dict[str, Any] = {
             "payload": {
                 "type": "object",
                 "description": "State uses `entity_id` (string) and `properties` (object); "
-                "`properties.__deleted__: true` deletes the entity.",
+                "`properties.__deleted__: true` deletes the entity. At most 128 levels deep "
+                "(the payload object is level 1).",
                 "properties": {
                     "entity_id": {"type": "string"},
                     "properties": {"type": "object", "additionalProperties": True},
@@ -141,7 +142,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "BatchDeleteRequest": {
         "type": "object",
-        "description": "Exactly one filter; the first of namespace, prefix, entity_ids wins.",
+        "description": "One filter: the first present and not null of namespace, prefix, "
+        "entity_ids wins; none is a 400.",
         "properties": {
             "namespace": {"type": "string", "minLength": 1},
             "prefix": {"type": "string", "minLength": 1},
@@ -219,7 +221,8 @@ PATHS: dict[str, Any] = {
                 {
                     "name": "since",
                     "in": "query",
-                    "description": "RFC 3339 time; default 24 hours ago.",
+                    "description": "RFC 3339 time (an offset's `+` sent unencoded, so read "
+                    "as a space, is understood); default 24 hours ago.",
                     "schema": {"type": "string"},
                 },
                 {
@@ -294,8 +297,44 @@ PATHS: dict[str, Any] = {
         "delete": {
             "summary": "Delete one entity (a tombstone event, even if it does not exist)",
             "parameters": [_ENTITY_ID],
-            "responses": {"200": _json(_ref("Deleted"), "Tombstone stored")},
+            "responses": {
+                "200": _json(_ref("Deleted"), "Tombstone stored"),
+                "503": _error("The event log cannot take writes"),
+            },
         },
+    },
+    "/api/events/stream": {
+        "get": {
+            "summary": "Live changes as Server-Sent Events",
+            "description": "The WebSocket protocol's messages (docs/websocket.md) as SSE: `id` "
+            "is the version, `event` the message type, `data` the JSON message. Resume with "
+            "`since` or the `Last-Event-ID` header. The WebSocket itself is at `/api/ws`.",
+            "parameters": [
+                {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "prefix", "in": "query", "schema": {"type": "string"}},
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "An endless event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("A bad `since`"),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Figures in the Prometheus text format",
+            "responses": {
+                "200": {
+                    "description": "Events, entities, live connections, publishers and HTTP "
+                    "request latencies",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
     },
     "/api/health": {
         "get": {

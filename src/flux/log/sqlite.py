@@ -55,8 +55,18 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
-_INSERT = "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (?, ?, ?, ?, ?)"
-_INSERT_NEW = _INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+# A whole group goes in with one statement, so the writer releases the GIL once for all of its
+# rows (a per-row executemany re-acquires the GIL after every row and, while the event loop is
+# busy, waits a switch interval each time: a convoy that cut throughput by 7x).
+_INSERT_GROUP = (
+    "INSERT INTO events(seq, event_id, entity_id, stored_at, data) "
+    "SELECT ?1 + key, value->>0, value->>1, ?2, value->>2 FROM json_each(?3)"
+)
+_READ_BATCH = (
+    "SELECT json_group_array(json_array(seq, stored_at, json(data))) FROM "
+    "(SELECT seq, stored_at, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
+)
+_INSERT_GROUP_NEW = _INSERT_GROUP.replace("INSERT", "INSERT OR IGNORE", 1)
 _RAISE_MARKS = (
     "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('last_at', ?) "
     "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
@@ -301,21 +311,18 @@ class SQLiteLog:
         first = self._next_seq
         try:
             entries = [entry for append in appends for entry in append.entries]
-            rows = [
-                (first + i, entry.event_id, entry.entity_id, at, entry.data)
-                for i, entry in enumerate(entries)
-            ]
             outcome: list[Appended] | None = None  # None: every entry is new, in order
+            count = len(entries)
             conn.execute("BEGIN IMMEDIATE")
             before = conn.total_changes
-            conn.executemany(_INSERT_NEW, rows)
-            if conn.total_changes - before != len(rows):
+            conn.execute(_INSERT_GROUP_NEW, (first, at, _group_param(entries)))
+            if conn.total_changes - before != count:
                 # Some ids are stored already or repeat within the group: redo without them,
                 # so the new events keep consecutive sequences.
                 conn.execute("ROLLBACK")
                 conn.execute("BEGIN IMMEDIATE")
                 known = _lookup(conn, list({entry.event_id for entry in entries}))
-                outcome, rows = [], []
+                outcome, fresh = [], []
                 seq = first
                 for entry in entries:
                     stored = known.get(entry.event_id)
@@ -324,9 +331,10 @@ class SQLiteLog:
                         continue
                     known[entry.event_id] = (seq, at)
                     outcome.append(Appended(seq, at, False))
-                    rows.append((seq, entry.event_id, entry.entity_id, at, entry.data))
+                    fresh.append(entry)
                     seq += 1
-                conn.executemany(_INSERT, rows)
+                conn.execute(_INSERT_GROUP, (first, at, _group_param(fresh)))
+                count = len(fresh)
             conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
@@ -337,7 +345,7 @@ class SQLiteLog:
             for append in appends:
                 append.results = error
             return []
-        self._next_seq = first + len(rows)
+        self._next_seq = first + count
         self._last_at = at
         records: list[Record] = []
         index = 0
@@ -408,14 +416,12 @@ class SQLiteLog:
 
     async def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]:
         def fetch(conn: sqlite3.Connection, *, after: int) -> list[Record]:
-            loads = orjson.loads
-            return [
-                Record(seq, at, loads(data))
-                for seq, at, data in conn.execute(
-                    "SELECT seq, stored_at, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (after, batch_size),
-                )
-            ]
+            # One statement builds the whole batch as one JSON document: one GIL release for
+            # the batch instead of one per row, and one orjson call to decode it.
+            (doc,) = conn.execute(_READ_BATCH, (after, batch_size)).fetchone()
+            rows = orjson.loads(doc)
+            rows.sort(key=_first)  # already in order; sorting sorted rows is one linear pass
+            return [Record(seq, at, event) for seq, at, event in rows]
 
         after = after_seq
         while True:
@@ -445,7 +451,7 @@ class SQLiteLog:
             if bound is None:
                 return []
             return [
-                bytes(row[0])
+                _as_bytes(row[0])
                 for row in conn.execute(
                     "SELECT data FROM events WHERE entity_id = ? AND seq >= ? "
                     "ORDER BY seq DESC LIMIT ?",
@@ -509,6 +515,13 @@ def _last_seq(conn: sqlite3.Connection) -> int:
     return max(int(high or 0), int(mark[0]) if mark else 0)
 
 
+def _group_param(entries: Sequence[Entry]) -> bytes:
+    """The rows of a group as one JSON array of [event_id, entity_id, event]; the events are
+    spliced in as already-encoded JSON."""
+    fragment = orjson.Fragment
+    return orjson.dumps([[e.event_id, e.entity_id, fragment(e.data)] for e in entries])
+
+
 def _lookup(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, tuple[int, int]]:
     """Stored (seq, stored_at) by event id, for those of `event_ids` that are in the log."""
     known: dict[str, tuple[int, int]] = {}
@@ -543,6 +556,14 @@ def _first_seq_at_or_after(conn: sqlite3.Connection, at_us: int) -> int | None:
             low = mid + 1
     first: int = first_from(low)[0]
     return first
+
+
+def _first(row: list[Any]) -> Any:
+    return row[0]
+
+
+def _as_bytes(data: str | bytes) -> bytes:
+    return data.encode() if isinstance(data, str) else bytes(data)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,1 @@
+"""Flux benchmark harness: `bench/run` (see bench/README.md)."""

@@ -1,0 +1,39 @@
+"""CORS, open to every origin as in the original (plus PUT, which the admin config PUT needs).
+
+Starlette answers a preflight it would refuse (a method or header not on the lists) with a
+plain-text 400; here that answer is the usual JSON error, so every error has one shape.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware import cors as starlette_cors
+from starlette.responses import Response
+
+from flux.api.errors import error_response
+
+ALLOW_METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS")
+ALLOW_HEADERS = ("authorization", "content-type")
+
+
+class CORSMiddleware(starlette_cors.CORSMiddleware):
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        return error_response(response.status_code, bytes(response.body).decode(), headers)
+
+
+def cors() -> Middleware:
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=list(ALLOW_METHODS),
+        allow_headers=list(ALLOW_HEADERS),
+    )

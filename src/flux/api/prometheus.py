@@ -1,0 +1,120 @@
+"""GET /metrics in the Prometheus text format, and the middleware that times requests."""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flux.live import Live
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+
+Histograms = dict[tuple[str, str, str], Histogram]
+
+
+class RequestTimer:
+    """ASGI middleware: a latency histogram per (method, route template, status class), kept in
+    the `histograms` mapping it is given (the app keeps the same one for GET /metrics)."""
+
+    def __init__(self, app: ASGIApp, histograms: Histograms) -> None:
+        self.app = app
+        self.histograms = histograms
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            key = (scope["method"], self._route(scope), f"{status // 100}xx")
+            histogram = self.histograms.get(key)
+            if histogram is None:
+                histogram = self.histograms[key] = Histogram()
+            histogram.observe(time.perf_counter() - began)
+
+    @staticmethod
+    def _route(scope: Scope) -> str:
+        """The matched route's path template (the router records it in the scope)."""
+        route = scope.get("route")
+        return route.path if isinstance(route, Route) else "unmatched"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(live: Live, histograms: Histograms) -> str:
+    service = live.service
+    lines = [
+        "# HELP flux_events_total Events in the log (its last sequence).",
+        "# TYPE flux_events_total counter",
+        f"flux_events_total {service.engine.last_seq}",
+        "# HELP flux_events_rate_per_second Events per second over the last 5 seconds.",
+        "# TYPE flux_events_rate_per_second gauge",
+        f"flux_events_rate_per_second {live.metrics.rate_per_second()}",
+        "# HELP flux_entities Entities in the state.",
+        "# TYPE flux_entities gauge",
+        f"flux_entities {len(service.engine)}",
+        "# HELP flux_websocket_connections Open live connections (WebSocket and SSE).",
+        "# TYPE flux_websocket_connections gauge",
+        f"flux_websocket_connections {live.connections}",
+        "# HELP flux_publishers_active Distinct event sources in the last 10 seconds.",
+        "# TYPE flux_publishers_active gauge",
+        f"flux_publishers_active {live.metrics.active_publishers()}",
+    ]
+    if histograms:
+        lines += [
+            "# HELP flux_http_request_duration_seconds HTTP request latency.",
+            "# TYPE flux_http_request_duration_seconds histogram",
+        ]
+        for (method, route, status), hist in sorted(histograms.items()):
+            labels = f'method="{method}",route="{_escape(route)}",status="{status}"'
+            cumulative = 0
+            for bound, count in zip(BUCKETS, hist.counts, strict=False):
+                cumulative += count
+                lines.append(
+                    f'flux_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} '
+                    f"{cumulative}"
+                )
+            lines.append(
+                f'flux_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {hist.count}'
+            )
+            lines.append(f"flux_http_request_duration_seconds_sum{{{labels}}} {hist.total}")
+            lines.append(f"flux_http_request_duration_seconds_count{{{labels}}} {hist.count}")
+    return "\n".join(lines) + "\n"
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    live: Live = request.app.state.live
+    histograms: Histograms = request.app.state.histograms
+    return Response(render(live, histograms), media_type="text/plain; version=0.0.4; charset=utf-8")
