@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import inspect
 import json
@@ -31,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import client, data, peers, wrk
+from bench import client, data, fanout, peers, wrk
 from bench.peers import HOST, Peer, Server
 
 ROOT = peers.ROOT
@@ -58,6 +59,10 @@ class Config:
     restart_events: int
     restart_entities: int
     restart_repeats: int
+    fanout_subscribers: int  # WebSocket connections subscribed to `*`
+    fanout_processes: int  # processes the subscribers are spread over
+    fanout_rate: float  # events/s the publisher sends, paced
+    fanout_settle: float  # seconds of publishing before each measured window
 
 
 FULL = Config(
@@ -76,6 +81,10 @@ FULL = Config(
     restart_events=1_000_000,
     restart_entities=100_000,
     restart_repeats=3,
+    fanout_subscribers=100,
+    fanout_processes=2,
+    fanout_rate=100.0,
+    fanout_settle=1.0,
 )
 
 QUICK = Config(
@@ -94,6 +103,10 @@ QUICK = Config(
     restart_events=50_000,
     restart_entities=5_000,
     restart_repeats=1,
+    fanout_subscribers=100,
+    fanout_processes=2,
+    fanout_rate=100.0,
+    fanout_settle=1.0,
 )
 
 
@@ -245,7 +258,10 @@ def python_load(
 
 
 def interleaved(
-    ctx: Context, scenario: str, measure: Callable[[Peer, Server, str], Load]
+    ctx: Context,
+    scenario: str,
+    measure: Callable[[Peer, Server, str], Load],
+    unit: str = "req/s",
 ) -> dict[str, list[Load]]:
     """Warm each server up, then run `measure` `repeats` times per server, alternating servers.
     `measure(peer, server, label)` gets `label` '<scenario>-<peer>-<run>'."""
@@ -258,7 +274,7 @@ def interleaved(
         for peer in taking_part:
             load = measure(peer, ctx.server(peer), f"{scenario}-{peer.name}-{run}")
             ctx.log(
-                f"{scenario}: {peer.name} run {run}: {load.rps:,.0f} req/s, "
+                f"{scenario}: {peer.name} run {run}: {load.rps:,.0f} {unit}, "
                 f"p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms, "
                 f"server CPU {load.server_cpu:.0%}, client CPU {load.client_cpu:.0%}"
             )
@@ -531,6 +547,73 @@ def scenario_restart(ctx: Context) -> list[Row]:
     return rows
 
 
+def scenario_fanout(ctx: Context) -> list[Row]:
+    """`fanout_subscribers` WebSockets subscribed to `*` (in separate processes), one event
+    POSTed every 1/`fanout_rate` s; messages delivered per second (all subscribers together)
+    and the delivery latency (publish time in the event -> receive time)."""
+    cfg = ctx.config
+    subs, rate = cfg.fanout_subscribers, cfg.fanout_rate
+    ctx.notes.append(
+        f"Fan-out: {subs} WebSocket subscribers on `*` (websockets' asyncio client, no "
+        f"compression) in {cfg.fanout_processes} processes; one single-event POST every "
+        f"{1000 / rate:g} ms ({rate:g} events/s, paced, 16 keep-alive connections) from the "
+        f"harness process, so {rate * subs:,.0f} messages/s to deliver; latency = receive "
+        "time - `sent_ns` in the event (same machine, same clock), measured after "
+        f"{cfg.fanout_settle:g} s of publishing. The ceiling sends each POSTed body to every "
+        "socket before answering the POST."
+    )
+    details: dict[str, list[fanout.FanoutResult]] = {}
+
+    def measure(peer: Peer, server: Server, label: str) -> Load:
+        result = fanout.run(
+            server.port,
+            ctx.work,
+            subscribers=subs,
+            processes=cfg.fanout_processes,
+            rate=rate,
+            settle=cfg.fanout_settle,
+            seconds=duration_of(ctx, label),
+            server_cpu=server.cpu_seconds,
+        )
+        pub = result.publisher
+        if pub.errors:
+            raise RuntimeError(f"{label}: {pub.errors} of {pub.sent} POSTs failed")
+        if result.closed:
+            ctx.notes.append(
+                f"{label}: the server closed {result.closed} subscriber connection(s): "
+                + "; ".join(result.close_reasons)
+            )
+        if not label.endswith("-warmup"):
+            details.setdefault(peer.name, []).append(result)
+        return Load(
+            rps=result.rate,
+            p50_ms=result.p50_ms,
+            p99_ms=result.p99_ms,
+            server_cpu=result.server_cpu,
+            client_cpu=result.subscriber_cpu
+            + pub.cpu_seconds / (cfg.fanout_settle + result.seconds),
+        )
+
+    loads = interleaved(ctx, "fanout", measure, unit="msgs/s")
+    for name, results in details.items():
+        ctx.notes.append(
+            f"fanout, {name}: publisher POST latency p50 "
+            f"{median([r.publisher.p50_ms for r in results]):.1f} ms, p99 "
+            f"{median([r.publisher.p99_ms for r in results]):.1f} ms; late sends (every "
+            f"publisher connection busy) {sum(r.publisher.late for r in results)} of "
+            f"{sum(r.publisher.sent for r in results)}; max delivery latency "
+            f"{max(r.max_ms for r in results):.1f} ms"
+        )
+    return [
+        Row(
+            f"fan-out delivered ({subs} WebSocket subscribers, {rate:g} events/s)",
+            "msgs/s",
+            figures(ctx, loads, lambda x: x.rps),
+        ),
+        *latency_rows(ctx, loads, "delivery"),
+    ]
+
+
 def check_health(server: Server, expected: tuple[int, int] | None) -> tuple[int, int]:
     status, doc = request(server.port, "GET", "/api/health")
     if status != 200:
@@ -546,6 +629,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "single": scenario_single,
     "get": scenario_get,
     "restart": scenario_restart,
+    "fanout": scenario_fanout,
 }
 
 
@@ -714,6 +798,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="wrk",
         help="load generator for batch ingest [default: wrk]",
     )
+    parser.add_argument(
+        "--fanout-rate",
+        type=float,
+        metavar="N",
+        help="events/s the fan-out scenario publishes [default: 100]",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the servers' data dirs")
     return parser.parse_args(argv)
 
@@ -736,6 +826,8 @@ def cleanup() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = QUICK if args.quick else FULL
+    if args.fanout_rate:
+        config = dataclasses.replace(config, fanout_rate=args.fanout_rate)
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

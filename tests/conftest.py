@@ -47,11 +47,14 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
 
 class FluxServer:
-    """A real `flux serve` process. `start()` waits until it answers /api/health."""
+    """A real `flux serve` process. `start()` waits until it answers /api/health. `port` picks
+    the port (a restart on the same address); a free one by default."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -2,13 +2,15 @@
 
 Results go to stdout as JSON: indented when stdout is a terminal, compact (one line) when it is
 piped, unless `--pretty`/`--compact` says otherwise. Progress lines go to stderr, so piped stdout
-stays pure JSON.
+stays pure JSON. `flux watch` prints one readable line per change on a terminal (`change_line`)
+and the server's messages as JSON lines otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
@@ -78,3 +80,62 @@ def echo_json(value: Any, pretty: bool | None = None) -> None:
 def progress(message: str) -> None:
     """A status line for humans, on stderr."""
     click.echo(message, err=True)
+
+
+# -- `flux watch` lines ------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str:
+    """A value as compact JSON (strings quoted, so `"22.5"` and `22.5` differ)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _name(text: Any) -> str:
+    """An id or property name as it is, unless it holds control characters (then JSON-quoted, so
+    one change stays one line)."""
+    text = str(text)
+    return text if text.isprintable() else _text(text)
+
+
+def clock(timestamp: Any) -> str:
+    """`HH:MM:SS.mmm` in local time for the server's ISO 8601 timestamp (as given if unreadable)."""
+    if not isinstance(timestamp, str):
+        return "--:--:--.---"
+    try:
+        moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+def change_line(message: dict[str, Any]) -> str | None:
+    """One readable line for a live message (None for the ones not shown this way):
+
+    07:02:27.028  ns/a  temperature = 22.5  (v12)
+    07:02:27.031  ns/a  deleted  (v13)
+    07:02:20.500  ns/a  snapshot: temperature = 22.5, unit = "C"  (v12)
+    """
+    kind = message.get("type")
+    head = f"{clock(message.get('timestamp'))}  {_name(message.get('entity_id'))}  "
+    version = f"  (v{message.get('version')})"
+    if kind == "state_update":
+        return f"{head}{_name(message.get('property'))} = {_text(message.get('value'))}{version}"
+    if kind == "entity_deleted":
+        return f"{head}deleted{version}"
+    if kind == "snapshot":
+        props = message.get("properties")
+        if isinstance(props, dict) and props:
+            shown = ", ".join(f"{_name(k)} = {_text(v)}" for k, v in props.items())
+        else:
+            shown = "(no properties)"
+        return f"{head}snapshot: {shown}{version}"
+    if kind == "metrics_update":
+        events = message.get("events") or {}
+        return (
+            f"{clock(message.get('timestamp'))}  metrics: "
+            f"{(message.get('entities') or {}).get('total')} entities, "
+            f"{events.get('total')} events, {events.get('rate_per_second')} events/s, "
+            f"{(message.get('websocket') or {}).get('connections')} connections, "
+            f"{(message.get('publishers') or {}).get('active')} active publishers"
+        )
+    return None

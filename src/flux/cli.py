@@ -1,5 +1,6 @@
 """The `flux` command: `flux serve` runs the server; the other commands talk to one over HTTP,
-mirroring scripts/flux.sh (see docs/cli.md).
+mirroring scripts/flux.sh, and `flux watch` follows its live changes over the WebSocket (see
+docs/cli.md).
 
 Exit codes: 0 success, 1 the request failed (server error, unreachable server, missing admin
 token), 2 usage error (bad arguments, invalid JSON).
@@ -7,6 +8,7 @@ token), 2 usage error (bad arguments, invalid JSON).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -19,8 +21,14 @@ import click
 import httpx
 
 from flux import __version__
-from flux._output import JsonArgument, echo_json, progress
-from flux.client import DEFAULT_URL, FluxClient, FluxClientError, FluxConnectionError
+from flux._output import JsonArgument, change_line, echo_json, progress, stdout_is_terminal
+from flux.client import (
+    DEFAULT_URL,
+    FluxClient,
+    FluxClientError,
+    FluxConnectionError,
+    LiveWatch,
+)
 from flux.config import SETTINGS, ConfigError, Settings
 from flux.events import now_ms
 
@@ -389,3 +397,130 @@ def health() -> None:
         raise SystemExit(1) from None
     click.echo(f"✓ Flux is reachable at {url}")
     click.echo(f"  Entities in state: {info.get('entities', '?')}")
+
+
+@main.command()
+@click.argument("entity", required=False)
+@click.option("--prefix", metavar="P", help="Watch every entity whose id starts with P.")
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    metavar="V",
+    help="First replay every change after version V (from the event log).",
+)
+@click.option(
+    "--snapshot/--no-snapshot",
+    default=False,
+    show_default=True,
+    help="First show the current state of the watched entities.",
+)
+@click.option(
+    "--json/--text",
+    "as_json",
+    default=None,
+    help="JSON lines (the server's messages) or readable lines [default: text on a terminal].",
+)
+@click.option("--metrics", is_flag=True, help="Also show the server's metrics (every 2 s).")
+@click.option(
+    "--max-messages",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Stop after N changes (snapshots included).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop after this many seconds.",
+)
+def watch(
+    entity: str | None,
+    prefix: str | None,
+    since: int | None,
+    snapshot: bool,
+    as_json: bool | None,
+    metrics: bool,
+    max_messages: int | None,
+    timeout: float | None,
+) -> None:
+    """Stream live changes as they happen (WebSocket /api/ws).
+
+    Watches one entity, every entity whose id starts with --prefix, or everything. On a
+    terminal each change is one line (time, entity, property = value, version); piped, each
+    server message is one JSON line. After a disconnect or a server restart it reconnects by
+    itself and resumes after the last version it printed, so no change is missed or repeated.
+    Ctrl-C stops it.
+
+    \b
+    ENTITY  the entity to watch (dawn-coral/sensor-01) [default: every entity]
+
+    \b
+    Examples:
+      flux watch dawn-coral/sensor-01
+      flux watch --prefix dawn-coral/ --snapshot
+      flux watch --since 1200 | jq -c 'select(.type == "state_update")'
+    """
+    if entity is not None and prefix is not None:
+        raise click.UsageError("give ENTITY or --prefix, not both")
+    options = _options()
+    text_mode = stdout_is_terminal() if as_json is None else not as_json
+    try:
+        live = LiveWatch(
+            options.url,
+            entity_id=entity,
+            prefix=prefix,
+            since=since,
+            snapshot=snapshot,
+            token=options.token,
+            on_status=lambda text: click.echo(f"flux watch: {text}", err=True),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--url / FLUX_URL") from None
+    what = f"prefix {prefix!r}" if prefix is not None else entity or "every entity"
+    progress(f"Watching {what} at {options.url}...")
+    try:
+        asyncio.run(_watch(live, text_mode, metrics, max_messages, timeout))
+    except KeyboardInterrupt:
+        pass
+    except FluxClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    except BrokenPipeError:
+        # The reader went away (`flux watch | head`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout on exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+WATCHED_TYPES = frozenset({"state_update", "entity_deleted", "snapshot"})  # --max-messages
+
+
+async def _watch(
+    live: LiveWatch,
+    text_mode: bool,
+    metrics: bool,
+    max_messages: int | None,
+    timeout: float | None,
+) -> None:
+    shown = 0
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline, contextlib.aclosing(live.messages()) as stream:
+            async for message, text in stream:
+                kind = message.get("type")
+                if kind == "metrics_update" and not metrics:
+                    continue
+                if kind == "resync":
+                    progress(f"flux watch: resync: {message.get('reason')}")
+                if text_mode:
+                    line = change_line(message)
+                    if line is not None:
+                        click.echo(line)
+                elif kind != "pong":
+                    click.echo(text)
+                if kind in WATCHED_TYPES:
+                    shown += 1
+                    if max_messages is not None and shown >= max_messages:
+                        return
+    except TimeoutError:
+        if not deadline.expired():
+            raise

@@ -1,0 +1,368 @@
+"""The fan-out scenario's two sides: WebSocket subscribers (a separate process) and a paced
+publisher (in the harness process).
+
+Subscribers: `python -m bench.fanout --url ws://HOST:PORT/api/ws --connections N` opens N
+WebSocket connections (websockets' asyncio client, no compression), subscribes each to `*`
+and waits for each acknowledgement, then prints `READY`. It then reads one line from stdin,
+`T0 T1` (wall-clock nanoseconds), and counts the messages received in [T0, T1) that carry a
+publish time, keeping each one's delivery latency (receive time - publish time; same machine,
+same clock). After T1 it writes the totals and a latency histogram as JSON to `--out` and
+exits.
+
+The publish time is the event's one property, `sent_ns` (`time.time_ns()` just before the
+request is written): Flux delivers it as a `state_update` with `"property":"sent_ns"`, the
+ceiling as the POSTed body itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.client import _read_response, post_request
+from bench.peers import ROOT
+
+SUBSCRIBE = '{"type":"subscribe","entity_id":"*"}'
+ENTITIES = 100  # events cycle over bench/f0 .. bench/f99
+BUCKET_NS = 10_000  # latencies are counted in 10 µs buckets
+
+
+def sent_ns_of(data: str | bytes) -> int | None:
+    """The publish time a delivered message carries (Flux's state_update or the ceiling's
+    copy of the event), or None (metrics_update and the like)."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if type(message) is not dict:
+        return None
+    if message.get("property") == "sent_ns":
+        value = message.get("value")
+        return value if type(value) is int else None
+    payload = message.get("payload")
+    if type(payload) is dict:
+        props = payload.get("properties")
+        if type(props) is dict and type(props.get("sent_ns")) is int:
+            sent: int = props["sent_ns"]
+            return sent
+    return None
+
+
+# -- subscriber process ------------------------------------------------------------------------
+
+
+async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]:
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosed
+
+    window = [0, 0]  # [T0, T1); 0 until the harness says
+    latencies: list[int] = []
+    closed: list[str] = []
+
+    async def open_one() -> ClientConnection:
+        ws = await connect(url, compression=None, max_size=None, open_timeout=30)
+        await ws.send(SUBSCRIBE)
+        while "subscribed" not in await ws.recv():  # a metrics_update may come first
+            pass
+        return ws
+
+    async def receive(ws: ClientConnection) -> None:
+        try:
+            async for data in ws:
+                now = time.time_ns()
+                if window[0] <= now < window[1]:
+                    sent = sent_ns_of(data)
+                    if sent is not None:
+                        latencies.append(now - sent)
+        except ConnectionClosed as exc:
+            closed.append(str(exc))
+
+    sockets: list[ClientConnection] = []
+    for start in range(0, connections, 25):  # 25 handshakes at a time
+        count = min(25, connections - start)
+        sockets += await asyncio.gather(*(open_one() for _ in range(count)))
+    tasks = [asyncio.create_task(receive(ws)) for ws in sockets]
+    print("READY", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0, t1 = (int(x) for x in line.split())
+    window[:] = [t0, t1]
+    await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
+    cpu1 = time.process_time()
+    await asyncio.sleep(grace)  # let the last in-window messages be read
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in sockets)), 5)
+    histogram = Counter(x // BUCKET_NS for x in latencies)
+    return {
+        "messages": len(latencies),
+        "seconds": (t1 - t0) / 1e9,
+        "cpu_seconds": cpu1 - cpu0,
+        "closed": len(closed),
+        "close_reasons": sorted(set(closed))[:3],
+        "histogram": sorted(histogram.items()),
+    }
+
+
+def subscriber_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
+    parser.add_argument("--url", required=True, help="ws://HOST:PORT/api/ws")
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--grace", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, required=True, help="where to write the result")
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    result = runner(_subscribe(args.url, args.connections, args.grace))
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(args.out)
+
+
+# -- harness side ------------------------------------------------------------------------------
+
+
+class Subscribers:
+    """One subscriber process (see the module docstring)."""
+
+    def __init__(self, port: int, connections: int, out: Path) -> None:
+        self.out = out
+        out.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.fanout",
+                "--url",
+                f"ws://127.0.0.1:{port}/api/ws",
+                "--connections",
+                str(connections),
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"fan-out subscribers did not start (got {line!r})")
+
+    def start(self, t0: int, t1: int) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{t0} {t1}\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float = 60) -> dict[str, Any]:
+        try:
+            self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise RuntimeError("fan-out subscribers did not report") from None
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"fan-out subscribers failed (exit {self.proc.returncode})")
+        doc: dict[str, Any] = json.loads(self.out.read_text())
+        self.out.unlink()
+        return doc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+@dataclass
+class Published:
+    sent: int
+    late: int  # requests sent more than 5 ms after their slot (every connection was busy)
+    errors: int
+    cpu_seconds: float
+    p50_ms: float  # POST latency
+    p99_ms: float
+
+
+def event_body(k: int) -> bytes:
+    return (
+        f'{{"stream":"bench.fanout","source":"bench","timestamp":{time.time_ns() // 1_000_000},'
+        f'"payload":{{"entity_id":"bench/f{k % ENTITIES}",'
+        f'"properties":{{"sent_ns":{time.time_ns()}}}}}}}'
+    ).encode()
+
+
+async def _publish(
+    port: int, rate: float, start: float, stop: float, connections: int
+) -> Published:
+    """POST one event per slot, slot k at monotonic time start + k / rate, until `stop`, on a
+    pool of keep-alive connections (a slot waits when all of them are busy)."""
+    host = "127.0.0.1"
+    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection(host, port))
+    pending: set[asyncio.Task[None]] = set()
+    latencies: list[float] = []
+    late = errors = 0
+
+    async def finish(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], t: float) -> None:
+        nonlocal errors
+        status, _ = await _read_response(conn[0])
+        latencies.append((time.monotonic() - t) * 1000)
+        if status != 200:
+            errors += 1
+        pool.put_nowait(conn)
+
+    cpu0 = time.process_time()
+    k = 0
+    while True:
+        slot = start + k / rate
+        if slot >= stop:
+            break
+        delay = slot - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        conn = await pool.get()
+        now = time.monotonic()
+        if now - slot > 0.005:
+            late += 1
+        conn[1].write(post_request(host, port, "/api/events", event_body(k)))
+        task = asyncio.create_task(finish(conn, now))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+        k += 1
+    if pending:
+        await asyncio.gather(*pending)
+    cpu = time.process_time() - cpu0
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    latencies.sort()
+    n = len(latencies)
+    return Published(
+        sent=k,
+        late=late,
+        errors=errors,
+        cpu_seconds=cpu,
+        p50_ms=latencies[n // 2] if n else 0.0,
+        p99_ms=latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
+    )
+
+
+@dataclass
+class FanoutResult:
+    delivered: int  # messages received in the window, all subscribers together
+    seconds: float
+    expected: int  # events published in the window x subscribers
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    subscriber_cpu: float  # cores
+    server_cpu: float  # cores, over the window
+    publisher: Published
+    closed: int
+    close_reasons: list[str]
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.seconds
+
+
+def run(
+    port: int,
+    work: Path,
+    *,
+    subscribers: int,
+    processes: int,
+    rate: float,
+    settle: float,
+    seconds: float,
+    publisher_connections: int = 16,
+    server_cpu: Callable[[], float] | None = None,
+) -> FanoutResult:
+    """Connect `subscribers` WebSockets (over `processes` processes), publish `rate` events/s
+    for `settle` + `seconds`, and measure what the subscribers receive in the last `seconds`."""
+    shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
+    procs = [Subscribers(port, n, work / f"fanout-{port}-{i}.json") for i, n in enumerate(shares)]
+    try:
+        for proc in procs:
+            proc.ready()
+        start = time.monotonic()
+        wall = time.time_ns()
+        t0 = wall + int(settle * 1e9)
+        t1 = t0 + int(seconds * 1e9)
+        for proc in procs:
+            proc.start(t0, t1)
+        cpu: list[float] = []
+
+        async def sample_cpu() -> None:
+            for at in (start + settle, start + settle + seconds):
+                await asyncio.sleep(max(0.0, at - time.monotonic()))
+                cpu.append(server_cpu() if server_cpu is not None else 0.0)
+
+        async def drive() -> Published:
+            sampler = asyncio.create_task(sample_cpu())
+            end = start + settle + seconds
+            result = await _publish(port, rate, start, end, publisher_connections)
+            await sampler
+            return result
+
+        published = asyncio.run(drive())
+        docs = [proc.result() for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    histogram: Counter[int] = Counter()
+    for doc in docs:
+        for bucket, count in doc["histogram"]:
+            histogram[bucket] += count
+    buckets = sorted(histogram.items())
+    n = sum(histogram.values())
+
+    def pct(q: float) -> float:
+        """The q-quantile in ms (the upper edge of its bucket)."""
+        rank, seen = min(n - 1, int(n * q)), 0
+        for bucket, count in buckets:
+            seen += count
+            if seen > rank:
+                return (bucket + 1) * BUCKET_NS / 1e6
+        return float("nan")
+
+    return FanoutResult(
+        delivered=n,
+        seconds=seconds,
+        expected=round(rate * seconds) * subscribers,
+        p50_ms=pct(0.5),
+        p99_ms=pct(0.99),
+        max_ms=pct(1.0),
+        subscriber_cpu=sum(doc["cpu_seconds"] for doc in docs) / seconds,
+        server_cpu=(cpu[1] - cpu[0]) / seconds,
+        publisher=published,
+        closed=sum(doc["closed"] for doc in docs),
+        close_reasons=[r for doc in docs for r in doc["close_reasons"]],
+    )
+
+
+if __name__ == "__main__":
+    subscriber_main()
