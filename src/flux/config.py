@@ -46,6 +46,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text.strip())
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a non-negative number")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text.strip())
     if not 0 <= value <= 65535:
@@ -129,21 +136,23 @@ SETTINGS: tuple[Setting, ...] = (
         "FLUX_AUTH_ENABLED",
         False,
         _bool,
-        "Require namespace tokens for writes.",
+        "Require namespace tokens for writes (and for reads of private namespaces); "
+        "enables namespace registration and rate limits.",
     ),
     Setting(
         "admin_token",
         "FLUX_ADMIN_TOKEN",
         None,
         _optional_text,
-        "Bearer token that guards admin operations (runtime config, namespaces).",
+        "Bearer token that guards admin operations (runtime config, namespaces). Unset: "
+        "admin operations are open with auth off and refused with auth on.",
     ),
     Setting(
         "rate_limit_enabled",
         "FLUX_RATE_LIMIT_ENABLED",
         True,
         _bool,
-        "Limit events per namespace per minute.",
+        "Limit events per namespace per minute (applies with auth on).",
         runtime=True,
     ),
     Setting(
@@ -201,6 +210,14 @@ SETTINGS: tuple[Setting, ...] = (
         "How often metrics_update goes to every live connection.",
     ),
     Setting(
+        "directory_interval_seconds",
+        "FLUX_DIRECTORY_INTERVAL_SECONDS",
+        5.0,
+        _non_negative_float,
+        "How often Flux brings the flux-core/directory entity up to date (only when it "
+        "changed); 0 turns the directory off.",
+    ),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -233,6 +250,7 @@ class Settings:
     ws_queue_limit: int = 10_000
     ws_max_subscriptions: int = 1_000
     metrics_interval_seconds: float = 2.0
+    directory_interval_seconds: float = 5.0
     log_level: str = "info"
 
     @classmethod

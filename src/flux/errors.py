@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class FluxError(Exception):
-    """Root of every error Flux raises on purpose. `message` is what the client reads."""
+    """Root of every error Flux raises on purpose. `message` is what the client reads; `kind`
+    names the failure in a batch item (`authorization failed: <kind>: <message>`)."""
+
+    kind = "Error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -15,6 +18,12 @@ class ValidationError(FluxError):
     """The request is malformed: bad JSON, a missing field, a rule broken (400)."""
 
 
+class InvalidEntityId(ValidationError):
+    """With auth on, an entity id that names no namespace (no `/`, or nothing before it) (400)."""
+
+    kind = "Invalid entity ID"
+
+
 class UnsupportedMediaType(FluxError):
     """A JSON endpoint got a body that does not say it is JSON (415)."""
 
@@ -22,9 +31,19 @@ class UnsupportedMediaType(FluxError):
 class AuthError(FluxError):
     """No credential, or one that is not valid (401)."""
 
+    kind = "Invalid token"
+
+
+class NamespaceNotFound(AuthError):
+    """A write to a namespace nobody registered (401, as in the original)."""
+
+    kind = "Namespace not found"
+
 
 class Forbidden(FluxError):
     """A valid credential that may not do this (403)."""
+
+    kind = "Forbidden"
 
 
 class NotFound(FluxError):
@@ -50,6 +69,10 @@ class RateLimited(FluxError):
     def __init__(self, retry_after: int) -> None:
         super().__init__("rate limit exceeded")
         self.retry_after = retry_after
+
+
+class StorageError(FluxError):
+    """The namespace registry could not be written (503); nothing changed."""
 
 
 class LogError(FluxError):

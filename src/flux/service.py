@@ -1,4 +1,5 @@
-"""FluxService joins the parts: ingest -> log.append -> engine.apply -> listeners.
+"""FluxService joins the parts: ingest -> log.append -> engine.apply -> listeners, and the
+namespace registry, authorization and rate limits in front of them.
 
 Committed records reach `_on_records` on the event loop in sequence order (the log guarantees
 it); they are applied to the engine there, before the appends that wrote them return, so a
@@ -13,16 +14,27 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
 
+from flux.auth import (
+    REGISTRATION_UNAVAILABLE,
+    RESERVED_NAMESPACE,
+    Access,
+    Credential,
+    Namespace,
+    check_not_reserved,
+)
 from flux.config import RuntimeConfig, Settings
-from flux.engine import Change, StateEngine
-from flux.errors import LogError, ValidationError
+from flux.directory import Directory
+from flux.engine import Change, Entity, StateEngine
+from flux.errors import Forbidden, LogError, NotFound, RateLimited, ValidationError
 from flux.events import Event, entity_of, now_us, tombstone
 from flux.log import Appended, Entry, EventLog, Record, open_log
+from flux.namespaces import NamespaceRegistry
+from flux.ratelimit import RateLimiter, retry_after
 from flux.snapshots import SnapshotStore
 
 logger = logging.getLogger("flux.service")
@@ -36,7 +48,9 @@ class FluxService:
         settings: Settings,
         log: EventLog | None = None,
         snapshots: SnapshotStore | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock` (monotonic seconds) drives the rate limiter; tests pass a fake one."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.log = log if log is not None else open_log(settings.event_log_url())
@@ -45,6 +59,10 @@ class FluxService:
         )
         self.engine = StateEngine()
         self.runtime = RuntimeConfig.from_settings(settings)
+        self.access = Access(admin_token=settings.admin_token)
+        self.registry = NamespaceRegistry(self.data_dir / "namespaces.db", self.access)
+        self.limiter = RateLimiter(clock) if clock is not None else RateLimiter()
+        self.directory = Directory(self, settings.directory_interval_seconds)
         self.listeners: list[Listener] = []
         self.events_total = 0  # events applied since start (replay excluded)
         self.started_at = time.monotonic()
@@ -60,6 +78,8 @@ class FluxService:
         """Restore the newest valid snapshot, replay the log after it, then accept writes."""
         began = time.monotonic()
         self._load_runtime()
+        if self.settings.auth_enabled:
+            await self.registry.open()
         self.snapshots.clean_temp_files()
         self.engine = await asyncio.to_thread(self._restore_snapshot)
         self._snapshot_seq = self.engine.last_seq
@@ -90,6 +110,7 @@ class FluxService:
             time.monotonic() - began,
         )
         self._ticker = asyncio.create_task(self._snapshot_ticker(), name="flux-snapshots")
+        self.directory.start()
 
     def _restore_snapshot(self) -> StateEngine:
         for path in self.snapshots.paths():
@@ -111,6 +132,7 @@ class FluxService:
 
     async def stop(self) -> None:
         """Write a final snapshot and close the log."""
+        await self.directory.stop()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,6 +148,7 @@ class FluxService:
                     logger.error("final snapshot failed: %s", exc)
         finally:
             await self.log.close()
+            await self.registry.close()
             self.ready = False
 
     # -- runtime config --------------------------------------------------------------------
@@ -153,6 +176,159 @@ class FluxService:
         self.runtime.update(checked)
         if checked:
             logger.info("runtime config changed: %s", checked)
+
+    # -- authorization and rate limits -------------------------------------------------------
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.settings.auth_enabled
+
+    def authorize_write(self, credential: Credential, entity_id: str | None) -> str | None:
+        """May this credential write (or delete) this entity? Auth on: returns its namespace,
+        or raises AuthError, InvalidEntityId, NamespaceNotFound or Forbidden (see
+        `Access.authorize_write`). Auth off: returns None; only Flux's reserved namespace is
+        refused (Forbidden)."""
+        if not self.settings.auth_enabled:
+            check_not_reserved(entity_id)
+            return None
+        return self.access.authorize_write(credential, entity_id)
+
+    def admit(self, credential: Credential, event: Event) -> None:
+        """Authorize one event and take its place under its namespace's rate limit. Raises as
+        `authorize_write`, or RateLimited."""
+        namespace = self.authorize_write(credential, entity_of(event))
+        if namespace is not None:
+            self.rate_limit(namespace)
+
+    def rate_limit(self, key: str) -> None:
+        """Count one event against `key` (a namespace) when rate limiting is on; raises
+        RateLimited with the real wait when the key is over its limit."""
+        runtime = self.runtime
+        if not runtime.rate_limit_enabled:
+            return
+        wait = self.limiter.take(key, runtime.rate_limit_per_namespace_per_minute)
+        if wait:
+            raise RateLimited(retry_after(wait))
+
+    def can_read(self, token: str | Credential | None, entity_id: str) -> bool:
+        """Whether the holder of `token` (a bare token, None, or a Credential) may read the
+        entity: always with auth off or for a public namespace; for a private one only with its
+        token or the admin's. Cheap (a set lookup for public entities), and current: a rotated
+        token or a namespace made private takes effect on the next call."""
+        if not self.settings.auth_enabled or not self.access.is_private(entity_id):
+            return True
+        credential = token if isinstance(token, Credential) else Credential.from_token(token)
+        return self.access.can_read(credential, entity_id)
+
+    def check_read(self, credential: Credential, entity_id: str) -> None:
+        """Raises AuthError (401) or Forbidden (403) when the entity is in a private namespace
+        the credential may not read."""
+        if self.settings.auth_enabled:
+            self.access.check_read(credential, entity_id)
+
+    def hidden_namespaces(self, credential: Credential) -> frozenset[str]:
+        """Private namespaces the credential may not read: listings leave them out."""
+        if not self.settings.auth_enabled:
+            return frozenset()
+        return self.access.hidden(credential)
+
+    def check_admin(self, credential: Credential, message: str = "Unauthorized") -> None:
+        """The admin gate (`Access.check_admin`): raises AuthError or Forbidden."""
+        self.access.check_admin(credential, self.settings.auth_enabled, message)
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def _namespaces_available(self) -> None:
+        if not self.settings.auth_enabled:
+            raise NotFound(REGISTRATION_UNAVAILABLE)
+
+    async def register_namespace(
+        self, credential: Credential, name: str, private: bool = False
+    ) -> tuple[Namespace, str]:
+        """Register `name`; returns it and its token (the only time the token is shown).
+        Self-service, unless an admin token is configured: then only the admin may. Raises
+        NotFound (auth off), AuthError, ValidationError, Conflict or StorageError."""
+        self._namespaces_available()
+        if self.access.admin_hash is not None:
+            self.check_admin(credential, "Admin token required")
+        namespace, token = await self.registry.register(name, private, now_us())
+        logger.info("namespace %s registered (%s)", name, namespace.id)
+        return namespace, token
+
+    def namespace(self, credential: Credential, name: str) -> tuple[Namespace, int]:
+        """A namespace and its current entity count. A private one needs its token or the
+        admin's. Raises NotFound, AuthError or Forbidden."""
+        self._namespaces_available()
+        namespace = self.access.require(name)
+        self.access.check_read_namespace(credential, name)
+        return namespace, self.entity_count(name)
+
+    def entity_count(self, name: str) -> int:
+        return sum(1 for _ in self.engine.select(namespace=name))
+
+    async def delete_namespace(self, credential: Credential, name: str) -> int:
+        """Admin only. Revokes the namespace's token at once, deletes its entities (tombstones,
+        so a later namespace of the same name starts empty), then removes it; returns how many
+        entities were deleted. If a tombstone cannot be logged the namespace is put back
+        (retry the delete). Raises NotFound, AuthError, Forbidden, LogError or StorageError."""
+        self._namespaces_available()
+        self.check_admin(credential, "Admin token required")
+        # Shielded: a client going away must not stop it half-way.
+        return await asyncio.shield(self._delete_namespace(name))
+
+    async def _delete_namespace(self, name: str) -> int:
+        async with self.registry.lock:
+            namespace = self.access.require(name)
+            self.access.remove(name)
+            try:
+                ids = [entity.id for entity in self.engine.select(namespace=name)]
+                for chunk in _chunks(ids, 10_000):
+                    await self.delete(chunk)
+                await self.registry.delete(name)
+            except BaseException:
+                self.access.put(namespace)
+                raise
+        logger.info("namespace %s deleted with its %d entities", name, len(ids))
+        return len(ids)
+
+    async def rotate_token(self, credential: Credential, name: str) -> tuple[Namespace, str]:
+        """A new token for the namespace (the admin's or the current token's request); the old
+        token is revoked when this returns. Raises NotFound, AuthError, Forbidden or
+        StorageError."""
+        self._namespaces_available()
+        self.access.authorize_manage(credential, name)
+        namespace, token = await self.registry.rotate(name)
+        logger.info("namespace %s: token rotated", name)
+        return namespace, token
+
+    async def set_private(self, credential: Credential, name: str, private: bool) -> Namespace:
+        """Make a namespace private or public (the admin's or the namespace's own request)."""
+        self._namespaces_available()
+        self.access.authorize_manage(credential, name)
+        namespace = await self.registry.set_private(name, private)
+        logger.info("namespace %s is now %s", name, "private" if private else "public")
+        return namespace
+
+    def writable(self, credential: Credential, namespace: str | None, prefix: str) -> list[str]:
+        """The ids a batch delete by `namespace` (or else by `prefix`) may remove. Auth on: only
+        in the caller's own namespace (another namespace is Forbidden; a prefix is narrowed to
+        the caller's namespace). Auth off: everything but Flux's reserved namespace."""
+        if not self.settings.auth_enabled:
+            selected: Iterator[Entity] = (
+                self.engine.select(namespace=namespace)
+                if namespace is not None
+                else self.engine.select(prefix=prefix)
+            )
+            reserved = RESERVED_NAMESPACE + "/"
+            return [e.id for e in selected if not e.id.startswith(reserved)]
+        own = self.access.own_namespace(credential)
+        if namespace is not None:
+            if namespace != own:
+                raise Forbidden(
+                    f"Token does not have permission to write to namespace '{namespace}'"
+                )
+            return [e.id for e in self.engine.select(namespace=own)]
+        return [e.id for e in self.engine.select(prefix=prefix, namespace=own)]
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -242,6 +418,11 @@ class FluxService:
             await asyncio.sleep(self.settings.snapshot_interval_seconds)
             if self.engine.last_seq > self._snapshot_seq and self._snapshot_task is None:
                 self._snapshot_task = asyncio.create_task(self._background_snapshot())
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -23,6 +23,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.RateLimited: 429,
+    errors.StorageError: 503,
     errors.LogUnavailable: 503,
     errors.LogError: 500,
 }
@@ -49,6 +50,8 @@ async def flux_error(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, errors.RateLimited):
         headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, errors.AuthError):
+        headers = {"WWW-Authenticate": 'Bearer realm="flux"'}
     status = status_of(exc)
     if status >= 500:
         logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -11,8 +10,9 @@ from starlette.responses import Response
 
 from flux import __version__
 from flux.api.body import read_body, read_json_object
+from flux.auth import ANONYMOUS, Credential
 from flux.engine import Entity
-from flux.errors import AuthError, Forbidden, NotFound, ValidationError
+from flux.errors import FluxError, NotFound, RateLimited, ValidationError
 from flux.events import (
     check_entity_id,
     decode_json,
@@ -34,8 +34,25 @@ def service_of(request: Request) -> FluxService:
     return service
 
 
-def json_response(content: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(content), status_code=status, media_type="application/json")
+def credential_of(request: Request) -> Credential:
+    """What the request's `Authorization` header presents, parsed and hashed once per request
+    (anonymous when auth is off: nothing looks at it then)."""
+    cached: Credential | None = request.scope.get("flux.credential")
+    if cached is None:
+        if service_of(request).auth_enabled:
+            cached = Credential.from_header(request.headers.get("authorization"))
+        else:
+            cached = ANONYMOUS
+        request.scope["flux.credential"] = cached
+    return cached
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(content), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def entity_json(entity: Entity) -> dict[str, Any]:
@@ -54,6 +71,7 @@ async def publish_event(request: Request) -> Response:
     service = service_of(request)
     body = await read_body(request, service.runtime.body_size_limit_single_bytes)
     event = validate_event(decode_json(body))
+    service.admit(credential_of(request), event)
     (appended,) = await service.publish([event])
     return json_response(
         {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
@@ -78,11 +96,13 @@ async def publish_batch(request: Request) -> Response:
         )
     if not items:
         raise ValidationError("Batch request must contain at least one event")
+    credential = credential_of(request)
     results: list[dict[str, Any]] = [{} for _ in items]
     valid = []
+    wait = 0
     for index, item in enumerate(items):
         try:
-            valid.append((index, validate_event(item)))
+            event = validate_event(item)
         except ValidationError as exc:
             stream = item.get("stream") if type(item) is dict else None
             results[index] = {
@@ -91,6 +111,23 @@ async def publish_batch(request: Request) -> Response:
                 "stream": stream if type(stream) is str else None,
                 "error": f"validation failed: {exc.message}",
             }
+            continue
+        try:
+            service.admit(credential, event)
+        except RateLimited as exc:
+            wait = max(wait, exc.retry_after)
+            error = exc.message
+        except FluxError as exc:
+            error = f"authorization failed: {exc.kind}: {exc.message}"
+        else:
+            valid.append((index, event))
+            continue
+        results[index] = {
+            "index": index,
+            "eventId": event["eventId"],
+            "stream": event["stream"],
+            "error": error,
+        }
     appended = await service.publish([event for _, event in valid]) if valid else []
     for (index, event), done in zip(valid, appended, strict=True):
         results[index] = {
@@ -101,7 +138,8 @@ async def publish_batch(request: Request) -> Response:
             "sequence": done.seq,
         }
     return json_response(
-        {"successful": len(valid), "failed": len(items) - len(valid), "results": results}
+        {"successful": len(valid), "failed": len(items) - len(valid), "results": results},
+        headers={"Retry-After": str(wait)} if wait else None,
     )
 
 
@@ -111,6 +149,7 @@ async def history(request: Request) -> Response:
     entity = params.get("entity")
     if not entity:
         raise ValidationError("entity parameter is required")
+    service.check_read(credential_of(request), entity)
     since_text = params.get("since")
     since = _parse_since(since_text) if since_text else now_us() - HISTORY_WINDOW_US
     limit_text = params.get("limit")
@@ -148,12 +187,17 @@ async def list_entities(request: Request) -> Response:
     service = service_of(request)
     params = request.query_params
     selected = service.engine.select(params.get("prefix", ""), params.get("namespace"))
+    hidden = service.hidden_namespaces(credential_of(request))
+    if hidden:
+        selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
     return json_response([entity_json(entity) for entity in selected])
 
 
 async def get_entity(request: Request) -> Response:
     service = service_of(request)
-    entity = service.engine.get(request.path_params["entity_id"])
+    entity_id = request.path_params["entity_id"]
+    service.check_read(credential_of(request), entity_id)
+    entity = service.engine.get(entity_id)
     if entity is None:
         raise NotFound("Entity not found")
     return json_response(entity_json(entity))
@@ -162,6 +206,7 @@ async def get_entity(request: Request) -> Response:
 async def delete_entity(request: Request) -> Response:
     service = service_of(request)
     entity_id = check_entity_id(request.path_params["entity_id"])
+    service.authorize_write(credential_of(request), entity_id)
     ((event, _),) = await service.delete([entity_id])
     return json_response({"entity_id": entity_id, "eventId": event["eventId"]})
 
@@ -169,22 +214,27 @@ async def delete_entity(request: Request) -> Response:
 async def batch_delete(request: Request) -> Response:
     service = service_of(request)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    credential = credential_of(request)
     # The first filter present wins; a null one counts as absent (as serde's Option does).
+    # With auth on, a namespace or prefix filter only reaches the caller's own namespace, and
+    # every listed id is authorized before anything is deleted (one failure refuses them all).
     if doc.get("namespace") is not None:
         namespace = doc["namespace"]
         if type(namespace) is not str or not namespace:
             raise ValidationError("`namespace` must be a non-empty string")
-        ids = [e.id for e in service.engine.select(namespace=namespace)]
+        ids = service.writable(credential, namespace, "")
     elif doc.get("prefix") is not None:
         prefix = doc["prefix"]
         if type(prefix) is not str or not prefix:
             raise ValidationError("`prefix` must be a non-empty string")
-        ids = [e.id for e in service.engine.select(prefix=prefix)]
+        ids = service.writable(credential, None, prefix)
     elif doc.get("entity_ids") is not None:
         ids = doc["entity_ids"]
         if type(ids) is not list or not all(type(i) is str for i in ids):
             raise ValidationError("`entity_ids` must be an array of strings")
         ids = [check_entity_id(i) for i in dict.fromkeys(ids)]
+        for entity_id in ids:
+            service.authorize_write(credential, entity_id)
     else:
         raise ValidationError("a filter is required: one of `namespace`, `prefix` or `entity_ids`")
     limit = service.runtime.max_batch_delete
@@ -211,18 +261,12 @@ async def health(request: Request) -> Response:
     )
 
 
-def require_admin(request: Request, service: FluxService) -> None:
-    """Admin gate: the admin token when one is set; without one, open only when auth is off."""
-    token = service.settings.admin_token
-    if token is None:
-        if service.settings.auth_enabled:
-            raise Forbidden(
-                "admin operations are disabled: this server has auth on and no FLUX_ADMIN_TOKEN"
-            )
-        return
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise AuthError("Unauthorized")
+def require_admin(request: Request, service: FluxService, message: str = "Unauthorized") -> None:
+    """Admin gate: the admin token when one is set; without one, open only when auth is off
+    (refused with auth on). Raises AuthError (with `message`) or Forbidden."""
+    service.check_admin(
+        Credential.from_header(request.headers.get("authorization")), message=message
+    )
 
 
 async def get_admin_config(request: Request) -> Response:

@@ -31,6 +31,57 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Namespace name: 3 to 32 characters of `[a-z0-9-_]`.",
+    "schema": {"type": "string"},
+}
+
+
+def _link(path: str, method: str, description: str, **parameters: str) -> dict[str, Any]:
+    """An OpenAPI link to `method path`, its parameters taken from this exchange."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {
+        "operationRef": f"#/paths/{pointer}/{method}",
+        "parameters": parameters,
+        "description": description,
+    }
+
+
+_NAMESPACE_LINKS = {
+    name: _link(path, method, description, name="$response.body#/name")
+    for name, path, method, description in (
+        ("GetNamespace", "/api/namespaces/{name}", "get", "The namespace"),
+        ("UpdateNamespace", "/api/namespaces/{name}", "put", "Change its visibility"),
+        ("RotateToken", "/api/namespaces/{name}/token", "post", "Rotate its token"),
+        ("DeleteNamespace", "/api/namespaces/{name}", "delete", "Delete it"),
+    )
+}
+
+_BEARER: list[dict[str, list[str]]] = [
+    {},
+    {"bearer": []},
+]  # a token is optional in the document; the rules say when
+
+
+def _auth_errors(write: bool = True) -> dict[str, Any]:
+    """The 401/403 answers of an endpoint that checks a namespace token (auth on)."""
+    if write:
+        return {
+            "401": _error(
+                "No token, a malformed one, one of no namespace, or an unregistered "
+                "namespace (auth on)"
+            ),
+            "403": _error("Another namespace's token, or Flux's reserved `flux-core` namespace"),
+        }
+    return {
+        "401": _error("A private namespace and no token, or one of no namespace"),
+        "403": _error("A private namespace and another namespace's token"),
+    }
+
+
 _ENTITY_ID = {
     "name": "entity_id",
     "in": "path",
@@ -177,6 +228,46 @@ SCHEMAS: dict[str, Any] = {
             if s.runtime
         },
     },
+    "NamespaceRequest": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9_-]{3,32}$"},
+            "private": {
+                "type": "boolean",
+                "description": "Reads of a private namespace's entities need its token.",
+            },
+        },
+    },
+    "NamespaceToken": {
+        "type": "object",
+        "required": ["namespaceId", "name", "token", "private"],
+        "properties": {
+            "namespaceId": {"type": "string"},
+            "name": {"type": "string"},
+            "token": {
+                "type": "string",
+                "description": "The bearer token: shown only here, stored only as a hash.",
+            },
+            "private": {"type": "boolean"},
+        },
+    },
+    "Namespace": {
+        "type": "object",
+        "required": ["namespaceId", "name", "createdAt", "entityCount", "private"],
+        "properties": {
+            "namespaceId": {"type": "string"},
+            "name": {"type": "string"},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "entityCount": {"type": "integer", "minimum": 0},
+            "private": {"type": "boolean"},
+        },
+    },
+    "NamespaceUpdate": {
+        "type": "object",
+        "required": ["private"],
+        "properties": {"private": {"type": "boolean"}},
+    },
     "Connectors": {
         "type": "object",
         "required": ["connectors"],
@@ -207,10 +298,37 @@ PATHS: dict[str, Any] = {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("Event")}},
             },
+            "security": _BEARER,
             "responses": {
-                "200": _json(_ref("EventAccepted"), "Stored and applied"),
-                "400": _error("Invalid JSON or event"),
+                "200": {
+                    **_json(_ref("EventAccepted"), "Stored and applied"),
+                    "links": {
+                        "GetEntity": _link(
+                            "/api/state/entities/{entity_id}",
+                            "get",
+                            "The entity the event set",
+                            entity_id="$request.body#/payload/entity_id",
+                        ),
+                        "GetHistory": _link(
+                            "/api/events",
+                            "get",
+                            "The entity's history",
+                            entity="$request.body#/payload/entity_id",
+                        ),
+                    },
+                },
+                "400": _error("Invalid JSON or event (auth on: or an id without a namespace)"),
+                **_auth_errors(),
                 "413": _error("Body over the limit"),
+                "429": {
+                    **_error("The namespace is over its rate limit (auth on)"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds until the namespace may publish again.",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
                 "503": _error("The event log cannot take writes"),
             },
         },
@@ -232,23 +350,37 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "integer"},
                 },
             ],
+            "security": _BEARER,
             "responses": {
                 "200": _json({"type": "array", "items": _ref("Event")}, "Stored events"),
                 "400": _error("Missing entity or bad parameter"),
+                **_auth_errors(write=False),
             },
         },
     },
     "/api/events/batch": {
         "post": {
             "summary": "Publish many events",
-            "description": "Valid events are stored in one transaction; each invalid one is "
-            "reported at its index. Body limit: body_size_limit_batch_bytes.",
+            "description": "Valid events are stored in one transaction; each invalid, "
+            "unauthorized or rate-limited one is reported at its index (a `Retry-After` header "
+            "then says when the limited namespaces may publish again). Body limit: "
+            "body_size_limit_batch_bytes.",
+            "security": _BEARER,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("BatchRequest")}},
             },
             "responses": {
-                "200": _json(_ref("BatchResult"), "Per-event results"),
+                "200": {
+                    **_json(_ref("BatchResult"), "Per-event results"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Present when some events were rate limited: "
+                            "seconds until their namespaces may publish again.",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
                 "400": _error("Not a batch, or an empty one"),
                 "413": _error("Body over the limit"),
                 "503": _error("The event log cannot take writes (nothing was stored)"),
@@ -258,6 +390,8 @@ PATHS: dict[str, Any] = {
     "/api/state/entities": {
         "get": {
             "summary": "List entities",
+            "description": "Entities of private namespaces the caller may not read are left out.",
+            "security": _BEARER,
             "parameters": [
                 {"name": "prefix", "in": "query", "schema": {"type": "string"}},
                 {
@@ -273,6 +407,9 @@ PATHS: dict[str, Any] = {
     "/api/state/entities/delete": {
         "post": {
             "summary": "Delete many entities",
+            "description": "Auth on: a namespace or prefix filter only reaches the caller's "
+            "own namespace; every listed id is authorized before anything is deleted.",
+            "security": _BEARER,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("BatchDeleteRequest")}},
@@ -280,25 +417,33 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("BatchDeleteResult"), "Tombstones stored"),
                 "400": _error("No filter, a bad one, or over max_batch_delete"),
+                **_auth_errors(),
                 "413": _error("Body over the limit"),
                 "415": _error("Not JSON"),
+                "503": _error("The event log cannot take writes"),
             },
         },
     },
     "/api/state/entities/{entity_id}": {
         "get": {
             "summary": "One entity",
+            "security": _BEARER,
             "parameters": [_ENTITY_ID],
             "responses": {
                 "200": _json(_ref("Entity"), "The entity"),
+                "400": _error("An id with a NUL character"),
+                **_auth_errors(write=False),
                 "404": _error("Entity not found"),
             },
         },
         "delete": {
             "summary": "Delete one entity (a tombstone event, even if it does not exist)",
+            "security": _BEARER,
             "parameters": [_ENTITY_ID],
             "responses": {
                 "200": _json(_ref("Deleted"), "Tombstone stored"),
+                "400": _error("A bad id (auth on: or one without a namespace)"),
+                **_auth_errors(),
                 "503": _error("The event log cannot take writes"),
             },
         },
@@ -360,11 +505,105 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("AdminConfig"), "New values"),
                 "400": _error("A bad value"),
+                "413": _error("Body over the limit"),
                 "401": _error("Admin token required"),
-                "403": _error("Admin operations disabled"),
+                "403": _error(
+                    "A namespace's token, or admin operations disabled (auth on, no "
+                    "FLUX_ADMIN_TOKEN)"
+                ),
                 "415": _error("Not JSON"),
             },
         },
+    },
+    "/api/namespaces": {
+        "post": {
+            "summary": "Register a namespace (auth on)",
+            "description": "Self-service, unless FLUX_ADMIN_TOKEN is set: then the admin token "
+            "is required. The answer is the only place the token ever appears.",
+            "security": _BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("NamespaceRequest")}},
+            },
+            "responses": {
+                "200": {
+                    **_json(_ref("NamespaceToken"), "Registered"),
+                    "links": _NAMESPACE_LINKS,
+                },
+                "400": _error("A bad name"),
+                "401": _error("Admin token required"),
+                "403": _error("A namespace's token where the admin token is required"),
+                "404": _error("Auth is off"),
+                "409": _error("The name is taken or reserved"),
+                "413": _error("Body over the limit"),
+                "415": _error("Not JSON"),
+                "503": _error("The registry cannot be written"),
+            },
+        }
+    },
+    "/api/namespaces/{name}": {
+        "get": {
+            "summary": "A namespace (never its token)",
+            "security": _BEARER,
+            "parameters": [_NAME],
+            "responses": {
+                "200": _json(_ref("Namespace"), "The namespace"),
+                **_auth_errors(write=False),
+                "404": _error("Unknown namespace, or auth is off"),
+            },
+        },
+        "put": {
+            "summary": "Make a namespace private or public (the admin or its own token)",
+            "security": _BEARER,
+            "parameters": [_NAME],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("NamespaceUpdate")}},
+            },
+            "responses": {
+                "200": _json(_ref("Namespace"), "Changed"),
+                "400": _error("A bad body"),
+                "401": _error("No token, or one of no namespace"),
+                "403": _error("Another namespace's token"),
+                "404": _error("Unknown namespace, or auth is off"),
+                "413": _error("Body over the limit"),
+                "415": _error("Not JSON"),
+                "503": _error("The registry cannot be written"),
+            },
+        },
+        "delete": {
+            "summary": "Delete a namespace and its entities (admin)",
+            "security": [{"bearer": []}],
+            "parameters": [_NAME],
+            "responses": {
+                "204": {"description": "Deleted; its token is revoked"},
+                "401": _error("Admin token required"),
+                "403": _error(
+                    "A namespace's token, or admin operations disabled (auth on, no "
+                    "FLUX_ADMIN_TOKEN)"
+                ),
+                "404": _error("Unknown namespace, or auth is off"),
+                "503": _error("The log or the registry cannot be written"),
+            },
+        },
+    },
+    "/api/namespaces/{name}/token": {
+        "post": {
+            "summary": "Rotate a namespace's token (the admin or the current token)",
+            "description": "The old token stops working at once.",
+            "security": _BEARER,
+            "parameters": [_NAME],
+            "responses": {
+                "200": {
+                    **_json(_ref("NamespaceToken"), "The new token"),
+                    "links": _NAMESPACE_LINKS,
+                },
+                "401": _error("No token, or one of no namespace"),
+                "403": _error("Another namespace's token"),
+                "404": _error("Unknown namespace, or auth is off"),
+                "503": _error("The registry cannot be written"),
+            },
+        }
     },
     "/api/connectors": {
         "get": {
