@@ -376,6 +376,88 @@ def admin_config(changes_json: dict[str, Any] | None) -> None:
         _show(flux.admin_config(changes_json))
 
 
+@main.group()
+def namespace() -> None:
+    """Manage namespaces (servers with FLUX_AUTH_ENABLED=true).
+
+    Creating and deleting use $FLUX_ADMIN_TOKEN when it is set; rotating a token and
+    changing visibility use $FLUX_TOKEN (the namespace's own token) or $FLUX_ADMIN_TOKEN.
+    """
+
+
+@namespace.command(name="create")
+@click.argument("name")
+@click.option("--private", is_flag=True, help="Reads of its entities need its token too.")
+def namespace_create(name: str, private: bool) -> None:
+    """Register namespace NAME and print its token (shown only this once).
+
+    \b
+    NAME  3 to 32 characters of a-z, 0-9, - and _
+
+    \b
+    Example:
+      flux namespace create dawn-coral
+    """
+    with _flux() as flux:
+        _show(flux.namespace_create(name, private=private))
+
+
+@namespace.command(name="show")
+@click.argument("name")
+def namespace_show(name: str) -> None:
+    """Show namespace NAME: id, creation time and entity count.
+
+    \b
+    Example:
+      flux namespace show dawn-coral
+    """
+    with _flux() as flux:
+        _show(flux.namespace_show(name))
+
+
+@namespace.command(name="private")
+@click.argument("name")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def namespace_private(name: str, state: str) -> None:
+    """Make namespace NAME private (on) or public (off).
+
+    \b
+    Example:
+      FLUX_TOKEN=<namespace token> flux namespace private dawn-coral on
+    """
+    with _flux() as flux:
+        _show(flux.namespace_set_private(name, state == "on"))
+
+
+@namespace.command(name="rotate-token")
+@click.argument("name")
+def namespace_rotate_token(name: str) -> None:
+    """Give namespace NAME a new token; the old one stops working at once.
+
+    \b
+    Example:
+      FLUX_TOKEN=<current token> flux namespace rotate-token dawn-coral
+    """
+    with _flux() as flux:
+        _show(flux.namespace_rotate_token(name))
+
+
+@namespace.command(name="delete")
+@click.argument("name")
+def namespace_delete(name: str) -> None:
+    """Delete namespace NAME and its entities (needs $FLUX_ADMIN_TOKEN).
+
+    \b
+    Example:
+      FLUX_ADMIN_TOKEN=... flux namespace delete old-team
+    """
+    if _options().admin_token is None:
+        raise click.ClickException("FLUX_ADMIN_TOKEN not set")
+    with _flux() as flux:
+        flux.namespace_delete(name)
+    click.echo(f"Deleted namespace {name}", err=True)
+
+
 @main.command()
 def health() -> None:
     """Check the server and count its entities.

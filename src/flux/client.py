@@ -65,14 +65,19 @@ class FluxTimeoutError(FluxConnectionError, TimeoutError):
     """The server did not answer in time (a write may still have been stored)."""
 
 
-def entity_path(entity_id: str) -> str:
-    """The URL path of an entity: the id is one path segment, so `/` is sent as `%2F` and every
-    other reserved character is percent-encoded too (and `.`/`..`, which URL normalization
-    would otherwise resolve away)."""
-    segment = quote(entity_id, safe="")
+def path_segment(text: str) -> str:
+    """`text` as one URL path segment: `/` is sent as `%2F` and every other reserved character
+    is percent-encoded too (and `.`/`..`, which URL normalization would otherwise resolve
+    away)."""
+    segment = quote(text, safe="")
     if segment in (".", ".."):
         segment = segment.replace(".", "%2E")
-    return "/api/state/entities/" + segment
+    return segment
+
+
+def entity_path(entity_id: str) -> str:
+    """The URL path of an entity."""
+    return "/api/state/entities/" + path_segment(entity_id)
 
 
 def error_message(response: httpx.Response) -> str:
@@ -148,6 +153,8 @@ class FluxClient:
             raise FluxConnectionError(self.base_url, str(exc) or type(exc).__name__) from exc
         if response.status_code >= 400:
             raise FluxClientError(response.status_code, error_message(response))
+        if response.status_code == 204:
+            return None
         try:
             return response.json()
         except ValueError:
@@ -255,6 +262,51 @@ class FluxClient:
         headers = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else None
         result = self._request("PUT", "/api/admin/config", json_body=dict(changes), headers=headers)
         return result
+
+    # -- namespaces --------------------------------------------------------------------------
+
+    def _admin_headers(self) -> dict[str, str] | None:
+        return {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else None
+
+    def namespace_create(self, name: str, private: bool = False) -> JSONObject:
+        """POST /api/namespaces (with the admin token when one is set): returns
+        `{"namespaceId", "name", "token", ...}`; the token is shown only this once."""
+        result: JSONObject = self._request(
+            "POST",
+            "/api/namespaces",
+            json_body={"name": name, "private": private},
+            headers=self._admin_headers(),
+        )
+        return result
+
+    def namespace_show(self, name: str) -> JSONObject:
+        """GET /api/namespaces/NAME: id, name, createdAt, entityCount (never the token)."""
+        result: JSONObject = self._request("GET", f"/api/namespaces/{path_segment(name)}")
+        return result
+
+    def namespace_set_private(self, name: str, private: bool) -> JSONObject:
+        """PUT /api/namespaces/NAME with the namespace's token (or the admin token)."""
+        result: JSONObject = self._request(
+            "PUT",
+            f"/api/namespaces/{path_segment(name)}",
+            json_body={"private": private},
+            headers=self._admin_headers(),
+        )
+        return result
+
+    def namespace_rotate_token(self, name: str) -> JSONObject:
+        """POST /api/namespaces/NAME/token with the namespace's current token (or the admin
+        token): returns the new token; the old one stops working at once."""
+        result: JSONObject = self._request(
+            "POST", f"/api/namespaces/{path_segment(name)}/token", headers=self._admin_headers()
+        )
+        return result
+
+    def namespace_delete(self, name: str) -> None:
+        """DELETE /api/namespaces/NAME (admin token): the namespace and its entities go."""
+        self._request(
+            "DELETE", f"/api/namespaces/{path_segment(name)}", headers=self._admin_headers()
+        )
 
 
 # -- live changes (WebSocket) ----------------------------------------------------------------------
