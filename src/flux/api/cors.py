@@ -14,7 +14,7 @@ from starlette.responses import Response
 from flux.api.errors import error_response
 
 ALLOW_METHODS = ("GET", "POST", "PUT", "DELETE", "OPTIONS")
-ALLOW_HEADERS = ("authorization", "content-type")
+ALLOW_HEADERS = ("authorization", "content-type", "last-event-id")
 
 
 class CORSMiddleware(starlette_cors.CORSMiddleware):
@@ -36,4 +36,5 @@ def cors() -> Middleware:
         allow_origins=["*"],
         allow_methods=list(ALLOW_METHODS),
         allow_headers=list(ALLOW_HEADERS),
+        expose_headers=["Retry-After"],  # so a browser client can read how long to wait
     )
