@@ -41,7 +41,10 @@ class Hub(Generic[C]):
         self._fresh.discard(conn)
 
     def subscribe(self, conn: C, entity_id: str | None = None, prefix: str | None = None) -> None:
-        """Subscribe to one entity id (`*` for all) or to every id starting with `prefix`."""
+        """Subscribe to one entity id (`*` for all) or to every id starting with `prefix` (the
+        empty prefix is everything). Raises KeyError for a connection that was not added."""
+        if prefix is None and entity_id is None:
+            return
         subs = self._subs[conn]
         self._fresh.discard(conn)
         if prefix is not None:
@@ -54,15 +57,17 @@ class Hub(Generic[C]):
         elif entity_id == WILDCARD:
             subs.add(("all", ""))
             self._wildcard.add(conn)
-        elif entity_id is not None:
+        else:
+            assert entity_id is not None
             subs.add(("exact", entity_id))
             self._exact.setdefault(entity_id, set()).add(conn)
 
     def unsubscribe(self, conn: C, entity_id: str | None = None, prefix: str | None = None) -> None:
+        """Drop one subscription. Like any subscribe, it ends a fresh connection's "everything"
+        default, so a connection that unsubscribes without having subscribed receives nothing."""
         subs = self._subs.get(conn)
         if subs is None:
             return
-        self._fresh.discard(conn)
         if prefix is not None:
             key = ("all", "") if prefix == "" else ("prefix", prefix)
         elif entity_id == WILDCARD:
@@ -71,6 +76,7 @@ class Hub(Generic[C]):
             key = ("exact", entity_id)
         else:
             return
+        self._fresh.discard(conn)
         if key in subs:
             subs.discard(key)
             self._drop(conn, *key)
@@ -85,6 +91,10 @@ class Hub(Generic[C]):
             bucket.discard(conn)
             if not bucket:
                 del index[key]
+
+    def count(self, conn: C) -> int:
+        """How many subscriptions a connection holds."""
+        return len(self._subs.get(conn, ()))
 
     def subscriptions(self, conn: C) -> set[tuple[str, str]]:
         """(kind, key) pairs of a connection: kind is "all", "exact" or "prefix"."""

@@ -3,21 +3,23 @@
 Each connection has an `Outbox`: a bounded queue of encoded messages and a wake-up event, drained
 by the connection's own sender task. The service calls `Live.on_changes` on the event loop after
 each commit; it encodes every message once and puts it on each matching outbox, never awaiting a
-socket, so a slow client cannot slow ingestion or the other clients. An outbox that overflows is
-marked, and its sender closes the connection with a reason.
+socket, so a slow client cannot slow ingestion or the other clients. An outbox that overflows
+drops its messages and leaves the hub at once; its connection is then closed with a reason.
 
 A subscription with `since` replays the log from that version up to the sequence the state had
 when the subscription was registered, while live messages for the connection wait in a staging
-list; then the staged messages follow. So the client sees every change once, in order.
+list; then the staged messages follow. So the client sees every change once, in order. The
+replay waits for the sender to drain the queue, so it is bounded by the queue, not the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,29 +34,53 @@ from flux.service import FluxService
 
 logger = logging.getLogger("flux.live")
 
-# A queued message: (version or None, type, JSON text). Encoded once, shared by every outbox.
+# A queued message: (resume version or None, type, JSON text). Encoded once, shared by every
+# outbox. The resume version is set only on a message after which a client has everything up to
+# that version: the last message of a change (an update sends one message per property) and
+# `subscribed`. SSE turns it into the event `id`, so a Last-Event-ID resume never skips the rest
+# of a half-received change.
 Message = tuple[int | None, str, str]
 
 
 class Outbox:
-    """One live connection's outgoing side."""
+    """One live connection's outgoing side: a bounded queue drained by the connection's sender.
 
-    __slots__ = ("messages", "limit", "wake", "overflowed", "staging", "closed")
+    `push` never waits: past `limit` queued messages the outbox overflows (it drops everything,
+    calls `on_overflow`, and its sender closes the connection). While a subscription replays,
+    live messages wait in `staging` (bounded by `limit` too) and the replay `feed`s the queue,
+    waiting for room as the sender drains it, so a long replay needs no large queue."""
+
+    __slots__ = (
+        "messages",
+        "limit",
+        "wake",
+        "room",
+        "overflowed",
+        "staging",
+        "closed",
+        "on_overflow",
+    )
 
     def __init__(self, limit: int) -> None:
         self.messages: deque[Message] = deque()
         self.limit = limit
-        self.wake = asyncio.Event()
+        self.wake = asyncio.Event()  # set when there is something for the sender
+        self.room = asyncio.Event()  # set when the sender took messages (or the outbox ended)
         self.overflowed = False
         self.staging: list[Message] | None = None
         self.closed = False
+        self.on_overflow: Callable[[], None] | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.overflowed or self.closed
 
     def push(self, message: Message) -> None:
         if self.overflowed or self.closed:
             return
         if self.staging is not None:
             self.staging.append(message)
-            if len(self.staging) + len(self.messages) > self.limit:
+            if len(self.staging) > self.limit:
                 self._overflow()
             return
         self.messages.append(message)
@@ -67,25 +93,59 @@ class Outbox:
         self.messages.clear()
         self.staging = None
         self.wake.set()
+        self.room.set()
+        if self.on_overflow is not None:
+            self.on_overflow()
+
+    def close(self) -> None:
+        self.closed = True
+        self.messages.clear()
+        self.staging = None
+        self.wake.set()
+        self.room.set()
 
     def begin_staging(self) -> None:
         if self.staging is None:
             self.staging = []
 
-    def end_staging(self) -> None:
+    def end_staging(self, first: Message | None = None) -> None:
+        """Queue `first`, then the staged live messages, and go back to queueing directly."""
         staged, self.staging = self.staging, None
-        for message in staged or ():
-            self.push(message)
+        if self.ended:
+            return
+        if first is not None:
+            self.messages.append(first)
+        self.messages.extend(staged or ())
+        self.wake.set()
+
+    async def feed(self, groups: Iterable[list[Message]]) -> bool:
+        """Queue groups of messages (a group stays whole: one change's messages), bypassing the
+        staging list and waiting for room whenever the queue is full. False once it ended."""
+        for group in groups:
+            if len(self.messages) >= self.limit:
+                await self.wait_for_room(self.limit)
+            if self.ended:
+                return False
+            self.messages.extend(group)
+            self.wake.set()
+        return not self.ended
+
+    async def wait_for_room(self, below: int) -> None:
+        """Wait until fewer than `below` messages are queued (or the outbox ended)."""
+        while not self.ended and len(self.messages) >= max(below, 1):
+            self.room.clear()
+            await self.room.wait()
 
     async def take(self) -> list[Message]:
         """Wait for messages and take them all (empty when the outbox overflowed or closed)."""
-        while not self.messages and not self.overflowed and not self.closed:
+        while not self.messages and not self.ended:
             self.wake.clear()
             await self.wake.wait()
-        if self.overflowed or self.closed:
+        if self.ended:
             return []
         taken = list(self.messages)
         self.messages.clear()
+        self.room.set()
         return taken
 
 
@@ -104,15 +164,19 @@ class Filter:
     def describe(self) -> dict[str, str]:
         if self.prefix is not None:
             return {"prefix": self.prefix}
-        return {"entity_id": self.entity_id or WILDCARD}
+        return {"entity_id": WILDCARD if self.entity_id is None else self.entity_id}
 
 
 def encode(message: dict[str, Any], version: int | None = None) -> Message:
+    """Encode once; `version` is the resume version (see `Message`)."""
     return (version, message["type"], orjson.dumps(message).decode())
 
 
 def change_messages(change: Change) -> list[Message]:
+    """The messages for one change: one `entity_deleted`, or one `state_update` per property
+    (only the last one carries the resume version)."""
     ts = format_time(change.at, zulu=True)
+    version = change.version
     if change.kind == "delete":
         return [
             encode(
@@ -120,13 +184,13 @@ def change_messages(change: Change) -> list[Message]:
                     "type": "entity_deleted",
                     "entity_id": change.entity_id,
                     "timestamp": ts,
-                    "version": change.version,
+                    "version": version,
                 },
-                change.version,
+                version,
             )
         ]
     assert change.properties is not None
-    return [
+    messages = [
         encode(
             {
                 "type": "state_update",
@@ -134,17 +198,20 @@ def change_messages(change: Change) -> list[Message]:
                 "property": name,
                 "value": value,
                 "timestamp": ts,
-                "version": change.version,
-            },
-            change.version,
+                "version": version,
+            }
         )
         for name, value in change.properties.items()
     ]
+    _, kind, text = messages[-1]
+    messages[-1] = (version, kind, text)
+    return messages
 
 
 def record_change(record: Record) -> Change | None:
     """The change a logged event stands for, without state (for replay): an update for every
-    event with properties, a delete for every tombstone."""
+    event with properties, a delete for every tombstone (even one for an entity that did not
+    exist, which sent nothing live: replay has no state to tell)."""
     entity_id = entity_of(record.event)
     props = record.event["payload"].get("properties")
     if entity_id is None or type(props) is not dict or not props:
@@ -155,6 +222,7 @@ def record_change(record: Record) -> Change | None:
 
 
 def snapshot_message(entity: Entity) -> Message:
+    """An entity's current state. No resume version: snapshots go out in no version order."""
     return encode(
         {
             "type": "snapshot",
@@ -162,9 +230,16 @@ def snapshot_message(entity: Entity) -> Message:
             "properties": entity.properties,
             "timestamp": format_time(entity.last_updated, zulu=True),
             "version": entity.version,
-        },
-        entity.version,
+        }
     )
+
+
+def _about(message: Message, flt: Filter) -> bool:
+    """Whether a queued message is a change to an entity `flt` matches (decodes it: rare path)."""
+    if message[1] not in ("state_update", "entity_deleted"):
+        return False
+    entity_id = orjson.loads(message[2]).get("entity_id")
+    return type(entity_id) is str and flt.matches(entity_id)
 
 
 class Live:
@@ -186,18 +261,21 @@ class Live:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        for outbox in list(self.hub.connections()):
-            outbox.closed = True
-            outbox.wake.set()
+        self.close_all()
+
+    def close_all(self) -> None:
+        """End every live connection's queue: WebSocket senders return and SSE streams end."""
+        for outbox in self.hub.connections():
+            self.disconnect(outbox)
 
     def connect(self) -> Outbox:
         outbox = Outbox(self.settings.ws_queue_limit)
+        outbox.on_overflow = functools.partial(self.hub.remove, outbox)
         self.hub.add(outbox)
         return outbox
 
     def disconnect(self, outbox: Outbox) -> None:
-        outbox.closed = True
-        outbox.wake.set()
+        outbox.close()
         self.hub.remove(outbox)
 
     @property
@@ -248,38 +326,68 @@ class Live:
     async def subscribe(
         self, outbox: Outbox, flt: Filter, *, snapshot: bool = False, since: int | None = None
     ) -> None:
-        """Register a subscription; with `snapshot`, first send the matching entities' state;
-        with `since`, first replay the changes after that version. Ends with `subscribed`."""
-        first_seq = await self.service.log.first_seq() if since is not None else 0
-        engine = self.service.engine
-        upto = engine.last_seq  # from here on, everything is synchronous up to the staging
-        self.hub.subscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)
-        too_old = since is not None and since + 1 < first_seq and since < upto
-        if too_old:
-            outbox.push(
-                encode(
-                    {
-                        "type": "resync",
-                        "reason": f"the log no longer reaches back to version {since}; "
-                        "sending the current state instead",
-                        "version": upto,
-                    }
-                )
-            )
-        if snapshot or too_old:
-            for entity in self._select(flt):
-                outbox.push(snapshot_message(entity))
-        if since is not None and not too_old and since < upto:
-            outbox.begin_staging()
-            try:
-                await self._replay(outbox, flt, since, upto)
-            finally:
-                ack = encode({"type": "subscribed", **flt.describe(), "version": upto})
-                if outbox.staging is not None:
-                    outbox.staging.insert(0, ack)
-                outbox.end_staging()
+        """Register a subscription and end with `subscribed` (version V: everything up to V has
+        been sent, everything after it follows live).
+
+        With `since`, first replay from the log every matching change after that version (and
+        ignore `snapshot`). When the log no longer holds them all (retention), or `since` is
+        ahead of the log, send `resync` and the matching entities' current state instead. With
+        `snapshot` alone, first send the matching entities' current state. Live messages for
+        the connection wait in the outbox's staging list meanwhile, so nothing is missed or
+        sent twice. Raises LogError when the log cannot be read."""
+        if outbox.ended:
             return
-        outbox.push(encode({"type": "subscribed", **flt.describe(), "version": upto}))
+        engine = self.service.engine
+        # From here to begin_staging() nothing awaits: the state at `upto` is what the hub
+        # subscription starts after.
+        upto = engine.last_seq
+        self.hub.subscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)
+        outbox.begin_staging()
+        subscribed = False
+        try:
+            if since is None:
+                if snapshot:
+                    messages = [snapshot_message(entity) for entity in self._select(flt)]
+                    await outbox.feed([m] for m in messages)
+            elif since > upto:
+                upto = await self._resync(
+                    outbox, flt, f"version {since} is ahead of this server's log (at {upto})"
+                )
+            elif since < upto and not await self._replay(outbox, flt, since, upto):
+                upto = await self._resync(
+                    outbox, flt, f"the log no longer reaches back to version {since}"
+                )
+            if outbox.ended:
+                return
+            await outbox.wait_for_room(1)  # the staged messages are at most `limit`
+            outbox.end_staging(
+                encode({"type": "subscribed", **flt.describe(), "version": upto}, upto)
+            )
+            subscribed = True
+        finally:
+            if not subscribed:
+                outbox.end_staging()
+
+    async def _resync(self, outbox: Outbox, flt: Filter, reason: str) -> int:
+        """Send `resync` and the current state of the matching entities; returns its version.
+        Staged changes to those entities are dropped: the snapshot already holds them."""
+        if outbox.ended:
+            return 0
+        now = self.service.engine.last_seq
+        if outbox.staging:
+            outbox.staging = [m for m in outbox.staging if not _about(m, flt)]
+        messages = [
+            encode(
+                {
+                    "type": "resync",
+                    "reason": f"{reason}; sending the current state instead",
+                    "version": now,
+                }
+            )
+        ]
+        messages += [snapshot_message(entity) for entity in self._select(flt)]
+        await outbox.feed([m] for m in messages)
+        return now
 
     def _select(self, flt: Filter) -> Iterable[Entity]:
         engine = self.service.engine
@@ -290,23 +398,32 @@ class Live:
         entity = engine.get(flt.entity_id or "")
         return [entity] if entity is not None else []
 
-    async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> None:
-        """Push the logged changes in (since, upto] that match, bypassing the staging list."""
-        async for batch in self.service.log.read(since):
-            for record in batch:
-                if record.seq > upto:
-                    return
-                change = record_change(record)
-                if change is None or not flt.matches(change.entity_id):
-                    continue
-                for message in change_messages(change):
-                    outbox.messages.append(message)
-                if len(outbox.messages) > outbox.limit:
-                    outbox._overflow()
-                    return
-            outbox.wake.set()
-            if outbox.closed or outbox.overflowed:
-                return
+    async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> bool:
+        """Queue the logged changes in (since, upto] that match, in order. False when the log
+        has a gap there (retention removed records) or the outbox ended."""
+        expected = since + 1
+        batches = self.service.log.read(since)
+        try:
+            async for batch in batches:
+                groups = []
+                for record in batch:
+                    if record.seq > upto:
+                        break
+                    if record.seq != expected:
+                        return False
+                    expected += 1
+                    change = record_change(record)
+                    if change is not None and flt.matches(change.entity_id):
+                        groups.append(change_messages(change))
+                if not await outbox.feed(groups):
+                    return False
+                if expected > upto:
+                    return True
+        finally:
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return expected > upto
 
     def unsubscribe(self, outbox: Outbox, flt: Filter) -> None:
         self.hub.unsubscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)

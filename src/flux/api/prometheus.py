@@ -7,12 +7,13 @@ from bisect import bisect_left
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux.live import Live
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Label values come from a fixed set, so a client cannot grow the series without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Histogram:
@@ -56,7 +57,8 @@ class RequestTimer:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            key = (scope["method"], self._route(scope), f"{status // 100}xx")
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            key = (method, self._route(scope), f"{status // 100}xx")
             histogram = self.histograms.get(key)
             if histogram is None:
                 histogram = self.histograms[key] = Histogram()
@@ -64,9 +66,10 @@ class RequestTimer:
 
     @staticmethod
     def _route(scope: Scope) -> str:
-        """The matched route's path template (the router records it in the scope)."""
-        route = scope.get("route")
-        return route.path if isinstance(route, Route) else "unmatched"
+        """The matched route's path template (the router records it in the scope; a Mount's
+        is its prefix), or "unmatched"."""
+        path = getattr(scope.get("route"), "path", None)
+        return path if isinstance(path, str) else "unmatched"
 
 
 def _escape(value: str) -> str:

@@ -14,12 +14,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from flux.errors import ValidationError
+from flux.errors import FluxError, ValidationError
+from flux.hub import WILDCARD
 from flux.live import Filter, Live, Message, Outbox, encode
 
 logger = logging.getLogger("flux.ws")
 
 CLOSE_SLOW_CONSUMER = 1013  # "try again later"
+CLOSE_WAIT_SECONDS = 10.0  # how long a slow consumer's close frame may wait for socket room
 SSE_KEEPALIVE_SECONDS = 15.0
 
 
@@ -70,12 +72,9 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             snapshot = message.get("snapshot", False)
             if type(snapshot) is not bool:
                 raise ValidationError("`snapshot` must be true or false")
-            subs = live.hub.subscriptions(outbox)
-            if len(subs) >= live.settings.ws_max_subscriptions:
-                raise ValidationError(
-                    f"too many subscriptions on this connection "
-                    f"(max {live.settings.ws_max_subscriptions})"
-                )
+            limit = live.settings.ws_max_subscriptions
+            if live.hub.count(outbox) >= limit:
+                raise ValidationError(f"too many subscriptions on this connection (max {limit})")
             await live.subscribe(outbox, flt, snapshot=snapshot, since=since)
         elif kind == "unsubscribe":
             live.unsubscribe(outbox, parse_filter(message))
@@ -87,74 +86,131 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             raise ValidationError(
                 f"unknown message type {kind!r}; expected subscribe, unsubscribe or ping"
             )
-    except ValidationError as exc:
+    except FluxError as exc:  # a bad message, or the log failing under a replay
         outbox.push(error_message(exc.message))
 
 
 async def _send_loop(websocket: WebSocket, outbox: Outbox) -> None:
+    """Send what the outbox holds until it ends. May block on a client that does not read
+    (the server stops writing once the socket's buffer is full); the endpoint then cancels it."""
     while True:
         batch = await outbox.take()
-        if outbox.overflowed:
-            logger.warning("closing a slow WebSocket consumer (queue over %d)", outbox.limit)
-            with contextlib.suppress(Exception):
-                await websocket.close(
-                    CLOSE_SLOW_CONSUMER,
-                    f"slow consumer: more than {outbox.limit} messages queued; "
-                    "reconnect and subscribe with since=<last version>",
-                )
-            return
-        if outbox.closed:
+        if not batch:
             return
         for _, _, text in batch:
             await websocket.send_text(text)
 
 
+async def _receive_loop(websocket: WebSocket, live: Live, outbox: Outbox) -> None:
+    """Handle client frames one at a time (a subscription's replay included) until the client
+    goes away."""
+    while True:
+        frame = await websocket.receive()
+        if frame["type"] == "websocket.disconnect":
+            return
+        text = frame.get("text")
+        if text is None:
+            outbox.push(error_message("binary frames are not supported; send JSON text"))
+            continue
+        await handle(live, outbox, text)
+
+
+async def _ended(outbox: Outbox) -> None:
+    while not outbox.ended:
+        outbox.room.clear()
+        await outbox.room.wait()
+
+
+def _quiet(task: asyncio.Task[None]) -> None:
+    """Collect a finished task's outcome: a client going away is normal; anything else is a
+    bug worth a traceback in the log."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError | FluxError):
+        logger.error("WebSocket task %s failed", task.get_name(), exc_info=exc)
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
+    """One connection: a receiver task (client frames), a sender task (the outbox) and a
+    watcher for the outbox ending (overflow, or server shutdown). When any of them finishes,
+    all three are cancelled and awaited, so no task outlives the connection. A slow consumer
+    is then closed with 1013 and a reason; the close frame waits behind what the socket already
+    holds, so the client sees it after reading that (or never, if it never reads again)."""
     live = live_of(websocket)
-    await websocket.accept()
-    outbox = live.connect()
-    sender = asyncio.create_task(_send_loop(websocket, outbox))
     try:
-        while not sender.done():
-            receive = asyncio.ensure_future(websocket.receive())
-            done, _ = await asyncio.wait({receive, sender}, return_when=asyncio.FIRST_COMPLETED)
-            if receive not in done:
-                receive.cancel()
-                break
-            frame = receive.result()
-            if frame["type"] == "websocket.disconnect":
-                break
-            text = frame.get("text")
-            if text is None:
-                outbox.push(error_message("binary frames are not supported; send JSON text"))
-                continue
-            await handle(live, outbox, text)
-    except WebSocketDisconnect:
-        pass
+        await websocket.accept()
+    except (WebSocketDisconnect, OSError):  # gone before the handshake completed
+        return
+    outbox = live.connect()
+    tasks = [
+        asyncio.create_task(_send_loop(websocket, outbox), name="flux-ws-send"),
+        asyncio.create_task(_receive_loop(websocket, live, outbox), name="flux-ws-receive"),
+        asyncio.create_task(_ended(outbox), name="flux-ws-ended"),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        overflowed = outbox.overflowed
         live.disconnect(outbox)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:
+            _quiet(task)
+    if overflowed:
+        logger.warning("closing a slow WebSocket consumer (queue over %d)", outbox.limit)
+        reason = (
+            f"slow consumer: more than {outbox.limit} messages queued; "
+            "reconnect and subscribe with since"
+        )
+        with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
+            await asyncio.wait_for(websocket.close(CLOSE_SLOW_CONSUMER, reason), CLOSE_WAIT_SECONDS)
 
 
-async def sse_endpoint(request: Request) -> Response:
-    live = live_of(request)
+def parse_sse(request: Request) -> tuple[Filter, int | None]:
+    """The filter (`entity_id`, `prefix`, or everything) and the resume version (the
+    Last-Event-ID header, else `since`) of an SSE request. Raises ValidationError."""
     params = request.query_params
     if "prefix" in params:
         flt = Filter(prefix=params["prefix"])
     else:
-        flt = Filter(entity_id=params.get("entity_id") or "*")
+        flt = Filter(entity_id=params.get("entity_id") or WILDCARD)
     since_text = request.headers.get("last-event-id") or params.get("since")
     since = None
     if since_text:
-        if not since_text.isdigit():
+        if not since_text.isascii() or not since_text.isdigit():
             raise ValidationError("`since` (or Last-Event-ID) must be a version number")
         since = int(since_text)
-    outbox = live.connect()
-    await live.subscribe(outbox, flt, since=since)
+    return flt, since
+
+
+def sse_frame(message: Message) -> str:
+    """One Server-Sent Event; the `id` is the message's resume version when it has one."""
+    version, kind, text = message
+    head = f"id: {version}\n" if version is not None else ""
+    return f"{head}event: {kind}\ndata: {text}\n\n"
+
+
+async def _subscribe_or_error(live: Live, outbox: Outbox, flt: Filter, since: int | None) -> None:
+    try:
+        await live.subscribe(outbox, flt, since=since)
+    except FluxError as exc:
+        outbox.push(error_message(exc.message))
+
+
+async def sse_endpoint(request: Request) -> Response:
+    """The same changes as the WebSocket, one subscription per stream. The subscription (and
+    its replay) runs beside the stream, which drains the outbox meanwhile. An `error` event
+    ends the stream (the browser reconnects with Last-Event-ID)."""
+    live = live_of(request)
+    flt, since = parse_sse(request)
 
     async def stream() -> AsyncIterator[bytes]:
+        # Connected here, not in the endpoint: this `finally` runs only once iteration began.
+        outbox = live.connect()
+        task = asyncio.create_task(_subscribe_or_error(live, outbox, flt, since))
+        task.add_done_callback(_quiet)
         try:
             yield b"retry: 1000\n\n"
             while True:
@@ -164,20 +220,16 @@ async def sse_endpoint(request: Request) -> Response:
                     yield b": keep-alive\n\n"
                     continue
                 if outbox.overflowed:
-                    yield (
-                        b"event: error\ndata: "
-                        + orjson.dumps({"type": "error", "error": "slow consumer: queue overflow"})
-                        + b"\n\n"
-                    )
+                    error = error_message("slow consumer: queue overflow; reconnect to resume")
+                    yield sse_frame(error).encode()
                     return
-                if outbox.closed:
+                if not batch:
                     return
-                parts = []
-                for version, kind, text in batch:
-                    head = f"id: {version}\n" if version is not None else ""
-                    parts.append(f"{head}event: {kind}\ndata: {text}\n\n")
-                yield "".join(parts).encode()
+                yield "".join(map(sse_frame, batch)).encode()
+                if any(kind == "error" for _, kind, _ in batch):
+                    return
         finally:
+            task.cancel()
             live.disconnect(outbox)
 
     return StreamingResponse(
