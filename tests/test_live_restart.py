@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -207,3 +208,24 @@ def test_a_stalled_event_stream_gets_an_error_event_and_ends(slow_server: FluxSe
                 await anext(events.lines)
 
     run_async(main())
+
+
+def test_sigterm_with_an_open_sse_stream_shuts_down_at_once(
+    server_factory: type[FluxServer], data_dir: Path
+) -> None:
+    """An SSE stream never ends by itself; shutdown ends it instead of waiting out the
+    graceful timeout, and the final snapshot is written."""
+    srv = server_factory(data_dir).start()
+    event = {
+        "stream": "s",
+        "source": "t",
+        "timestamp": 1,
+        "payload": {"entity_id": "ns/a", "properties": {"n": 1}},
+    }
+    assert httpx.post(f"{srv.url}/api/events", json=event).status_code == 200
+    with httpx.stream("GET", f"{srv.url}/api/events/stream", timeout=10) as response:
+        assert response.status_code == 200
+        began = time.monotonic()
+        srv.stop(signal.SIGTERM, timeout=20)
+        assert time.monotonic() - began < 10
+    assert list((data_dir / "snapshots").glob("snapshot-*.json.gz"))

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -131,8 +132,17 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         os.path.abspath(settings.data_dir),
         settings.event_log_url(),
     )
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn waits for open responses before the lifespan shutdown; an SSE stream never
+            # ends by itself, so end every live connection first (WebSockets close with 1012).
+            app.state.live.close_all()
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -143,12 +153,16 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,
         timeout_graceful_shutdown=30,
+        # Each message is encoded once for every subscriber; per-connection compression would
+        # redo the work for each one.
+        ws_per_message_deflate=False,
     )
     # The log writer thread releases the GIL while SQLite works; a short switch interval lets it
     # take the GIL back quickly while the event loop is busy (the default 5 ms stalls commits).
     sys.setswitchinterval(0.001)
-    server = uvicorn.Server(config)
-    server.run()
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down, then re-raised
+        server.run()
     if not server.started:
         raise SystemExit(1)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from flux.auth import ANONYMOUS, Credential
 from flux.engine import Change, Entity
 from flux.events import DELETED, entity_of, format_time, now_us
 from flux.hub import WILDCARD, Hub
@@ -59,9 +60,11 @@ class Outbox:
         "staging",
         "closed",
         "on_overflow",
+        "credential",
     )
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, credential: Credential = ANONYMOUS) -> None:
+        self.credential = credential  # whose private namespaces this connection may read
         self.messages: deque[Message] = deque()
         self.limit = limit
         self.wake = asyncio.Event()  # set when there is something for the sender
@@ -268,8 +271,8 @@ class Live:
         for outbox in self.hub.connections():
             self.disconnect(outbox)
 
-    def connect(self) -> Outbox:
-        outbox = Outbox(self.settings.ws_queue_limit)
+    def connect(self, credential: Credential = ANONYMOUS) -> Outbox:
+        outbox = Outbox(self.settings.ws_queue_limit, credential)
         outbox.on_overflow = functools.partial(self.hub.remove, outbox)
         self.hub.add(outbox)
         return outbox
@@ -289,10 +292,14 @@ class Live:
         if not len(self.hub):
             return
         match = self.hub.match
+        service = self.service
+        check_private = service.auth_enabled and bool(service.access.private)
         for change in changes:
             targets = match(change.entity_id)
             if not targets:
                 continue
+            if check_private and service.access.is_private(change.entity_id):
+                targets = {o for o in targets if service.can_read(o.credential, change.entity_id)}
             for message in change_messages(change):
                 for outbox in targets:
                     outbox.push(message)
@@ -337,6 +344,8 @@ class Live:
         sent twice. Raises LogError when the log cannot be read."""
         if outbox.ended:
             return
+        if flt.entity_id is not None and flt.entity_id != WILDCARD:
+            self.service.check_read(outbox.credential, flt.entity_id)
         engine = self.service.engine
         # From here to begin_staging() nothing awaits: the state at `upto` is what the hub
         # subscription starts after.
@@ -347,7 +356,8 @@ class Live:
         try:
             if since is None:
                 if snapshot:
-                    messages = [snapshot_message(entity) for entity in self._select(flt)]
+                    selected = self._select(flt, outbox.credential)
+                    messages = [snapshot_message(entity) for entity in selected]
                     await outbox.feed([m] for m in messages)
             elif since > upto:
                 upto = await self._resync(
@@ -385,23 +395,28 @@ class Live:
                 }
             )
         ]
-        messages += [snapshot_message(entity) for entity in self._select(flt)]
+        messages += [snapshot_message(e) for e in self._select(flt, outbox.credential)]
         await outbox.feed([m] for m in messages)
         return now
 
-    def _select(self, flt: Filter) -> Iterable[Entity]:
+    def _select(self, flt: Filter, credential: Credential) -> list[Entity]:
+        """The matching entities the credential may read."""
         engine = self.service.engine
         if flt.prefix is not None:
-            return list(engine.select(prefix=flt.prefix))
-        if flt.entity_id == WILDCARD:
-            return list(engine.entities.values())
-        entity = engine.get(flt.entity_id or "")
-        return [entity] if entity is not None else []
+            found: Iterable[Entity] = engine.select(prefix=flt.prefix)
+        elif flt.entity_id == WILDCARD:
+            found = engine.entities.values()
+        else:
+            entity = engine.get(flt.entity_id or "")
+            found = [entity] if entity is not None else []
+        can_read = self.service.can_read
+        return [e for e in found if can_read(credential, e.id)]
 
     async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> bool:
         """Queue the logged changes in (since, upto] that match, in order. False when the log
         has a gap there (retention removed records) or the outbox ended."""
         expected = since + 1
+        can_read = self.service.can_read
         batches = self.service.log.read(since)
         try:
             async for batch in batches:
@@ -413,7 +428,11 @@ class Live:
                         return False
                     expected += 1
                     change = record_change(record)
-                    if change is not None and flt.matches(change.entity_id):
+                    if (
+                        change is not None
+                        and flt.matches(change.entity_id)
+                        and can_read(outbox.credential, change.entity_id)
+                    ):
                         groups.append(change_messages(change))
                 if not await outbox.feed(groups):
                     return False

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from flux.auth import ANONYMOUS, Credential
 from flux.errors import FluxError, ValidationError
 from flux.hub import WILDCARD
 from flux.live import Filter, Live, Message, Outbox, encode
@@ -78,6 +79,13 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             await live.subscribe(outbox, flt, snapshot=snapshot, since=since)
         elif kind == "unsubscribe":
             live.unsubscribe(outbox, parse_filter(message))
+        elif kind == "auth":
+            token = message.get("token")
+            if type(token) is not str or not token.strip():
+                raise ValidationError("`token` must be a non-empty string")
+            if live.service.auth_enabled:
+                outbox.credential = Credential.from_token(token)
+            outbox.push(encode({"type": "authenticated"}))
         elif kind == "ping":
             outbox.push(encode({"type": "pong"}))
         elif kind is None:
@@ -142,7 +150,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
     except (WebSocketDisconnect, OSError):  # gone before the handshake completed
         return
-    outbox = live.connect()
+    outbox = live.connect(credential_from(websocket.headers.get("authorization"), live))
     tasks = [
         asyncio.create_task(_send_loop(websocket, outbox), name="flux-ws-send"),
         asyncio.create_task(_receive_loop(websocket, live, outbox), name="flux-ws-receive"),
@@ -166,6 +174,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         )
         with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
             await asyncio.wait_for(websocket.close(CLOSE_SLOW_CONSUMER, reason), CLOSE_WAIT_SECONDS)
+
+
+def credential_from(header: str | None, live: Live) -> Credential:
+    """Who the connection is, for private namespaces (anyone, with auth off)."""
+    return Credential.from_header(header) if live.service.auth_enabled else ANONYMOUS
 
 
 def parse_sse(request: Request) -> tuple[Filter, int | None]:
@@ -205,10 +218,11 @@ async def sse_endpoint(request: Request) -> Response:
     ends the stream (the browser reconnects with Last-Event-ID)."""
     live = live_of(request)
     flt, since = parse_sse(request)
+    credential = credential_from(request.headers.get("authorization"), live)
 
     async def stream() -> AsyncIterator[bytes]:
         # Connected here, not in the endpoint: this `finally` runs only once iteration began.
-        outbox = live.connect()
+        outbox = live.connect(credential)
         task = asyncio.create_task(_subscribe_or_error(live, outbox, flt, since))
         task.add_done_callback(_quiet)
         try:
