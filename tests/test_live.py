@@ -140,7 +140,12 @@ class ScriptedLog:
 
 
 class Service:
-    """What Live uses of FluxService: settings, engine, log and listeners."""
+    """What Live uses of FluxService: settings, engine, log, listeners and the read checks (a
+    server with auth off: everyone reads everything). The log is scripted so that commits can
+    be placed between replay batches deterministically; the real-server tests in
+    tests/api/test_ws.py and tests/test_live_restart.py cover the same paths end to end."""
+
+    auth_enabled = False
 
     def __init__(self, tmp_path: Path, limit: int = 100) -> None:
         self.settings = Settings(data_dir=str(tmp_path), ws_queue_limit=limit)
@@ -153,6 +158,12 @@ class Service:
         self.seq += 1
         event = {"source": "t", "payload": {"entity_id": entity_id, "properties": properties}}
         return Record(self.seq, 1_700_000_000_000_000 + self.seq, event)
+
+    def can_read(self, credential: object, entity_id: str) -> bool:
+        return True
+
+    def check_read(self, credential: object, entity_id: str) -> None:
+        return None
 
     def commit(self, *records: Record) -> None:
         changes = self.engine.apply_all(records)
