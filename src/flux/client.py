@@ -385,6 +385,16 @@ class LiveWatch:
             message["snapshot"] = True
         return message
 
+    def matches(self, message: dict[str, Any]) -> bool:
+        """Whether a change is about what this watch subscribed to."""
+        entity_id = message.get("entity_id")
+        if type(entity_id) is not str:
+            return False
+        if "prefix" in self.filter:
+            return entity_id.startswith(self.filter["prefix"])
+        wanted = self.filter["entity_id"]
+        return wanted == "*" or entity_id == wanted
+
     def accept(self, message: dict[str, Any]) -> bool:
         """Whether to pass a message on (False: a change already passed on); tracks versions."""
         kind = message.get("type")
@@ -454,20 +464,35 @@ class LiveWatch:
                 try:
                     async with ws:
                         await ws.send(json.dumps(self.subscribe_message(), ensure_ascii=False))
+                        # Until `subscribed`, changes are held back: a new connection receives
+                        # every change until its subscription is in place (the original's
+                        # rule), so the replay may follow newer changes. Sorted by version and
+                        # filtered, they come out once and in order.
+                        pending: list[tuple[dict[str, Any], str]] | None = []
                         while True:
                             data = await ws.recv()
                             text = data if isinstance(data, str) else data.decode()
                             message = json.loads(text)
                             if type(message) is not dict:
                                 continue
-                            if message.get("type") == "error":
+                            kind = message.get("type")
+                            if kind == "error":
                                 raise FluxClientError(
                                     None, f"the server refused: {message.get('error')}"
                                 )
+                            if pending is not None and kind in CHANGE_TYPES:
+                                if self.matches(message):
+                                    pending.append((message, text))
+                                continue
+                            if pending is not None and kind == "subscribed":
+                                pending.sort(key=_version_of)
+                                for held, held_text in pending:
+                                    if self.accept(held):
+                                        yield held, held_text
+                                pending = None
+                                failures = 0
                             if not self.accept(message):
                                 continue
-                            if message.get("type") == "subscribed":
-                                failures = 0
                             yield message, text
                 except ConnectionClosed as exc:
                     reason = _close_reason(exc)
@@ -482,6 +507,11 @@ class LiveWatch:
             after = f", resuming after version {self.version}" if self.version is not None else ""
             self._status(f"{reason}; reconnecting in {delay:.1f} s{after}")
             await asyncio.sleep(delay)
+
+
+def _version_of(item: tuple[dict[str, Any], str]) -> int:
+    version = item[0].get("version")
+    return version if type(version) is int else 0
 
 
 def _reason(exc: BaseException) -> str:
