@@ -109,6 +109,17 @@ class FluxServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def start_server(data_dir: Path, env: dict[str, str] | None = None) -> FluxServer:
+    """A started FluxServer; if it does not come up, its process is killed before raising."""
+    srv = FluxServer(data_dir, env)
+    try:
+        return srv.start()
+    except BaseException:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.kill()
+        raise
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[type[FluxServer]]:
     started: list[FluxServer] = []

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import FluxServer, free_port
+from conftest import FluxServer, free_port, start_server
 from flux import _output
 from flux.cli import ClientOptions, main
 
@@ -26,16 +25,6 @@ SEED_BATCH = """[
 {"stream":"sensors","source":"agent-01","payload":{"entity_id":"cli/sensor-01","properties":{"temp":22}}},
 {"stream":"sensors","source":"agent-01","payload":{"entity_id":"cli/sensor-02","properties":{"temp":23}}}
 ]"""
-
-
-def start_server(data_dir: Path, env: dict[str, str]) -> FluxServer:
-    srv = FluxServer(data_dir, env)
-    try:
-        return srv.start()
-    except BaseException:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
-        raise
 
 
 @pytest.fixture(scope="module")

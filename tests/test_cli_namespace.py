@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FluxServer
-from test_cli import flux, ok_json, start_server
+from conftest import FluxServer, start_server
+from test_cli import flux, ok_json
 
 ADMIN = "ns-cli-admin"
 

@@ -6,12 +6,11 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import FluxServer, free_port
+from conftest import FluxServer, free_port, start_server
 from flux.client import (
     FluxClient,
     FluxClientError,
@@ -21,16 +20,6 @@ from flux.client import (
 )
 
 ADMIN_TOKEN = "admin-secret"
-
-
-def start_server(data_dir: Path, env: dict[str, str] | None = None) -> FluxServer:
-    srv = FluxServer(data_dir, env)
-    try:
-        return srv.start()
-    except BaseException:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
-        raise
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, FluxServer, free_port
+from conftest import REPO, FluxServer, free_port, start_server
 
 SCRIPT = REPO / "scripts" / "flux.sh"
 ADMIN_TOKEN = "sh-admin-secret"
@@ -29,16 +29,6 @@ SEED_BATCH = """[
 {"stream":"sensors","source":"agent-01","payload":{"entity_id":"dawn-coral/sensor-01","properties":{"temp":22}}},
 {"stream":"sensors","source":"agent-01","payload":{"entity_id":"dawn-coral/sensor-02","properties":{"temp":23}}}
 ]"""
-
-
-def start_server(data_dir: Path, env: dict[str, str]) -> FluxServer:
-    srv = FluxServer(data_dir, env)
-    try:
-        return srv.start()
-    except BaseException:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.kill()
-        raise
 
 
 @pytest.fixture(scope="module")
