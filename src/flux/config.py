@@ -6,6 +6,8 @@ The runtime-mutable subset (`RUNTIME_SETTINGS`) is what the admin config endpoin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -68,6 +70,21 @@ def _optional_text(text: str) -> str | None:
     return text or None
 
 
+def _encryption_key(text: str) -> str | None:
+    """Standard base64 of exactly 32 bytes (an AES-256 key); empty means unset. The text is kept
+    (not the bytes) so that the key never shows in a repr; `flux.credentials` decodes it."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be standard base64 of exactly 32 bytes") from None
+    if len(key) != 32:
+        raise ValueError(f"must be standard base64 of exactly 32 bytes (got {len(key)} bytes)")
+    return text
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -76,6 +93,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     runtime: bool = False
+    secret: bool = False
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -218,6 +236,15 @@ SETTINGS: tuple[Setting, ...] = (
         "changed); 0 turns the directory off.",
     ),
     Setting(
+        "encryption_key",
+        "FLUX_ENCRYPTION_KEY",
+        None,
+        _encryption_key,
+        "AES-256-GCM key (standard base64 of 32 bytes) for the connector credential store "
+        "(<data_dir>/credentials.db); unset: connector tokens cannot be stored.",
+        secret=True,
+    ),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -251,6 +278,7 @@ class Settings:
     ws_max_subscriptions: int = 1_000
     metrics_interval_seconds: float = 2.0
     directory_interval_seconds: float = 5.0
+    encryption_key: str | None = dataclasses.field(default=None, repr=False)
     log_level: str = "info"
 
     @classmethod
@@ -265,7 +293,8 @@ class Settings:
             try:
                 values[setting.name] = setting.parse(raw)
             except ValueError as exc:
-                raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
+                shown = "<hidden>" if setting.secret else repr(raw)
+                raise ConfigError(f"{setting.env}={shown}: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

@@ -28,6 +28,8 @@ from flux.auth import (
     check_not_reserved,
 )
 from flux.config import RuntimeConfig, Settings
+from flux.connectors.runner import Scheduler
+from flux.credentials import CredentialStore
 from flux.directory import Directory
 from flux.engine import Change, Entity, StateEngine
 from flux.errors import Forbidden, LogError, NotFound, RateLimited, ValidationError
@@ -63,6 +65,10 @@ class FluxService:
         self.registry = NamespaceRegistry(self.data_dir / "namespaces.db", self.access)
         self.limiter = RateLimiter(clock) if clock is not None else RateLimiter()
         self.directory = Directory(self, settings.directory_interval_seconds)
+        # Connector credentials (encrypted; None without FLUX_ENCRYPTION_KEY) and the
+        # connectors' scheduler (no connector is scheduled yet: the status API reads it).
+        self.credentials: CredentialStore | None = None
+        self.connectors = Scheduler()
         self.listeners: list[Listener] = []
         self.events_total = 0  # events applied since start (replay excluded)
         self.started_at = time.monotonic()
@@ -78,6 +84,8 @@ class FluxService:
         """Restore the newest valid snapshot, replay the log after it, then accept writes."""
         began = time.monotonic()
         self._load_runtime()
+        if self.settings.encryption_key is not None and self.credentials is None:
+            self.credentials = CredentialStore.open(self.data_dir, self.settings.encryption_key)
         if self.settings.auth_enabled:
             await self.registry.open()
         self.snapshots.clean_temp_files()
@@ -131,7 +139,8 @@ class FluxService:
         return StateEngine()
 
     async def stop(self) -> None:
-        """Write a final snapshot and close the log."""
+        """Stop the connectors, write a final snapshot and close the log."""
+        await self.connectors.stop()
         await self.directory.stop()
         if self._ticker is not None:
             self._ticker.cancel()
@@ -149,6 +158,9 @@ class FluxService:
         finally:
             await self.log.close()
             await self.registry.close()
+            if self.credentials is not None:
+                self.credentials.close()
+                self.credentials = None
             self.ready = False
 
     # -- runtime config --------------------------------------------------------------------

@@ -169,6 +169,8 @@ def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServe
         "FLUX_ADMIN_TOKEN": ADMIN,
         "FLUX_DIRECTORY_INTERVAL_SECONDS": "0.2",
         "FLUX_SNAPSHOT_EVERY_EVENTS": "200",
+        # a credential store, so that storing a connector token is not a documented 500
+        "FLUX_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     }
     server = server_factory(tmp_path / "data", env=env).start()
     TOKENS.__init__()  # type: ignore[misc]

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from flux.api import errors, http, namespaces
+from flux.api import connectors, errors, http, namespaces
 from flux.api.cors import cors
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, RequestTimer, metrics_endpoint
@@ -84,7 +84,13 @@ def routes() -> list[BaseRoute]:
             DELETE=namespaces.delete,
         ),
         _route("/api/namespaces/{name}/token", POST=namespaces.rotate),
-        _route("/api/connectors", GET=http.list_connectors),
+        _route("/api/connectors", GET=connectors.list_connectors),
+        _route("/api/connectors/{name}", GET=connectors.show),
+        _route(
+            "/api/connectors/{name}/token",
+            POST=connectors.store_token,
+            DELETE=connectors.delete_token,
+        ),
         _route("/openapi.json", GET=openapi_document),
         _route("/docs", GET=docs_page),
         Mount("/docs/static", StaticFiles(directory=DOCS_STATIC), name="docs-static"),

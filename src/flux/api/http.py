@@ -282,16 +282,3 @@ async def put_admin_config(request: Request) -> Response:
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
     return json_response(service.runtime.as_dict())
-
-
-CONNECTORS = ("github", "gmail", "linkedin", "calendar")
-
-
-async def list_connectors(request: Request) -> Response:
-    return json_response(
-        {
-            "connectors": [
-                {"name": name, "enabled": True, "status": "not_configured"} for name in CONNECTORS
-            ]
-        }
-    )

@@ -40,6 +40,15 @@ _NAME = {
 }
 
 
+_CONNECTOR = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "Connector name: github, gmail, linkedin or calendar.",
+    "schema": {"type": "string"},
+}
+
+
 def _link(path: str, method: str, description: str, **parameters: str) -> dict[str, Any]:
     """An OpenAPI link to `method path`, its parameters taken from this exchange."""
     pointer = path.replace("~", "~0").replace("/", "~1")
@@ -127,7 +136,11 @@ SCHEMAS: dict[str, Any] = {
                 "`properties.__deleted__: true` deletes the entity. At most 128 levels deep "
                 "(the payload object is level 1).",
                 "properties": {
-                    "entity_id": {"type": "string"},
+                    "entity_id": {
+                        "nullable": True,
+                        "description": "A string names the entity. Absent, null or not a "
+                        "string: the event is logged but changes no state (with auth on: 400).",
+                    },
                     "properties": {"type": "object", "additionalProperties": True},
                 },
                 "additionalProperties": True,
@@ -280,11 +293,49 @@ SCHEMAS: dict[str, Any] = {
                     "properties": {
                         "name": {"type": "string"},
                         "enabled": {"type": "boolean"},
-                        "status": {"type": "string"},
+                        "status": {
+                            "type": "string",
+                            "enum": ["configured", "not_configured", "error"],
+                        },
                     },
                 },
             }
         },
+    },
+    "Connector": {
+        "type": "object",
+        "required": [
+            "name",
+            "enabled",
+            "status",
+            "poll_interval_seconds",
+            "last_poll",
+            "last_error",
+            "polls",
+            "failures",
+            "events",
+        ],
+        "properties": {
+            "name": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "status": {"type": "string", "enum": ["configured", "not_configured", "error"]},
+            "poll_interval_seconds": {"type": "number"},
+            "last_poll": {"type": "string", "format": "date-time", "nullable": True},
+            "last_error": {"type": "string", "nullable": True},
+            "polls": {"type": "integer", "minimum": 0},
+            "failures": {"type": "integer", "minimum": 0},
+            "events": {"type": "integer", "minimum": 0},
+        },
+    },
+    "ConnectorToken": {
+        "type": "object",
+        "required": ["token"],
+        "properties": {"token": {"type": "string", "minLength": 1}},
+    },
+    "Success": {
+        "type": "object",
+        "required": ["success"],
+        "properties": {"success": {"type": "boolean", "enum": [True]}},
     },
 }
 
@@ -607,9 +658,64 @@ PATHS: dict[str, Any] = {
     },
     "/api/connectors": {
         "get": {
-            "summary": "Connectors and their status",
-            "responses": {"200": _json(_ref("Connectors"), "Connectors")},
+            "summary": "Connectors and their status for the caller",
+            "description": "`configured` when the caller has a stored token (with auth off "
+            "every caller is `default`; with auth on, any bearer names its own credentials).",
+            "security": _BEARER,
+            "responses": {
+                "200": _json(_ref("Connectors"), "Connectors"),
+                "401": _error("Auth on and no bearer token"),
+            },
         }
+    },
+    "/api/connectors/{name}": {
+        "get": {
+            "summary": "One connector: status, poll interval and the last poll's outcome",
+            "security": _BEARER,
+            "parameters": [_CONNECTOR],
+            "responses": {
+                "200": _json(_ref("Connector"), "The connector"),
+                "401": _error("Auth on and no bearer token"),
+                "404": _error("Unknown connector"),
+            },
+        }
+    },
+    "/api/connectors/{name}/token": {
+        "post": {
+            "summary": "Store the caller's token for a connector (encrypted at rest)",
+            "security": _BEARER,
+            "parameters": [_CONNECTOR],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ConnectorToken")}},
+            },
+            "responses": {
+                "200": _json(_ref("Success"), "Stored"),
+                "400": _error("A bad body"),
+                "401": _error("Auth on and no bearer token"),
+                "404": _error("Unknown connector"),
+                "413": _error("Body over the limit"),
+                "415": _error("Not JSON"),
+                "500": _error(
+                    "Credential storage not available (FLUX_ENCRYPTION_KEY not set), or the "
+                    "store failed"
+                ),
+            },
+        },
+        "delete": {
+            "summary": "Delete the caller's token for a connector",
+            "security": _BEARER,
+            "parameters": [_CONNECTOR],
+            "responses": {
+                "200": _json(_ref("Success"), "Deleted"),
+                "401": _error("Auth on and no bearer token"),
+                "404": _error("Unknown connector, or no token stored"),
+                "500": _error(
+                    "Credential storage not available (FLUX_ENCRYPTION_KEY not set), or the "
+                    "store failed"
+                ),
+            },
+        },
     },
 }
 

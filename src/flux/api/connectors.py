@@ -1,0 +1,142 @@
+"""HTTP handlers for connectors on the core (reference §4.10): list, show, store and delete a
+token.
+
+Credentials are keyed by an owner: `default` with auth off; with auth on, the hash of the
+caller's bearer (any non-empty bearer, as in the original, which keyed by the raw bearer: the
+hash keeps the bearer itself off the disk). Tokens are kept by `flux.credentials`, encrypted;
+without FLUX_ENCRYPTION_KEY there is no store and storing answers 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flux.api.body import read_json_object
+from flux.api.http import json_response, service_of
+from flux.auth import Credential
+from flux.connectors.base import KNOWN, ConnectorInfo
+from flux.credentials import CredentialError, CredentialStore
+from flux.errors import AuthError, FluxError, NotFound, ValidationError
+from flux.events import describe
+from flux.service import FluxService
+
+DEFAULT_OWNER = "default"
+NO_STORE = "Credential storage not available (FLUX_ENCRYPTION_KEY not set)"
+
+
+class CredentialStoreUnavailable(FluxError):
+    """No FLUX_ENCRYPTION_KEY, so no credential store (500, as in the original)."""
+
+
+def _connector(request: Request) -> ConnectorInfo:
+    name = request.path_params["name"]
+    info = KNOWN.get(name)
+    if info is None:
+        raise NotFound(f"Connector '{name}' not found")
+    return info
+
+
+def _owner(request: Request, service: FluxService) -> str:
+    """The credential owner; with auth on, AuthError (401 `Invalid token: <reason>`, as in the
+    original) unless a bearer is given."""
+    if not service.auth_enabled:
+        return DEFAULT_OWNER
+    try:
+        return Credential.from_header(request.headers.get("authorization")).require()
+    except AuthError as exc:
+        raise AuthError(f"Invalid token: {exc.message}") from None
+
+
+def _store(service: FluxService) -> CredentialStore:
+    if service.credentials is None:
+        raise CredentialStoreUnavailable(NO_STORE)
+    return service.credentials
+
+
+async def _status(service: FluxService, owner: str, name: str) -> str:
+    store = service.credentials
+    if store is None:
+        return "not_configured"
+    try:
+        configured = await asyncio.to_thread(store.has, owner, name)
+    except CredentialError:
+        return "error"
+    if not configured:
+        return "not_configured"
+    runner = service.connectors.runners.get(f"{name}:{owner}")
+    if runner is not None and runner.status.last_error is not None:
+        return "error"
+    return "configured"
+
+
+async def list_connectors(request: Request) -> Response:
+    """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
+    service = service_of(request)
+    owner = _owner(request, service)
+    items = [
+        {"name": name, "enabled": True, "status": await _status(service, owner, name)}
+        for name in KNOWN
+    ]
+    return json_response({"connectors": items})
+
+
+async def show(request: Request) -> Response:
+    """GET /api/connectors/{name}: status, interval and the last poll's outcome."""
+    service = service_of(request)
+    info = _connector(request)
+    owner = _owner(request, service)
+    body: dict[str, Any] = {
+        "name": info.name,
+        "enabled": True,
+        "status": await _status(service, owner, info.name),
+        "poll_interval_seconds": info.poll_interval_seconds,
+        "last_poll": None,
+        "last_error": None,
+        "polls": 0,
+        "failures": 0,
+        "events": 0,
+    }
+    runner = service.connectors.runners.get(f"{info.name}:{owner}")
+    if runner is not None:
+        body.update(runner.status.as_dict())
+    return json_response(body)
+
+
+async def store_token(request: Request) -> Response:
+    """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`."""
+    service = service_of(request)
+    info = _connector(request)
+    store = _store(service)
+    owner = _owner(request, service)
+    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    token = doc.get("token")
+    if token is None:
+        raise ValidationError("missing field `token`")
+    if type(token) is not str:
+        raise ValidationError(f"invalid type: {describe(token)}, expected a string")
+    if not token.strip():
+        raise ValidationError("`token` must not be empty")
+    try:
+        await asyncio.to_thread(store.put, owner, info.name, token)
+    except CredentialError as exc:
+        raise CredentialError("Failed to store credentials") from exc
+    return json_response({"success": True})
+
+
+async def delete_token(request: Request) -> Response:
+    """DELETE /api/connectors/{name}/token → `{"success": true}`; 404 when none is stored."""
+    service = service_of(request)
+    info = _connector(request)
+    store = _store(service)
+    owner = _owner(request, service)
+    try:
+        deleted = await asyncio.to_thread(store.delete, owner, info.name)
+    except CredentialError as exc:
+        raise CredentialError("Failed to delete credentials") from exc
+    if not deleted:
+        raise NotFound(f"No credentials found for connector '{info.name}'")
+    return json_response({"success": True})

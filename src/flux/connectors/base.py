@@ -1,0 +1,60 @@
+"""The `Connector` Protocol and the catalogue of connectors the core knows (pure).
+
+A connector only fetches: given an `httpx.AsyncClient` (whose transport tests replace) and the
+stored token, it returns event dicts in the shape `POST /api/events` accepts. Publishing,
+scheduling, retries and status belong to `flux.connectors.runner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+EventDict = dict[str, Any]
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """An external source polled every `poll_interval_seconds`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def poll_interval_seconds(self) -> float: ...
+
+    async def fetch(self, client: httpx.AsyncClient, token: str | None) -> list[EventDict]:
+        """The events for one poll. Raises `ConnectorError` (or any exception, which the
+        runner records) when the source fails."""
+        ...
+
+
+class ConnectorError(Exception):
+    """A source answered with an error; `message` is what the status shows as `last_error`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ConnectorInfo:
+    """What the status API says about a connector the core knows, configured or not."""
+
+    name: str
+    poll_interval_seconds: int
+
+
+# The original's fixed list, in its order, with its poll intervals (reference §4.10).
+KNOWN: Mapping[str, ConnectorInfo] = {
+    info.name: info
+    for info in (
+        ConnectorInfo("github", 300),
+        ConnectorInfo("gmail", 60),
+        ConnectorInfo("linkedin", 600),
+        ConnectorInfo("calendar", 300),
+    )
+}

@@ -1,0 +1,169 @@
+"""Encrypted connector credentials: one secret per (owner, connector) in SQLite.
+
+Secrets are sealed with AES-256-GCM (`cryptography`'s `AESGCM`) under `FLUX_ENCRYPTION_KEY`, a
+fresh random 12-byte nonce per secret and no associated data; the columns hold
+base64(ciphertext || 16-byte tag) and base64(nonce), as in the original's `credentials` table
+(reference §10.1), so nothing readable lands on disk.
+
+`owner` is the credential's user key: `default` with auth off, the caller's bearer with auth on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from flux.config import ConfigError
+from flux.errors import FluxError
+
+NONCE_BYTES = 12
+KEY_ENV = "FLUX_ENCRYPTION_KEY"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS credentials (
+    id INTEGER PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    connector TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    access_token_nonce TEXT NOT NULL,
+    refresh_token TEXT,
+    refresh_token_nonce TEXT,
+    expires_at TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE(user_id, connector)
+);
+CREATE INDEX IF NOT EXISTS idx_user_connector ON credentials(user_id, connector);
+"""
+
+
+class CredentialError(FluxError):
+    """The credential store failed: unreadable database, or a secret that does not decrypt
+    (wrong key or tampered row)."""
+
+
+def decode_key(text: str) -> bytes:
+    """The 32-byte key from its standard base64 text. Raises ConfigError naming
+    FLUX_ENCRYPTION_KEY (never echoing the value) if it is not exactly 32 bytes."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{KEY_ENV}: must be standard base64 of exactly 32 bytes") from None
+    if len(key) != 32:
+        raise ConfigError(
+            f"{KEY_ENV}: must be standard base64 of exactly 32 bytes (got {len(key)} bytes)"
+        )
+    return key
+
+
+def seal(key: bytes, plaintext: str) -> tuple[str, str]:
+    """Encrypt one secret with a fresh nonce; returns (base64 ciphertext+tag, base64 nonce)."""
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = AESGCM(key).encrypt(nonce, plaintext.encode(), None)
+    return base64.b64encode(sealed).decode(), base64.b64encode(nonce).decode()
+
+
+def unseal(key: bytes, ciphertext: str, nonce: str) -> str:
+    """Decrypt what `seal` returned. Raises CredentialError if the key is wrong or the data
+    was altered."""
+    try:
+        plain = AESGCM(key).decrypt(base64.b64decode(nonce), base64.b64decode(ciphertext), None)
+    except (InvalidTag, binascii.Error, ValueError) as exc:
+        raise CredentialError("stored credential does not decrypt (wrong key?)") from exc
+    return plain.decode()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class CredentialStore:
+    """Secrets per (owner, connector) in one SQLite file. Thread-safe; every call is short
+    and synchronous (callers on the event loop may use `asyncio.to_thread`)."""
+
+    def __init__(self, path: str | Path, key: bytes) -> None:
+        if len(key) != 32:
+            raise ConfigError(f"{KEY_ENV}: the key must be exactly 32 bytes")
+        self.path = Path(path)
+        self._key = key
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise CredentialError(f"cannot open credential store {self.path}: {exc}") from exc
+
+    @classmethod
+    def open(cls, data_dir: str | Path, key_text: str) -> CredentialStore:
+        """The store `<data_dir>/credentials.db` under the base64 key text."""
+        return cls(Path(data_dir) / "credentials.db", decode_key(key_text))
+
+    def put(self, owner: str, connector: str, secret: str) -> None:
+        """Store (or replace) the secret of (owner, connector), sealed with a fresh nonce."""
+        sealed, nonce = seal(self._key, secret)
+        now = _now()
+        self._execute(
+            "INSERT INTO credentials (user_id, connector, access_token, access_token_nonce,"
+            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(user_id, connector) DO UPDATE SET access_token = excluded.access_token,"
+            " access_token_nonce = excluded.access_token_nonce, refresh_token = NULL,"
+            " refresh_token_nonce = NULL, expires_at = NULL, updated_at = excluded.updated_at",
+            (owner, connector, sealed, nonce, now, now),
+        )
+
+    def get(self, owner: str, connector: str) -> str | None:
+        """The secret of (owner, connector), or None. Raises CredentialError if it does not
+        decrypt."""
+        rows = self._execute(
+            "SELECT access_token, access_token_nonce FROM credentials"
+            " WHERE user_id = ? AND connector = ?",
+            (owner, connector),
+        )
+        if not rows:
+            return None
+        return unseal(self._key, rows[0][0], rows[0][1])
+
+    def has(self, owner: str, connector: str) -> bool:
+        rows = self._execute(
+            "SELECT 1 FROM credentials WHERE user_id = ? AND connector = ?", (owner, connector)
+        )
+        return bool(rows)
+
+    def delete(self, owner: str, connector: str) -> bool:
+        """Remove the secret of (owner, connector); True if there was one."""
+        with self._lock:
+            try:
+                cursor = self._db.execute(
+                    "DELETE FROM credentials WHERE user_id = ? AND connector = ?",
+                    (owner, connector),
+                )
+            except sqlite3.Error as exc:
+                raise CredentialError(f"credential store: {exc}") from exc
+            return cursor.rowcount > 0
+
+    def owners(self, connector: str) -> list[str]:
+        """Every owner holding a secret for `connector`, sorted."""
+        rows = self._execute(
+            "SELECT user_id FROM credentials WHERE connector = ? ORDER BY user_id", (connector,)
+        )
+        return [str(row[0]) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _execute(self, sql: str, params: tuple[str, ...]) -> list[tuple[str, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise CredentialError(f"credential store: {exc}") from exc
