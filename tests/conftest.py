@@ -120,6 +120,15 @@ def start_server(data_dir: Path, env: dict[str, str] | None = None) -> FluxServe
         raise
 
 
+def module_server(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str] | None = None
+) -> Iterator[FluxServer]:
+    """For a module-scoped fixture: one started server with its own data dir, stopped after."""
+    srv = start_server(tmp_path_factory.mktemp(name) / "data", env)
+    yield srv
+    srv.stop()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[type[FluxServer]]:
     started: list[FluxServer] = []

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import FluxServer, free_port, start_server
+from conftest import FluxServer, free_port, module_server
 from flux import _output
 from flux.cli import ClientOptions, main
 
@@ -30,10 +30,7 @@ SEED_BATCH = """[
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
     """One server for the module; it has an admin token (which only admin writes need)."""
-    data_dir = tmp_path_factory.mktemp("cli") / "data"
-    srv = start_server(data_dir, {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
-    yield srv
-    srv.stop()
+    yield from module_server(tmp_path_factory, "cli", {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from conftest import FluxServer, free_port, start_server
+from conftest import FluxServer, free_port, module_server
 from flux.client import (
     FluxClient,
     FluxClientError,
@@ -25,10 +25,7 @@ ADMIN_TOKEN = "admin-secret"
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
     """One server for the module; it has an admin token (which only admin writes need)."""
-    data_dir = tmp_path_factory.mktemp("client") / "data"
-    srv = start_server(data_dir, {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
-    yield srv
-    srv.stop()
+    yield from module_server(tmp_path_factory, "client", {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 @pytest.fixture

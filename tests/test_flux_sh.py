@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import REPO, FluxServer, free_port, start_server
+from conftest import REPO, FluxServer, free_port, module_server
 
 SCRIPT = REPO / "scripts" / "flux.sh"
 ADMIN_TOKEN = "sh-admin-secret"
@@ -34,10 +34,7 @@ SEED_BATCH = """[
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
     """One server for the module; it has an admin token (which only admin writes need)."""
-    data_dir = tmp_path_factory.mktemp("sh") / "data"
-    srv = start_server(data_dir, {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
-    yield srv
-    srv.stop()
+    yield from module_server(tmp_path_factory, "sh", {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
 
 
 @pytest.fixture(scope="module")
