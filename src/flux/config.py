@@ -62,6 +62,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _url(text: str) -> str:
+    text = text.strip().rstrip("/")
+    if not text.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
 def _text(text: str) -> str:
     return text
 
@@ -245,6 +252,36 @@ SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        "github_api_url",
+        "FLUX_GITHUB_API_URL",
+        "https://api.github.com",
+        _url,
+        "Base URL of the GitHub API the GitHub connector polls (a GitHub Enterprise server, "
+        "or a local stand-in in tests).",
+    ),
+    Setting(
+        "github_poll_interval_seconds",
+        "FLUX_GITHUB_POLL_INTERVAL_SECONDS",
+        300.0,
+        _positive_float,
+        "How often the GitHub connector polls, per stored token.",
+    ),
+    Setting(
+        "connector_timeout_seconds",
+        "FLUX_CONNECTOR_TIMEOUT_SECONDS",
+        30.0,
+        _positive_float,
+        "Time limit of one connector or source poll attempt (every request in it included).",
+    ),
+    Setting(
+        "connector_retry_seconds",
+        "FLUX_CONNECTOR_RETRY_SECONDS",
+        60.0,
+        _positive_float,
+        "Wait before retrying a failed poll; doubled on each further failure, up to ten "
+        "times this, and 3 attempts per poll.",
+    ),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -279,6 +316,10 @@ class Settings:
     metrics_interval_seconds: float = 2.0
     directory_interval_seconds: float = 5.0
     encryption_key: str | None = dataclasses.field(default=None, repr=False)
+    github_api_url: str = "https://api.github.com"
+    github_poll_interval_seconds: float = 300.0
+    connector_timeout_seconds: float = 30.0
+    connector_retry_seconds: float = 60.0
     log_level: str = "info"
 
     @classmethod

@@ -26,14 +26,22 @@ from flux.auth import (
     Credential,
     Namespace,
     check_not_reserved,
+    entity_namespace,
 )
 from flux.config import RuntimeConfig, Settings
-from flux.connectors.runner import Scheduler
+from flux.connectors.manager import ConnectorManager
 from flux.credentials import CredentialStore
 from flux.directory import Directory
 from flux.engine import Change, Entity, StateEngine
-from flux.errors import Forbidden, LogError, NotFound, RateLimited, ValidationError
-from flux.events import Event, entity_of, now_us, tombstone
+from flux.errors import (
+    Forbidden,
+    LogError,
+    NamespaceNotFound,
+    NotFound,
+    RateLimited,
+    ValidationError,
+)
+from flux.events import Event, entity_of, now_us, tombstone, validate_event
 from flux.log import Appended, Entry, EventLog, Record, open_log
 from flux.namespaces import NamespaceRegistry
 from flux.ratelimit import RateLimiter, retry_after
@@ -66,9 +74,9 @@ class FluxService:
         self.limiter = RateLimiter(clock) if clock is not None else RateLimiter()
         self.directory = Directory(self, settings.directory_interval_seconds)
         # Connector credentials (encrypted; None without FLUX_ENCRYPTION_KEY) and the
-        # connectors' scheduler (no connector is scheduled yet: the status API reads it).
+        # connectors running inside the server.
         self.credentials: CredentialStore | None = None
-        self.connectors = Scheduler()
+        self.connectors = ConnectorManager(self)
         self.listeners: list[Listener] = []
         self.events_total = 0  # events applied since start (replay excluded)
         self.started_at = time.monotonic()
@@ -119,6 +127,7 @@ class FluxService:
         )
         self._ticker = asyncio.create_task(self._snapshot_ticker(), name="flux-snapshots")
         self.directory.start()
+        await self.connectors.start()
 
     def _restore_snapshot(self) -> StateEngine:
         for path in self.snapshots.paths():
@@ -300,6 +309,7 @@ class FluxService:
             except BaseException:
                 self.access.put(namespace)
                 raise
+        await self.connectors.forget_namespace(name)
         logger.info("namespace %s deleted with its %d entities", name, len(ids))
         return len(ids)
 
@@ -341,6 +351,29 @@ class FluxService:
                 )
             return [e.id for e in self.engine.select(namespace=own)]
         return [e.id for e in self.engine.select(prefix=prefix, namespace=own)]
+
+    async def ingest_as(self, namespace: str | None, items: Sequence[object]) -> list[Appended]:
+        """Publish event objects on behalf of a namespace (None: auth off), as connectors do:
+        the checks of `POST /api/events/batch` (validation, the namespace of every id, the
+        reserved namespace, the rate limit) with the namespace standing in for its token; all
+        or nothing. Raises ValidationError, Forbidden, NamespaceNotFound or RateLimited."""
+        events = [validate_event(item) for item in items]
+        for event in events:
+            entity_id = entity_of(event)
+            check_not_reserved(entity_id)
+            if not self.settings.auth_enabled:
+                continue
+            name = entity_namespace(entity_id)
+            if name != namespace:
+                raise Forbidden(f"Token does not have permission to write to namespace '{name}'")
+            if self.access.get(name) is None:
+                raise NamespaceNotFound(
+                    f"Namespace '{name}' not found. Register it with POST /api/namespaces"
+                )
+        if namespace is not None:
+            for _ in events:
+                self.rate_limit(namespace)
+        return await self.publish(events)
 
     # -- writing ---------------------------------------------------------------------------
 

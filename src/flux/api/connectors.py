@@ -1,15 +1,17 @@
 """HTTP handlers for connectors on the core (reference §4.10): list, show, store and delete a
 token.
 
-Credentials are keyed by an owner: `default` with auth off; with auth on, the hash of the
-caller's bearer (any non-empty bearer, as in the original, which keyed by the raw bearer: the
-hash keeps the bearer itself off the disk). Tokens are kept by `flux.credentials`, encrypted;
-without FLUX_ENCRYPTION_KEY there is no store and storing answers 500.
+Credentials are keyed by an owner: `default` with auth off; with auth on, the namespace whose
+token the caller holds (the original keyed by the raw bearer, any bearer: then a connector had
+no namespace to write under, and the bearer sat on the disk). Tokens are kept by
+`flux.credentials`, encrypted; without FLUX_ENCRYPTION_KEY there is no store and storing
+answers 500. Storing a token (re)starts the connector; deleting it stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -17,15 +19,21 @@ from starlette.responses import Response
 
 from flux.api.body import read_json_object
 from flux.api.http import json_response, service_of
-from flux.auth import Credential
+from flux.auth import UNKNOWN_TOKEN, Credential
 from flux.connectors.base import KNOWN, ConnectorInfo
+from flux.connectors.manager import DEFAULT_OWNER, owner_key
 from flux.credentials import CredentialError, CredentialStore
-from flux.errors import AuthError, FluxError, NotFound, ValidationError
+from flux.errors import AuthError, FluxError, Forbidden, NotFound, ValidationError
 from flux.events import describe
 from flux.service import FluxService
 
-DEFAULT_OWNER = "default"
+logger = logging.getLogger("flux.connectors")
+
 NO_STORE = "Credential storage not available (FLUX_ENCRYPTION_KEY not set)"
+ADMIN_OWNS_NOTHING = (
+    "Connectors belong to a namespace: store the token with the namespace's token, "
+    "not the admin token"
+)
 
 
 class CredentialStoreUnavailable(FluxError):
@@ -40,15 +48,32 @@ def _connector(request: Request) -> ConnectorInfo:
     return info
 
 
-def _owner(request: Request, service: FluxService) -> str:
-    """The credential owner; with auth on, AuthError (401 `Invalid token: <reason>`, as in the
-    original) unless a bearer is given."""
+def _owner(request: Request, service: FluxService, write: bool = False) -> str | None:
+    """The credential owner: `default` with auth off; with auth on the caller's namespace
+    (`namespace:<name>`). Without a bearer: AuthError (401 `Invalid token: <reason>`, as in the
+    original). A bearer of no namespace may read (it owns nothing, so every connector is
+    `not_configured`: None) but not write: the admin's is 403, any other 401."""
     if not service.auth_enabled:
         return DEFAULT_OWNER
+    credential = Credential.from_header(request.headers.get("authorization"))
     try:
-        return Credential.from_header(request.headers.get("authorization")).require()
+        credential.require()
     except AuthError as exc:
         raise AuthError(f"Invalid token: {exc.message}") from None
+    namespace = service.access.owner(credential)
+    if namespace is not None:
+        return owner_key(namespace)
+    if not write:
+        return None
+    if service.access.is_admin(credential):
+        raise Forbidden(ADMIN_OWNS_NOTHING)
+    raise AuthError(UNKNOWN_TOKEN)
+
+
+def _writer(request: Request, service: FluxService) -> str:
+    owner = _owner(request, service, write=True)
+    assert owner is not None  # write=True raises instead
+    return owner
 
 
 def _store(service: FluxService) -> CredentialStore:
@@ -57,9 +82,9 @@ def _store(service: FluxService) -> CredentialStore:
     return service.credentials
 
 
-async def _status(service: FluxService, owner: str, name: str) -> str:
+async def _status(service: FluxService, owner: str | None, name: str) -> str:
     store = service.credentials
-    if store is None:
+    if store is None or owner is None:
         return "not_configured"
     try:
         configured = await asyncio.to_thread(store.has, owner, name)
@@ -67,7 +92,7 @@ async def _status(service: FluxService, owner: str, name: str) -> str:
         return "error"
     if not configured:
         return "not_configured"
-    runner = service.connectors.runners.get(f"{name}:{owner}")
+    runner = service.connectors.runner(owner, name)
     if runner is not None and runner.status.last_error is not None:
         return "error"
     return "configured"
@@ -100,7 +125,7 @@ async def show(request: Request) -> Response:
         "failures": 0,
         "events": 0,
     }
-    runner = service.connectors.runners.get(f"{info.name}:{owner}")
+    runner = service.connectors.runner(owner, info.name) if owner is not None else None
     if runner is not None:
         body.update(runner.status.as_dict())
     return json_response(body)
@@ -111,7 +136,7 @@ async def store_token(request: Request) -> Response:
     service = service_of(request)
     info = _connector(request)
     store = _store(service)
-    owner = _owner(request, service)
+    owner = _writer(request, service)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
     token = doc.get("token")
     if token is None:
@@ -124,6 +149,8 @@ async def store_token(request: Request) -> Response:
         await asyncio.to_thread(store.put, owner, info.name, token)
     except CredentialError as exc:
         raise CredentialError("Failed to store credentials") from exc
+    service.connectors.schedule(owner, info.name)
+    logger.info("%s token stored for %s; connector (re)started", info.name, owner)
     return json_response({"success": True})
 
 
@@ -132,11 +159,13 @@ async def delete_token(request: Request) -> Response:
     service = service_of(request)
     info = _connector(request)
     store = _store(service)
-    owner = _owner(request, service)
+    owner = _writer(request, service)
     try:
         deleted = await asyncio.to_thread(store.delete, owner, info.name)
     except CredentialError as exc:
         raise CredentialError("Failed to delete credentials") from exc
     if not deleted:
         raise NotFound(f"No credentials found for connector '{info.name}'")
+    await service.connectors.unschedule(owner, info.name)
+    logger.info("%s token deleted for %s; connector stopped", info.name, owner)
     return json_response({"success": True})

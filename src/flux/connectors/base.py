@@ -33,11 +33,15 @@ class Connector(Protocol):
 
 
 class ConnectorError(Exception):
-    """A source answered with an error; `message` is what the status shows as `last_error`."""
+    """A source answered with an error; `message` is what the status shows as `last_error`.
+    `retry_after` (seconds) is the source's own word on when to ask again (a rate limit's
+    reset time, a `Retry-After` header): the runner waits at least that long, and does not
+    retry sooner."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ auth-enabled Flux rejected them).
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -99,55 +101,116 @@ def notification_event(item: dict[str, Any], namespace: str | None, now: int) ->
     return _event("github.notification", entity_id, properties, now)
 
 
-def github_error(status: int, headers: httpx.Headers) -> ConnectorError:
-    """The original's messages for a failed GitHub call."""
+def _retry_after(headers: httpx.Headers, now: float) -> float | None:
+    """Seconds GitHub asks us to wait: `Retry-After`, else the rate limit's reset time when
+    no request is left (`X-RateLimit-Remaining: 0`, `X-RateLimit-Reset` in epoch seconds)."""
+    try:
+        if "Retry-After" in headers:
+            return max(float(headers["Retry-After"]), 0.0)
+        if headers.get("X-RateLimit-Remaining") == "0" and "X-RateLimit-Reset" in headers:
+            return max(float(headers["X-RateLimit-Reset"]) - now, 0.0)
+    except ValueError:
+        return None
+    return None
+
+
+def github_error(status: int, headers: httpx.Headers, now: float | None = None) -> ConnectorError:
+    """The original's messages for a failed GitHub call; a rate limit (403 or 429 with no
+    request left, or a `Retry-After`) carries how long to wait."""
     if status == 401:
         return ConnectorError("GitHub auth error: token expired or invalid")
-    if status == 403:
+    if status in (403, 429):
         remaining = headers.get("X-RateLimit-Remaining", "unknown")
-        return ConnectorError(f"GitHub rate limit exceeded (X-RateLimit-Remaining: {remaining})")
+        wait = _retry_after(headers, time.time() if now is None else now)
+        return ConnectorError(
+            f"GitHub rate limit exceeded (X-RateLimit-Remaining: {remaining})", wait
+        )
     return ConnectorError(f"GitHub API error: {status}")
 
 
+@dataclass
+class _Cached:
+    """The validators and body of a resource's last 200, for conditional requests."""
+
+    etag: str | None
+    last_modified: str | None
+    body: Any
+
+
 class GitHub:
-    """Polls every 300 s. `namespace` prefixes the entity ids (required with auth on)."""
+    """Polls every `poll_interval_seconds` (300 by default). `namespace` prefixes the entity
+    ids (required with auth on).
+
+    Every resource is fetched conditionally (`If-None-Match` with its last ETag, or
+    `If-Modified-Since` with its last `Last-Modified`): GitHub answers an unchanged one with
+    304, which costs no rate limit, and the resource then yields no events (its entities
+    already hold those values). The validators live in memory, so the first poll after a
+    restart fetches everything once."""
 
     name = "github"
-    poll_interval_seconds = 300.0
 
-    def __init__(self, namespace: str | None = None, base_url: str = API_URL) -> None:
+    def __init__(
+        self,
+        namespace: str | None = None,
+        base_url: str = API_URL,
+        poll_interval_seconds: float = 300.0,
+    ) -> None:
         self.namespace = namespace
         self.base_url = base_url.rstrip("/")
+        self.poll_interval_seconds = poll_interval_seconds
+        self._cache: dict[str, _Cached] = {}
+        self.rate_remaining: str | None = None  # X-RateLimit-Remaining of the last answer
 
-    async def _get(self, client: httpx.AsyncClient, path: str, token: str | None) -> Any:
+    async def _get(
+        self, client: httpx.AsyncClient, path: str, token: str | None
+    ) -> tuple[Any, bool]:
+        """The resource's body, and whether it changed since the last poll."""
         headers = {"User-Agent": USER_AGENT, "Accept": "application/vnd.github+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        cached = self._cache.get(path)
+        if cached is not None and cached.etag:
+            headers["If-None-Match"] = cached.etag
+        elif cached is not None and cached.last_modified:
+            headers["If-Modified-Since"] = cached.last_modified
         response = await client.get(f"{self.base_url}{path}", headers=headers)
+        self.rate_remaining = response.headers.get("X-RateLimit-Remaining", self.rate_remaining)
+        if response.status_code == 304 and cached is not None:
+            return cached.body, False
         if response.status_code != 200:
             raise github_error(response.status_code, response.headers)
         try:
-            return response.json()
+            body = response.json()
         except ValueError as exc:
             raise ConnectorError(f"GitHub API error: invalid JSON from {path}") from exc
+        etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+        if etag or modified:
+            self._cache[path] = _Cached(etag, modified, body)
+        return body, True
 
     async def fetch(self, client: httpx.AsyncClient, token: str | None) -> list[EventDict]:
-        """Repositories (and each one's open issues, skipped on error), then notifications."""
+        """Repositories (and each one's open issues, skipped on error), then notifications;
+        only from resources that changed since the last poll."""
         now = now_ms()
         events: list[EventDict] = []
-        repos = await self._get(client, "/user/repos?sort=updated&per_page=30", token)
+        repos, changed = await self._get(client, "/user/repos?sort=updated&per_page=30", token)
         for repo in repos if isinstance(repos, list) else []:
-            events.append(repository_event(repo, self.namespace, now))
+            if changed:
+                events.append(repository_event(repo, self.namespace, now))
             owner, name = repo["owner"]["login"], repo["name"]
             try:
-                issues = await self._get(
+                issues, fresh = await self._get(
                     client, f"/repos/{owner}/{name}/issues?state=open&per_page=10", token
                 )
-            except ConnectorError:
+            except ConnectorError as exc:
+                if exc.retry_after is not None:
+                    raise  # rate limited: every further call would be refused too
                 continue  # non-fatal, as in the original
-            for issue in issues if isinstance(issues, list) else []:
-                events.append(issue_event(owner, name, issue, self.namespace, now))
-        notifications = await self._get(client, "/notifications?per_page=30", token)
-        for item in notifications if isinstance(notifications, list) else []:
-            events.append(notification_event(item, self.namespace, now))
+            if fresh:
+                for issue in issues if isinstance(issues, list) else []:
+                    events.append(issue_event(owner, name, issue, self.namespace, now))
+        notifications, changed = await self._get(client, "/notifications?per_page=30", token)
+        if changed:
+            for item in notifications if isinstance(notifications, list) else []:
+                events.append(notification_event(item, self.namespace, now))
         return events

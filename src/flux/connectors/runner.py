@@ -24,11 +24,13 @@ from typing import Any
 import httpx
 
 from flux.connectors.base import Connector, ConnectorError, EventDict
+from flux.errors import FluxError, RateLimited
 from flux.events import format_time
 
 logger = logging.getLogger("flux.connectors")
 
-Sink = Callable[[list[EventDict]], Awaitable[None]]
+# Publishes a poll's events; returns how many it published (None: all of them).
+Sink = Callable[[list[EventDict]], Awaitable[int | None]]
 TokenSource = Callable[[], Awaitable[str | None]]
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
@@ -61,6 +63,8 @@ def describe_failure(exc: BaseException) -> str:
     """The `last_error` text for an exception raised by a poll."""
     if isinstance(exc, ConnectorError):
         return exc.message
+    if isinstance(exc, FluxError):
+        return f"Flux refused the events: {exc.message}"
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, httpx.HTTPError):
@@ -71,6 +75,15 @@ def describe_failure(exc: BaseException) -> str:
 def backoff_delays(attempts: int, first: float, maximum: float) -> list[float]:
     """The sleeps between `attempts` tries: first, 2*first, 4*first, ... capped at maximum."""
     return [min(first * 2**i, maximum) for i in range(max(attempts - 1, 0))]
+
+
+def _asked_wait(exc: BaseException) -> float | None:
+    """How long the source (or Flux's own rate limit) asked us to wait, if it said."""
+    if isinstance(exc, ConnectorError) and exc.retry_after is not None:
+        return max(exc.retry_after, 0.0)
+    if isinstance(exc, RateLimited):
+        return float(exc.retry_after)
+    return None
 
 
 async def _no_token() -> str | None:
@@ -103,13 +116,16 @@ class ConnectorRunner:
         self.sleep = sleep
         self.clock = clock
         self.status = ConnectorStatus(connector.name, connector.poll_interval_seconds)
+        # When the source (or Flux's rate limit) asked to wait: no poll before this clock time.
+        self.resume_at: float | None = None
 
     async def _attempt(self, client: httpx.AsyncClient) -> int:
         async with asyncio.timeout(self.timeout_seconds):
             events = await self.connector.fetch(client, await self.token())
-        if events:
-            await self.sink(events)
-        return len(events)
+        if not events:
+            return 0
+        published = await self.sink(events)
+        return len(events) if published is None else published
 
     async def poll_once(self) -> bool:
         """One poll with its retries; True if it succeeded. Never raises (but cancellation)."""
@@ -127,14 +143,21 @@ class ConnectorRunner:
                 except Exception as exc:
                     self.status.failures += 1
                     self.status.last_error = describe_failure(exc)
+                    wait = _asked_wait(exc)
                     logger.warning(
-                        "connector %s: attempt %d failed: %s",
+                        "connector %s: attempt %d failed: %s%s",
                         self.connector.name,
                         attempt + 1,
                         self.status.last_error,
+                        f" (the source asks to wait {wait:.0f}s)" if wait is not None else "",
                     )
+                    if wait is not None and (attempt >= len(delays) or wait > delays[attempt]):
+                        # Retrying sooner than asked would only be refused again (and count
+                        # against the limit): give this poll up and resume when allowed.
+                        self.resume_at = self.clock() + wait
+                        return False
                     if attempt < len(delays):
-                        await self.sleep(delays[attempt])
+                        await self.sleep(max(delays[attempt], wait or 0.0))
                     continue
                 self.status.events += count
                 self.status.last_error = None
@@ -145,7 +168,15 @@ class ConnectorRunner:
         """Poll now, then every `poll_interval_seconds`, until cancelled."""
         while True:
             await self.poll_once()
-            await self.sleep(self.connector.poll_interval_seconds)
+            await self.sleep(self.next_delay())
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll: the interval, or longer when the source asked to wait."""
+        delay = float(self.connector.poll_interval_seconds)
+        if self.resume_at is not None:
+            delay = max(delay, self.resume_at - self.clock())
+            self.resume_at = None
+        return delay
 
 
 class Scheduler:
@@ -159,6 +190,9 @@ class Scheduler:
     def add(self, key: str, runner: ConnectorRunner) -> None:
         """Register a runner under `key` (e.g. `github` or `github:<owner>`); it starts with
         `start`, or at once if the scheduler is already running."""
+        old = self._tasks.pop(key, None)
+        if old is not None:
+            old.cancel()  # a replaced runner stops at its next await
         self.runners[key] = runner
         if self._running:
             self._start(key)
