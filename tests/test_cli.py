@@ -29,8 +29,10 @@ SEED_BATCH = """[
 
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
-    """One server for the module; it has an admin token (which only admin writes need)."""
-    yield from module_server(tmp_path_factory, "cli", {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
+    """One server for the module; it has an admin token (which only admin writes need). The
+    directory is off: its entity appearing mid-test would change the counts tests compare."""
+    env = {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN, "FLUX_DIRECTORY_INTERVAL_SECONDS": "0"}
+    yield from module_server(tmp_path_factory, "cli", env)
 
 
 @pytest.fixture(scope="module")
