@@ -3,10 +3,16 @@
 `FakeGitHub.start()` listens on 127.0.0.1 port 0; `url` is its base URL. Replies are canned:
 `repos`, `issues[(owner, repo)]`, `notifications`; `status` forces an error status on every
 path (`fail_paths` on some); `requests` records (path, headers) of every call.
+
+Like GitHub, every 200 carries an `ETag` (a hash of the body) and the rate-limit headers; a
+request whose `If-None-Match` equals the current ETag gets 304 with no body, and does not count
+against `rate_remaining`. A forced 403 or 429 carries `X-RateLimit-Remaining` and
+`X-RateLimit-Reset` (`reset_at`), and `Retry-After` when `retry_after` is set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +29,9 @@ class FakeGitHub:
         self.status: int | None = None
         self.fail_paths: set[str] = set()
         self.rate_remaining = "0"
+        self.reset_at: int | None = None
+        self.retry_after: str | None = None
+        self.not_modified = 0  # 304s answered
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -54,11 +63,25 @@ class FakeGitHub:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 status, body = fake._reply(self.path, headers)
                 data = json.dumps(body).encode()
+                etag = '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
+                if status == 200 and headers.get("if-none-match") == etag:
+                    fake.not_modified += 1
+                    self.send_response(304)
+                    self.send_header("ETag", etag)
+                    self.end_headers()
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
-                if status == 403:
+                if status == 200:
+                    self.send_header("ETag", etag)
+                    self.send_header("X-RateLimit-Remaining", "4999")
+                if status in (403, 429):
                     self.send_header("X-RateLimit-Remaining", fake.rate_remaining)
+                    if fake.reset_at is not None:
+                        self.send_header("X-RateLimit-Reset", str(fake.reset_at))
+                    if fake.retry_after is not None:
+                        self.send_header("Retry-After", fake.retry_after)
                 self.end_headers()
                 self.wfile.write(data)
 

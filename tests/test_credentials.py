@@ -5,13 +5,21 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flux.config import ConfigError, Settings
-from flux.credentials import CredentialError, CredentialStore, decode_key, seal, unseal
+from flux.credentials import (
+    CredentialError,
+    CredentialStore,
+    StoredCredential,
+    decode_key,
+    seal,
+    unseal,
+)
 
 KEY = bytes(range(32))
 KEY_TEXT = base64.b64encode(KEY).decode()
@@ -116,3 +124,35 @@ def test_setting_validates_key_without_echoing_it() -> None:
 def test_store_rejects_short_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         CredentialStore(tmp_path / "c.db", b"short")
+
+
+def test_an_oauth_credential_keeps_its_refresh_token_and_expiry(
+    store: CredentialStore, tmp_path: Path
+) -> None:
+    expires = datetime(2026, 5, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.put("default", "github", SECRET, refresh_token="refresh-SECRET-42", expires_at=expires)
+    record = store.record("default", "github")
+    assert record == StoredCredential(SECRET, "refresh-SECRET-42", expires)
+    assert record.expires_at is not None and record.expires_at.tzinfo is not None
+    assert SECRET not in repr(record) and "refresh-SECRET-42" not in repr(record)
+    assert store.get("default", "github") == SECRET
+    raw = (tmp_path / "credentials.db").read_bytes()
+    assert b"refresh-SECRET-42" not in raw and SECRET.encode() not in raw
+    with sqlite3.connect(tmp_path / "credentials.db") as db:
+        nonces = db.execute(
+            "SELECT access_token_nonce, refresh_token_nonce, expires_at FROM credentials"
+        ).fetchone()
+    assert nonces[0] != nonces[1]  # each secret has its own nonce
+    assert nonces[2] == "2026-05-01T10:00:00Z"  # UTC
+    # Storing a personal access token over it clears the refresh token and the expiry.
+    store.put("default", "github", "ghp_plain")
+    assert store.record("default", "github") == StoredCredential("ghp_plain")
+    assert store.record("default", "gmail") is None
+
+
+def test_an_unreadable_expiry_is_a_credential_error(store: CredentialStore, tmp_path: Path) -> None:
+    store.put("default", "github", SECRET, expires_at=datetime.now(UTC))
+    with sqlite3.connect(tmp_path / "credentials.db") as db:
+        db.execute("UPDATE credentials SET expires_at = 'soon'")
+    with pytest.raises(CredentialError, match="expires_at"):
+        store.record("default", "github")

@@ -280,3 +280,24 @@ def test_snapshot_plus_tail_replay_equals_full_replay(
     assert sorted(e.id for e in resumed.select(prefix="a")) == sorted(
         e.id for e in full.select(prefix="a")
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(logs())
+def test_apply_all_equals_applying_one_by_one(log: list[tuple[int, int, Event]]) -> None:
+    """apply_all inlines the common update; it must make the same state and the same changes
+    (in order) as calling apply per event, on every kind of event."""
+    one_by_one = StateEngine()
+    changes = [c for seq, at, ev in log if (c := one_by_one.apply(ev, seq, at)) is not None]
+    bulk = StateEngine()
+    assert bulk.apply_all(log) == changes
+    assert bulk.state() == one_by_one.state()
+    assert bulk.last_seq == one_by_one.last_seq
+    assert bulk.namespace_counts() == one_by_one.namespace_counts()
+
+
+def test_apply_all_of_nothing_keeps_the_sequence() -> None:
+    engine = StateEngine()
+    engine.apply_all([(5, 1, event("a/1", {"x": 1}))])
+    assert engine.apply_all([]) == []
+    assert engine.last_seq == 5

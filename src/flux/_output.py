@@ -139,3 +139,86 @@ def change_line(message: dict[str, Any]) -> str | None:
             f"{(message.get('publishers') or {}).get('active')} active publishers"
         )
     return None
+
+
+# -- `flux source list` ------------------------------------------------------------------------
+
+
+def source_table(sources: list[dict[str, Any]]) -> str:
+    """The sources as an aligned table for a terminal: one row each, with the full id (for
+    `flux source rm`), name, entity, interval, status, polls, events, last poll (local time)
+    and last error."""
+    if not sources:
+        return "No sources. Add one with `flux source add`."
+    header = ["ID", "NAME", "ENTITY", "EVERY", "STATUS", "POLLS", "EVENTS", "LAST POLL"]
+    header.append("LAST ERROR")
+    rows = [header]
+    for source in sources:
+        key = source.get("entity_key", "")
+        per = f" per {source['items']}" if source.get("items") else ""
+        last_poll = source.get("last_poll")
+        rows.append(
+            [
+                _name(source.get("source_id", "")),
+                _name(source.get("name", "")),
+                _name(f"{source.get('namespace', '')}/{key}{per}"),
+                f"{source.get('poll_interval_secs', '')}s",
+                _name(source.get("status", "")),
+                str(source.get("polls", 0)),
+                str(source.get("events", 0)),
+                clock(last_poll) if last_poll else "-",
+                _name(source.get("last_error") or "-"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+# -- `flux connectors` and `flux connector token` -----------------------------------------------
+
+
+def connector_table(connectors: list[dict[str, Any]]) -> str:
+    """The connectors as an aligned table for a terminal: name, status, last poll (local
+    time), polls, events and the last error (in full, last)."""
+    rows = [["NAME", "STATUS", "LAST POLL", "POLLS", "EVENTS", "LAST ERROR"]]
+    for item in connectors:
+        last_poll = item.get("last_poll")
+        rows.append(
+            [
+                _name(item.get("name", "")),
+                _name(item.get("status", "")),
+                clock(last_poll) if last_poll else "-",
+                str(item.get("polls", 0)),
+                str(item.get("events", 0)),
+                _name(item.get("last_error") or "-"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def read_secret(from_env: str | None, env_var: str, prompt: str) -> str:
+    """A secret that must not be a command-line argument (shell history, `ps`): `from_env`
+    (the value of the environment variable `env_var`) if set, else stdin when it is piped
+    (surrounding whitespace stripped), else a hidden prompt. Raises click.UsageError when it
+    is empty."""
+    secret = from_env
+    if not secret:
+        if stdin_is_terminal():
+            secret = click.prompt(prompt, hide_input=True, err=True)
+        else:
+            secret = sys.stdin.read()
+    secret = (secret or "").strip()
+    if not secret:
+        raise click.UsageError(f"empty {prompt.lower()}: set ${env_var}, pipe it in, or type it")
+    return secret

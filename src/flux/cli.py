@@ -22,7 +22,16 @@ import click
 import httpx
 
 from flux import __version__
-from flux._output import JsonArgument, change_line, echo_json, progress, stdout_is_terminal
+from flux._output import (
+    JsonArgument,
+    change_line,
+    connector_table,
+    echo_json,
+    progress,
+    read_secret,
+    source_table,
+    stdout_is_terminal,
+)
 from flux.client import (
     DEFAULT_URL,
     FluxClient,
@@ -358,15 +367,110 @@ def history(entity: str, since: str | None, limit: int | None) -> None:
 
 
 @main.command()
-def connectors() -> None:
+@click.option(
+    "--table/--json",
+    "as_table",
+    default=None,
+    help="A table (with each connector's last poll) or the server's JSON "
+    "[default: a table on a terminal].",
+)
+def connectors(as_table: bool | None) -> None:
     """List the connectors and their status.
+
+    On a terminal: a table of name, status, last poll, polls, events and last error (the
+    caller's connectors: with auth on, $FLUX_TOKEN's namespace). Piped: the server's JSON.
 
     \b
     Example:
       flux connectors
+      flux connectors --json | jq -r '.connectors[] | select(.status == "error") | .name'
     """
     with _flux() as flux:
-        _show(flux.connectors())
+        listed = flux.connectors()
+        if not (stdout_is_terminal() if as_table is None else as_table):
+            _show(listed)
+            return
+        details = [flux.connector(item["name"]) for item in listed["connectors"]]
+    click.echo(connector_table(details))
+
+
+@main.group()
+def connector() -> None:
+    """One connector: its status, its token, OAuth sign-in (see docs/connectors.md).
+
+    With auth on, use the namespace's token ($FLUX_TOKEN): the connector belongs to that
+    namespace and its entities go under it.
+    """
+
+
+@connector.command(name="show")
+@click.argument("name")
+def connector_show(name: str) -> None:
+    """Show connector NAME: status, poll interval, last poll, last error and counts.
+
+    \b
+    NAME  github, gmail, linkedin or calendar
+
+    \b
+    Example:
+      flux connector show github
+    """
+    with _flux() as flux:
+        _show(flux.connector(name))
+
+
+@connector.command(name="token")
+@click.argument("name")
+@click.option("--delete", is_flag=True, help="Delete the stored token (the connector stops).")
+def connector_token(name: str, delete: bool) -> None:
+    """Store a token (a personal access token) for connector NAME, or delete it.
+
+    The server keeps it encrypted and starts polling at once. The token is never a
+    command-line argument (it would land in shell history and `ps`): it is read from
+    $FLUX_CONNECTOR_TOKEN if set, else from stdin when stdin is piped, else from a hidden
+    prompt.
+
+    \b
+    NAME  github, gmail, linkedin or calendar
+
+    \b
+    Examples:
+      flux connector token github                      # asks for it, hidden
+      gh auth token | flux connector token github
+      FLUX_CONNECTOR_TOKEN=ghp_... flux connector token github
+      flux connector token github --delete
+    """
+    if delete:
+        with _flux() as flux:
+            _show(flux.connector_delete_token(name))
+        return
+    token = read_secret(os.environ.get("FLUX_CONNECTOR_TOKEN"), "FLUX_CONNECTOR_TOKEN", "Token")
+    with _flux() as flux:
+        _show(flux.connector_store_token(name, token))
+    progress(f"Stored the {name} token; the connector polls now.")
+
+
+@connector.command(name="oauth")
+@click.argument("name")
+def connector_oauth(name: str) -> None:
+    """Print the URL that signs connector NAME in with OAuth; open it in a browser.
+
+    The server must have a credential store ($FLUX_ENCRYPTION_KEY) and the connector's OAuth
+    app (FLUX_OAUTH_<NAME>_CLIENT_ID and _CLIENT_SECRET). After you approve at the provider,
+    it sends your browser to the server's callback, which stores the tokens and starts the
+    connector. The URL is good for one sign-in within 10 minutes.
+
+    \b
+    NAME  github, gmail, linkedin or calendar
+
+    \b
+    Example:
+      flux connector oauth github
+    """
+    with _flux() as flux:
+        url = flux.connector_oauth_url(name)
+    click.echo(url)
+    progress("Open this URL in a browser to sign in (valid for 10 minutes, once).")
 
 
 @main.command(name="admin-config")
@@ -470,6 +574,184 @@ def namespace_delete(name: str) -> None:
     with _flux() as flux:
         flux.namespace_delete(name)
     click.echo(f"Deleted namespace {name}", err=True)
+
+
+@main.group()
+def source() -> None:
+    """Manage generic HTTP sources: Flux polls a URL and publishes its JSON as entities.
+
+    See docs/connectors/generic.md. With auth on, use the namespace's token ($FLUX_TOKEN):
+    a source belongs to that namespace and writes only under it.
+    """
+
+
+def _mapping(pairs: tuple[str, ...]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        prop, sep, path = pair.partition("=")
+        if not sep or not prop or not path.startswith("$"):
+            raise click.BadParameter(f"{pair!r}: expected PROPERTY=$.path", param_hint="--map")
+        mapping[prop] = path
+    return mapping
+
+
+def _secret_from_env(var: str, option: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        raise click.BadParameter(
+            f"environment variable {var} is not set or empty", param_hint=option
+        )
+    return value
+
+
+@source.command(name="add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--namespace", "-n", required=True, metavar="NS", help="Entities go under NS/.")
+@click.option(
+    "--entity-key",
+    "-k",
+    required=True,
+    metavar="KEY",
+    help="The entity's key: literal (NS/KEY), or a JSON path like '$.id'.",
+)
+@click.option(
+    "--every",
+    type=click.IntRange(min=1),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="Poll interval.",
+)
+@click.option(
+    "--items",
+    metavar="PATH",
+    help="JSON path of a list in the response: one entity per item (--entity-key is then "
+    "a path evaluated on each item).",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="PROP=$.PATH",
+    help="Publish property PROP from $.PATH (repeat; without it the whole object is published).",
+)
+@click.option(
+    "--bearer-token-env",
+    metavar="VAR",
+    help="Send `Authorization: Bearer <$VAR>` upstream.",
+)
+@click.option("--bearer", is_flag=True, help="Same, with the token typed at a hidden prompt.")
+@click.option(
+    "--header",
+    metavar="H",
+    help="Send the token in header H (an API key header); the token comes from --token-env "
+    "or a hidden prompt.",
+)
+@click.option("--token-env", metavar="VAR", help="With --header: the token is $VAR.")
+def source_add(
+    name: str,
+    url: str,
+    namespace: str,
+    entity_key: str,
+    every: int,
+    items: str | None,
+    maps: tuple[str, ...],
+    bearer_token_env: str | None,
+    bearer: bool,
+    header: str | None,
+    token_env: str | None,
+) -> None:
+    """Add source NAME polling URL; prints its id.
+
+    The upstream secret never goes on the command line (where `ps` and shell history would
+    see it): it is read from an environment variable or typed at a hidden prompt, sent to
+    Flux once, stored encrypted (the server needs FLUX_ENCRYPTION_KEY) and never shown again.
+
+    \b
+    Examples:
+      flux source add weather https://api.example.com/oslo.json -n demo -k oslo --every 300
+      flux source add issues http://localhost:8080/issues -n demo \\
+          --items '$.items' -k '$.id' --map title='$.title' --map state='$.state'
+      API_TOKEN=... flux source add stats https://api.example.com/stats -n demo -k stats \\
+          --bearer-token-env API_TOKEN
+      flux source add stats https://api.example.com/stats -n demo -k stats --header X-Api-Key
+    """
+    if sum((bearer_token_env is not None, bearer, header is not None)) > 1:
+        raise click.UsageError("use one of --bearer-token-env, --bearer and --header")
+    if token_env is not None and header is None:
+        raise click.UsageError("--token-env goes with --header")
+    body: dict[str, Any] = {
+        "name": name,
+        "url": url,
+        "poll_interval_secs": every,
+        "entity_key": entity_key,
+        "namespace": namespace,
+    }
+    if items is not None:
+        body["items"] = items
+    if maps:
+        body["mapping"] = _mapping(maps)
+    if bearer_token_env is not None:
+        body["auth_type"] = "bearer"
+        body["token"] = _secret_from_env(bearer_token_env, "--bearer-token-env")
+    elif bearer:
+        body["auth_type"] = "bearer"
+        body["token"] = click.prompt("Upstream token", hide_input=True, err=True)
+    elif header is not None:
+        body["auth_type"] = {"api_key_header": header}
+        if token_env is not None:
+            body["token"] = _secret_from_env(token_env, "--token-env")
+        else:
+            body["token"] = click.prompt(f"Value of {header}", hide_input=True, err=True)
+    with _flux() as flux:
+        result = flux.source_add(body)
+    _show(result)
+
+
+@source.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="JSON even on a terminal.")
+def source_list(as_json: bool) -> None:
+    """List the sources with their status: a table on a terminal, JSON when piped.
+
+    \b
+    Example:
+      flux source list
+      flux source list | jq '.[] | select(.status == "error")'
+    """
+    with _flux() as flux:
+        sources = flux.sources()
+    if stdout_is_terminal() and not as_json and _options().pretty is None:
+        click.echo(source_table(sources))
+    else:
+        _show(sources)
+
+
+@source.command(name="show")
+@click.argument("source_id", metavar="ID")
+def source_show(source_id: str) -> None:
+    """Show source ID: its configuration (never the token) and status.
+
+    \b
+    Example:
+      flux source show 6f0c2b1e-...
+    """
+    with _flux() as flux:
+        _show(flux.source_show(source_id))
+
+
+@source.command(name="rm")
+@click.argument("source_id", metavar="ID")
+def source_rm(source_id: str) -> None:
+    """Remove source ID: it stops polling and its stored token is deleted (its entities stay).
+
+    \b
+    Example:
+      flux source rm 6f0c2b1e-...
+    """
+    with _flux() as flux:
+        flux.source_remove(source_id)
+    click.echo(f"Removed source {source_id}", err=True)
 
 
 @main.command()

@@ -128,6 +128,30 @@ class FluxClient:
 
     # -- transport ---------------------------------------------------------------------------
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request (redirects are not followed); raises FluxClientError for no answer
+        or an HTTP status of 400 or more."""
+        try:
+            response = self._http.request(
+                method, path, content=content, params=params, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            reason = f"timed out ({str(exc) or type(exc).__name__})"
+            raise FluxTimeoutError(self.base_url, reason) from exc
+        except httpx.TransportError as exc:
+            raise FluxConnectionError(self.base_url, str(exc) or type(exc).__name__) from exc
+        if response.status_code >= 400:
+            raise FluxClientError(response.status_code, error_message(response))
+        return response
+
     def _request(
         self,
         method: str,
@@ -142,17 +166,7 @@ class FluxClient:
         if json_body is not None:
             content = json.dumps(json_body, ensure_ascii=False, allow_nan=False).encode()
             headers = {"Content-Type": "application/json", **(headers or {})}
-        try:
-            response = self._http.request(
-                method, path, content=content, params=params, headers=headers
-            )
-        except httpx.TimeoutException as exc:
-            reason = f"timed out ({str(exc) or type(exc).__name__})"
-            raise FluxTimeoutError(self.base_url, reason) from exc
-        except httpx.TransportError as exc:
-            raise FluxConnectionError(self.base_url, str(exc) or type(exc).__name__) from exc
-        if response.status_code >= 400:
-            raise FluxClientError(response.status_code, error_message(response))
+        response = self._send(method, path, content=content, params=params, headers=headers)
         if response.status_code == 204:
             return None
         try:
@@ -252,6 +266,60 @@ class FluxClient:
         """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
         result: JSONObject = self._request("GET", "/api/connectors")
         return result
+
+    def connector(self, name: str) -> JSONObject:
+        """GET /api/connectors/NAME: status, poll interval, last poll and error, counts."""
+        result: JSONObject = self._request("GET", f"/api/connectors/{path_segment(name)}")
+        return result
+
+    def connector_store_token(self, name: str, token: str) -> JSONObject:
+        """POST /api/connectors/NAME/token: store the caller's token (encrypted on the server)
+        and (re)start the connector. Returns `{"success": true}`."""
+        result: JSONObject = self._request(
+            "POST", f"/api/connectors/{path_segment(name)}/token", json_body={"token": token}
+        )
+        return result
+
+    def connector_delete_token(self, name: str) -> JSONObject:
+        """DELETE /api/connectors/NAME/token: the connector stops and its token is deleted."""
+        result: JSONObject = self._request("DELETE", f"/api/connectors/{path_segment(name)}/token")
+        return result
+
+    def connector_oauth_url(self, name: str) -> str:
+        """GET /api/connectors/NAME/oauth/start without following it: the provider's sign-in
+        URL (the redirect's `Location`) for a person to open in a browser."""
+        response = self._send("GET", f"/api/connectors/{path_segment(name)}/oauth/start")
+        location: str | None = response.headers.get("location")
+        if not response.is_redirect or not location:
+            raise FluxClientError(
+                response.status_code, "the server did not answer with a redirect to the provider"
+            )
+        return location
+
+    def source_add(self, config: Mapping[str, Any]) -> JSONObject:
+        """POST /api/connectors/generic: create a generic HTTP source (see
+        docs/connectors/generic.md). Returns `{"source_id": "<uuid>"}`."""
+        result: JSONObject = self._request(
+            "POST", "/api/connectors/generic", json_body=dict(config)
+        )
+        return result
+
+    def sources(self) -> JSONList:
+        """GET /api/connectors/generic: the caller's sources, each with its status."""
+        result: JSONObject = self._request("GET", "/api/connectors/generic")
+        sources: JSONList = result["sources"]
+        return sources
+
+    def source_show(self, source_id: str) -> JSONObject:
+        """GET /api/connectors/generic/ID: one source with its status."""
+        result: JSONObject = self._request(
+            "GET", f"/api/connectors/generic/{path_segment(source_id)}"
+        )
+        return result
+
+    def source_remove(self, source_id: str) -> None:
+        """DELETE /api/connectors/generic/ID: the source stops; its stored token is deleted."""
+        self._request("DELETE", f"/api/connectors/generic/{path_segment(source_id)}")
 
     def admin_config(self, changes: Mapping[str, Any] | None = None) -> JSONObject:
         """GET /api/admin/config, or with `changes` a PUT (sent with the admin token) that

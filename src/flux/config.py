@@ -103,6 +103,66 @@ class Setting:
     secret: bool = False
 
 
+GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+
+# OAuth sign-in (reference §4.11): (connector, provider, authorize URL, token URL).
+OAUTH_PROVIDERS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "github",
+        "GitHub",
+        "https://github.com/login/oauth/authorize",
+        "https://github.com/login/oauth/access_token",
+    ),
+    ("gmail", "Google (Gmail)", GOOGLE_AUTH_URL, GOOGLE_TOKEN_URL),
+    (
+        "linkedin",
+        "LinkedIn",
+        "https://www.linkedin.com/oauth/v2/authorization",
+        "https://www.linkedin.com/oauth/v2/accessToken",
+    ),
+    ("calendar", "Google (Calendar)", GOOGLE_AUTH_URL, GOOGLE_TOKEN_URL),
+)
+
+
+def _oauth_settings(name: str, provider: str, auth_url: str, token_url: str) -> list[Setting]:
+    """The four OAuth settings of one connector: its client id and secret, registered with the
+    provider, and the provider's URLs (overridable for a local stand-in in tests)."""
+    env = f"FLUX_OAUTH_{name.upper()}"
+    return [
+        Setting(
+            f"oauth_{name}_client_id",
+            f"{env}_CLIENT_ID",
+            None,
+            _optional_text,
+            f"OAuth client id of the {name} connector's app at {provider}; with the secret, "
+            f"enables /api/connectors/{name}/oauth/start.",
+        ),
+        Setting(
+            f"oauth_{name}_client_secret",
+            f"{env}_CLIENT_SECRET",
+            None,
+            _optional_text,
+            f"OAuth client secret of the {name} connector's app at {provider}.",
+            secret=True,
+        ),
+        Setting(
+            f"oauth_{name}_auth_url",
+            f"{env}_AUTH_URL",
+            auth_url,
+            _url,
+            f"{provider}'s OAuth authorize URL, where sign-in for {name} sends the browser.",
+        ),
+        Setting(
+            f"oauth_{name}_token_url",
+            f"{env}_TOKEN_URL",
+            token_url,
+            _url,
+            f"{provider}'s OAuth token URL, where Flux exchanges codes and refreshes tokens.",
+        ),
+    ]
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "FLUX_HOST", "127.0.0.1", _text, "Address the server binds to."),
     Setting("port", "PORT", 3000, _port, "TCP port of the HTTP and WebSocket API."),
@@ -282,6 +342,31 @@ SETTINGS: tuple[Setting, ...] = (
         "times this, and 3 attempts per poll.",
     ),
     Setting(
+        "source_max_response_bytes",
+        "FLUX_SOURCE_MAX_RESPONSE_BYTES",
+        10_485_760,
+        _positive_int,
+        "Largest response a generic source may return (counted while it streams in, after "
+        "decompression); a bigger one fails the poll.",
+    ),
+    Setting(
+        "sources_allow_link_local",
+        "FLUX_SOURCES_ALLOW_LINK_LOCAL",
+        False,
+        _bool,
+        "Let generic sources fetch link-local and cloud metadata addresses "
+        "(169.254.0.0/16, fe80::/10, 169.254.169.254, metadata.google.internal, ...).",
+    ),
+    Setting(
+        "oauth_callback_base_url",
+        "FLUX_OAUTH_CALLBACK_BASE_URL",
+        "http://localhost:3000",
+        _url,
+        "Public base URL of this server for OAuth sign-in: providers send the browser back "
+        "to <this>/api/connectors/<name>/oauth/callback (register that URL with them).",
+    ),
+    *(setting for provider in OAUTH_PROVIDERS for setting in _oauth_settings(*provider)),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -320,6 +405,25 @@ class Settings:
     github_poll_interval_seconds: float = 300.0
     connector_timeout_seconds: float = 30.0
     connector_retry_seconds: float = 60.0
+    source_max_response_bytes: int = 10_485_760
+    sources_allow_link_local: bool = False
+    oauth_callback_base_url: str = "http://localhost:3000"
+    oauth_github_client_id: str | None = None
+    oauth_github_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    oauth_github_auth_url: str = OAUTH_PROVIDERS[0][2]
+    oauth_github_token_url: str = OAUTH_PROVIDERS[0][3]
+    oauth_gmail_client_id: str | None = None
+    oauth_gmail_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    oauth_gmail_auth_url: str = OAUTH_PROVIDERS[1][2]
+    oauth_gmail_token_url: str = OAUTH_PROVIDERS[1][3]
+    oauth_linkedin_client_id: str | None = None
+    oauth_linkedin_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    oauth_linkedin_auth_url: str = OAUTH_PROVIDERS[2][2]
+    oauth_linkedin_token_url: str = OAUTH_PROVIDERS[2][3]
+    oauth_calendar_client_id: str | None = None
+    oauth_calendar_client_secret: str | None = dataclasses.field(default=None, repr=False)
+    oauth_calendar_auth_url: str = OAUTH_PROVIDERS[3][2]
+    oauth_calendar_token_url: str = OAUTH_PROVIDERS[3][3]
     log_level: str = "info"
 
     @classmethod

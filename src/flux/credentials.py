@@ -5,7 +5,9 @@ fresh random 12-byte nonce per secret and no associated data; the columns hold
 base64(ciphertext || 16-byte tag) and base64(nonce), as in the original's `credentials` table
 (reference §10.1), so nothing readable lands on disk.
 
-`owner` is the credential's user key: `default` with auth off, the caller's bearer with auth on.
+`owner` is the credential's user key: `default` with auth off, `namespace:<name>` with auth on.
+A credential stored by an OAuth sign-in also holds a refresh token (sealed with its own nonce)
+and the access token's expiry (`expires_at`, ISO 8601 UTC, not secret).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import binascii
 import os
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -81,8 +84,22 @@ def unseal(key: bytes, ciphertext: str, nonce: str) -> str:
     return plain.decode()
 
 
+def _format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return _format_time(datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class StoredCredential:
+    """One credential, decrypted: the access token, and for an OAuth sign-in the refresh token
+    and when the access token expires (both None for a personal access token)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    expires_at: datetime | None = None
 
 
 class CredentialStore:
@@ -107,18 +124,58 @@ class CredentialStore:
         """The store `<data_dir>/credentials.db` under the base64 key text."""
         return cls(Path(data_dir) / "credentials.db", decode_key(key_text))
 
-    def put(self, owner: str, connector: str, secret: str) -> None:
-        """Store (or replace) the secret of (owner, connector), sealed with a fresh nonce."""
+    def put(
+        self,
+        owner: str,
+        connector: str,
+        secret: str,
+        refresh_token: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Store (or replace) the secret of (owner, connector), sealed with a fresh nonce; an
+        OAuth sign-in also gives the refresh token (sealed with its own nonce) and when the
+        access token expires. Replacing a credential replaces all three."""
         sealed, nonce = seal(self._key, secret)
+        refresh, refresh_nonce = (None, None)
+        if refresh_token is not None:
+            refresh, refresh_nonce = seal(self._key, refresh_token)
+        expires = _format_time(expires_at) if expires_at is not None else None
         now = _now()
         self._execute(
             "INSERT INTO credentials (user_id, connector, access_token, access_token_nonce,"
-            " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " refresh_token, refresh_token_nonce, expires_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(user_id, connector) DO UPDATE SET access_token = excluded.access_token,"
-            " access_token_nonce = excluded.access_token_nonce, refresh_token = NULL,"
-            " refresh_token_nonce = NULL, expires_at = NULL, updated_at = excluded.updated_at",
-            (owner, connector, sealed, nonce, now, now),
+            " access_token_nonce = excluded.access_token_nonce,"
+            " refresh_token = excluded.refresh_token,"
+            " refresh_token_nonce = excluded.refresh_token_nonce,"
+            " expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+            (owner, connector, sealed, nonce, refresh, refresh_nonce, expires, now, now),
         )
+
+    def record(self, owner: str, connector: str) -> StoredCredential | None:
+        """The whole credential of (owner, connector), decrypted, or None. Raises
+        CredentialError if a secret does not decrypt or `expires_at` is unreadable."""
+        rows = self._execute(
+            "SELECT access_token, access_token_nonce, refresh_token, refresh_token_nonce,"
+            " expires_at FROM credentials WHERE user_id = ? AND connector = ?",
+            (owner, connector),
+        )
+        if not rows:
+            return None
+        access, access_nonce, refresh, refresh_nonce, expires = rows[0]
+        refresh_token = None
+        if refresh is not None and refresh_nonce is not None:
+            refresh_token = unseal(self._key, refresh, refresh_nonce)
+        expires_at = None
+        if expires:
+            try:
+                expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise CredentialError(f"stored expires_at is not a time: {expires!r}") from exc
+            if expires_at.tzinfo is None:
+                expires_at = expires_at.replace(tzinfo=UTC)
+        return StoredCredential(unseal(self._key, access, access_nonce), refresh_token, expires_at)
 
     def get(self, owner: str, connector: str) -> str | None:
         """The secret of (owner, connector), or None. Raises CredentialError if it does not
@@ -161,7 +218,7 @@ class CredentialStore:
         with self._lock:
             self._db.close()
 
-    def _execute(self, sql: str, params: tuple[str, ...]) -> list[tuple[str, ...]]:
+    def _execute(self, sql: str, params: tuple[str | None, ...]) -> list[tuple[str, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, params).fetchall())

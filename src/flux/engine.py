@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -27,13 +27,19 @@ class Entity:
     version: int  # log sequence of its last change
 
 
-@dataclass(slots=True, frozen=True)
-class Change:
+class Change(NamedTuple):
+    """What one event did to the state. A tuple, not a frozen dataclass: the engine makes one
+    per applied event, and a frozen dataclass's `__init__` (one `object.__setattr__` per field)
+    cost more than the merge itself."""
+
     kind: Literal["update", "delete"]
     entity_id: str
     properties: dict[str, Any] | None  # the properties the event set (None for a delete)
     version: int
     at: int  # microseconds
+
+
+_new_change = tuple.__new__  # Change(...) runs a Python-level __new__; this is the C one
 
 
 def _head(entity_id: str) -> str:
@@ -78,7 +84,7 @@ class StateEngine:
             entity.properties.update(props)
             entity.last_updated = at
             entity.version = seq
-        return Change("update", entity_id, props, seq, at)
+        return _new_change(Change, ("update", entity_id, props, seq, at))
 
     def _delete(self, entity_id: str, seq: int, at: int) -> Change | None:
         entity = self.entities.pop(entity_id, None)
@@ -89,15 +95,33 @@ class StateEngine:
         del bucket[entity_id]
         if not bucket:
             del self._by_head[head]
-        return Change("delete", entity_id, None, seq, at)
+        return _new_change(Change, ("delete", entity_id, None, seq, at))
 
     def apply_all(self, records: Iterable[tuple[int, int, Event]]) -> list[Change]:
-        """Apply (seq, at, event) records in order; returns the changes made."""
-        changes = []
+        """Apply (seq, at, event) records in order; returns the changes made.
+
+        The common case (an update of an existing entity) is inlined here: this loop runs for
+        every committed event, and a method call per event was a fifth of its cost."""
+        changes: list[Change] = []
+        append = changes.append
+        entities = self.entities
+        get = entities.get
+        seq = self.last_seq
         for seq, at, event in records:
+            props = event["payload"].get("properties")
+            entity_id = event["payload"].get("entity_id")
+            if type(props) is dict and props and type(entity_id) is str:
+                entity = get(entity_id)
+                if entity is not None and props.get(DELETED) is not True:
+                    entity.properties.update(props)
+                    entity.last_updated = at
+                    entity.version = seq
+                    append(_new_change(Change, ("update", entity_id, props, seq, at)))
+                    continue
             change = self.apply(event, seq, at)
             if change is not None:
-                changes.append(change)
+                append(change)
+        self.last_seq = seq
         return changes
 
     def get(self, entity_id: str) -> Entity | None:

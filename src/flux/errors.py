@@ -71,6 +71,11 @@ class RateLimited(FluxError):
         self.retry_after = retry_after
 
 
+class UpstreamError(FluxError):
+    """An outside service Flux called on the client's behalf failed, e.g. an OAuth provider's
+    token endpoint (502)."""
+
+
 class StorageError(FluxError):
     """The namespace registry could not be written (503); nothing changed."""
 

@@ -103,7 +103,12 @@ def test_arbitrary_json_to_the_json_endpoints(client: TestClient, body: Any) -> 
 
 @FUZZ
 @given(
-    entity_id=st.text(st.characters(blacklist_characters="\x00"), min_size=1, max_size=20),
+    # Lone surrogates cannot be sent as UTF-8 text (BAD_BODIES covers their escapes: 400).
+    entity_id=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+        min_size=1,
+        max_size=20,
+    ),
     props=st.dictionaries(st.text(max_size=6), json_values, min_size=1, max_size=4),
 )
 def test_any_text_id_and_properties_round_trip(

@@ -87,7 +87,7 @@ def test_operations_are_complete(document: dict[str, Any]) -> None:
             assert operation.get("summary"), (path, method)
             declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
             assert declared == params_in_path, (path, method)
-            assert {"200", "204"} & set(operation["responses"]), (path, method)
+            assert {"200", "201", "204", "307"} & set(operation["responses"]), (path, method)
             for status, response in operation["responses"].items():
                 if status.startswith(("4", "5")) and path != "/api/health":
                     schema = response["content"]["application/json"]["schema"]

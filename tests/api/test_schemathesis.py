@@ -171,6 +171,13 @@ def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServe
         "FLUX_SNAPSHOT_EVERY_EVENTS": "200",
         # a credential store, so that storing a connector token is not a documented 500
         "FLUX_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        # OAuth apps for every connector, so that starting a sign-in is not a documented 500
+        # (a callback cannot get past the state check: no exchange is ever attempted)
+        **{
+            f"FLUX_OAUTH_{name}_CLIENT_{part}": f"{name.lower()}-{part.lower()}"
+            for name in ("GITHUB", "GMAIL", "LINKEDIN", "CALENDAR")
+            for part in ("ID", "SECRET")
+        },
     }
     server = server_factory(tmp_path / "data", env=env).start()
     TOKENS.__init__()  # type: ignore[misc]

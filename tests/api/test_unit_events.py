@@ -16,6 +16,7 @@ from flux.events import (
     DELETED,
     DELETION_STREAM,
     MAX_PAYLOAD_DEPTH,
+    _too_deep,
     decode_json,
     describe,
     entity_of,
@@ -289,3 +290,36 @@ def test_tombstone_shape() -> None:
 )
 def test_namespace_of(entity_id: str, namespace: str | None) -> None:
     assert namespace_of(entity_id) == namespace
+
+
+def recursive_too_deep(container: Any, budget: int) -> bool:
+    """The depth rule as first written (one call per container), the specification of the
+    level-by-level `_too_deep`."""
+    if budget < 1:
+        return True
+    for child in container.values() if type(container) is dict else container:
+        if type(child) in (dict, list) and recursive_too_deep(child, budget - 1):
+            return True
+    return False
+
+
+NESTED = st.recursive(
+    st.one_of(st.none(), st.integers(), st.text(max_size=2)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=2), NESTED, max_size=4), budget=st.integers(0, 6))
+def test_too_deep_agrees_with_the_recursive_rule(payload: dict[str, Any], budget: int) -> None:
+    assert _too_deep(payload, budget) == recursive_too_deep(payload, budget)
+
+
+@pytest.mark.parametrize("depth", [MAX_PAYLOAD_DEPTH - 1, MAX_PAYLOAD_DEPTH, MAX_PAYLOAD_DEPTH + 1])
+def test_too_deep_at_the_limit(depth: int) -> None:
+    payload = nested_payload(depth)
+    expected = recursive_too_deep(payload, MAX_PAYLOAD_DEPTH)
+    assert _too_deep(payload, MAX_PAYLOAD_DEPTH) == expected == (depth > MAX_PAYLOAD_DEPTH)

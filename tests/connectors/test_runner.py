@@ -14,6 +14,7 @@ import pytest
 
 from flux.connectors.base import KNOWN, Connector, ConnectorError, EventDict
 from flux.connectors.runner import ConnectorRunner, Scheduler, backoff_delays
+from flux.errors import RateLimited
 
 
 class FakeSleep:
@@ -238,3 +239,48 @@ def test_unreachable_source() -> None:
     runner = make(JsonSource("http://127.0.0.1:9/"), published, sleep, attempts=1)
     assert asyncio.run(runner.poll_once()) is False
     assert runner.status.last_error and "ConnectError" in runner.status.last_error
+
+
+def test_source_asked_wait_longer_than_backoff_ends_the_poll() -> None:
+    sleep, published = FakeSleep(), []
+    script: list[Exception | list[EventDict]] = [ConnectorError("limited", retry_after=3600.0)]
+    runner = make(Scripted(script), published, sleep, attempts=3, backoff_seconds=2.0)
+    assert asyncio.run(runner.poll_once()) is False
+    assert sleep.calls == []  # no retry: it would only be refused again
+    assert runner.status.last_error == "limited" and runner.status.failures == 1
+    assert runner.resume_at == 1_700_000_000.5 + 3600.0
+    assert runner.next_delay() == 3600.0  # longer than the 10 s interval
+    assert runner.next_delay() == 10.0  # once
+
+
+def test_source_asked_wait_shorter_than_backoff_retries_after_the_longer() -> None:
+    sleep, published = FakeSleep(), []
+    script: list[Exception | list[EventDict]] = [
+        ConnectorError("slow down", retry_after=1.0),
+        ConnectorError("slow down", retry_after=5.0),
+        [EVENT],
+    ]
+    runner = make(Scripted(script), published, sleep, attempts=3, backoff_seconds=2.0)
+    assert asyncio.run(runner.poll_once()) is False
+    # 1 s asked < 2 s backoff: retry after 2 s; 5 s asked > 4 s backoff: give up until then.
+    assert sleep.calls == [2.0]
+    assert runner.resume_at == 1_700_000_000.5 + 5.0
+    assert published == []
+
+
+def test_flux_rate_limit_is_a_wait_and_a_readable_error() -> None:
+    sleep = FakeSleep()
+
+    async def limited(events: list[EventDict]) -> None:
+        raise RateLimited(30)
+
+    runner = ConnectorRunner(
+        Scripted([[EVENT], [EVENT], [EVENT]]),
+        limited,
+        sleep=sleep,
+        attempts=3,
+        backoff_seconds=60.0,
+    )
+    assert asyncio.run(runner.poll_once()) is False
+    assert sleep.calls == [60.0, 120.0]  # the backoff is longer than the 30 s asked
+    assert runner.status.last_error == "Flux refused the events: rate limit exceeded"

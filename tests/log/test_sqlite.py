@@ -6,13 +6,15 @@ import sqlite3
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 
-from flux.errors import LogUnavailable
+from flux.errors import LogError, LogUnavailable
+from flux.events import Event, entity_of
 from flux.log import EventLog, open_log
 from flux.log.sqlite import SQLiteLog
 
-from .contract import TIMEOUT, LogContract, MakeLog, Opened, make_event
+from .contract import TIMEOUT, LogContract, MakeLog, Opened, ids, make_event
 
 
 class TestSQLiteLog(LogContract):
@@ -25,6 +27,74 @@ class TestSQLiteLog(LogContract):
         path = tmp_path / "events.db"
         path.write_bytes(b"this is not an SQLite database, " * 200)
         return SQLiteLog(str(path))
+
+
+class TestSQLiteLogNarrowBuckets(TestSQLiteLog):
+    """The contract again with history buckets of 2 sequences, so that history and pruning
+    cross many bucket boundaries (the default bucket holds 16,384)."""
+
+    @pytest.fixture
+    def make_log(self, tmp_path: Path) -> MakeLog:
+        return lambda: SQLiteLog(str(tmp_path / "log" / "events.db"), bucket_bits=1)
+
+
+OLD_LAYOUT = """
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL,
+    entity_id TEXT,
+    stored_at INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX events_event_id ON events(event_id);
+CREATE INDEX events_entity ON events(entity_id, seq) WHERE entity_id IS NOT NULL;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def write_old_layout(path: Path, events: list[Event]) -> None:
+    """A log as the previous Flux wrote it: one row per event, an (entity_id, seq) index."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript(OLD_LAYOUT)
+        conn.executemany(
+            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (?, ?, ?, ?, ?)",
+            [
+                (seq, e["eventId"], entity_of(e), 1_000 + seq, orjson.dumps(e).decode())
+                for seq, e in enumerate(events, start=1)
+            ],
+        )
+    conn.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bucket_bits", [1, 14])
+async def test_a_log_in_the_old_layout_is_migrated_on_open(
+    tmp_path: Path, bucket_bits: int
+) -> None:
+    path = tmp_path / "events.db"
+    old = [make_event("ns/a" if i % 3 else "ns/b", x=i) for i in range(10)] + [make_event(None)]
+    write_old_layout(path, old)
+    log = Opened(SQLiteLog(str(path), bucket_bits=bucket_bits))
+    await log.log.start(log.on_records)
+    assert [r.event for r in await log.all()] == old
+    assert ids(await log.history("ns/b")) == ids([e for e in old if entity_of(e) == "ns/b"][::-1])
+    (again,) = await log.append(old[4])  # eventId dedup still finds the old rows
+    assert again.duplicate and again.seq == 5
+    new = make_event("ns/b", x=99)
+    (done,) = await log.append(new)
+    assert done.seq == 12
+    assert ids(await log.history("ns/b", limit=2)) == ids([new, old[9]])
+    await log.log.close()
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "events_entity" not in names and "entity_history" in names
+
+    reopened = Opened(SQLiteLog(str(path)))  # opens again without migrating twice
+    await reopened.log.start(reopened.on_records)
+    assert len(await reopened.history("ns/b")) == 5
+    await reopened.log.close()
 
 
 def test_open_log_picks_the_backend_by_url(tmp_path: Path) -> None:
@@ -84,3 +154,32 @@ async def test_a_directory_in_place_of_the_file_raises_log_unavailable(tmp_path:
     with anyio.fail_after(TIMEOUT), pytest.raises(LogUnavailable, match="unable to open"):
         await log.start(lambda records: None)
     await log.close()
+
+
+@pytest.mark.anyio
+async def test_a_reader_that_stops_early_leaves_no_fetch_behind(tmp_path: Path) -> None:
+    """read() fetches the next batch while the caller works on the current one; a caller that
+    stops after one batch must not leave that fetch running or failing unseen."""
+    log = Opened(SQLiteLog(str(tmp_path / "events.db")))
+    await log.log.start(log.on_records)
+    await log.append(*(make_event(x=i) for i in range(10)))
+    reader = log.log.read(0, batch_size=3)
+    first = await reader.__anext__()
+    assert [r.seq for r in first] == [1, 2, 3]
+    await reader.aclose()  # type: ignore[attr-defined]
+    assert [r.seq for r in await log.all(batch_size=3)] == list(range(1, 11))
+    await log.log.close()
+
+
+@pytest.mark.anyio
+async def test_a_stored_event_that_does_not_decode_fails_the_read(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    await log.append(make_event(), make_event())
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE events SET data = '1, 2' WHERE seq = 1")
+    conn.close()
+    with pytest.raises(LogError):
+        await log.all()
+    await log.log.close()

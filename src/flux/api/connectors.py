@@ -118,7 +118,7 @@ async def show(request: Request) -> Response:
         "name": info.name,
         "enabled": True,
         "status": await _status(service, owner, info.name),
-        "poll_interval_seconds": info.poll_interval_seconds,
+        "poll_interval_seconds": service.connectors.poll_interval(info),
         "last_poll": None,
         "last_error": None,
         "polls": 0,

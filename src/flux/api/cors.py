@@ -6,10 +6,13 @@ plain-text 400; here that answer is the usual JSON error, so every error has one
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware import cors as starlette_cors
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from flux.api.errors import error_response
 
@@ -31,10 +34,23 @@ class CORSMiddleware(starlette_cors.CORSMiddleware):
 
 
 def cors() -> Middleware:
-    return Middleware(
-        CORSMiddleware,
-        allow_origins=["*"],
-        allow_methods=list(ALLOW_METHODS),
-        allow_headers=list(ALLOW_HEADERS),
-        expose_headers=["Retry-After"],  # so a browser client can read how long to wait
-    )
+    """The policy as a Starlette middleware (for an app that wants it as a layer of its own)."""
+    return Middleware(CORSMiddleware, **_POLICY)
+
+
+def cors_policy() -> CORSMiddleware:
+    """The policy as an object whose preflight answer and header logic `flux.api.edge.Edge`
+    uses; its own `app` is never called."""
+    return CORSMiddleware(_never_called, **_POLICY)
+
+
+async def _never_called(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("the CORS policy object is not an ASGI layer")
+
+
+_POLICY: dict[str, Any] = {
+    "allow_origins": ["*"],
+    "allow_methods": list(ALLOW_METHODS),
+    "allow_headers": list(ALLOW_HEADERS),
+    "expose_headers": ["Retry-After"],  # so a browser client can read how long to wait
+}

@@ -8,7 +8,6 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux import errors
 
@@ -23,6 +22,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.RateLimited: 429,
+    errors.UpstreamError: 502,
     errors.StorageError: 503,
     errors.LogUnavailable: 503,
     errors.LogError: 500,
@@ -73,33 +73,3 @@ async def client_disconnected(request: Request, exc: Exception) -> Response:
     answer, so no traceback in the log either."""
     logger.debug("%s %s: client disconnected mid-body", request.method, request.url.path)
     return error_response(400, "client disconnected")
-
-
-class CatchAll:
-    """Turns an unexpected exception into the JSON 500 inside the CORS layer, so that a browser
-    can read it (Starlette's own catch-all sits outside every middleware, and its 500 carries no
-    CORS headers). The exception is logged here; one raised after the response started is
-    re-raised, as nothing else can be done with it."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:
-            if started:
-                raise
-            logger.exception("%s %s raised", scope["method"], scope["path"], exc_info=exc)
-            await error_response(500, "internal server error")(scope, receive, send)

@@ -49,6 +49,15 @@ _CONNECTOR = {
 }
 
 
+_SOURCE_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "The source's id (a UUID, from POST /api/connectors/generic).",
+    "schema": {"type": "string"},
+}
+
+
 def _link(path: str, method: str, description: str, **parameters: str) -> dict[str, Any]:
     """An OpenAPI link to `method path`, its parameters taken from this exchange."""
     pointer = path.replace("~", "~0").replace("/", "~1")
@@ -281,6 +290,15 @@ SCHEMAS: dict[str, Any] = {
         "required": ["private"],
         "properties": {"private": {"type": "boolean"}},
     },
+    "OAuthConnected": {
+        "type": "object",
+        "required": ["success", "message", "connector"],
+        "properties": {
+            "success": {"type": "boolean", "enum": [True]},
+            "message": {"type": "string", "example": "Successfully connected github"},
+            "connector": {"type": "string"},
+        },
+    },
     "Connectors": {
         "type": "object",
         "required": ["connectors"],
@@ -331,6 +349,124 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["token"],
         "properties": {"token": {"type": "string", "minLength": 1}},
+    },
+    "SourceInput": {
+        "type": "object",
+        "required": ["name", "url", "poll_interval_secs", "entity_key", "namespace"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "url": {
+                "type": "string",
+                "description": "http or https; link-local and cloud metadata addresses are "
+                "refused (FLUX_SOURCES_ALLOW_LINK_LOCAL), and so are 0.0.0.0/8 and multicast.",
+            },
+            "poll_interval_secs": {"type": "integer", "minimum": 1, "maximum": 31536000},
+            "entity_key": {
+                "type": "string",
+                "minLength": 1,
+                "description": "A literal key, or a JSON path (`$.id`) into the response "
+                "(into each item with `items`). The entity is `<namespace>/<key>`.",
+            },
+            "namespace": {"type": "string", "description": "3 to 32 characters of [a-z0-9-_]"},
+            "auth_type": {
+                "description": 'How `token` is sent: "none" (default), "bearer", or '
+                '{"api_key_header": "<header>"}.',
+                "oneOf": [
+                    {"type": "string", "enum": ["none", "bearer"]},
+                    {
+                        "type": "object",
+                        "required": ["api_key_header"],
+                        "properties": {"api_key_header": {"type": "string"}},
+                        "additionalProperties": False,
+                    },
+                ],
+            },
+            "token": {
+                "type": "string",
+                "description": "The upstream secret: stored encrypted, never shown again.",
+            },
+            "flux_namespace_token": {
+                "type": "string",
+                "description": "Accepted for compatibility and never stored; with auth on it "
+                "must be the namespace's own token.",
+            },
+            "items": {
+                "type": "string",
+                "nullable": True,
+                "description": "A JSON path selecting a list: one entity per item.",
+            },
+            "mapping": {
+                "type": "object",
+                "nullable": True,
+                "additionalProperties": {"type": "string"},
+                "description": 'Properties to publish: {"property": "$.path"}.',
+            },
+        },
+    },
+    "SourceCreated": {
+        "type": "object",
+        "required": ["source_id"],
+        "properties": {"source_id": {"type": "string", "format": "uuid"}},
+    },
+    "Source": {
+        "type": "object",
+        "required": [
+            "source_id",
+            "type",
+            "name",
+            "url",
+            "poll_interval_secs",
+            "entity_key",
+            "namespace",
+            "auth_type",
+            "items",
+            "mapping",
+            "has_token",
+            "created_at",
+            "status",
+            "last_poll",
+            "last_error",
+            "polls",
+            "failures",
+            "events",
+        ],
+        "properties": {
+            "source_id": {"type": "string", "format": "uuid"},
+            "type": {"type": "string", "enum": ["generic"]},
+            "name": {"type": "string"},
+            "url": {"type": "string"},
+            "poll_interval_secs": {"type": "integer", "minimum": 1},
+            "entity_key": {"type": "string"},
+            "namespace": {"type": "string"},
+            "auth_type": {
+                "oneOf": [
+                    {"type": "string", "enum": ["none", "bearer"]},
+                    {
+                        "type": "object",
+                        "required": ["api_key_header"],
+                        "properties": {"api_key_header": {"type": "string"}},
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+            "items": {"type": "string", "nullable": True},
+            "mapping": {"type": "object", "additionalProperties": {"type": "string"}},
+            "has_token": {"type": "boolean"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "status": {"type": "string", "enum": ["running", "error", "stopped"]},
+            "last_poll": {"type": "string", "format": "date-time", "nullable": True},
+            "last_error": {"type": "string", "nullable": True},
+            "polls": {"type": "integer", "minimum": 0},
+            "failures": {"type": "integer", "minimum": 0},
+            "events": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Sources": {
+        "type": "object",
+        "required": ["sources"],
+        "properties": {
+            "sources": {"type": "array", "items": {"$ref": "#/components/schemas/Source"}}
+        },
     },
     "Success": {
         "type": "object",
@@ -668,6 +804,65 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/connectors/generic": {
+        "get": {
+            "summary": "The caller's generic HTTP sources, with their status",
+            "description": "Auth off: every source. Auth on: the sources of the token's "
+            "namespace (the admin's token owns none). The upstream token is never shown "
+            "(`has_token`).",
+            "security": _BEARER,
+            "responses": {
+                "200": _json(_ref("Sources"), "Sources"),
+                "401": _error("Auth on and no bearer token"),
+            },
+        },
+        "post": {
+            "summary": "Create a generic HTTP source: poll a URL, publish its JSON as entities",
+            "description": "See docs/connectors/generic.md. With auth on the source belongs "
+            "to the token's namespace and `namespace` must be that namespace.",
+            "security": _BEARER,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("SourceInput")}},
+            },
+            "responses": {
+                "201": _json(_ref("SourceCreated"), "Created; the first poll starts at once"),
+                "400": _error("A bad body: missing or mistyped field, refused URL, bad path"),
+                "401": _error("Auth on and no bearer token, or one of no namespace"),
+                "403": _error("`namespace` is not the token's namespace, or the admin token"),
+                "413": _error("Body over the limit"),
+                "415": _error("Not JSON"),
+                "500": _error(
+                    "A `token` and no credential store (FLUX_ENCRYPTION_KEY not set), or a "
+                    "store failed"
+                ),
+            },
+        },
+    },
+    "/api/connectors/generic/{id}": {
+        "get": {
+            "summary": "One generic source with its status",
+            "security": _BEARER,
+            "parameters": [_SOURCE_ID],
+            "responses": {
+                "200": _json(_ref("Source"), "The source"),
+                "401": _error("Auth on and no bearer token"),
+                "404": _error("No such source, or another namespace's"),
+            },
+        },
+        "delete": {
+            "summary": "Delete a generic source (it stops; its stored token is deleted)",
+            "security": _BEARER,
+            "parameters": [_SOURCE_ID],
+            "responses": {
+                "204": {"description": "Deleted"},
+                "401": _error("Auth on and no bearer token, or one of no namespace"),
+                "403": _error("The admin token (sources belong to namespaces)"),
+                "404": _error("No such source, or another namespace's"),
+                "500": _error("A store failed"),
+            },
+        },
+    },
     "/api/connectors/{name}": {
         "get": {
             "summary": "One connector: status, poll interval and the last poll's outcome",
@@ -716,6 +911,76 @@ PATHS: dict[str, Any] = {
                 ),
             },
         },
+    },
+    "/api/connectors/{name}/oauth/start": {
+        "get": {
+            "summary": "Start an OAuth sign-in: redirect to the provider's authorize page",
+            "description": "Only with a credential store (FLUX_ENCRYPTION_KEY set); without "
+            "one, 404. The redirect carries `client_id`, `redirect_uri` "
+            "(`<FLUX_OAUTH_CALLBACK_BASE_URL>/api/connectors/<name>/oauth/callback`), `scope`, "
+            "a single-use `state` (valid 600 s) and `response_type=code`. With auth on, the "
+            "sign-in belongs to the caller's namespace: a client such as `flux connector oauth` "
+            "sends the bearer and opens the `Location` itself.",
+            "security": _BEARER,
+            "parameters": [_CONNECTOR],
+            "responses": {
+                "307": {
+                    "description": "To the provider's authorize URL",
+                    "headers": {
+                        "Location": {
+                            "description": "The authorize URL with its query",
+                            "schema": {"type": "string", "format": "uri"},
+                        }
+                    },
+                },
+                "401": _error("Auth on and no bearer, or one of no namespace"),
+                "403": _error("The admin token (connectors belong to a namespace)"),
+                "404": _error("Unknown connector, or no credential store"),
+                "500": _error(
+                    "OAuth not configured for the connector (FLUX_OAUTH_<NAME>_CLIENT_ID and "
+                    "_CLIENT_SECRET not set)"
+                ),
+            },
+        }
+    },
+    "/api/connectors/{name}/oauth/callback": {
+        "get": {
+            "summary": "Finish an OAuth sign-in: exchange the code and store the tokens",
+            "description": "Where the provider sends the browser back. Needs no bearer: the "
+            "`state` says whose sign-in it is. Checks, in order: `error`, `code`, `state`, "
+            "the state (unknown, used or expired: 401), its connector, the client settings, "
+            "the code exchange (502), the store. On success the tokens are stored encrypted "
+            "and the connector starts polling.",
+            "parameters": [
+                _CONNECTOR,
+                *(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "description": description,
+                        "schema": {"type": "string"},
+                    }
+                    for name, description in (
+                        ("code", "The authorization code from the provider."),
+                        ("state", "The state `start` issued."),
+                        ("error", "The provider's error, when the user or it refused."),
+                        ("error_description", "The provider's words on that error."),
+                    )
+                ),
+            ],
+            "responses": {
+                "200": _json(_ref("OAuthConnected"), "Signed in; the connector starts"),
+                "400": _error(
+                    "The provider sent an error, `code` or `state` is missing, or the state "
+                    "was issued for another connector"
+                ),
+                "401": _error("Invalid or expired OAuth state (possible CSRF attack)"),
+                "404": _error("No credential store (FLUX_ENCRYPTION_KEY not set)"),
+                "500": _error("OAuth not configured for the connector, or the store failed"),
+                "502": _error("The provider's token endpoint refused or failed"),
+            },
+        }
     },
 }
 

@@ -1,13 +1,12 @@
-"""GET /metrics in the Prometheus text format, and the middleware that times requests."""
+"""GET /metrics in the Prometheus text format, and the latency histograms it reports (filled by
+`flux.api.edge.Edge`)."""
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux.live import Live
 
@@ -31,45 +30,6 @@ class Histogram:
 
 
 Histograms = dict[tuple[str, str, str], Histogram]
-
-
-class RequestTimer:
-    """ASGI middleware: a latency histogram per (method, route template, status class), kept in
-    the `histograms` mapping it is given (the app keeps the same one for GET /metrics)."""
-
-    def __init__(self, app: ASGIApp, histograms: Histograms) -> None:
-        self.app = app
-        self.histograms = histograms
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        began = time.perf_counter()
-        status = 500
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed_send)
-        finally:
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            key = (method, self._route(scope), f"{status // 100}xx")
-            histogram = self.histograms.get(key)
-            if histogram is None:
-                histogram = self.histograms[key] = Histogram()
-            histogram.observe(time.perf_counter() - began)
-
-    @staticmethod
-    def _route(scope: Scope) -> str:
-        """The matched route's path template (the router records it in the scope; a Mount's
-        is its prefix), or "unmatched"."""
-        path = getattr(scope.get("route"), "path", None)
-        return path if isinstance(path, str) else "unmatched"
 
 
 def _escape(value: str) -> str:

@@ -11,8 +11,9 @@ token rotation, and makes the namespace the only place its events may go.
 
 Events from a connector take the ingestion path of `POST /api/events/batch`
 (`FluxService.ingest_as`: validation, the namespace check, the rate limit, the log), all or
-nothing per poll. Entities whose properties already hold the polled values are left out, so an
-unchanged upstream resource adds nothing to the log.
+nothing per poll. Each event keeps only the properties whose values differ from the entity's
+state (Flux's model: send what changed), and an event that would change nothing is left out,
+so an unchanged upstream resource adds nothing to the log and subscribers see only changes.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from flux.connectors.base import Connector, EventDict
+import httpx
+
+from flux.connectors.base import Connector, ConnectorError, ConnectorInfo, EventDict
 from flux.connectors.github import GitHub
+from flux.connectors.oauth import TokenError, needs_refresh, oauth_client, refresh_tokens, token_url
 from flux.connectors.runner import ConnectorRunner, Scheduler
+from flux.connectors.sources import Sources
 from flux.credentials import CredentialError
 
 if TYPE_CHECKING:
@@ -46,27 +52,50 @@ def owner_namespace(owner: str) -> str | None:
     return owner[len(NAMESPACE_OWNER) :] if owner.startswith(NAMESPACE_OWNER) else None
 
 
-def unchanged(event: EventDict, current: dict[str, Any] | None) -> bool:
-    """Whether applying the event would change nothing: every property it sets already has
-    that value (same JSON type too: 1 and true differ)."""
+_MISSING = object()
+
+
+def only_changes(event: EventDict, current: dict[str, Any] | None) -> EventDict | None:
+    """The event with only the properties that differ from `current` (the entity's state;
+    None when it does not exist), or None when it would change nothing. Values compare with
+    their JSON type (1 and true differ). Flux's model: send what changed, the rest is kept."""
     if current is None:
-        return False
+        return event
     payload = event.get("payload")
     properties = payload.get("properties") if isinstance(payload, dict) else None
-    if not isinstance(properties, dict) or not properties:
+    if not isinstance(payload, dict) or not isinstance(properties, dict) or not properties:
+        return event  # not a property update: validation has the last word
+    changed = {
+        name: value
+        for name, value in properties.items()
+        if not _same_json(current.get(name, _MISSING), value)
+    }
+    if not changed:
+        return None
+    if len(changed) == len(properties):
+        return event
+    return {**event, "payload": {**payload, "properties": changed}}
+
+
+def _same_json(held: Any, value: Any) -> bool:
+    if held is _MISSING or type(held) is not type(value):
         return False
-    missing = object()
-    for name, value in properties.items():
-        held = current.get(name, missing)
-        if held is missing or type(held) is not type(value) or held != value:
-            return False
-    return True
+    if isinstance(value, dict):
+        return held.keys() == value.keys() and all(_same_json(held[k], value[k]) for k in value)
+    if isinstance(value, list):
+        return len(held) == len(value) and all(
+            _same_json(a, b) for a, b in zip(held, value, strict=True)
+        )
+    if isinstance(value, float):
+        return repr(held) == repr(value)  # -0.0 is not 0.0 in the JSON a reader gets
+    return bool(held == value)
 
 
 class ConnectorManager:
     def __init__(self, service: FluxService) -> None:
         self.service = service
         self.scheduler = Scheduler()
+        self.sources = Sources(self)  # generic HTTP sources (flux.connectors.sources)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -83,15 +112,24 @@ class ConnectorManager:
                 self.schedule(owner, GitHub.name)
             if owners:
                 logger.info("github connector scheduled for %d owner(s)", len(owners))
+        await self.sources.start()
         self.scheduler.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()
+        self.sources.close()
 
     # -- runners -----------------------------------------------------------------------------
 
     def runner(self, owner: str, name: str) -> ConnectorRunner | None:
         return self.scheduler.runners.get(f"{name}:{owner}")
+
+    def poll_interval(self, info: ConnectorInfo) -> float | int:
+        """The interval the status API reports: the setting for GitHub, else the catalogue's."""
+        if info.name == GitHub.name:
+            seconds = self.service.settings.github_poll_interval_seconds
+            return int(seconds) if float(seconds).is_integer() else seconds
+        return info.poll_interval_seconds
 
     def connector(self, name: str, namespace: str | None) -> Connector | None:
         """The implementation of a catalogue connector, or None (gmail, linkedin and calendar
@@ -106,14 +144,23 @@ class ConnectorManager:
             )
         return None
 
-    def add_runner(self, key: str, connector: Connector, namespace: str | None, token: Any) -> None:
+    def add_runner(
+        self,
+        key: str,
+        connector: Connector,
+        namespace: str | None,
+        token: Any,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         """Schedule `connector` under `key` (replacing a runner there), writing under
-        `namespace`; `token` is the runner's async token source."""
+        `namespace`; `token` is the runner's async token source, `transport` the HTTP
+        transport of its client (httpx's default when None)."""
         settings = self.service.settings
         runner = ConnectorRunner(
             connector,
             functools.partial(self.ingest, namespace),
             token=token,
+            transport=transport,
             timeout_seconds=settings.connector_timeout_seconds,
             backoff_seconds=settings.connector_retry_seconds,
             max_backoff_seconds=settings.connector_retry_seconds * 10,
@@ -139,6 +186,7 @@ class ConnectorManager:
         store = self.service.credentials
         for key in [k for k in self.scheduler.runners if k.endswith(":" + owner)]:
             await self.scheduler.remove(key)
+        await self.sources.forget_owner(owner)
         if store is not None:
             for name in ("github", "gmail", "linkedin", "calendar"):
                 try:
@@ -147,15 +195,46 @@ class ConnectorManager:
                     logger.error("cannot delete %s's %s credentials: %s", namespace, name, exc)
 
     async def _token(self, owner: str, name: str) -> str | None:
+        """The access token a poll uses. An OAuth token that expires within 90 s is refreshed
+        first and the new tokens stored (reference §10.2 step 2); a failed refresh fails the
+        poll with a ConnectorError the status shows."""
         store = self.service.credentials
         if store is None:
             return None
-        return await asyncio.to_thread(store.get, owner, name)
+        try:
+            credential = await asyncio.to_thread(store.record, owner, name)
+        except CredentialError as exc:
+            raise ConnectorError(f"cannot read the stored token: {exc.message}") from exc
+        if credential is None:
+            return None
+        if credential.refresh_token is None or not needs_refresh(credential, datetime.now(UTC)):
+            return credential.access_token
+        settings = self.service.settings
+        try:
+            async with httpx.AsyncClient(timeout=settings.connector_timeout_seconds) as http:
+                tokens = await refresh_tokens(
+                    http,
+                    token_url(settings, name),
+                    credential.refresh_token,
+                    oauth_client(settings, name),
+                )
+        except TokenError as exc:
+            raise ConnectorError(f"OAuth token refresh failed: {exc}") from None
+        refresh = tokens.refresh_token or credential.refresh_token  # kept when not rotated
+        try:
+            await asyncio.to_thread(
+                store.put, owner, name, tokens.access_token, refresh, tokens.expires_at
+            )
+        except CredentialError as exc:
+            raise ConnectorError(f"cannot store the refreshed token: {exc.message}") from exc
+        logger.info("%s token refreshed for %s", name, owner)
+        return tokens.access_token
 
     # -- the way in --------------------------------------------------------------------------
 
     async def ingest(self, namespace: str | None, events: list[EventDict]) -> int:
-        """Publish a poll's events under `namespace`, leaving out those that change nothing;
+        """Publish a poll's events under `namespace`, reduced to what changes (see
+        `only_changes`);
         returns how many were published. Raises what the ingestion path raises (the runner
         records it)."""
         engine = self.service.engine
@@ -164,8 +243,9 @@ class ConnectorManager:
             payload = event.get("payload")
             entity_id = payload.get("entity_id") if isinstance(payload, dict) else None
             entity = engine.get(entity_id) if isinstance(entity_id, str) else None
-            if not unchanged(event, entity.properties if entity is not None else None):
-                fresh.append(event)
+            reduced = only_changes(event, entity.properties if entity is not None else None)
+            if reduced is not None:
+                fresh.append(reduced)
         if fresh:
             await self.service.ingest_as(namespace, fresh)
         return len(fresh)

@@ -50,13 +50,18 @@ class ConnectorStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "poll_interval_seconds": self.poll_interval_seconds,
+            "poll_interval_seconds": _number(self.poll_interval_seconds),
             "last_poll": self.last_poll,
             "last_error": self.last_error,
             "polls": self.polls,
             "failures": self.failures,
             "events": self.events,
         }
+
+
+def _number(value: float) -> float | int:
+    """A whole number of seconds as an int (`300`, as the original wrote it, not `300.0`)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -1,0 +1,107 @@
+"""HTTP handlers for generic sources (reference §10.3, on the main server): create, list, show
+and delete.
+
+Owners are those of the connector API (`flux.api.connectors._owner`): `default` with auth off
+(anyone manages every source), the caller's namespace with auth on. With auth on a source must
+write under its creator's namespace, and another namespace's token neither sees it nor can
+read or delete it (404, as for a source that does not exist). The upstream secret (`token`) goes
+to the encrypted credential store and is never shown again (`has_token`); without
+FLUX_ENCRYPTION_KEY a source with a token answers 500, a source without one works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flux.api.body import read_json_object
+from flux.api.connectors import NO_STORE, CredentialStoreUnavailable, _owner
+from flux.api.http import json_response, service_of
+from flux.auth import Credential
+from flux.connectors.source_config import parse_config, parse_token
+from flux.connectors.sources import Sources
+from flux.connectors.ssrf import Refused, check_url, port_of, resolve_checked
+from flux.errors import Forbidden, ValidationError
+from flux.events import describe
+from flux.service import FluxService
+
+RESOLVE_SECONDS = 5.0  # how long creating a source waits for DNS
+
+
+def _sources(service: FluxService) -> Sources:
+    return service.connectors.sources
+
+
+def _writer(request: Request, service: FluxService) -> str:
+    owner = _owner(request, service, write=True)
+    assert owner is not None  # write=True raises instead
+    return owner
+
+
+def _check_namespace(service: FluxService, owner: str, namespace: str, doc: dict[str, Any]) -> None:
+    """With auth on: the source writes under the caller's own namespace, and a
+    `flux_namespace_token` (accepted for compatibility, never stored) must be that namespace's
+    token."""
+    extra = doc.get("flux_namespace_token")
+    if extra is not None and type(extra) is not str:
+        raise ValidationError(
+            f"`flux_namespace_token`: invalid type: {describe(extra)}, expected a string"
+        )
+    if not service.auth_enabled:
+        return
+    if owner != f"namespace:{namespace}":
+        raise Forbidden(f"Token does not have permission to write to namespace '{namespace}'")
+    if extra and service.access.owner(Credential.from_token(extra)) != namespace:
+        raise Forbidden(f"`flux_namespace_token` is not the token of namespace '{namespace}'")
+
+
+async def create(request: Request) -> Response:
+    """POST /api/connectors/generic → 201 `{"source_id": "<uuid4>"}`."""
+    service = service_of(request)
+    owner = _writer(request, service)
+    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    allow = service.settings.sources_allow_link_local
+    config = parse_config(doc, allow)
+    token = parse_token(doc, config.auth)
+    _check_namespace(service, owner, config.namespace, doc)
+    url = check_url(config.url, allow)
+    try:
+        async with asyncio.timeout(RESOLVE_SECONDS):
+            await resolve_checked(url.host, port_of(url), allow)
+    except Refused as exc:
+        if not exc.message.startswith("cannot resolve"):
+            raise ValidationError(f"`url`: {exc.message}") from None
+        # A name that does not resolve (yet) is accepted: every poll resolves and checks again.
+    except TimeoutError:
+        pass  # a slow resolver: the same
+    if token is not None and service.credentials is None:
+        raise CredentialStoreUnavailable(NO_STORE)
+    source = await _sources(service).create(owner, config, token)
+    return json_response({"source_id": source.id}, status=201)
+
+
+async def list_sources(request: Request) -> Response:
+    """GET /api/connectors/generic → `{"sources": [...]}`, the caller's sources."""
+    service = service_of(request)
+    sources = _sources(service)
+    owner = _owner(request, service)
+    return json_response({"sources": [sources.status(s) for s in sources.list(owner)]})
+
+
+async def show(request: Request) -> Response:
+    """GET /api/connectors/generic/{id} → one source with its status."""
+    service = service_of(request)
+    sources = _sources(service)
+    owner = _owner(request, service)
+    return json_response(sources.status(sources.get(owner, request.path_params["id"])))
+
+
+async def delete(request: Request) -> Response:
+    """DELETE /api/connectors/generic/{id} → 204; the source stops and its secret is deleted."""
+    service = service_of(request)
+    owner = _writer(request, service)
+    await asyncio.shield(_sources(service).delete(owner, request.path_params["id"]))
+    return Response(status_code=204)

@@ -1,0 +1,309 @@
+"""Generic sources inside the server: where they are kept and who runs them.
+
+`SourceStore` keeps each source's configuration in `<data_dir>/sources.db` (SQLite: id, owner,
+namespace, config JSON, created_at); its secret (the upstream `token`) is in the encrypted
+credential store under owner `generic` and connector `<source_id>`, as in the original, so no
+secret is on disk in the clear. `Sources` creates, lists and deletes them for an owner and runs
+each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
+
+Owners are the connector manager's: `default` with auth off, `namespace:<name>` with auth on.
+An owner sees only its own sources; a source writes only under its namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from flux.config import Settings
+from flux.connectors.base import ConnectorError
+from flux.connectors.generic import GenericSource
+from flux.connectors.source_config import SourceConfig, config_from_json
+from flux.connectors.ssrf import GuardedTransport
+from flux.credentials import CredentialError
+from flux.errors import FluxError, NotFound
+
+if TYPE_CHECKING:
+    from flux.connectors.manager import ConnectorManager
+    from flux.connectors.runner import ConnectorRunner
+
+logger = logging.getLogger("flux.connectors")
+
+SECRET_OWNER = "generic"  # the credential store's user_id for source secrets (the original's)
+KEY_PREFIX = "source:"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS generic_sources (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    config TEXT NOT NULL,
+    has_token INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_generic_sources_owner ON generic_sources(owner);
+"""
+
+
+class SourceStoreError(FluxError):
+    """`sources.db` cannot be read or written (500)."""
+
+
+@dataclass(frozen=True)
+class StoredSource:
+    id: str
+    owner: str
+    config: SourceConfig
+    has_token: bool
+    created_at: str
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class SourceStore:
+    """Source configurations in one SQLite file. Thread-safe; each call is short (callers on
+    the event loop use `asyncio.to_thread`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise SourceStoreError(f"cannot open the source store {self.path}: {exc}") from exc
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params)
+            except sqlite3.Error as exc:
+                raise SourceStoreError(f"source store: {exc}") from exc
+
+    def add(self, source: StoredSource) -> None:
+        self._execute(
+            "INSERT INTO generic_sources (id, owner, namespace, config, has_token, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                source.id,
+                source.owner,
+                source.config.namespace,
+                orjson.dumps(source.config.as_json()).decode(),
+                int(source.has_token),
+                source.created_at,
+            ),
+        )
+
+    def delete(self, source_id: str) -> bool:
+        return self._execute("DELETE FROM generic_sources WHERE id = ?", (source_id,)).rowcount > 0
+
+    def all(self, owner: str | None = None) -> list[StoredSource]:
+        """Every source (of `owner` when given), oldest first. A row that no longer reads is
+        logged and left out."""
+        sql = "SELECT id, owner, config, has_token, created_at FROM generic_sources"
+        params: tuple[Any, ...] = ()
+        if owner is not None:
+            sql += " WHERE owner = ?"
+            params = (owner,)
+        with self._lock:
+            try:
+                rows = self._db.execute(sql + " ORDER BY created_at, id", params).fetchall()
+            except sqlite3.Error as exc:
+                raise SourceStoreError(f"source store: {exc}") from exc
+        sources = []
+        for source_id, row_owner, config, has_token, created_at in rows:
+            try:
+                parsed = config_from_json(orjson.loads(config))
+            except (ValueError, KeyError, TypeError, FluxError) as exc:
+                logger.error("source %s: unreadable configuration (%s); skipped", source_id, exc)
+                continue
+            sources.append(StoredSource(source_id, row_owner, parsed, bool(has_token), created_at))
+        return sources
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class Sources:
+    """The generic sources of one server: the store and their runners."""
+
+    def __init__(self, manager: ConnectorManager) -> None:
+        self.manager = manager
+        self.store: SourceStore | None = None
+        self._sources: dict[str, StoredSource] = {}
+
+    @property
+    def _settings(self) -> Settings:
+        return self.manager.service.settings
+
+    def _store(self) -> SourceStore:
+        if self.store is None:
+            self.store = SourceStore(self.manager.service.data_dir / "sources.db")
+        return self.store
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every stored source and schedule it (before the scheduler starts)."""
+        try:
+            sources = await asyncio.to_thread(self._store().all)
+        except SourceStoreError as exc:
+            logger.error("cannot load the generic sources: %s", exc)
+            return
+        for source in sources:
+            self._sources[source.id] = source
+            self._schedule(source)
+        if sources:
+            logger.info("%d generic source(s) scheduled", len(sources))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self._sources.clear()
+
+    # -- runners -----------------------------------------------------------------------------
+
+    def _schedule(self, source: StoredSource) -> None:
+        settings = self._settings
+        allow = settings.sources_allow_link_local
+        connector = GenericSource(
+            source.id, source.config, settings.source_max_response_bytes, allow
+        )
+        namespace = source.config.namespace if self.manager.service.auth_enabled else None
+        self.manager.add_runner(
+            KEY_PREFIX + source.id,
+            connector,
+            namespace,
+            functools.partial(self._token, source),
+            transport=GuardedTransport(allow),
+        )
+
+    async def _token(self, source: StoredSource) -> str | None:
+        if not source.has_token:
+            return None
+        store = self.manager.service.credentials
+        if store is None:
+            raise ConnectorError(
+                "the source's token cannot be read: FLUX_ENCRYPTION_KEY is not set"
+            )
+        try:
+            token = await asyncio.to_thread(store.get, SECRET_OWNER, source.id)
+        except CredentialError as exc:
+            raise ConnectorError(f"the source's token cannot be read: {exc.message}") from None
+        if token is None:
+            raise ConnectorError("the source's token is missing from the credential store")
+        return token
+
+    def runner(self, source_id: str) -> ConnectorRunner | None:
+        return self.manager.scheduler.runners.get(KEY_PREFIX + source_id)
+
+    # -- what the API does -------------------------------------------------------------------
+
+    async def create(self, owner: str, config: SourceConfig, token: str | None) -> StoredSource:
+        """Store a source (its token in the credential store; the caller has checked that
+        there is one when a token is given) and start polling it. Returns it."""
+        source = StoredSource(str(uuid.uuid4()), owner, config, token is not None, _now())
+        credentials = self.manager.service.credentials
+        if token is not None:
+            assert credentials is not None
+            try:
+                await asyncio.to_thread(credentials.put, SECRET_OWNER, source.id, token)
+            except CredentialError as exc:
+                raise CredentialError("Failed to store credentials") from exc
+        try:
+            await asyncio.to_thread(self._store().add, source)
+        except BaseException:
+            if token is not None and credentials is not None:
+                await asyncio.to_thread(credentials.delete, SECRET_OWNER, source.id)
+            raise
+        self._sources[source.id] = source
+        self._schedule(source)
+        logger.info(
+            "generic source %s (%s) created for %s, every %ds",
+            source.id,
+            config.name,
+            owner,
+            config.poll_interval_secs,
+        )
+        return source
+
+    def list(self, owner: str | None) -> list[StoredSource]:
+        """The owner's sources (None owns nothing), oldest first."""
+        if owner is None:
+            return []
+        return [s for s in self._sources.values() if s.owner == owner]
+
+    def get(self, owner: str | None, source_id: str) -> StoredSource:
+        """The owner's source; another owner's is as unknown as a missing one (NotFound)."""
+        source = self._sources.get(source_id)
+        if source is None or owner is None or source.owner != owner:
+            raise NotFound(f"Source '{source_id}' not found")
+        return source
+
+    async def delete(self, owner: str | None, source_id: str) -> None:
+        """Stop the source and delete its configuration and its secret. Raises NotFound."""
+        source = self.get(owner, source_id)
+        await self._remove(source)
+        logger.info("generic source %s deleted", source_id)
+
+    async def _remove(self, source: StoredSource) -> None:
+        self._sources.pop(source.id, None)
+        await self.manager.scheduler.remove(KEY_PREFIX + source.id)
+        await asyncio.to_thread(self._store().delete, source.id)
+        credentials = self.manager.service.credentials
+        if source.has_token and credentials is not None:
+            try:
+                await asyncio.to_thread(credentials.delete, SECRET_OWNER, source.id)
+            except CredentialError as exc:
+                logger.error("source %s: cannot delete its token: %s", source.id, exc)
+
+    async def forget_owner(self, owner: str) -> None:
+        """The owner's namespace was deleted: its sources go too."""
+        for source in self.list(owner):
+            try:
+                await self._remove(source)
+            except SourceStoreError as exc:
+                logger.error("cannot delete source %s: %s", source.id, exc)
+
+    def status(self, source: StoredSource) -> dict[str, Any]:
+        """The API's view of a source: its configuration (never the token) and its status."""
+        runner = self.runner(source.id)
+        body: dict[str, Any] = {
+            "source_id": source.id,
+            "type": "generic",
+            **source.config.as_json(),
+            "has_token": source.has_token,
+            "created_at": source.created_at,
+            "status": "stopped",
+            "last_poll": None,
+            "last_error": None,
+            "polls": 0,
+            "failures": 0,
+            "events": 0,
+        }
+        if runner is not None:
+            status = runner.status
+            body.update(
+                status="error" if status.last_error is not None else "running",
+                last_poll=status.last_poll,
+                last_error=status.last_error,
+                polls=status.polls,
+                failures=status.failures,
+                events=status.events,
+            )
+        return body
