@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -20,6 +21,20 @@ from flux.api.app import create_app
 from flux.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str = "a condition", timeout: float = 20.0) -> T:
+    """The first truthy value of `check()`, polled every 20 ms; the test fails after `timeout`
+    seconds (20 by default: long enough for a loaded 2-core machine, bounded all the same)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def free_port() -> int:

@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import FluxServer, free_port
+from conftest import FluxServer, free_port, wait_for
 from fakegithub import TOKEN, FakeGitHub, repo
 from fakeoauth import FakeOAuth
 from flux import _output
 from flux.cli import main
 
 KEY = base64.b64encode(bytes(range(64, 96))).decode()
-WAIT = 20.0
 CLEAN_ENV: dict[str, str | None] = {
     "FLUX_URL": None,
     "FLUX_TOKEN": None,
@@ -91,16 +89,6 @@ def ok_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
-def wait_for(what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def clean(url: str) -> Iterator[None]:
     """No github token before and after the test."""
@@ -124,7 +112,7 @@ def polled(url: str, github: FakeGitHub, since: int) -> dict[str, Any]:
         ok = detail["polls"] >= 1 and detail["last_poll"] and detail["last_error"] is None
         return detail if ok else None
 
-    found: dict[str, Any] = wait_for("a poll with the token", done)
+    found: dict[str, Any] = wait_for(what="a poll with the token", check=done)
     return found
 
 

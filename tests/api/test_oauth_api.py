@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from conftest import wait_for
 from fakegithub import TOKEN, FakeGitHub, repo
 from fakeoauth import FakeOAuth
 from flux.connectors.oauth import OAuthStates
@@ -28,7 +28,6 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 START = "/api/connectors/github/oauth/start"
 CALLBACK = "/api/connectors/github/oauth/callback"
 BAD_STATE = "Invalid or expired OAuth state (possible CSRF attack)"
-WAIT = 20.0
 
 
 class Clock:
@@ -89,16 +88,6 @@ def store_of(client: TestClient) -> CredentialStore:
     return store
 
 
-def wait_for(what: str, check: Callable[[], Any]) -> Any:
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def authorize(client: TestClient, headers: dict[str, str] | None = None) -> str:
     """Start a sign-in and let the fake provider approve it: the callback URL it sends the
     browser back to."""
@@ -155,11 +144,11 @@ def test_full_flow_stores_the_tokens_encrypted_and_the_connector_polls(
     assert (exchange["client_id"], exchange["client_secret"]) == ("flux-client", "flux-secret")
     # The connector started with the access token: the fake GitHub's data became entities.
     wait_for(
-        "the repository entity",
-        lambda: client.get("/api/state/entities/github/repo/octo/hello").status_code == 200,
+        what="the repository entity",
+        check=lambda: client.get("/api/state/entities/github/repo/octo/hello").status_code == 200,
     )
     assert any(h.get("authorization") == f"Bearer {TOKEN}" for _, h in github.requests)
-    detail = wait_for("a successful poll", lambda: (d := show(client))["events"] and d)
+    detail = wait_for(what="a successful poll", check=lambda: (d := show(client))["events"] and d)
     assert detail["status"] == "configured" and detail["last_error"] is None
     # Stored encrypted: the access and refresh tokens are on disk only sealed.
     store = store_of(client)
@@ -308,8 +297,10 @@ def test_with_auth_on_the_sign_in_belongs_to_the_callers_namespace(
     assert show(client, alice)["status"] == "configured"
     assert show(client, bob)["status"] == "not_configured"
     wait_for(
-        "alice's repository entity",
-        lambda: client.get("/api/state/entities/alice/github/repo/octo/hello").status_code == 200,
+        what="alice's repository entity",
+        check=lambda: (
+            client.get("/api/state/entities/alice/github/repo/octo/hello").status_code == 200
+        ),
     )
     store = store_of(client)
     assert store.owners("github") == ["namespace:alice"]
@@ -329,7 +320,7 @@ def test_an_expiring_token_is_refreshed_before_the_poll(
     provider.expires_in = 30  # within the 90 s margin: refresh at once
     client = oauth_client()
     assert client.get(authorize(client)).status_code == 200
-    wait_for("a successful poll", lambda: show(client)["events"])
+    wait_for(what="a successful poll", check=lambda: show(client)["events"])
     grants = [r["grant_type"] for r in provider.token_requests]
     assert grants[:2] == ["authorization_code", "refresh_token"]
     refresh = provider.token_requests[1]
@@ -350,7 +341,7 @@ def test_a_refresh_token_that_is_not_rotated_is_kept(
     provider.rotate = False
     client = oauth_client()
     assert client.get(authorize(client)).status_code == 200
-    wait_for("a successful poll", lambda: show(client)["events"])
+    wait_for(what="a successful poll", check=lambda: show(client)["events"])
     (issued,) = provider.refresh_tokens  # only the sign-in issued one
     record = store_of(client).record("default", "github")
     assert (record.access_token, record.refresh_token) == (TOKEN, issued)
@@ -364,7 +355,7 @@ def test_a_failed_refresh_fails_the_poll_with_a_clear_error(
     client = oauth_client()
     assert client.get(authorize(client)).status_code == 200
     provider.refresh_tokens.clear()  # the provider revoked it
-    detail = wait_for("a failed poll", lambda: (d := show(client))["last_error"] and d)
+    detail = wait_for(what="a failed poll", check=lambda: (d := show(client))["last_error"] and d)
     assert detail["status"] == "error"
     assert detail["last_error"] == (
         "OAuth token refresh failed: invalid_grant - unknown refresh token"

@@ -5,8 +5,7 @@ who may see and change a source (auth on)."""
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,6 +13,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from starlette.testclient import TestClient
 
+from conftest import wait_for
 from flux.api.openapi import DOCUMENT
 from jsonserver import JsonServer
 
@@ -26,17 +26,6 @@ NO_STORE = "Credential storage not available (FLUX_ENCRYPTION_KEY not set)"
 FAST = {"directory_interval_seconds": 0, "connector_retry_seconds": 0.2}
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 15.0) -> T:
-    """The first truthy value of `probe()`, polled until the deadline (then the test fails)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
 
 
 def conforms(name: str, value: Any) -> None:

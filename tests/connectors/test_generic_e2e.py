@@ -8,8 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +16,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import FluxServer
+from conftest import FluxServer, wait_for
 from flux import cli
 from flux._output import source_table
 from flux.cli import main
@@ -34,16 +33,6 @@ ENV = {
     "FLUX_LOG_LEVEL": "debug",  # the most the log ever says: the token must not be in it
 }
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -11,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import FluxServer
+from conftest import FluxServer, wait_for
 from fakegithub import TOKEN, FakeGitHub, issue, notification, repo
 from liveclient import ws_client
 
 KEY = base64.b64encode(bytes(range(32, 64))).decode()
 ADMIN = "e2e-admin-token"
-WAIT = 20.0  # the longest any condition may take on a loaded 2-core machine
 
 
 @pytest.fixture
@@ -59,17 +58,6 @@ def register(url: str, name: str) -> str:
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]
     return token
-
-
-def wait_for(what: str, check: Callable[[], Any]) -> Any:
-    """Poll `check` until it returns something truthy; fail after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def entity(url: str, entity_id: str) -> dict[str, Any] | None:
@@ -115,7 +103,7 @@ def test_entities_updates_conditional_requests_and_isolation(
     other = register(server.url, "other")
     store_token(server.url, team)
 
-    found = wait_for("the repository entity", lambda: entity(server.url, REPO_ID))
+    found = wait_for(what="the repository entity", check=lambda: entity(server.url, REPO_ID))
     assert found["properties"] == {
         "name": "hello",
         "full_name": "octo/hello",
@@ -127,16 +115,16 @@ def test_entities_updates_conditional_requests_and_isolation(
         "private": False,
         "updated_at": "2026-01-01T00:00:00Z",
     }
-    found = wait_for("the issue entity", lambda: entity(server.url, ISSUE_ID))
+    found = wait_for(what="the issue entity", check=lambda: entity(server.url, ISSUE_ID))
     assert found["properties"]["title"] == "Crash on start"
     assert found["properties"]["author"] == "alice"
-    found = wait_for("the notification entity", lambda: entity(server.url, NOTE_ID))
+    found = wait_for(what="the notification entity", check=lambda: entity(server.url, NOTE_ID))
     assert found["properties"]["reason"] == "mention"
     (event,) = history(server.url, REPO_ID)
     assert event["stream"] == "connectors" and event["source"] == "connector.github"
 
     # Later polls are conditional: GitHub answers 304 and nothing new is logged.
-    wait_for("304 answers", lambda: github.not_modified >= 6)
+    wait_for(what="304 answers", check=lambda: github.not_modified >= 6)
     assert any("if-none-match" in headers for _, headers in github.requests)
     assert len(history(server.url, REPO_ID)) == 1
     assert status(server.url, team)["status"] == "configured"
@@ -185,7 +173,7 @@ def test_upstream_errors_show_in_status_and_wait(
     github.status = 500
     store_token(server.url, team)
     shown = wait_for(
-        "the 5xx in the status", lambda: status(server.url, team)["last_error"] or None
+        what="the 5xx in the status", check=lambda: status(server.url, team)["last_error"] or None
     )
     assert shown == "GitHub API error: 500"
     assert status(server.url, team)["status"] == "error"
@@ -195,8 +183,8 @@ def test_upstream_errors_show_in_status_and_wait(
     github.status = None
     store_token(server.url, team, "ghp_wrong")
     wait_for(
-        "the 401 in the status",
-        lambda: (
+        what="the 401 in the status",
+        check=lambda: (
             status(server.url, team)["last_error"] == "GitHub auth error: token expired or invalid"
         ),
     )
@@ -207,8 +195,8 @@ def test_upstream_errors_show_in_status_and_wait(
     github.reset_at = int(time.time()) + 3600
     store_token(server.url, team)
     wait_for(
-        "the rate limit in the status",
-        lambda: (
+        what="the rate limit in the status",
+        check=lambda: (
             status(server.url, team)["last_error"]
             == "GitHub rate limit exceeded (X-RateLimit-Remaining: 0)"
         ),
@@ -224,8 +212,8 @@ def test_upstream_errors_show_in_status_and_wait(
     github.retry_after = "3600"
     store_token(server.url, team)
     wait_for(
-        "the 429 in the status",
-        lambda: "rate limit" in (status(server.url, team)["last_error"] or ""),
+        what="the 429 in the status",
+        check=lambda: "rate limit" in (status(server.url, team)["last_error"] or ""),
     )
     time.sleep(0.3)
     calls = len(github.requests)
@@ -236,8 +224,10 @@ def test_upstream_errors_show_in_status_and_wait(
     github.status = None
     github.retry_after = None
     store_token(server.url, team)
-    wait_for("recovery", lambda: entity(server.url, REPO_ID))
-    wait_for("a clean status", lambda: status(server.url, team)["status"] == "configured")
+    wait_for(what="recovery", check=lambda: entity(server.url, REPO_ID))
+    wait_for(
+        what="a clean status", check=lambda: status(server.url, team)["status"] == "configured"
+    )
     for response_text in (
         httpx.get(f"{server.url}/api/connectors", headers=bearer(team)).text,
         httpx.get(f"{server.url}/api/connectors/github", headers=bearer(team)).text,
@@ -254,14 +244,14 @@ def test_connector_survives_restart(
     server = server_factory(data_dir, env).start()
     team = register(server.url, "team")
     store_token(server.url, team)
-    wait_for("the repository entity", lambda: entity(server.url, REPO_ID))
+    wait_for(what="the repository entity", check=lambda: entity(server.url, REPO_ID))
     server.stop()
 
     github.repos = [repo("octo", "hello", description="greetings", forks_count=9)]
     again = server_factory(data_dir, env).start()
     found = wait_for(
-        "the change after the restart",
-        lambda: (entity(again.url, REPO_ID) or {}).get("properties", {}).get("forks") == 9,
+        what="the change after the restart",
+        check=lambda: (entity(again.url, REPO_ID) or {}).get("properties", {}).get("forks") == 9,
     )
     assert found
     assert status(again.url, team)["polls"] >= 1
