@@ -135,6 +135,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if level != "DEBUG":
+        # httpx logs every request of every connector poll at INFO; the connectors' own log
+        # says what matters (failures, waits, starts and stops).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("flux").info(
         "Flux %s starting: data dir %s, event log %s",
         __version__,
