@@ -40,7 +40,7 @@ class CredentialStoreUnavailable(FluxError):
     """No FLUX_ENCRYPTION_KEY, so no credential store (500, as in the original)."""
 
 
-def _connector(request: Request) -> ConnectorInfo:
+def connector_info(request: Request) -> ConnectorInfo:
     name = request.path_params["name"]
     info = KNOWN.get(name)
     if info is None:
@@ -48,7 +48,7 @@ def _connector(request: Request) -> ConnectorInfo:
     return info
 
 
-def _owner(request: Request, service: FluxService, write: bool = False) -> str | None:
+def owner_of(request: Request, service: FluxService, write: bool = False) -> str | None:
     """The credential owner: `default` with auth off; with auth on the caller's namespace
     (`namespace:<name>`). Without a bearer: AuthError (401 `Invalid token: <reason>`, as in the
     original). A bearer of no namespace may read (it owns nothing, so every connector is
@@ -70,8 +70,8 @@ def _owner(request: Request, service: FluxService, write: bool = False) -> str |
     raise AuthError(UNKNOWN_TOKEN)
 
 
-def _writer(request: Request, service: FluxService) -> str:
-    owner = _owner(request, service, write=True)
+def writer_of(request: Request, service: FluxService) -> str:
+    owner = owner_of(request, service, write=True)
     assert owner is not None  # write=True raises instead
     return owner
 
@@ -101,7 +101,7 @@ async def _status(service: FluxService, owner: str | None, name: str) -> str:
 async def list_connectors(request: Request) -> Response:
     """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
     service = service_of(request)
-    owner = _owner(request, service)
+    owner = owner_of(request, service)
     items = [
         {"name": name, "enabled": True, "status": await _status(service, owner, name)}
         for name in KNOWN
@@ -112,8 +112,8 @@ async def list_connectors(request: Request) -> Response:
 async def show(request: Request) -> Response:
     """GET /api/connectors/{name}: status, interval and the last poll's outcome."""
     service = service_of(request)
-    info = _connector(request)
-    owner = _owner(request, service)
+    info = connector_info(request)
+    owner = owner_of(request, service)
     body: dict[str, Any] = {
         "name": info.name,
         "enabled": True,
@@ -134,9 +134,9 @@ async def show(request: Request) -> Response:
 async def store_token(request: Request) -> Response:
     """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`."""
     service = service_of(request)
-    info = _connector(request)
+    info = connector_info(request)
     store = _store(service)
-    owner = _writer(request, service)
+    owner = writer_of(request, service)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
     token = doc.get("token")
     if token is None:
@@ -157,9 +157,9 @@ async def store_token(request: Request) -> Response:
 async def delete_token(request: Request) -> Response:
     """DELETE /api/connectors/{name}/token → `{"success": true}`; 404 when none is stored."""
     service = service_of(request)
-    info = _connector(request)
+    info = connector_info(request)
     store = _store(service)
-    owner = _writer(request, service)
+    owner = writer_of(request, service)
     try:
         deleted = await asyncio.to_thread(store.delete, owner, info.name)
     except CredentialError as exc:

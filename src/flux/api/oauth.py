@@ -16,7 +16,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from flux.api.connectors import _connector, _writer
+from flux.api.connectors import connector_info, writer_of
 from flux.api.http import json_response, service_of
 from flux.connectors.manager import owner_namespace
 from flux.connectors.oauth import (
@@ -65,8 +65,8 @@ async def start(request: Request) -> Response:
     """GET /api/connectors/{name}/oauth/start → 307 to the provider's authorize URL."""
     service = service_of(request)
     _store(service)
-    info = _connector(request)
-    owner = _writer(request, service)
+    info = connector_info(request)
+    owner = writer_of(request, service)
     client = oauth_client(service.settings, info.name)
     if client is None:
         env = f"FLUX_OAUTH_{info.name.upper()}"

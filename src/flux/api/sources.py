@@ -1,7 +1,7 @@
 """HTTP handlers for generic sources (reference §10.3, on the main server): create, list, show
 and delete.
 
-Owners are those of the connector API (`flux.api.connectors._owner`): `default` with auth off
+Owners are those of the connector API (`flux.api.connectors.owner_of`): `default` with auth off
 (anyone manages every source), the caller's namespace with auth on. With auth on a source must
 write under its creator's namespace, and another namespace's token neither sees it nor can
 read or delete it (404, as for a source that does not exist). The upstream secret (`token`) goes
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux.api.body import read_json_object
-from flux.api.connectors import NO_STORE, CredentialStoreUnavailable, _owner
+from flux.api.connectors import NO_STORE, CredentialStoreUnavailable, owner_of, writer_of
 from flux.api.http import json_response, service_of
 from flux.auth import Credential
 from flux.connectors.source_config import parse_config, parse_token
@@ -33,12 +33,6 @@ RESOLVE_SECONDS = 5.0  # how long creating a source waits for DNS
 
 def _sources(service: FluxService) -> Sources:
     return service.connectors.sources
-
-
-def _writer(request: Request, service: FluxService) -> str:
-    owner = _owner(request, service, write=True)
-    assert owner is not None  # write=True raises instead
-    return owner
 
 
 def _check_namespace(service: FluxService, owner: str, namespace: str, doc: dict[str, Any]) -> None:
@@ -61,7 +55,7 @@ def _check_namespace(service: FluxService, owner: str, namespace: str, doc: dict
 async def create(request: Request) -> Response:
     """POST /api/connectors/generic → 201 `{"source_id": "<uuid4>"}`."""
     service = service_of(request)
-    owner = _writer(request, service)
+    owner = writer_of(request, service)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
     allow = service.settings.sources_allow_link_local
     config = parse_config(doc, allow)
@@ -87,7 +81,7 @@ async def list_sources(request: Request) -> Response:
     """GET /api/connectors/generic → `{"sources": [...]}`, the caller's sources."""
     service = service_of(request)
     sources = _sources(service)
-    owner = _owner(request, service)
+    owner = owner_of(request, service)
     return json_response({"sources": [sources.status(s) for s in sources.list(owner)]})
 
 
@@ -95,13 +89,13 @@ async def show(request: Request) -> Response:
     """GET /api/connectors/generic/{id} → one source with its status."""
     service = service_of(request)
     sources = _sources(service)
-    owner = _owner(request, service)
+    owner = owner_of(request, service)
     return json_response(sources.status(sources.get(owner, request.path_params["id"])))
 
 
 async def delete(request: Request) -> Response:
     """DELETE /api/connectors/generic/{id} → 204; the source stops and its secret is deleted."""
     service = service_of(request)
-    owner = _writer(request, service)
+    owner = writer_of(request, service)
     await asyncio.shield(_sources(service).delete(owner, request.path_params["id"]))
     return Response(status_code=204)
