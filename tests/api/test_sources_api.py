@@ -436,18 +436,19 @@ def test_a_source_belongs_to_its_namespace(auth_client: TestClient, upstream: Js
     assert mismatch.status_code == 403
     source_id = create(client, {**doc, "flux_namespace_token": alpha}, alpha)
     assert wait_for(lambda: entity(client, "alpha/oslo")) == {"temp": 5}
-    # The owner sees it; beta and the admin do not, and cannot delete it.
+    # The owner sees it; beta does not, and cannot delete it.
     assert [
         s["source_id"]
         for s in client.get("/api/connectors/generic", headers=bearer(alpha)).json()["sources"]
     ] == [source_id]
     assert status(client, source_id, alpha)["namespace"] == "alpha"
-    for other in (beta, ADMIN):
-        assert client.get("/api/connectors/generic", headers=bearer(other)).json() == {
-            "sources": []
-        }
-        path = f"/api/connectors/generic/{source_id}"
-        assert client.get(path, headers=bearer(other)).status_code == 404
+    assert client.get("/api/connectors/generic", headers=bearer(beta)).json() == {"sources": []}
+    path = f"/api/connectors/generic/{source_id}"
+    assert client.get(path, headers=bearer(beta)).status_code == 404
+    # The admin oversees every source (it could not create one: see above).
+    listed = client.get("/api/connectors/generic", headers=bearer(ADMIN)).json()["sources"]
+    assert [s["source_id"] for s in listed] == [source_id]
+    assert client.get(path, headers=bearer(ADMIN)).json()["namespace"] == "alpha"
     assert (
         client.delete(f"/api/connectors/generic/{source_id}", headers=bearer(beta)).status_code
         == 404
@@ -458,6 +459,34 @@ def test_a_source_belongs_to_its_namespace(auth_client: TestClient, upstream: Js
         client.delete(f"/api/connectors/generic/{source_id}", headers=bearer(alpha)).status_code
         == 204
     )
+
+
+def test_the_admin_removes_a_source_made_while_auth_was_off(
+    make_client: ClientFactory, data_dir: Path, upstream: JsonServer
+) -> None:
+    """Made with auth off, a source belongs to `default`, which no namespace holds: with auth
+    on it cannot write (its status says why) and only the admin can see and delete it."""
+    upstream.set("/weather", {"temp": 1})
+    client = make_client(encryption_key=KEY, **FAST)
+    source_id = create(client, body(upstream, namespace="alpha"))
+    wait_for(lambda: entity(client, "alpha/oslo"))
+    client.__exit__(None, None, None)
+    upstream.set("/weather", {"temp": 2})  # a change it would publish
+    again = open_client(data_dir, encryption_key=KEY, connector_retry_seconds=0.2)
+    try:
+        alpha = register(again, "alpha")
+        path = f"/api/connectors/generic/{source_id}"
+        assert again.get(path, headers=bearer(alpha)).status_code == 404
+        shown = wait_for(
+            lambda: (s := again.get(path, headers=bearer(ADMIN)).json())["last_error"] and s
+        )
+        assert "permission" in shown["last_error"]
+        assert entity(again, "alpha/oslo") == {"temp": 1}
+        assert again.delete(path, headers=bearer(alpha)).status_code == 404
+        assert again.delete(path, headers=bearer(ADMIN)).status_code == 204
+        assert again.get("/api/connectors/generic", headers=bearer(ADMIN)).json() == {"sources": []}
+    finally:
+        again.__exit__(None, None, None)
 
 
 def test_a_source_writes_only_under_its_namespace(

@@ -22,7 +22,7 @@ from flux.api.connectors import NO_STORE, CredentialStoreUnavailable, owner_of, 
 from flux.api.http import json_response, service_of
 from flux.auth import Credential
 from flux.connectors.source_config import parse_config, parse_token
-from flux.connectors.sources import Sources
+from flux.connectors.sources import EVERY_OWNER, Sources
 from flux.connectors.ssrf import Refused, check_url, port_of, resolve_checked
 from flux.errors import Forbidden, ValidationError
 from flux.events import describe
@@ -77,11 +77,27 @@ async def create(request: Request) -> Response:
     return json_response({"source_id": source.id}, status=201)
 
 
+def _reader(request: Request, service: FluxService) -> str | None:
+    """Whose sources the caller sees: its own, or with auth on and the admin token every
+    source (the admin creates none: sources write under a namespace)."""
+    if service.auth_enabled:
+        credential = Credential.from_header(request.headers.get("authorization"))
+        if service.access.is_admin(credential):
+            return EVERY_OWNER
+    return owner_of(request, service)
+
+
+def _remover(request: Request, service: FluxService) -> str:
+    owner = _reader(request, service)
+    return owner if owner == EVERY_OWNER else writer_of(request, service)
+
+
 async def list_sources(request: Request) -> Response:
-    """GET /api/connectors/generic → `{"sources": [...]}`, the caller's sources."""
+    """GET /api/connectors/generic → `{"sources": [...]}`, the caller's sources (the admin's:
+    all)."""
     service = service_of(request)
     sources = _sources(service)
-    owner = owner_of(request, service)
+    owner = _reader(request, service)
     return json_response({"sources": [sources.status(s) for s in sources.list(owner)]})
 
 
@@ -89,13 +105,13 @@ async def show(request: Request) -> Response:
     """GET /api/connectors/generic/{id} → one source with its status."""
     service = service_of(request)
     sources = _sources(service)
-    owner = owner_of(request, service)
+    owner = _reader(request, service)
     return json_response(sources.status(sources.get(owner, request.path_params["id"])))
 
 
 async def delete(request: Request) -> Response:
     """DELETE /api/connectors/generic/{id} → 204; the source stops and its secret is deleted."""
     service = service_of(request)
-    owner = writer_of(request, service)
+    owner = _remover(request, service)
     await asyncio.shield(_sources(service).delete(owner, request.path_params["id"]))
     return Response(status_code=204)

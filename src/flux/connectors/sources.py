@@ -55,6 +55,11 @@ CREATE INDEX IF NOT EXISTS idx_generic_sources_owner ON generic_sources(owner);
 """
 
 
+# The admin's view with auth on: every source, whoever owns it (a source made while auth was
+# off belongs to `default`, which no namespace's token holds; only the admin can remove it).
+EVERY_OWNER = "*"
+
+
 class SourceStoreError(FluxError):
     """`sources.db` cannot be read or written (500)."""
 
@@ -184,7 +189,12 @@ class Sources:
         connector = GenericSource(
             source.id, source.config, settings.source_max_response_bytes, allow
         )
-        namespace = source.config.namespace if self.manager.service.auth_enabled else None
+        # With auth on a source writes as its owner's namespace (the one it was made under),
+        # never merely as the namespace its config names: a source made while auth was off
+        # (owner `default`) has none, so its writes are refused until the admin removes it.
+        from flux.connectors.manager import owner_namespace  # (manager imports this module)
+
+        namespace = owner_namespace(source.owner) if self.manager.service.auth_enabled else None
         self.manager.add_runner(
             KEY_PREFIX + source.id,
             connector,
@@ -243,15 +253,16 @@ class Sources:
         return source
 
     def list(self, owner: str | None) -> list[StoredSource]:
-        """The owner's sources (None owns nothing), oldest first."""
+        """The owner's sources (None owns nothing; `EVERY_OWNER` sees all), oldest first."""
         if owner is None:
             return []
-        return [s for s in self._sources.values() if s.owner == owner]
+        return [s for s in self._sources.values() if owner in (s.owner, EVERY_OWNER)]
 
     def get(self, owner: str | None, source_id: str) -> StoredSource:
-        """The owner's source; another owner's is as unknown as a missing one (NotFound)."""
+        """The owner's source; another owner's is as unknown as a missing one (NotFound).
+        `EVERY_OWNER` (the admin) gets any."""
         source = self._sources.get(source_id)
-        if source is None or owner is None or source.owner != owner:
+        if source is None or owner is None or owner not in (source.owner, EVERY_OWNER):
             raise NotFound(f"Source '{source_id}' not found")
         return source
 
