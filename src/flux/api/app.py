@@ -21,6 +21,7 @@ from flux.api.cors import cors_policy
 from flux.api.edge import Edge
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
+from flux.api.reads import EntityReads
 from flux.api.ws import sse_endpoint, websocket_endpoint
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
@@ -138,7 +139,10 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
         routes=routes(),
         # One layer for timing, CORS and the JSON 500 (see flux.api.edge: three cost a third
         # of a GET's time in the app).
-        middleware=[Middleware(Edge, histograms=histograms, cors=cors_policy())],
+        middleware=[
+            Middleware(Edge, histograms=histograms, cors=cors_policy()),
+            Middleware(EntityReads, service=flux),  # the hot read, before the router
+        ],
         exception_handlers={
             FluxError: errors.flux_error,
             HTTPException: errors.http_error,

@@ -1,0 +1,59 @@
+"""The hot read, `GET /api/state/entities/{id}`, answered before Starlette's router.
+
+Reading one entity is the most frequent request and the cheapest work: a dict lookup and one
+`orjson` call. Routing it through Starlette (a regex per route, a `Request`, a `Response`) cost
+more than the work itself. This layer answers it directly when the answer needs nothing the
+full handler does: the entity exists, and no private namespace could hide it (auth off, or no
+namespace is private). Everything else (404s, private namespaces, HEAD) goes to the router and
+`flux.api.http.get_entity`, which stays the reference behaviour; the tests run both paths.
+
+The id is the rest of the decoded path, exactly what the route's `fullpath` convertor captures.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from flux.api.http import entity_json
+from flux.service import FluxService
+
+PREFIX = "/api/state/entities/"
+TEMPLATE = PREFIX + "{entity_id:fullpath}"
+
+
+class _Route:
+    """What the metrics label reads from `scope["route"]` (the route template)."""
+
+    path = TEMPLATE
+
+
+_ROUTE = _Route()
+_JSON = (b"content-type", b"application/json")
+
+
+class EntityReads:
+    def __init__(self, app: ASGIApp, service: FluxService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path: str = scope["path"]
+            if path.startswith(PREFIX) and len(path) > len(PREFIX):
+                service = self.service
+                if not (service.auth_enabled and service.access.private):
+                    entity = service.engine.get(path[len(PREFIX) :])
+                    if entity is not None:
+                        body = orjson.dumps(entity_json(entity))
+                        scope["route"] = _ROUTE
+                        await send(
+                            {
+                                "type": "http.response.start",
+                                "status": 200,
+                                "headers": [_JSON, (b"content-length", b"%d" % len(body))],
+                            }
+                        )
+                        await send({"type": "http.response.body", "body": body})
+                        return
+        await self.app(scope, receive, send)
