@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from localhttp import LocalHTTP
 
 TOKEN = "ghp_fake_token"
 
@@ -33,8 +34,7 @@ class FakeGitHub:
         self.retry_after: str | None = None
         self.not_modified = 0  # 304s answered
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._http: LocalHTTP | None = None
         self.url = ""
 
     def _reply(self, path: str, headers: dict[str, str]) -> tuple[int, Any]:
@@ -88,19 +88,13 @@ class FakeGitHub:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._http = LocalHTTP(Handler)
+        self.url = self._http.url
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        if self._http is not None:
+            self._http.stop()
 
 
 def repo(owner: str, name: str, **extra: Any) -> dict[str, Any]:

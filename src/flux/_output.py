@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from flux.events import json_kind
+
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
@@ -23,20 +25,6 @@ def _reject_constant(name: str) -> Any:
 def parse_json(text: str) -> Any:
     """Strict JSON (no NaN or Infinity); raises ValueError with the position of the problem."""
     return json.loads(text, parse_constant=_reject_constant)
-
-
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
 
 
 class JsonArgument(click.ParamType[Any]):
@@ -58,7 +46,7 @@ class JsonArgument(click.ParamType[Any]):
             self.fail(f"not valid JSON: {exc}", param, ctx)
         if self.shapes and not isinstance(doc, self.shapes):
             wanted = " or ".join("an object" if s is dict else "an array" for s in self.shapes)
-            self.fail(f"expected {wanted}, got {_kind(doc)}: {text.strip()[:60]}", param, ctx)
+            self.fail(f"expected {wanted}, got {json_kind(doc)}: {text.strip()[:60]}", param, ctx)
         return doc
 
 

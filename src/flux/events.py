@@ -92,6 +92,22 @@ def decode_json(body: bytes) -> Any:
         raise ValidationError(f"invalid JSON: {exc}") from None
 
 
+def json_kind(value: Any, array: str = "an array") -> str:
+    """A JSON value's kind in words for an error message ("an object", "a string", ...);
+    `array` names a list (the JSON path errors say "a list")."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return array
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
 def describe(value: Any) -> str:
     """serde's words for a JSON value's type, as in `invalid type: <describe>, expected ...`."""
     if value is None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from flux.events import json_kind
+
 Segment = str | int
 Path = tuple[Segment, ...]
 
@@ -85,20 +87,6 @@ def format_path(path: Path) -> str:
     return "".join(parts)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
-
-
 def evaluate(path: Path, document: Any) -> Any:
     """The value at `path` in `document`. Raises PathError saying which step failed."""
     value = document
@@ -106,13 +94,13 @@ def evaluate(path: Path, document: Any) -> Any:
         where = format_path(path[:depth])
         if isinstance(segment, int):
             if not isinstance(value, list):
-                raise PathError(f"{where} is {_kind(value)}, not a list")
+                raise PathError(f"{where} is {json_kind(value, 'a list')}, not a list")
             if not -len(value) <= segment < len(value):
                 raise PathError(f"{where} has {len(value)} items, no [{segment}]")
             value = value[segment]
         else:
             if not isinstance(value, dict):
-                raise PathError(f"{where} is {_kind(value)}, not an object")
+                raise PathError(f"{where} is {json_kind(value, 'a list')}, not an object")
             if segment not in value:
                 raise PathError(f"{format_path(path[: depth + 1])} is missing")
             value = value[segment]
@@ -121,4 +109,4 @@ def evaluate(path: Path, document: Any) -> Any:
 
 def kind(value: Any) -> str:
     """How error messages name a JSON value's type."""
-    return _kind(value)
+    return json_kind(value, "a list")

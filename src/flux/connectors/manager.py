@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from flux.connectors.base import Connector, ConnectorError, ConnectorInfo, EventDict
+from flux.connectors.base import KNOWN, Connector, ConnectorError, ConnectorInfo, EventDict
 from flux.connectors.github import GitHub
 from flux.connectors.oauth import TokenError, needs_refresh, oauth_client, refresh_tokens, token_url
-from flux.connectors.runner import ConnectorRunner, Scheduler
+from flux.connectors.runner import ConnectorRunner, Scheduler, TokenSource
 from flux.connectors.sources import Sources
 from flux.credentials import CredentialError
 
@@ -149,7 +149,7 @@ class ConnectorManager:
         key: str,
         connector: Connector,
         namespace: str | None,
-        token: Any,
+        token: TokenSource,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """Schedule `connector` under `key` (replacing a runner there), writing under
@@ -188,7 +188,7 @@ class ConnectorManager:
             await self.scheduler.remove(key)
         await self.sources.forget_owner(owner)
         if store is not None:
-            for name in ("github", "gmail", "linkedin", "calendar"):
+            for name in KNOWN:
                 try:
                     await asyncio.to_thread(store.delete, owner, name)
                 except CredentialError as exc:
