@@ -28,21 +28,28 @@ I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
 
 _random = random.Random()  # seeded from os.urandom once; uuid7 needs uniqueness, not secrecy
+_getrandbits = _random.getrandbits
+_time_ns = time.time_ns
+_VARIANT = 0b10 << 62
+# The first three groups of this millisecond's ids ("tttttttt-tttt-7aaa-"): the 48-bit time,
+# the version and 12 random bits, drawn once per millisecond. Each id adds 62 random bits.
+_prefix_ms = -1
+_prefix = ""
 
 
 def uuid7() -> str:
-    """A UUIDv7 string: 48-bit Unix milliseconds, version 7, 74 random bits."""
-    ms = time.time_ns() // 1_000_000
-    rand = _random.getrandbits(74)
-    value = (
-        (ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (rand >> 62) << 64
-        | 0b10 << 62
-        | (rand & 0x3FFF_FFFF_FFFF_FFFF)
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A UUIDv7 string: 48-bit Unix milliseconds, version 7, 12 random bits per millisecond and
+    62 per id (unique with overwhelming odds: a collision needs two ids of the same
+    millisecond to draw the same 62 bits). About 1 µs, against 2.6 µs when every id was built
+    from a 128-bit integer: one is made for every event that arrives without an `eventId`."""
+    global _prefix_ms, _prefix
+    ms = _time_ns() // 1_000_000
+    if ms != _prefix_ms:
+        h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+        _prefix = f"{h[:8]}-{h[8:]}-7{_getrandbits(12):03x}-"
+        _prefix_ms = ms
+    tail = f"{_getrandbits(62) | _VARIANT:016x}"
+    return f"{_prefix}{tail[:4]}-{tail[4:]}"
 
 
 def now_us() -> int:

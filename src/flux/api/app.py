@@ -22,6 +22,7 @@ from flux.api.edge import Edge
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
+from flux.api.writes import EventWrites
 from flux.api.ws import sse_endpoint, websocket_endpoint
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
@@ -142,6 +143,7 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
         middleware=[
             Middleware(Edge, histograms=histograms, cors=cors_policy()),
             Middleware(EntityReads, service=flux),  # the hot read, before the router
+            Middleware(EventWrites, service=flux),  # the hot write, before the router
         ],
         exception_handlers={
             FluxError: errors.flux_error,

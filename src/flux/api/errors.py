@@ -45,8 +45,9 @@ def status_of(exc: errors.FluxError) -> int:
     return 500
 
 
-async def flux_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, errors.FluxError)
+def response_for(exc: errors.FluxError, method: str, path: str) -> Response:
+    """The answer to a FluxError: its status, `{"error": message}` and the headers its kind
+    carries (`Retry-After`, `WWW-Authenticate`); a 5xx is logged."""
     headers = None
     if isinstance(exc, errors.RateLimited):
         headers = {"Retry-After": str(exc.retry_after)}
@@ -54,8 +55,13 @@ async def flux_error(request: Request, exc: Exception) -> Response:
         headers = {"WWW-Authenticate": 'Bearer realm="flux"'}
     status = status_of(exc)
     if status >= 500:
-        logger.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        logger.error("%s %s failed: %s", method, path, exc.message)
     return error_response(status, exc.message, headers)
+
+
+async def flux_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.FluxError)
+    return response_for(exc, request.method, request.url.path)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

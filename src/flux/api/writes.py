@@ -1,0 +1,117 @@
+"""The hot write, `POST /api/events`, answered before Starlette's router.
+
+Publishing one event is the most frequent write. Its own work is small (decode, validate, hand
+the event to the log's group commit), and Starlette's share of it (the router's regex per route,
+a `Request`, a `Response`, two more layers of `send` wrappers) was about as large. This layer
+takes the success path directly: the whole body within its limit, a valid event, admitted, then
+stored. Whatever else happens before the event is handed to the log (a body over its limit, a
+client gone mid-body, bad JSON, a failed check, a refused token, a rate limit) is passed to the
+router with the body read so far replayed, so `flux.api.http.publish_event` answers it exactly as
+it answers every request when this layer is absent; the tests run both paths. An error from the
+log itself (the event may not be published twice) is answered here, by the same mapping
+(`flux.api.errors.response_for`).
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flux.api.errors import response_for
+from flux.auth import ANONYMOUS, Credential
+from flux.errors import FluxError
+from flux.events import decode_json, validate_event
+from flux.service import FluxService
+
+PATH = "/api/events"
+
+
+class _Route:
+    """What the metrics label reads from `scope["route"]` (the route template)."""
+
+    path = PATH
+
+
+_ROUTE = _Route()
+_JSON = (b"content-type", b"application/json")
+_AUTHORIZATION = b"authorization"
+_CONTENT_LENGTH = b"content-length"
+
+
+class EventWrites:
+    def __init__(self, app: ASGIApp, service: FluxService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
+            await self._publish(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service = self.service
+        limit = service.runtime.body_size_limit_single_bytes
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == _CONTENT_LENGTH:
+                if not value.isdigit() or len(value) > 18 or int(value) > limit:
+                    await self.app(scope, receive, send)  # the handler's 413 (or its check)
+                    return
+            elif name == _AUTHORIZATION:
+                authorization = value
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                return await self._fall_back(scope, receive, send, received)  # gone mid-body
+            size += len(message.get("body", b""))
+            if size > limit:
+                return await self._fall_back(scope, receive, send, received)
+            if not message.get("more_body", False):
+                break
+        body = (
+            received[0].get("body", b"")
+            if len(received) == 1
+            else b"".join(m.get("body", b"") for m in received)
+        )
+        try:
+            event = validate_event(decode_json(body))
+            if service.auth_enabled:
+                header = authorization.decode("latin-1") if authorization is not None else None
+                credential = Credential.from_header(header)
+            else:
+                credential = ANONYMOUS
+            service.admit(credential, event)
+        except FluxError:
+            return await self._fall_back(scope, receive, send, received)
+        scope["route"] = _ROUTE
+        try:
+            (appended,) = await service.publish([event])
+        except FluxError as exc:
+            await response_for(exc, "POST", PATH)(scope, receive, send)
+            return
+        answer = orjson.dumps(
+            {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [_JSON, (_CONTENT_LENGTH, b"%d" % len(answer))],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    async def _fall_back(
+        self, scope: Scope, receive: Receive, send: Send, received: list[Message]
+    ) -> None:
+        """The router and the full handler, which read the messages taken so far again."""
+        replay = list(reversed(received))
+
+        async def receive_again() -> Message:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, receive_again, send)
