@@ -2,12 +2,12 @@
 publisher (in the harness process).
 
 Subscribers: `python -m bench.fanout --url ws://HOST:PORT/api/ws --connections N` opens N
-WebSocket connections (websockets' asyncio client, no compression), subscribes each to `*`
-and waits for each acknowledgement, then prints `READY`. It then reads one line from stdin,
-`T0 T1` (wall-clock nanoseconds), and counts the messages received in [T0, T1) that carry a
-publish time, keeping each one's delivery latency (receive time - publish time; same machine,
-same clock). After T1 it writes the totals and a latency histogram as JSON to `--out` and
-exits.
+WebSocket connections (a minimal client of its own, `_WebSocket`, no compression), subscribes
+each to `*` and waits for each acknowledgement, then prints `READY`. It then reads one line
+from stdin, `T0 T1` (wall-clock nanoseconds), and counts the messages received in [T0, T1)
+that carry a publish time, keeping each one's delivery latency (receive time - publish time;
+same machine, same clock). After T1 it writes the totals and a latency histogram as JSON to
+`--out` and exits.
 
 The publish time is the event's one property, `sent_ns` (`time.time_ns()` just before the
 request is written): Flux delivers it as a `state_update` with `"property":"sent_ns"`, the
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,39 +69,130 @@ def sent_ns_of(data: str | bytes) -> int | None:
 # -- subscriber process ------------------------------------------------------------------------
 
 
-async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]:
-    from websockets.asyncio.client import ClientConnection, connect
-    from websockets.exceptions import ConnectionClosed
+class _WebSocket(asyncio.Protocol):
+    """A minimal WebSocket client (RFC 6455) for the subscribers: the upgrade handshake, masked
+    text frames out, unfragmented frames in (pings answered). A general client (websockets')
+    cost the subscriber processes most of a core at 50k messages/s on a 2-core machine, CPU
+    taken from the server being measured; this one parses a frame in a few microseconds."""
 
+    def __init__(self, host: str, path: str, on_text: Callable[[bytes, int], None]) -> None:
+        self.host = host
+        self.path = path
+        self.on_text = on_text
+        self.buffer = bytearray()
+        self.upgraded = False
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[str] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+
+    def send(self, opcode: int, data: bytes) -> None:
+        """One masked frame (clients must mask; payloads under 64 KiB here)."""
+        assert self.transport is not None and len(data) < 65536
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        size = bytes([0x80 | len(data)]) if len(data) < 126 else b"\xfe" + len(data).to_bytes(2)
+        self.transport.write(bytes([0x80 | opcode]) + size + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        buf = self.buffer
+        buf += data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self._close(f"upgrade refused: {bytes(buf[:80])!r}")
+                return
+            del buf[: end + 4]
+            self.upgraded = True
+            self.opened.set_result(None)
+        pos = 0
+        size = len(buf)
+        while size - pos >= 2:
+            opcode = buf[pos] & 0x0F
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 4])
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10])
+                head = 10
+            if size - pos < head + length:
+                break
+            payload = bytes(buf[pos + head : pos + head + length])
+            pos += head + length
+            if opcode == 0x1:
+                self.on_text(payload, now)
+            elif opcode == 0x9:
+                self.send(0xA, payload)
+            elif opcode == 0x8:
+                self._close(f"closed by the server: {payload[2:].decode(errors='replace')}")
+            elif opcode != 0xA:
+                self._close(f"unexpected frame opcode {opcode}")
+        del buf[:pos]
+
+    def _close(self, reason: str) -> None:
+        if not self.closed.done():
+            self.closed.set_result(reason)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(str(exc or "connection lost"))
+
+
+async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]:
+    host, _, path = url.removeprefix("ws://").partition("/")
+    address, _, port = host.rpartition(":")
     window = [0, 0]  # [T0, T1); 0 until the harness says
     latencies: list[int] = []
-    closed: list[str] = []
+    loop = asyncio.get_running_loop()
 
-    async def open_one() -> ClientConnection:
-        ws = await connect(url, compression=None, max_size=None, open_timeout=30)
-        await ws.send(SUBSCRIBE)
-        while "subscribed" not in await ws.recv():  # a metrics_update may come first
-            pass
+    def on_text(data: bytes, now: int) -> None:
+        if window[0] <= now < window[1]:
+            sent = sent_ns_of(data)
+            if sent is not None:
+                latencies.append(now - sent)
+
+    async def open_one() -> _WebSocket:
+        acked: asyncio.Future[None] = loop.create_future()
+
+        def until_subscribed(data: bytes, now: int) -> None:
+            if b'"subscribed"' in data and not acked.done():  # a metrics_update may come first
+                acked.set_result(None)
+
+        _, ws = await loop.create_connection(
+            lambda: _WebSocket(host, "/" + path, until_subscribed), address, int(port)
+        )
+        await asyncio.wait_for(ws.opened, 30)
+        ws.send(0x1, SUBSCRIBE.encode())
+        await asyncio.wait_for(acked, 30)
+        ws.on_text = on_text
         return ws
 
-    async def receive(ws: ClientConnection) -> None:
-        try:
-            async for data in ws:
-                now = time.time_ns()
-                if window[0] <= now < window[1]:
-                    sent = sent_ns_of(data)
-                    if sent is not None:
-                        latencies.append(now - sent)
-        except ConnectionClosed as exc:
-            closed.append(str(exc))
-
-    sockets: list[ClientConnection] = []
+    sockets: list[_WebSocket] = []
     for start in range(0, connections, 25):  # 25 handshakes at a time
         count = min(25, connections - start)
         sockets += await asyncio.gather(*(open_one() for _ in range(count)))
-    tasks = [asyncio.create_task(receive(ws)) for ws in sockets]
     print("READY", flush=True)
-    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    line = await loop.run_in_executor(None, sys.stdin.readline)
     t0, t1 = (int(x) for x in line.split())
     window[:] = [t0, t1]
     await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
@@ -108,11 +200,11 @@ async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]
     await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
     cpu1 = time.process_time()
     await asyncio.sleep(grace)  # let the last in-window messages be read
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in sockets)), 5)
+    closed = [ws.closed.result() for ws in sockets if ws.closed.done()]
+    for ws in sockets:
+        if not ws.closed.done():
+            ws.send(0x8, (1000).to_bytes(2))
+            ws._close("closed by the subscriber")
     histogram = Counter(x // BUCKET_NS for x in latencies)
     return {
         "messages": len(latencies),

@@ -424,12 +424,12 @@ def scenario_fanout(ctx: Context) -> list[Row]:
     cfg = ctx.config
     subs, rate = cfg.fanout_subscribers, cfg.fanout_rate
     ctx.notes.append(
-        f"Fan-out: {subs} WebSocket subscribers on `*` (websockets' asyncio client, no "
-        f"compression) in {cfg.fanout_processes} processes; one single-event POST every "
-        f"{1000 / rate:g} ms ({rate:g} events/s, paced, 16 keep-alive connections) from the "
-        f"harness process, so {rate * subs:,.0f} messages/s to deliver; latency = receive "
-        "time - `sent_ns` in the event (same machine, same clock), measured after "
-        f"{cfg.fanout_settle:g} s of publishing. The ceiling sends each POSTed body to every "
+        f"Fan-out: {subs} WebSocket subscribers on `*` (the harness's own minimal asyncio "
+        f"client on uvloop, no compression) in {cfg.fanout_processes} processes; one "
+        f"single-event POST every {1000 / rate:g} ms ({rate:g} events/s, paced, 16 keep-alive "
+        f"connections) from the harness process, so {rate * subs:,.0f} messages/s to deliver; "
+        "latency = receive time - `sent_ns` in the event (same machine, same clock), measured "
+        f"after {cfg.fanout_settle:g} s of publishing. The ceiling sends each POSTed body to every "
         "socket before answering the POST. Redis: 100 connections in `PSUBSCRIBE *` (hiredis, "
         "same processes), the publisher sends XADD + HSET + PUBLISH per event in one pipeline."
     )
