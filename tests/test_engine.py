@@ -146,33 +146,42 @@ def test_snapshot_round_trip() -> None:
     assert sorted(e.id for e in restored.select(prefix="a")) == ["a/1"]
 
 
+def test_an_object_format_snapshot_of_an_older_flux_still_restores() -> None:
+    data = orjson.dumps(
+        {
+            "snapshot_format": 2,
+            "sequence_number": 7,
+            "entities": [{"id": "a/1", "properties": {"x": 1}, "last_updated": 5, "version": 7}],
+        }
+    )
+    restored = StateEngine.restore(data)
+    assert restored.state() == {"a/1": ({"x": 1}, 5, 7)}
+    assert restored.last_seq == 7
+    assert orjson.loads(restored.snapshot())["entities"] == [["a/1", {"x": 1}, 5, 7]]
+
+
+def _snapshot(entities: object, kind: int = SNAPSHOT_FORMAT, seq: object = 1) -> bytes:
+    return orjson.dumps({"snapshot_format": kind, "sequence_number": seq, "entities": entities})
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"",
         b"not json",
         b"[]",
-        orjson.dumps({"snapshot_format": 1, "sequence_number": 1, "entities": []}),
+        _snapshot([], kind=1),
         orjson.dumps({"snapshot_format": SNAPSHOT_FORMAT, "entities": []}),
-        orjson.dumps({"snapshot_format": SNAPSHOT_FORMAT, "sequence_number": "x", "entities": []}),
-        orjson.dumps({"snapshot_format": SNAPSHOT_FORMAT, "sequence_number": 1, "entities": 3}),
-        orjson.dumps(
-            {"snapshot_format": SNAPSHOT_FORMAT, "sequence_number": 1, "entities": [{"id": "a"}]}
-        ),
-        orjson.dumps(
-            {
-                "snapshot_format": SNAPSHOT_FORMAT,
-                "sequence_number": 1,
-                "entities": [{"id": "a", "properties": [], "last_updated": 1, "version": 1}],
-            }
-        ),
-        orjson.dumps(
-            {
-                "snapshot_format": SNAPSHOT_FORMAT,
-                "sequence_number": 1,
-                "entities": [{"id": 1, "properties": {}, "last_updated": 1, "version": 1}],
-            }
-        ),
+        _snapshot([], seq="x"),
+        _snapshot(3),
+        _snapshot([{"id": "a", "properties": {}, "last_updated": 1, "version": 1}]),
+        _snapshot([["a", {}, 1]]),
+        _snapshot([["a", [], 1, 1]]),
+        _snapshot([[1, {}, 1, 1]]),
+        _snapshot([["a", {}, "1", 1]]),
+        _snapshot([{"id": "a"}], kind=2),
+        _snapshot([{"id": "a", "properties": [], "last_updated": 1, "version": 1}], kind=2),
+        _snapshot([{"id": 1, "properties": {}, "last_updated": 1, "version": 1}], kind=2),
     ],
 )
 def test_restore_rejects_a_malformed_snapshot_with_value_error(data: bytes) -> None:
@@ -280,6 +289,37 @@ def test_snapshot_plus_tail_replay_equals_full_replay(
     assert sorted(e.id for e in resumed.select(prefix="a")) == sorted(
         e.id for e in full.select(prefix="a")
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(logs(), st.data())
+def test_a_snapshot_taken_while_events_apply_is_exact_after_replay(
+    log: list[tuple[int, int, Event]], data: st.DataObject
+) -> None:
+    """The service encodes a snapshot a piece at a time and applies events between pieces
+    (StateEngine.snapshot_parts): restoring it and replaying the log after its sequence must
+    give the state of a full replay."""
+    split = data.draw(st.integers(0, len(log)), label="split")
+    full = StateEngine()
+    full.apply_all(log)
+
+    live = StateEngine()
+    live.apply_all(log[:split])
+    chunk = data.draw(st.integers(1, 3), label="chunk")
+    parts, rest = [], log[split:]
+    for part in live.snapshot_parts(chunk):
+        parts.append(part)
+        take = data.draw(st.integers(0, len(rest)), label="applied between pieces")
+        live.apply_all(rest[:take])
+        rest = rest[take:]
+    live.apply_all(rest)
+    snapshot = b"".join(parts)
+
+    resumed = StateEngine.restore(snapshot)
+    assert resumed.last_seq == (log[split - 1][0] if split else 0)
+    resumed.apply_all([r for r in log if r[0] > resumed.last_seq])
+    assert resumed.state() == full.state() == live.state()
+    assert resumed.namespace_counts() == full.namespace_counts()
 
 
 @settings(max_examples=200, deadline=None)

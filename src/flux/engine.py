@@ -16,7 +16,9 @@ import orjson
 
 from flux.events import DELETED, Event
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3  # entities as [id, properties, last_updated, version] arrays
+_OBJECT_FORMAT = 2  # entities as objects; still read
+SNAPSHOT_CHUNK = 5_000  # entities per piece of `snapshot_parts` (a few ms of encoding)
 
 
 @dataclass(slots=True)
@@ -158,29 +160,57 @@ class StateEngine:
                 counts[head] = n
         return counts
 
-    def snapshot(self) -> bytes:
-        """The whole state as JSON bytes (one C call; cheap enough to take on the event loop)."""
-        return orjson.dumps(
-            {
-                "snapshot_format": SNAPSHOT_FORMAT,
-                "sequence_number": self.last_seq,
-                "entities": list(self.entities.values()),
-            }
+    def snapshot_parts(self, chunk: int = SNAPSHOT_CHUNK) -> Iterator[bytes]:
+        """The whole state as JSON, in pieces to be joined: `chunk` entities per piece, each
+        one `orjson` call (an array per entity: about twice as fast to encode as the object
+        of a slotted dataclass).
+
+        The caller may let other work run between pieces, including events applied to this
+        engine: the document is then a fuzzy snapshot. The entities are the ones present when
+        the first piece was made, each as of some sequence at or after `sequence_number` (the
+        sequence when the first piece was made). Replaying the log after `sequence_number`
+        onto it gives exactly the state replay gives onto a snapshot taken at once, because
+        the merge is last-writer-wins per property: an event that a piece already reflects is
+        applied again, in order, followed by every event after it."""
+        entities = list(self.entities.values())
+        yield b'{"snapshot_format":%d,"sequence_number":%d,"entities":[' % (
+            SNAPSHOT_FORMAT,
+            self.last_seq,
         )
+        for start in range(0, len(entities), chunk):
+            part = orjson.dumps(
+                [
+                    (e.id, e.properties, e.last_updated, e.version)
+                    for e in entities[start : start + chunk]
+                ]
+            )
+            yield (b"," if start else b"") + part[1:-1]
+        yield b"]}"
+
+    def snapshot(self) -> bytes:
+        """The whole state as JSON bytes, consistent at `last_seq` (see `snapshot_parts`)."""
+        return b"".join(self.snapshot_parts())
 
     @classmethod
     def restore(cls, data: bytes) -> StateEngine:
-        """Rebuild an engine from `snapshot()` bytes. Raises ValueError on a malformed snapshot."""
+        """Rebuild an engine from `snapshot()` bytes (or an object-format snapshot of an older
+        Flux). Raises ValueError on a malformed snapshot."""
         try:
             doc = orjson.loads(data)
-            if doc.get("snapshot_format") != SNAPSHOT_FORMAT:
-                raise ValueError(f"unknown snapshot format {doc.get('snapshot_format')!r}")
+            kind = doc.get("snapshot_format")
+            if kind not in (SNAPSHOT_FORMAT, _OBJECT_FORMAT):
+                raise ValueError(f"unknown snapshot format {kind!r}")
             engine = cls()
             engine.last_seq = int(doc["sequence_number"])
             for item in doc["entities"]:
-                entity = Entity(
-                    item["id"], item["properties"], item["last_updated"], item["version"]
-                )
+                if kind == SNAPSHOT_FORMAT:
+                    if type(item) is not list or len(item) != 4:
+                        raise ValueError(f"malformed snapshot: bad entity {str(item)[:200]}")
+                    entity = Entity(*item)
+                else:
+                    entity = Entity(
+                        item["id"], item["properties"], item["last_updated"], item["version"]
+                    )
                 if (
                     type(entity.id) is not str
                     or type(entity.properties) is not dict

@@ -423,9 +423,16 @@ class FluxService:
         one's sequence), so falling back to an older snapshot at start-up still finds the
         events after it."""
         async with self._snapshot_lock:
-            seq = self.engine.last_seq
-            data = self.engine.snapshot()
             began = time.monotonic()
+            seq = self.engine.last_seq
+            # Encoded a piece at a time, letting requests run between pieces (a whole 100k
+            # entity state in one call held the loop for 100-300 ms); a fuzzy snapshot,
+            # exact after replay from `seq` (see StateEngine.snapshot_parts).
+            parts = []
+            for part in self.engine.snapshot_parts():
+                parts.append(part)
+                await asyncio.sleep(0)
+            data = b"".join(parts)
             path = await asyncio.to_thread(self.snapshots.save, data, seq)
             self._snapshot_seq = seq
             kept = self.snapshots.paths()
