@@ -143,8 +143,11 @@ MAX_PAYLOAD_DEPTH = 128  # serde_json's recursion limit; orjson.dumps gives up a
 def _too_deep(container: Any, budget: int) -> bool:
     """Whether a dict or list nests more than `budget` levels (counting itself as one).
 
-    Level by level rather than recursively: a typical payload (an id and a flat properties
-    object) is two list comprehensions instead of a call per container."""
+    Level by level rather than recursively. A typical payload (an id and a flat properties
+    object) nests two levels, which `_two_levels` sees in plain loops, without building a list
+    per level."""
+    if budget >= 2 and _two_levels(container):
+        return False
     level = [container]
     for _ in range(budget):
         level = [
@@ -155,6 +158,21 @@ def _too_deep(container: Any, budget: int) -> bool:
         ]
         if not level:
             return False
+    return True
+
+
+def _two_levels(container: Any) -> bool:
+    """Whether no value inside a dict or list's values is itself a dict or list."""
+    for value in container.values() if type(container) is dict else container:
+        kind = type(value)
+        if kind is dict:
+            for inner in value.values():
+                if type(inner) is dict or type(inner) is list:
+                    return False
+        elif kind is list:
+            for inner in value:
+                if type(inner) is dict or type(inner) is list:
+                    return False
     return True
 
 

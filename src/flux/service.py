@@ -381,14 +381,10 @@ class FluxService:
 
     async def publish(self, events: Sequence[Event]) -> list[Appended]:
         """Append validated events durably; returns after the state has them."""
+        datas = encode_events(events)
         entries: list[Entry] = []
         append = entries.append
-        dumps = orjson.dumps
-        for event in events:
-            try:
-                data = dumps(event)
-            except orjson.JSONEncodeError as exc:
-                raise ValidationError(f"event cannot be stored: {exc}") from None
+        for event, data in zip(events, datas, strict=True):
             entity_id = event["payload"].get("entity_id")  # entity_of, inlined: per event
             if type(entity_id) is not str:
                 entity_id = None
@@ -477,6 +473,46 @@ class FluxService:
             await asyncio.sleep(self.settings.snapshot_interval_seconds)
             if self.engine.last_seq > self._snapshot_seq and self._snapshot_task is None:
                 self._snapshot_task = asyncio.create_task(self._background_snapshot())
+
+
+_EVENT_START = b',{"eventId":"'
+
+
+def encode_events(events: Sequence[Event]) -> list[bytes]:
+    """Each event's compact JSON, for the log. Raises ValidationError for an event orjson
+    cannot encode.
+
+    Several events are encoded in one `orjson` call and the result is cut between them (one
+    call per event cost 3-4x as much in a 1,000-event batch). An event that `validate_event`
+    or `tombstone` made starts with `{"eventId":"`, and inside an event that text can only
+    start a nested object (a quote inside a string is escaped): so when every event starts
+    with `eventId` and the text occurs exactly once per boundary, the cuts are the
+    boundaries. Otherwise each event is encoded on its own."""
+    dumps = orjson.dumps
+    n = len(events)
+    if n > 1 and all(next(iter(event), None) == "eventId" for event in events):
+        try:
+            blob = dumps(events)
+        except orjson.JSONEncodeError:
+            pass  # find the event to blame, below
+        else:
+            if blob.count(_EVENT_START) == n - 1:
+                datas = []
+                find = blob.find
+                start = 1
+                for _ in range(n - 1):
+                    cut = find(_EVENT_START, start)
+                    datas.append(blob[start:cut])
+                    start = cut + 1
+                datas.append(blob[start:-1])
+                return datas
+    out = []
+    for event in events:
+        try:
+            out.append(dumps(event))
+        except orjson.JSONEncodeError as exc:
+            raise ValidationError(f"event cannot be stored: {exc}") from None
+    return out
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

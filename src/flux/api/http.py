@@ -97,7 +97,7 @@ async def publish_batch(request: Request) -> Response:
     if not items:
         raise ValidationError("Batch request must contain at least one event")
     credential = credential_of(request)
-    results: list[dict[str, Any]] = [{} for _ in items]
+    results: list[dict[str, Any] | None] = [None] * len(items)  # each index is set below
     valid = []
     wait = 0
     for index, item in enumerate(items):
