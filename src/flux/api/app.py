@@ -23,7 +23,7 @@ from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
 from flux.api.writes import EventWrites
-from flux.api.ws import sse_endpoint, websocket_endpoint
+from flux.api.ws import LiveSocketRoute, sse_endpoint
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
 from flux.errors import FluxError
@@ -70,7 +70,7 @@ def routes() -> list[BaseRoute]:
     return [
         _route("/api/events", GET=http.history, POST=http.publish_event),
         _route("/api/events/stream", GET=sse_endpoint),
-        WebSocketRoute("/api/ws", websocket_endpoint),
+        WebSocketRoute("/api/ws", LiveSocketRoute(), name="/api/ws"),
         _route("/metrics", GET=metrics_endpoint),
         _route("/api/events/batch", POST=http.publish_batch),
         _route("/api/state/entities", GET=http.list_entities),

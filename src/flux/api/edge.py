@@ -45,6 +45,7 @@ class Edge:
             return
         began = time.perf_counter()
         status = 500
+        started = False
         try:
             origin = preflight = False
             for name, _ in scope["headers"]:
@@ -52,45 +53,37 @@ class Edge:
                     origin = True
                 elif name == _PREFLIGHT:
                     preflight = True
-
-            async def timed_send(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
             if origin and preflight and scope["method"] == "OPTIONS":
                 response = self.cors.preflight_response(Headers(scope=scope))
-                await response(scope, receive, timed_send)
+                status = response.status_code
+                await response(scope, receive, send)
                 return
-            await self._serve(scope, receive, timed_send, origin)
+            cors = self.cors
+
+            async def edge_send(message: Message) -> None:
+                """Notes the status for the timing and adds the CORS headers (one wrapper
+                for both: each wrapper is a coroutine call per message)."""
+                nonlocal status, started
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    started = True
+                    headers = message.setdefault("headers", [])
+                    if origin or any(name == _VARY for name, _ in headers):
+                        # The rarer cases take Starlette's own code: the same headers, exactly.
+                        await cors.send(message, send=send, request_headers=Headers(scope=scope))
+                        return
+                    headers.append((_VARY, b"Origin"))  # what Starlette adds without an Origin
+                await send(message)
+
+            try:
+                await self.app(scope, receive, edge_send)
+            except Exception as exc:
+                if started:
+                    raise
+                logger.exception("%s %s raised", scope["method"], scope["path"], exc_info=exc)
+                await error_response(500, "internal server error")(scope, receive, edge_send)
         finally:
             self._observe(scope, status, time.perf_counter() - began)
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, origin: bool) -> None:
-        """The app with CORS headers on its response and the JSON 500 for what it raises."""
-        cors = self.cors
-        started = False
-
-        async def cors_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = message.setdefault("headers", [])
-                if origin or any(name == _VARY for name, _ in headers):
-                    # The rarer cases take Starlette's own code: the same headers, exactly.
-                    await cors.send(message, send=send, request_headers=Headers(scope=scope))
-                    return
-                headers.append((_VARY, b"Origin"))  # what Starlette adds without an Origin
-            await send(message)
-
-        try:
-            await self.app(scope, receive, cors_send)
-        except Exception as exc:
-            if started:
-                raise
-            logger.exception("%s %s raised", scope["method"], scope["path"], exc_info=exc)
-            await error_response(500, "internal server error")(scope, receive, cors_send)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "other"
