@@ -112,7 +112,7 @@ class _WebSocket(asyncio.Protocol):
             if end < 0:
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
-                self._close(f"upgrade refused: {bytes(buf[:80])!r}")
+                self.close(f"upgrade refused: {bytes(buf[:80])!r}")
                 return
             del buf[: end + 4]
             self.upgraded = True
@@ -142,12 +142,12 @@ class _WebSocket(asyncio.Protocol):
             elif opcode == 0x9:
                 self.send(0xA, payload)
             elif opcode == 0x8:
-                self._close(f"closed by the server: {payload[2:].decode(errors='replace')}")
+                self.close(f"closed by the server: {payload[2:].decode(errors='replace')}")
             elif opcode != 0xA:
-                self._close(f"unexpected frame opcode {opcode}")
+                self.close(f"unexpected frame opcode {opcode}")
         del buf[:pos]
 
-    def _close(self, reason: str) -> None:
+    def close(self, reason: str) -> None:
         if not self.closed.done():
             self.closed.set_result(reason)
         if self.transport is not None:
@@ -156,6 +156,39 @@ class _WebSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(str(exc or "connection lost"))
+
+
+async def _measure(window: list[int], grace: float) -> tuple[int, int, float]:
+    """The subscribers' side of a run, once they are connected: say `READY`, read `T0 T1` from
+    stdin into `window` (the receivers count what arrives inside it), wait until T1 plus
+    `grace` (the last in-window messages being read); returns T0, T1 and the CPU seconds this
+    process used between them."""
+    print("READY", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    t0, t1 = (int(x) for x in line.split())
+    window[:] = [t0, t1]
+    await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
+    cpu1 = time.process_time()
+    await asyncio.sleep(grace)
+    return t0, t1, cpu1 - cpu0
+
+
+def _result(
+    measured: tuple[int, int, float], latencies: list[int], closed: list[str]
+) -> dict[str, Any]:
+    """What a subscriber process reports (see `Subscribers.result`)."""
+    t0, t1, cpu = measured
+    histogram = Counter(x // BUCKET_NS for x in latencies)
+    return {
+        "messages": len(latencies),
+        "seconds": (t1 - t0) / 1e9,
+        "cpu_seconds": cpu,
+        "closed": len(closed),
+        "close_reasons": sorted(set(closed))[:3],
+        "histogram": sorted(histogram.items()),
+    }
 
 
 async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]:
@@ -191,29 +224,13 @@ async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]
     for start in range(0, connections, 25):  # 25 handshakes at a time
         count = min(25, connections - start)
         sockets += await asyncio.gather(*(open_one() for _ in range(count)))
-    print("READY", flush=True)
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    t0, t1 = (int(x) for x in line.split())
-    window[:] = [t0, t1]
-    await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
-    cpu0 = time.process_time()
-    await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
-    cpu1 = time.process_time()
-    await asyncio.sleep(grace)  # let the last in-window messages be read
+    measured = await _measure(window, grace)
     closed = [ws.closed.result() for ws in sockets if ws.closed.done()]
     for ws in sockets:
         if not ws.closed.done():
             ws.send(0x8, (1000).to_bytes(2))
-            ws._close("closed by the subscriber")
-    histogram = Counter(x // BUCKET_NS for x in latencies)
-    return {
-        "messages": len(latencies),
-        "seconds": (t1 - t0) / 1e9,
-        "cpu_seconds": cpu1 - cpu0,
-        "closed": len(closed),
-        "close_reasons": sorted(set(closed))[:3],
-        "histogram": sorted(histogram.items()),
-    }
+            ws.close("closed by the subscriber")
+    return _result(measured, latencies, closed)
 
 
 async def _subscribe_redis(url: str, connections: int, grace: float) -> dict[str, Any]:
@@ -253,24 +270,7 @@ async def _subscribe_redis(url: str, connections: int, grace: float) -> dict[str
         transport.write(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$1\r\n*\r\n")
         protocols.append(protocol)
     await asyncio.wait_for(asyncio.gather(*(p.subscribed for p in protocols)), 30)
-    print("READY", flush=True)
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    t0, t1 = (int(x) for x in line.split())
-    window[:] = [t0, t1]
-    await asyncio.sleep(max(0.0, (t0 - time.time_ns()) / 1e9))
-    cpu0 = time.process_time()
-    await asyncio.sleep(max(0.0, (t1 - time.time_ns()) / 1e9))
-    cpu1 = time.process_time()
-    await asyncio.sleep(grace)
-    histogram = Counter(x // BUCKET_NS for x in latencies)
-    return {
-        "messages": len(latencies),
-        "seconds": (t1 - t0) / 1e9,
-        "cpu_seconds": cpu1 - cpu0,
-        "closed": len(closed),
-        "close_reasons": sorted(set(closed))[:3],
-        "histogram": sorted(histogram.items()),
-    }
+    return _result(await _measure(window, grace), latencies, closed)
 
 
 def subscriber_main(argv: list[str] | None = None) -> None:

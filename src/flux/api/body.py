@@ -13,7 +13,7 @@ from flux.events import decode_json, describe
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or PayloadTooLarge as soon as it passes `limit` bytes (a declared
     Content-Length over the limit is refused before anything is read)."""
-    declared = _declared_length(request.headers.get("content-length"))
+    declared = declared_length(request.headers.get("content-length"))
     if declared is not None and declared > limit:
         raise PayloadTooLarge(declared, limit)
     chunks = []
@@ -26,7 +26,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _declared_length(header: str | None) -> int | None:
+def declared_length(header: str | None) -> int | None:
     """The Content-Length as a number, or None when absent or not plain ASCII digits (the server
     in front has already refused those). Capped so that a 5,000-digit header costs nothing."""
     if header is None or not (header.isascii() and header.isdigit()):

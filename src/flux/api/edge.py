@@ -94,6 +94,14 @@ class Edge:
         histogram.observe(seconds)
 
 
+class RouteLabel:
+    """What a layer that answers before the router puts in `scope["route"]`, so its requests
+    are timed under their route template like the router's."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
 def _route(scope: Scope) -> str:
     """The matched route's path template (the router records it in the scope; a Mount's is its
     prefix), or "unmatched"."""

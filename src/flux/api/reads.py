@@ -15,20 +15,13 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from flux.api.edge import RouteLabel
 from flux.api.http import entity_json
 from flux.service import FluxService
 
 PREFIX = "/api/state/entities/"
 TEMPLATE = PREFIX + "{entity_id:fullpath}"
-
-
-class _Route:
-    """What the metrics label reads from `scope["route"]` (the route template)."""
-
-    path = TEMPLATE
-
-
-_ROUTE = _Route()
+_ROUTE = RouteLabel(TEMPLATE)
 _JSON = (b"content-type", b"application/json")
 
 

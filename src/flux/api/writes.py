@@ -17,6 +17,8 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flux.api.body import declared_length
+from flux.api.edge import RouteLabel
 from flux.api.errors import response_for
 from flux.auth import ANONYMOUS, Credential
 from flux.errors import FluxError
@@ -24,15 +26,7 @@ from flux.events import decode_json, validate_event
 from flux.service import FluxService
 
 PATH = "/api/events"
-
-
-class _Route:
-    """What the metrics label reads from `scope["route"]` (the route template)."""
-
-    path = PATH
-
-
-_ROUTE = _Route()
+_ROUTE = RouteLabel(PATH)
 _JSON = (b"content-type", b"application/json")
 _AUTHORIZATION = b"authorization"
 _CONTENT_LENGTH = b"content-length"
@@ -55,8 +49,9 @@ class EventWrites:
         authorization = None
         for name, value in scope["headers"]:
             if name == _CONTENT_LENGTH:
-                if not value.isdigit() or len(value) > 18 or int(value) > limit:
-                    await self.app(scope, receive, send)  # the handler's 413 (or its check)
+                declared = declared_length(value.decode("latin-1"))
+                if declared is not None and declared > limit:
+                    await self.app(scope, receive, send)  # the handler's 413
                     return
             elif name == _AUTHORIZATION:
                 authorization = value
