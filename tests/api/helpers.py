@@ -7,9 +7,10 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import orjson
+
+from flux.client import path_segment
 
 Event = dict[str, Any]
 EventFactory = Callable[..., Event]
@@ -59,8 +60,9 @@ def assert_error(response: Any, status: int, message: str | None = None) -> str:
 
 
 def encode_id(entity_id: str) -> str:
-    """An entity id as one URL path segment (every reserved character percent-encoded)."""
-    return quote(entity_id, safe="")
+    """An entity id as one URL path segment (every reserved character percent-encoded, and
+    `.`/`..` too, which URL normalization would otherwise resolve away): the client's rule."""
+    return path_segment(entity_id)
 
 
 def dumps(value: Any) -> bytes:
