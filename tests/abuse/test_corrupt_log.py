@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from conftest import FluxServer, start_server, wait_for
-from liveclient import TIMEOUT, ws_client
 
+from conftest import FluxServer, start_server, wait_for
 from flux.cli import main
+from liveclient import TIMEOUT, ws_client
 
 ENTITIES = 60
 PER_ENTITY = 100  # under the history endpoint's limit of 500: one query returns them all
