@@ -75,7 +75,10 @@ class FluxServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 60.0) -> FluxServer:
+    def start(
+        self, timeout: float = 60.0, ready: Callable[[httpx.Response], bool] | None = None
+    ) -> FluxServer:
+        """`ready` says which health answer counts as started (a 200 by default)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
@@ -99,7 +102,8 @@ class FluxServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
             try:
-                if httpx.get(f"{self.url}/api/health", timeout=1.0).status_code == 200:
+                answer = httpx.get(f"{self.url}/api/health", timeout=1.0)
+                if ready(answer) if ready is not None else answer.status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -149,9 +153,11 @@ def server_factory(tmp_path: Path) -> Iterator[type[FluxServer]]:
     started: list[FluxServer] = []
 
     class Factory(FluxServer):
-        def start(self, timeout: float = 60.0) -> FluxServer:
+        def start(
+            self, timeout: float = 60.0, ready: Callable[[httpx.Response], bool] | None = None
+        ) -> FluxServer:
             started.append(self)
-            return super().start(timeout)
+            return super().start(timeout, ready)
 
     yield Factory
     for srv in started:

@@ -108,3 +108,20 @@ def test_damaged_files_fail_to_load_with_value_error(tmp_path: Path, damage: obj
 def test_an_unreadable_file_raises_os_error(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         SnapshotStore.load(tmp_path / name(1))
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync"])
+def test_a_failed_write_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    store = SnapshotStore(tmp_path / "snapshots")
+    store.save(engine_bytes(3), 3)
+
+    def fail(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(f"flux.snapshots.os.{failing}", fail)
+    with pytest.raises(OSError, match="No space left"):
+        store.save(engine_bytes(5), 5)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [name(3)]

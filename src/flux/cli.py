@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -178,6 +179,52 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         server.run()
     if not server.started:
         raise SystemExit(1)
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    default=None,
+    help="The data dir to check [default: ./flux-data, $FLUX_DATA_DIR].",
+)
+def check(data_dir: str | None) -> None:
+    """Check a data dir's event log and snapshots for damage; exit 1 if any is found.
+
+    Reads all of it (about a second per million events, more on a cold disk): SQLite's
+    integrity_check over events.db; that every sequence is stored above the retention floor
+    (holes the log made itself are noted, not counted); meta's last sequence against the
+    newest row; entity_history against events; every snapshot loads, is not ahead of the log,
+    and, replayed to the log's end, gives the state a replay of the whole log gives.
+
+    It only reads (one read transaction), so it may run beside a running server; the server
+    goes on writing meanwhile. It checks the SQLite log in the data dir ($FLUX_EVENT_LOG
+    pointing elsewhere is not followed).
+
+    \b
+    Exit codes: 0 no problems, 1 problems found (each on a `PROBLEM:` line), 2 usage error.
+
+    \b
+    Example:
+      flux check --data-dir /var/lib/flux
+    """
+    from pathlib import Path
+
+    from flux.check import check_data_dir
+
+    try:
+        settings = Settings.from_env(os.environ, data_dir=data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    root = Path(settings.data_dir)
+    if not root.is_dir():
+        raise click.UsageError(f"no data dir at {root}")
+    began = time.monotonic()
+    report = check_data_dir(root / "events.db", root / "snapshots", click.echo, progress)
+    took = time.monotonic() - began
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s) found in {root} ({took:.1f}s)")
+        raise SystemExit(1)
+    click.echo(f"no problems found in {root} ({took:.1f}s)")
 
 
 # -- client commands ---------------------------------------------------------------------------

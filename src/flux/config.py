@@ -217,6 +217,14 @@ SETTINGS: tuple[Setting, ...] = (
         "0 means no cap.",
     ),
     Setting(
+        "log_check_after_start",
+        "FLUX_LOG_CHECK_AFTER_START",
+        True,
+        _bool,
+        "Once serving, read the whole event log once in the background (SQLite's quick_check) "
+        "and report the server degraded if it is damaged.",
+    ),
+    Setting(
         "auth_enabled",
         "FLUX_AUTH_ENABLED",
         False,
@@ -389,6 +397,7 @@ class Settings:
     snapshot_keep: int = 3
     retention_max_age_seconds: int = 0
     retention_max_events: int = 0
+    log_check_after_start: bool = True
     auth_enabled: bool = False
     admin_token: str | None = None
     rate_limit_enabled: bool = True

@@ -86,3 +86,9 @@ class LogError(FluxError):
 
 class LogUnavailable(LogError):
     """The log cannot take writes now: disk full, I/O error, log closed (503)."""
+
+
+class LogCorrupt(LogError):
+    """The log's storage is damaged (a malformed page, rows missing from a sequence range, a
+    stored event that does not decode): what it would return is incomplete, so it is refused
+    (500). `flux check` reports the damage."""

@@ -35,6 +35,7 @@ from flux.directory import Directory
 from flux.engine import Change, Entity, StateEngine
 from flux.errors import (
     Forbidden,
+    LogCorrupt,
     LogError,
     NamespaceNotFound,
     NotFound,
@@ -88,11 +89,27 @@ class FluxService:
         self._snapshot_lock = asyncio.Lock()
         self._snapshot_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._verifier: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Restore the newest valid snapshot, replay the log after it, then accept writes."""
+        """Restore the newest valid snapshot, replay the log after it, then accept writes.
+        Raises LogCorrupt when the log fails its start-up checks (see docs/architecture.md, "A
+        damaged log"): the server then refuses to start."""
+        try:
+            await self._start()
+        except LogCorrupt as exc:
+            logger.critical(
+                "refusing to start: %s (event log %s). `flux check --data-dir %s` reports "
+                "what is damaged",
+                exc.message,
+                self.settings.event_log_url(),
+                self.settings.data_dir,
+            )
+            raise
+
+    async def _start(self) -> None:
         began = time.monotonic()
         self._load_runtime()
         if self.settings.encryption_key is not None and self.credentials is None:
@@ -128,8 +145,28 @@ class FluxService:
             time.monotonic() - began,
         )
         self._ticker = asyncio.create_task(self._snapshot_ticker(), name="flux-snapshots")
+        if self.settings.log_check_after_start:
+            self._verifier = asyncio.create_task(self._verify_log(), name="flux-log-check")
         self.directory.start()
         await self.connectors.start()
+
+    @property
+    def log_damage(self) -> str | None:
+        """Why the event log is known to be damaged, or None (the health check reports it)."""
+        return self.log.damage
+
+    async def _verify_log(self) -> None:
+        """The full check of the log after start-up (FLUX_LOG_CHECK_AFTER_START): damage marks
+        the log (health turns `degraded`) and is logged; the server keeps serving its state."""
+        began = time.monotonic()
+        try:
+            await self.log.verify()
+        except LogCorrupt:
+            return  # logged by the log, and reported by the health check from now on
+        except LogError as exc:
+            logger.error("could not check the event log: %s", exc.message)
+            return
+        logger.info("event log checked: no damage found (%.2fs)", time.monotonic() - began)
 
     def _restore_snapshot(self) -> StateEngine:
         for path in self.snapshots.paths():
@@ -153,6 +190,10 @@ class FluxService:
         """Stop the connectors, write a final snapshot and close the log."""
         await self.connectors.stop()
         await self.directory.stop()
+        if self._verifier is not None:
+            self._verifier.cancel()  # the log's close interrupts the check's thread
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._verifier
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -25,16 +25,21 @@ class SnapshotStore:
 
     def save(self, data: bytes, seq: int) -> Path:
         """Write one snapshot durably and drop the oldest beyond `keep`. Blocking: call it in a
-        thread. Raises OSError."""
+        thread. Raises OSError; a failed write leaves no temp file behind."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"snapshot-{seq:020d}.json.gz"
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-                gz.write(data)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+                    gz.write(data)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            # A full disk or a failed rename must not leave a partial file until the restart.
+            tmp.unlink(missing_ok=True)
+            raise
         _fsync_dir(self.directory)
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)

@@ -9,10 +9,10 @@ import anyio
 import orjson
 import pytest
 
-from flux.errors import LogError, LogUnavailable
+from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import Event, entity_of
 from flux.log import EventLog, open_log
-from flux.log.sqlite import SQLiteLog
+from flux.log.sqlite import SQLiteLog, translate
 
 from .contract import TIMEOUT, LogContract, MakeLog, Opened, ids, make_event
 
@@ -182,4 +182,97 @@ async def test_a_stored_event_that_does_not_decode_fails_the_read(tmp_path: Path
     conn.close()
     with pytest.raises(LogError):
         await log.all()
+    await log.log.close()
+
+
+# -- damage ------------------------------------------------------------------------------------
+
+
+def test_sqlite_corruption_errors_translate_to_log_corrupt() -> None:
+    assert isinstance(
+        translate(sqlite3.DatabaseError("database disk image is malformed")), LogCorrupt
+    )
+    assert isinstance(translate(sqlite3.DatabaseError("file is not a database")), LogCorrupt)
+    assert type(translate(sqlite3.OperationalError("disk I/O error"))) is LogUnavailable
+    assert type(translate(sqlite3.OperationalError("database or disk is full"))) is LogUnavailable
+
+
+def _delete(path: Path, sql: str, *args: object) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(sql, args)
+    conn.close()
+
+
+@pytest.mark.anyio
+async def test_rows_missing_inside_a_read_raise_log_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    await log.append(*(make_event(f"ns/{i % 3}", v=i) for i in range(20)))
+    _delete(path, "DELETE FROM events WHERE seq BETWEEN 8 AND 9")
+    assert log.log.damage is None
+    for batch_size in (100, 7, 3):  # the hole inside a batch, and between two batches
+        with pytest.raises(LogCorrupt, match=r"sequences 8\.\.9 are missing"):
+            await log.all(batch_size=batch_size)
+        with pytest.raises(LogCorrupt, match=r"sequences 8\.\.9 are missing"):
+            await log.all(after_seq=5, batch_size=batch_size)
+    assert [r.seq for r in await log.all(after_seq=9)] == list(range(10, 21))
+    damage = log.log.damage
+    assert damage is not None and "events.db" in damage and "flux check" in damage
+    with pytest.raises(LogCorrupt, match="missing from the log"):  # ns/1's history has seq 8
+        await log.log.history("ns/1", 0, 100)
+    await log.log.close()
+
+
+@pytest.mark.anyio
+async def test_a_pruned_prefix_and_a_recorded_hole_are_not_damage(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    await log.append(*(make_event(v=i) for i in range(10)))
+    await log.log.close()
+    # The state was ahead of the log (sequence 50): new events continue above it.
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records, after_seq=50)
+    await log.append(*(make_event(v=i) for i in range(5)))
+    seqs = [r.seq for r in await log.all(batch_size=4)]
+    assert seqs == [*range(1, 11), *range(51, 56)]
+    assert [r.seq for r in await log.all(after_seq=20)] == list(range(51, 56))
+    assert await log.log.prune(5, None, 0) == 5
+    assert [r.seq for r in await log.all()] == [*range(6, 11), *range(51, 56)]
+    assert len(await log.log.history("ns/a", 0, 100)) == 10
+    assert log.log.damage is None
+    await log.log.close()
+    # Reopened: the hole is still known, the log not damaged.
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    assert [r.seq for r in await log.all()] == [*range(6, 11), *range(51, 56)]
+    assert log.log.damage is None
+    await log.log.close()
+
+
+@pytest.mark.anyio
+async def test_verify_finds_a_damaged_page(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    await log.append(*(make_event(f"ns/{i}", pad="x" * 200) for i in range(400)))
+    await log.log.verify()
+    assert log.log.damage is None
+    await log.log.close()
+    conn = sqlite3.connect(path)
+    page = conn.execute(
+        "SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf' LIMIT 1 OFFSET 5"
+    ).fetchone()[0]
+    size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with open(path, "r+b") as f:
+        f.seek((page - 1) * size + 100)
+        f.write(b"\x55" * (size - 200))
+    log = Opened(SQLiteLog(str(path)))
+    await log.log.start(log.on_records)
+    with pytest.raises(LogCorrupt, match="event log is damaged"):
+        await log.log.verify()
+    assert log.log.damage is not None
     await log.log.close()

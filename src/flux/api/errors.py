@@ -25,6 +25,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.UpstreamError: 502,
     errors.StorageError: 503,
     errors.LogUnavailable: 503,
+    errors.LogCorrupt: 500,
     errors.LogError: 500,
 }
 

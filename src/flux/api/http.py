@@ -249,16 +249,21 @@ async def batch_delete(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
+    """`ok` (200), `starting` (503) or, once the event log is known to be damaged, `degraded`
+    (503) with the damage in `error`: the state is served, but history and replays that need
+    the damaged part are refused."""
     service = service_of(request)
-    return json_response(
-        {
-            "status": "ok" if service.ready else "starting",
-            "version": __version__,
-            "entities": len(service.engine),
-            "lastSequence": service.engine.last_seq,
-        },
-        status=200 if service.ready else 503,
-    )
+    body: dict[str, Any] = {
+        "status": "ok" if service.ready else "starting",
+        "version": __version__,
+        "entities": len(service.engine),
+        "lastSequence": service.engine.last_seq,
+    }
+    damage = service.log_damage
+    if service.ready and damage is not None:
+        body["status"] = "degraded"
+        body["error"] = damage
+    return json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
 def require_admin(request: Request, service: FluxService, message: str = "Unauthorized") -> None:

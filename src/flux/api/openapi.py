@@ -236,10 +236,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "version", "entities", "lastSequence"],
         "properties": {
-            "status": {"type": "string", "enum": ["ok", "starting"]},
+            "status": {"type": "string", "enum": ["ok", "starting", "degraded"]},
             "version": {"type": "string"},
             "entities": {"type": "integer"},
             "lastSequence": {"type": "integer"},
+            "error": {"type": "string", "description": "Why it is degraded (a damaged log)"},
         },
     },
     "AdminConfig": {
@@ -673,7 +674,7 @@ PATHS: dict[str, Any] = {
             "summary": "Liveness and readiness",
             "responses": {
                 "200": _json(_ref("Health"), "Serving"),
-                "503": _json(_ref("Health"), "Starting"),
+                "503": _json(_ref("Health"), "Starting, or degraded (the event log is damaged)"),
             },
         }
     },

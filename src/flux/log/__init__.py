@@ -12,7 +12,9 @@ Contract (tests/log/contract.py runs it against every backend):
   sequence, when a snapshot is ahead of the log).
 - `read(after_seq)` iterates over committed records with a sequence above `after_seq`, in order,
   in batches; `history(...)` answers an entity's newest stored events.
-- Errors are `flux.errors.LogError` subclasses; driver errors never leak.
+- Errors are `flux.errors.LogError` subclasses; driver errors never leak. Damage is never
+  served as data: a damaged store, a record that does not decode, or a sequence missing inside
+  a range `read` walks or `history` points at raises `LogCorrupt`, and `damage` then says why.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class EventLog(Protocol):
     async def prune(self, upto_seq: int, before_us: int | None, keep_events: int | None) -> int:
         """Drop records at or below `upto_seq` that are older than `before_us` or beyond the
         newest `keep_events`; returns how many went."""
+        ...
+
+    @property
+    def damage(self) -> str | None:
+        """Why the log is known to be damaged (the first `LogCorrupt` it raised), or None."""
+        ...
+
+    async def verify(self) -> None:
+        """A full check of the store's structure (may read all of it); raises LogCorrupt."""
         ...
 
     async def close(self) -> None: ...
