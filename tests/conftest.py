@@ -3,6 +3,7 @@ process (`flux serve`) on a free loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,11 +12,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketTestSession
+from starlette.types import ASGIApp
 
 from flux.api.app import create_app
 from flux.config import Settings
@@ -44,6 +47,32 @@ def free_port() -> int:
         return port
 
 
+class LocalTestClient(TestClient):
+    """Starlette's TestClient as a local caller: requests go to `http://localhost` (a Host the
+    server accepts when bound to loopback; Starlette's `testserver` is refused like any other
+    name) and JSON bodies say so (`content-type: application/json` unless a test sets another:
+    Flux refuses a body of any other type with 415)."""
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        options.setdefault("base_url", "http://localhost")
+        options.setdefault("headers", {"content-type": "application/json"})
+        super().__init__(app, **options)
+
+    def websocket_connect(self, url: str, *args: Any, **kwargs: Any) -> WebSocketTestSession:
+        return super().websocket_connect(urljoin("ws://localhost", url), *args, **kwargs)
+
+
+@contextlib.contextmanager
+def untyped(client: TestClient) -> Iterator[TestClient]:
+    """`client` without its default content type: its bodies go with no `Content-Type`."""
+    saved = client.headers.pop("content-type", None)
+    try:
+        yield client
+    finally:
+        if saved is not None:
+            client.headers["content-type"] = saved
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
@@ -57,7 +86,7 @@ def settings(data_dir: Path) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app in-process (lifespan included) behind an HTTP client."""
-    with TestClient(create_app(settings)) as test_client:
+    with LocalTestClient(create_app(settings)) as test_client:
         yield test_client
 
 

@@ -62,7 +62,7 @@ def test_a_real_server_keeps_namespaces_and_revocations(
     }
     server = server_factory(data_dir, env=env).start()
     admin = bearer(ADMIN)
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, headers={"content-type": "application/json"}) as http:
         old = http.post("/api/namespaces", json={"name": "matt"}, headers=admin).json()["token"]
         new = http.post("/api/namespaces/matt/token", headers=admin).json()["token"]
         http.put("/api/namespaces/matt", json={"private": True}, headers=bearer(new))
@@ -74,7 +74,7 @@ def test_a_real_server_keeps_namespaces_and_revocations(
         assert token not in logs
 
     again = server_factory(data_dir, env=env).start()
-    with httpx.Client(base_url=again.url) as http:
+    with httpx.Client(base_url=again.url, headers={"content-type": "application/json"}) as http:
         event = orjson.dumps(new_event("matt/b"))
         assert http.post("/api/events", content=event, headers=bearer(old)).status_code == 401
         assert http.post("/api/events", content=event, headers=bearer(new)).status_code == 200

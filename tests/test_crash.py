@@ -117,7 +117,13 @@ async def load_then(server: FluxServer, seconds: float, sig: int) -> Outcome:
     stop = asyncio.Event()
     # Plain HTTP: verify=False only spares each client loading the CA bundle (~50 ms each).
     clients = [
-        httpx.AsyncClient(base_url=server.url, timeout=15, verify=False) for _ in range(WORKERS)
+        httpx.AsyncClient(
+            base_url=server.url,
+            headers={"content-type": "application/json"},
+            timeout=15,
+            verify=False,
+        )
+        for _ in range(WORKERS)
     ]
     tasks = [asyncio.create_task(worker(w, c, stop, out)) for w, c in enumerate(clients)]
     await asyncio.sleep(seconds)
@@ -130,7 +136,9 @@ async def load_then(server: FluxServer, seconds: float, sig: int) -> Outcome:
 
 async def verify(server: FluxServer, out: Outcome) -> dict[str, int]:
     """Check the restarted server against what the clients were told; returns figures."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=30, verify=False) as client:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=30, verify=False
+    ) as client:
         listing = (await client.get("/api/state/entities", params={"prefix": "crash/"})).json()
         state = {e["id"]: e for e in listing}
 

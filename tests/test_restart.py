@@ -95,7 +95,9 @@ def test_a_clean_stop_writes_a_final_snapshot_and_restarts_identically(
     server_factory: type[FluxServer], data_dir: Path, sig: signal.Signals
 ) -> None:
     server = server_factory(data_dir, env=ENV).start()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=10
+    ) as client:
         write_some(client)
         before = observe(client)
     code = server.stop(sig)
@@ -119,7 +121,9 @@ def test_after_sigkill_the_log_replay_gives_the_same_state(
     server_factory: type[FluxServer], data_dir: Path
 ) -> None:
     server = server_factory(data_dir, env=ENV).start()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=10
+    ) as client:
         write_some(client)
         before = observe(client)
     server.kill()
@@ -143,7 +147,9 @@ def test_a_corrupt_snapshot_is_reported_and_the_log_fills_in(
     server_factory: type[FluxServer], data_dir: Path
 ) -> None:
     server = server_factory(data_dir, env=ENV).start()
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    with httpx.Client(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=10
+    ) as client:
         write_some(client)
         before = observe(client)
     server.stop()

@@ -418,7 +418,7 @@ async def test_a_full_disk_is_a_503_json_answer_not_a_hang(settings: Settings) -
     statuses: list[int] = []
     try:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://flux") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             with anyio.fail_after(30):
                 for i in range(200):
                     event = new_event(f"ns/big{i}", blob="x" * 3000)

@@ -127,6 +127,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
     import uvicorn
 
     from flux.api.app import create_app
+    from flux.api.connections import protocols, raise_open_file_limit
 
     try:
         settings = Settings.from_env(os.environ, host=host, port=port, data_dir=data_dir)
@@ -146,7 +147,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         os.path.abspath(settings.data_dir),
         settings.event_log_url(),
     )
+    soft, hard = raise_open_file_limit()
+    logging.getLogger("flux").info("open file limit %d (hard limit %d)", soft, hard)
     app = create_app(settings)
+    http_protocol, ws_protocol = protocols(settings)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -160,8 +164,10 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
-        ws="websockets-sansio",
+        # uvicorn's httptools and websockets-sansio protocols with header and body deadlines
+        # and a per-client connection limit (flux.api.connections).
+        http=http_protocol,
+        ws=ws_protocol,
         lifespan="on",
         access_log=False,
         log_level=settings.log_level.lower(),

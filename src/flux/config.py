@@ -73,6 +73,29 @@ def _text(text: str) -> str:
     return text
 
 
+def _items(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """A comma list of origins (`scheme://host[:port]`, no path) or `*`; empty: the default."""
+    origins = tuple(item.rstrip("/") for item in _items(text))
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if origin != "*" and not (sep and scheme in ("http", "https") and rest and "/" not in rest):
+            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]) or *")
+    return origins
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    """A comma list of host names (any port), `[v6]` addresses or `*`; empty: the default."""
+    hosts = tuple(item.lower() for item in _items(text))
+    for host in hosts:
+        if not host or any(c in host for c in "/@ ") or ":" in host.rpartition("]")[2]:
+            raise ValueError(f"{host!r} is not a host name (without a port) or *")
+    return hosts
+
+
 def _optional_text(text: str) -> str | None:
     return text or None
 
@@ -375,6 +398,47 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     *(setting for provider in OAUTH_PROVIDERS for setting in _oauth_settings(*provider)),
     Setting(
+        "cors_origins",
+        "FLUX_CORS_ORIGINS",
+        (),
+        _origins,
+        "Web origins (scheme://host[:port], comma separated, or *) whose pages may call the "
+        "API cross-origin. Empty: none with auth off, any with auth on; the admin config only "
+        "from origins named here.",
+    ),
+    Setting(
+        "allowed_hosts",
+        "FLUX_ALLOWED_HOSTS",
+        (),
+        _hosts,
+        "Host header names the server answers (comma separated, any port; * for all). Empty: "
+        "localhost, 127.0.0.1, [::1] and the bind address when bound to loopback, else any.",
+    ),
+    Setting(
+        "header_timeout_seconds",
+        "FLUX_HEADER_TIMEOUT_SECONDS",
+        20.0,
+        _positive_float,
+        "Time a connection has to send a request's headers (from its opening, or from the "
+        "previous response); past it the server answers 408 and closes.",
+    ),
+    Setting(
+        "body_timeout_seconds",
+        "FLUX_BODY_TIMEOUT_SECONDS",
+        60.0,
+        _positive_float,
+        "Time a request has to send its whole body once its headers are in; past it the "
+        "server answers 408 and closes.",
+    ),
+    Setting(
+        "max_connections_per_client",
+        "FLUX_MAX_CONNECTIONS_PER_CLIENT",
+        256,
+        _non_negative_int,
+        "Connections (HTTP, WebSocket, SSE) one client address may hold at once; past it the "
+        "new connection is answered 429 and closed. 0: no limit.",
+    ),
+    Setting(
         "log_level",
         "FLUX_LOG_LEVEL",
         "info",
@@ -433,6 +497,11 @@ class Settings:
     oauth_calendar_client_secret: str | None = dataclasses.field(default=None, repr=False)
     oauth_calendar_auth_url: str = OAUTH_PROVIDERS[3][2]
     oauth_calendar_token_url: str = OAUTH_PROVIDERS[3][3]
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    header_timeout_seconds: float = 20.0
+    body_timeout_seconds: float = 60.0
+    max_connections_per_client: int = 256
     log_level: str = "info"
 
     @classmethod

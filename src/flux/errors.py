@@ -54,6 +54,23 @@ class Conflict(FluxError):
     """The request clashes with what exists (409)."""
 
 
+class MisdirectedRequest(FluxError):
+    """The `Host` header names a host this server does not answer for (421): a guard against
+    DNS rebinding (`FLUX_ALLOWED_HOSTS`)."""
+
+
+class OriginNotAllowed(Forbidden):
+    """A browser's WebSocket handshake from a page of an origin not allowed (403)."""
+
+
+class RequestTimeout(FluxError):
+    """The request's headers or body did not arrive in time (408)."""
+
+
+class TooManyConnections(FluxError):
+    """The client address holds as many connections as it may (429)."""
+
+
 class PayloadTooLarge(FluxError):
     """The body is over its limit (413)."""
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.testclient import TestClient
 
+from conftest import LocalTestClient
 from flux.api.app import create_app
 from flux.config import Settings
 from flux.service import FluxService
@@ -38,7 +39,7 @@ def open_client(
     }
     settings = Settings(data_dir=str(data_dir), **values)
     service = FluxService(settings, clock=clock)
-    client = TestClient(create_app(settings, service))
+    client = LocalTestClient(create_app(settings, service))
     client.__enter__()
     return client
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from conftest import LocalTestClient
 from flux.api.app import create_app
 from flux.config import Settings
 
@@ -31,7 +32,7 @@ def make_client(data_dir: Path) -> Iterator[ClientFactory]:
 
     def make(raise_server_exceptions: bool = True, **overrides: Any) -> TestClient:
         settings = Settings(data_dir=str(data_dir), **overrides)
-        test_client = TestClient(
+        test_client = LocalTestClient(
             create_app(settings), raise_server_exceptions=raise_server_exceptions
         )
         test_client.__enter__()

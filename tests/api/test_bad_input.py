@@ -268,7 +268,7 @@ def test_the_real_server_survives_abuse(server: FluxServer) -> None:
             server,
             b"POST /api/events HTTP/1.1\r\n"
             + host
-            + b"Connection: close\r\nContent-Length: "
+            + b"Connection: close\r\nContent-Type: application/json\r\nContent-Length: "
             + str(len(body)).encode()
             + b"\r\n\r\n"
             + body,
@@ -287,7 +287,7 @@ def test_the_real_server_survives_abuse(server: FluxServer) -> None:
     assert reply.startswith(b"HTTP/1.1 404"), reply
     assert orjson.loads(reply.partition(b"\r\n\r\n")[2]) == {"error": "Entity not found"}
 
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, headers={"content-type": "application/json"}) as http:
         assert http.get("/api/health").json()["status"] == "ok"
         assert http.get("/api/health").json()["lastSequence"] == 0
         assert http.post("/api/events", content=orjson.dumps(new_event())).status_code == 200

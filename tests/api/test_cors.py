@@ -1,5 +1,7 @@
-"""CORS: open to browsers as in the original (any origin; authorization and content-type
-headers), plus PUT; refused preflights answer in the usual JSON error shape."""
+"""CORS with origins allowed (`FLUX_CORS_ORIGINS=*`, as the original was, or auth on): any
+origin, authorization and content-type headers, plus PUT; the admin config only for origins
+named; refused preflights answer in the usual JSON error shape. The defaults (no cross-origin
+access with auth off) are in tests/abuse/test_cross_site.py."""
 
 from __future__ import annotations
 
@@ -8,9 +10,16 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from .conftest import ClientFactory
 from .helpers import assert_error, new_event
 
 ORIGIN = "https://dashboard.example"
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    """A server open to every origin."""
+    return make_client(cors_origins=("*",))
 
 
 def preflight(
@@ -31,7 +40,6 @@ def preflight(
         ("/api/state/entities", "GET"),
         ("/api/state/entities/ns%2Fa", "DELETE"),
         ("/api/state/entities/delete", "POST"),
-        ("/api/admin/config", "PUT"),
         ("/api/health", "GET"),
         ("/no/such/route", "GET"),  # the layer answers preflights for any path
     ],
@@ -76,9 +84,24 @@ def test_simple_requests_carry_the_origin_header(client: TestClient) -> None:
         client.post("/api/events", content=b"{", headers=headers),  # 400
         client.put("/api/events", headers=headers),  # 405
         client.get("/api/state/entities", headers=headers),
-        client.put("/api/admin/config", json={}, headers=headers),
     ):
         assert response.headers["access-control-allow-origin"] == "*", response.request.url
+    admin = client.put("/api/admin/config", json={}, headers=headers)
+    assert "access-control-allow-origin" not in admin.headers
+
+
+def test_the_admin_config_is_open_only_to_named_origins(make_client: ClientFactory) -> None:
+    client = make_client(cors_origins=("*", ORIGIN))
+    assert (
+        preflight(client, "/api/admin/config", "PUT").headers["access-control-allow-origin"]
+        == ORIGIN
+    )
+    other = client.options(
+        "/api/admin/config",
+        headers={"Origin": "https://other.example", "Access-Control-Request-Method": "PUT"},
+    )
+    assert_error(other, 400, "Disallowed CORS origin")
+    assert preflight(client, "/api/events", "POST").headers["access-control-allow-origin"] == "*"
 
 
 def test_no_cors_headers_without_an_origin(client: TestClient) -> None:

@@ -15,6 +15,7 @@ from .conftest import ClientFactory
 from .helpers import assert_error, new_event
 
 JSON = {"content-type": "application/json"}
+TEXT = {"content-type": "text/plain"}
 
 CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("GET", "/", {}, 404, "Not Found"),
@@ -41,9 +42,11 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
     ("POST", "/api/events", {"content": b"{"}, 400, None),
     ("POST", "/api/events/batch", {"content": b"[]"}, 400, None),
     ("GET", "/api/events", {}, 400, "entity parameter is required"),
-    ("POST", "/api/state/entities/delete", {"content": b"{}"}, 415, None),
+    ("POST", "/api/state/entities/delete", {"content": b"{}", "headers": TEXT}, 415, None),
+    ("POST", "/api/events", {"content": b"{}", "headers": TEXT}, 415, None),
+    ("POST", "/api/events/batch", {"content": b"[]", "headers": TEXT}, 415, None),
     ("POST", "/api/state/entities/delete", {"content": b"{}", "headers": JSON}, 400, None),
-    ("PUT", "/api/admin/config", {"content": b"{}"}, 415, None),
+    ("PUT", "/api/admin/config", {"content": b"{}", "headers": TEXT}, 415, None),
     ("PUT", "/api/admin/config", {"content": b"[]", "headers": JSON}, 400, None),
     (
         "PUT",
@@ -83,7 +86,7 @@ def test_head_is_answered_without_a_body(client: TestClient) -> None:
 
 def test_415_message(client: TestClient) -> None:
     assert_error(
-        client.post("/api/state/entities/delete", content=b'{"prefix":"a"}'),
+        client.post("/api/state/entities/delete", content=b'{"prefix":"a"}', headers=TEXT),
         415,
         "Expected request with `Content-Type: application/json`",
     )
@@ -122,7 +125,7 @@ def test_admin_put_refused_with_auth_on_and_no_admin_token(make_client: ClientFa
 def test_unexpected_errors_are_a_bare_500(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = make_client(raise_server_exceptions=False)
+    client = make_client(raise_server_exceptions=False, cors_origins=("*",))
     service = client.app.state.service  # type: ignore[attr-defined]
 
     def broken(entity_id: str) -> None:

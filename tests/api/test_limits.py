@@ -150,7 +150,7 @@ def asgi_post(
             "raw_path": path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [(b"host", b"testserver"), *headers],
+            "headers": [(b"host", b"localhost"), (b"content-type", b"application/json"), *headers],
             "client": ("127.0.0.1", 1234),
             "server": ("testserver", 80),
             "state": {},
@@ -224,7 +224,9 @@ def test_streamed_bodies_against_the_real_server(server: FluxServer) -> None:
         for _ in range(total // len(chunk)):
             yield chunk
 
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=60
+    ) as http:
         for path in ("/api/events", "/api/events/batch"):
             started = time.monotonic()
             response = http.post(path, content=stream(256 << 20))

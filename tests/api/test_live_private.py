@@ -98,7 +98,9 @@ def test_sse_leaves_out_private_entities(server: FluxServer, tokens: dict[str, s
     async def scenario() -> None:
         owner_headers = bearer(tokens["sec"])
         async with (
-            httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+            httpx.AsyncClient(
+                base_url=server.url, headers={"content-type": "application/json"}, timeout=10
+            ) as http,
             http.stream("GET", "/api/events/stream", params={"since": 0}) as anon_response,
             http.stream(
                 "GET", "/api/events/stream", params={"since": 0}, headers=owner_headers

@@ -64,7 +64,7 @@ def oauth_client(
     def make(**overrides: Any) -> TestClient:
         values: dict[str, Any] = {
             "encryption_key": KEY,
-            "oauth_callback_base_url": "http://testserver",
+            "oauth_callback_base_url": "http://localhost",
             "oauth_github_client_id": provider.client_id,
             "oauth_github_client_secret": provider.client_secret,
             "oauth_github_auth_url": provider.authorize_url,
@@ -96,7 +96,7 @@ def authorize(client: TestClient, headers: dict[str, str] | None = None) -> str:
     back = httpx.get(start.headers["location"], follow_redirects=False)
     assert back.status_code == 302, back.text
     callback: str = back.headers["location"]
-    assert callback.startswith(f"http://testserver{CALLBACK}?")
+    assert callback.startswith(f"http://localhost{CALLBACK}?")
     return callback
 
 
@@ -118,7 +118,7 @@ def test_start_redirects_to_the_provider(
     assert location.startswith(provider.authorize_url + "?client_id=flux-client&redirect_uri=")
     assert "&scope=repo%20read%3Auser&state=" in location
     query = parse_qs(urlsplit(location).query)
-    assert query["redirect_uri"] == [f"http://testserver{CALLBACK}"]
+    assert query["redirect_uri"] == [f"http://localhost{CALLBACK}"]
     assert query["response_type"] == ["code"]
     assert list(query) == ["client_id", "redirect_uri", "scope", "state", "response_type"]
     assert len(app_of(client).state.oauth_states) == 1
@@ -140,7 +140,7 @@ def test_full_flow_stores_the_tokens_encrypted_and_the_connector_polls(
     }
     (exchange,) = provider.token_requests
     assert exchange["grant_type"] == "authorization_code"
-    assert exchange["redirect_uri"] == f"http://testserver{CALLBACK}"
+    assert exchange["redirect_uri"] == f"http://localhost{CALLBACK}"
     assert (exchange["client_id"], exchange["client_secret"]) == ("flux-client", "flux-secret")
     # The connector started with the access token: the fake GitHub's data became entities.
     wait_for(

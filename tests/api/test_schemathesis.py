@@ -181,7 +181,7 @@ def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServe
     }
     server = server_factory(tmp_path / "data", env=env).start()
     TOKENS.__init__()  # type: ignore[misc]
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, headers={"content-type": "application/json"}) as http:
         for name in ("alpha", "beta"):
             answer = http.post(
                 "/api/namespaces", json={"name": name}, headers={"authorization": f"Bearer {ADMIN}"}

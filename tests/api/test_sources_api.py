@@ -319,7 +319,9 @@ def test_bad_bodies_are_400_with_a_clear_error(
         )
         assert response.status_code == 400
         assert "error" in response.json()
-    response = client.post("/api/connectors/generic", content=b"{}")
+    response = client.post(
+        "/api/connectors/generic", content=b"{}", headers={"content-type": "text/plain"}
+    )
     assert response.status_code == 415
     assert client.get("/api/connectors/generic").json() == {"sources": []}
 

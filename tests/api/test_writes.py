@@ -143,7 +143,7 @@ def test_fast_path_stores_alone_and_replays_the_body_to_the_router(data_dir: Pat
                 "type": "http",
                 "method": "POST",
                 "path": "/api/events",
-                "headers": headers or [],
+                "headers": [(b"content-type", b"application/json"), *(headers or [])],
             }
             queue = list(reversed(messages))
             sent: list[Message] = []
@@ -183,8 +183,10 @@ def test_fast_path_stores_alone_and_replays_the_body_to_the_router(data_dir: Pat
         assert post(cut) == 299
         declared = [(b"content-length", b"%d" % len(big))]
         assert post([{"type": "http.request", "body": big}], declared) == 299
-        assert router.bodies == [bad, big, one[:5], big]
-        assert router.ends == ["complete", "complete", "http.disconnect", "complete"]
+        untyped = [(b"content-type", b"text/plain")]
+        assert post([{"type": "http.request", "body": one}], untyped) == 299  # not read here
+        assert router.bodies == [bad, big, one[:5], big, one]
+        assert router.ends == ["complete", "complete", "http.disconnect", "complete", "complete"]
         assert service.engine.get("ns/big") is None
     finally:
         client.__exit__(None, None, None)

@@ -14,9 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.testclient import TestClient
 
-from conftest import FluxServer
+from conftest import FluxServer, LocalTestClient
 from flux.api.app import create_app
 from flux.config import Settings
 from liveclient import ZULU, Client, Message, Publisher, event, versions, ws_client
@@ -568,7 +567,7 @@ def test_a_client_leaving_mid_replay_leaves_no_traceback(live_server: FluxServer
 
 
 def test_no_task_outlives_a_connection(settings: Settings) -> None:
-    with TestClient(create_app(settings)) as client:
+    with LocalTestClient(create_app(settings)) as client:
 
         def tasks() -> set[str]:
             names = {t.get_name() for t in asyncio.all_tasks()}

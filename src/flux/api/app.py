@@ -17,8 +17,9 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from flux.api import connectors, errors, http, namespaces, oauth, sources
-from flux.api.cors import cors_policy
+from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
+from flux.api.hosts import host_check
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
@@ -138,10 +139,15 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
 
     app = Starlette(
         routes=routes(),
-        # One layer for timing, CORS and the JSON 500 (see flux.api.edge: three cost a third
-        # of a GET's time in the app).
+        # One layer for the Host check, timing, CORS and the JSON 500 (see flux.api.edge:
+        # three layers cost a third of a GET's time in the app).
         middleware=[
-            Middleware(Edge, histograms=histograms, cors=cors_policy()),
+            Middleware(
+                Edge,
+                histograms=histograms,
+                cors=CrossOrigin.from_settings(settings),
+                hosts=host_check(settings),
+            ),
             Middleware(EntityReads, service=flux),  # the hot read, before the router
             Middleware(EventWrites, service=flux),  # the hot write, before the router
         ],

@@ -34,9 +34,23 @@ def declared_length(header: str | None) -> int | None:
     return int(header) if len(header) <= 18 else 10**18
 
 
+def is_json_type(content_type: str | None) -> bool:
+    """Whether a Content-Type header says JSON: `application/json` or `application/<x>+json`,
+    with any parameters (`; charset=utf-8`), in any case. A missing header is not JSON."""
+    if content_type is None:
+        return False
+    essence = content_type.partition(";")[0].strip().lower()
+    if essence == "application/json":
+        return True
+    kind, _, subtype = essence.partition("/")
+    return kind == "application" and subtype.endswith("+json") and len(subtype) > 5
+
+
 def require_json_content_type(request: Request) -> None:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not (content_type == "application/json" or content_type.endswith("+json")):
+    """Raises UnsupportedMediaType (415) unless the body says it is JSON. Every JSON body is
+    held to this: a browser sends `text/plain`, a form type or no type at all cross-site without
+    a CORS preflight, but must ask first (and be refused) to send `application/json`."""
+    if not is_json_type(request.headers.get("content-type")):
         raise UnsupportedMediaType("Expected request with `Content-Type: application/json`")
 
 

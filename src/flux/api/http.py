@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux import __version__
-from flux.api.body import read_body, read_json_object
+from flux.api.body import read_body, read_json_object, require_json_content_type
 from flux.auth import ANONYMOUS, Credential
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
@@ -69,6 +69,7 @@ def entity_json(entity: Entity) -> dict[str, Any]:
 
 async def publish_event(request: Request) -> Response:
     service = service_of(request)
+    require_json_content_type(request)
     body = await read_body(request, service.runtime.body_size_limit_single_bytes)
     event = validate_event(decode_json(body))
     service.admit(credential_of(request), event)
@@ -80,6 +81,7 @@ async def publish_event(request: Request) -> Response:
 
 async def publish_batch(request: Request) -> Response:
     service = service_of(request)
+    require_json_content_type(request)
     body = await read_body(request, service.runtime.body_size_limit_batch_bytes)
     doc = decode_json(body)
     if type(doc) is dict:

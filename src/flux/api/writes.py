@@ -4,12 +4,12 @@ Publishing one event is the most frequent write. Its own work is small (decode, 
 the event to the log's group commit), and Starlette's share of it (the router's regex per route,
 a `Request`, a `Response`, two more layers of `send` wrappers) was about as large. This layer
 takes the success path directly: the whole body within its limit, a valid event, admitted, then
-stored. Whatever else happens before the event is handed to the log (a body over its limit, a
-client gone mid-body, bad JSON, a failed check, a refused token, a rate limit) is passed to the
-router with the body read so far replayed, so `flux.api.http.publish_event` answers it exactly as
-it answers every request when this layer is absent; the tests run both paths. An error from the
-log itself (the event may not be published twice) is answered here, by the same mapping
-(`flux.api.errors.response_for`).
+stored. Whatever else happens before the event is handed to the log (a body not typed as JSON,
+a body over its limit, a client gone mid-body, bad JSON, a failed check, a refused token, a rate
+limit) is passed to the router with the body read so far replayed, so
+`flux.api.http.publish_event` answers it exactly as it answers every request when this layer is
+absent; the tests run both paths. An error from the log itself (the event may not be published
+twice) is answered here, by the same mapping (`flux.api.errors.response_for`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flux.api.body import declared_length
+from flux.api.body import declared_length, is_json_type
 from flux.api.edge import RouteLabel
 from flux.api.errors import response_for
 from flux.auth import ANONYMOUS, Credential
@@ -30,6 +30,8 @@ _ROUTE = RouteLabel(PATH)
 _JSON = (b"content-type", b"application/json")
 _AUTHORIZATION = b"authorization"
 _CONTENT_LENGTH = b"content-length"
+_CONTENT_TYPE = b"content-type"
+_APPLICATION_JSON = b"application/json"
 
 
 class EventWrites:
@@ -47,6 +49,7 @@ class EventWrites:
         service = self.service
         limit = service.runtime.body_size_limit_single_bytes
         authorization = None
+        json = False
         for name, value in scope["headers"]:
             if name == _CONTENT_LENGTH:
                 declared = declared_length(value.decode("latin-1"))
@@ -55,6 +58,11 @@ class EventWrites:
                     return
             elif name == _AUTHORIZATION:
                 authorization = value
+            elif name == _CONTENT_TYPE:
+                json = value == _APPLICATION_JSON or is_json_type(value.decode("latin-1"))
+        if not json:
+            await self.app(scope, receive, send)  # the handler's 415
+            return
         received: list[Message] = []
         size = 0
         while True:

@@ -1,0 +1,225 @@
+"""Connections: how long a client may take to send a request, and how many it may hold.
+
+uvicorn bounds neither: its keep-alive timeout runs only between requests and is cancelled by any
+byte received, so a client that sends a header line (or one byte of a body) now and then holds
+its connection forever, and a few hundred such clients use up the server's file descriptors.
+`protocols()` returns uvicorn's own HTTP and WebSocket protocols with three additions:
+
+- headers: from a connection's opening (and from the end of each response on a kept-alive
+  connection) its next request's headers must be complete within `header_timeout_seconds`;
+- body: once its headers are in, a request's body must be complete within
+  `body_timeout_seconds` (armed only when the body did not arrive with the headers);
+- per client: one client address holds at most `max_connections_per_client` connections at once
+  (HTTP, SSE and WebSocket alike: an upgraded connection stays counted until it closes).
+
+Past a timeout the answer is `408 {"error": "request timeout"}`, past the limit
+`429 {"error": "too many connections from this client"}` (a handshake refused so is a refused
+WebSocket); then the server stops reading, half-closes and closes the connection shortly after
+(a linger, so that the answer is not lost to a reset when the client is still sending). If the
+application was already handling the request, it sees the client as gone.
+
+`raise_open_file_limit()` lifts the process's soft limit on open files to its hard limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from flux.api.errors import status_of
+from flux.config import Settings
+from flux.errors import FluxError, RequestTimeout, TooManyConnections
+
+logger = logging.getLogger("flux.api")
+
+LINGER_SECONDS = 0.5  # between an error answer (and half-close) and the close
+
+
+class ClientCounts:
+    """Connections held per client address; `admit` counts one in (or refuses it), `release`
+    counts it out once, whichever protocol (HTTP, then WebSocket) holds it last."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: no limit
+        self.counts: dict[str, int] = {}
+        self.holders: dict[object, str] = {}
+
+    def admit(self, connection: object, address: str | None) -> bool:
+        if address is None or not self.limit:
+            return True
+        count = self.counts.get(address, 0)
+        if count >= self.limit:
+            return False
+        self.counts[address] = count + 1
+        self.holders[connection] = address
+        return True
+
+    def release(self, connection: object) -> None:
+        address = self.holders.pop(connection, None)
+        if address is None:
+            return
+        count = self.counts[address] - 1
+        if count:
+            self.counts[address] = count
+        else:
+            del self.counts[address]
+
+
+def error_bytes(error: FluxError) -> bytes:
+    """A whole HTTP/1.1 error answer that closes the connection, in the usual JSON shape."""
+    status = status_of(error)
+    body = orjson.dumps({"error": error.message})
+    return b"".join(
+        (
+            b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
+            b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n\r\n",
+            body,
+        )
+    )
+
+
+TIMED_OUT = error_bytes(RequestTimeout("request timeout"))
+TOO_MANY = error_bytes(TooManyConnections("too many connections from this client"))
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the header and body deadlines and the per-client count
+    (`protocols()` makes a subclass bound to one server's settings and counts)."""
+
+    counts: ClientCounts
+    header_timeout: float
+    body_timeout: float
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline: asyncio.TimerHandle | None = None
+        self.refused = False
+        self.upgraded = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if not self.counts.admit(transport, self.client[0] if self.client else None):
+            logger.warning(
+                "%s: too many connections, refused", self.client[0] if self.client else ""
+            )
+            self._refuse(TOO_MANY)
+            return
+        self._arm(self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if not self.upgraded:
+            self.counts.release(self.transport)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return  # answered already: what else comes is not read
+        super().data_received(data)
+        if self.deadline is None and not self.upgraded and not self.pipeline:
+            cycle = self.cycle
+            if cycle is not None and cycle.more_body and not cycle.response_complete:
+                self._arm(self.body_timeout)  # the body did not come with the headers
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing() or self.refused:
+            return
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # no pipelined request started
+            self._disarm()
+            self._arm(self.header_timeout)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        self.upgraded = True  # the WebSocket protocol releases the count
+        super().handle_websocket_upgrade()
+
+    def _arm(self, seconds: float) -> None:
+        self.deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _expired(self) -> None:
+        self.deadline = None
+        if self.transport.is_closing() or self.upgraded:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The application is handling this request: to it, the client is gone.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        self._refuse(TIMED_OUT)
+
+    def _refuse(self, answer: bytes) -> None:
+        """Send `answer`, stop reading, half-close, and close after a short linger."""
+        self.refused = True
+        transport = self.transport
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, transport.close)
+
+
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, counting its connection out of the per-client count."""
+
+    counts: ClientCounts
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.counts.release(self.transport)
+        super().connection_lost(exc)
+
+
+def protocols(
+    settings: Settings,
+) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:
+    """The HTTP and WebSocket protocol classes for one server, sharing its per-client counts."""
+    counts = ClientCounts(settings.max_connections_per_client)
+
+    class Http(GuardedHttpProtocol):
+        pass
+
+    class WebSocket(GuardedWebSocketProtocol):
+        pass
+
+    Http.counts = WebSocket.counts = counts
+    Http.header_timeout = settings.header_timeout_seconds
+    Http.body_timeout = settings.body_timeout_seconds
+    return Http, WebSocket
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Lift the soft limit on open files to the hard limit (each connection holds one); returns
+    (soft, hard) as they are afterwards. A limit the system refuses is left as it was."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open file limit to %d: %s", hard, exc)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
