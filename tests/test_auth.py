@@ -11,6 +11,7 @@ from flux.auth import (
     ANONYMOUS,
     BAD_FORMAT,
     EMPTY_TOKEN,
+    HIDE_ALL,
     NO_TOKEN,
     UNKNOWN_TOKEN,
     Access,
@@ -310,6 +311,53 @@ def test_private_namespaces(access: Access) -> None:
     access.put(access.with_private("alpha", False))
     assert access.private == set()
     assert access.can_read(ANONYMOUS, "alpha/e1")
+
+
+# -- deletion -----------------------------------------------------------------------------------
+
+
+def test_a_delete_hides_the_past_from_its_first_step(access: Access) -> None:
+    access.put(access.with_private("alpha", True))
+    assert access.history_floor("alpha/e1") == 0
+    namespace, previous = access.begin_delete("alpha")
+    assert namespace.name == "alpha" and previous == 0
+    # no more writes, the token is no one's
+    with pytest.raises(NamespaceNotFound):
+        access.authorize_write(ALPHA, "alpha/e1")
+    assert access.owner(ALPHA) is None
+    # everything of it hidden from history and replays; its entities still private
+    assert access.history_floor("alpha/e1") == access.history_floor("alpha/x/y") == HIDE_ALL
+    assert access.history_floor("alphabet/e1") == access.history_floor("beta/e1") == 0
+    assert access.history_floor("alpha") == 0  # no `/`: not in the namespace
+    for credential in (ANONYMOUS, UNKNOWN, ALPHA, BETA):
+        assert not access.can_read(credential, "alpha/e1")
+        assert "alpha" in access.hidden(credential)
+    assert access.can_read(ADMIN, "alpha/e1")
+    access.finish_delete("alpha", 41)
+    assert access.history_floor("alpha/e1") == 41
+    assert access.private == set() and access.get("alpha") is None
+    # the name is free, and its next namespace keeps the floor
+    access.check_new("alpha")
+    access.put(ns("alpha", "tok-again"))
+    assert access.history_floor("alpha/e1") == 41
+
+
+def test_an_undone_delete_puts_everything_back(access: Access) -> None:
+    access.put(access.with_private("alpha", True))
+    access.finish_delete("beta", 7)
+    access.put(ns("beta", "tok-beta"))
+    for name, floor in (("alpha", 0), ("beta", 7)):
+        namespace, previous = access.begin_delete(name)
+        assert previous == floor
+        access.undo_delete(namespace, previous)
+        assert access.get(name) == namespace
+        assert access.history_floor(f"{name}/e1") == floor
+    assert access.private == {"alpha"}
+    assert access.floors == {"beta": 7}
+    assert access.authorize_write(ALPHA, "alpha/e1") == "alpha"
+    assert not access.can_read(ANONYMOUS, "alpha/e1")
+    with pytest.raises(NotFound):
+        access.begin_delete("nobody")
 
 
 # -- admin --------------------------------------------------------------------------------------

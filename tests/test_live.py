@@ -153,6 +153,7 @@ class Service:
         self.listeners: list[Any] = []
         self.log = ScriptedLog([])
         self.seq = 0
+        self.floors: dict[str, int] = {}  # deleted namespaces' history floors
 
     def record(self, entity_id: str, **properties: Any) -> Record:
         self.seq += 1
@@ -164,6 +165,9 @@ class Service:
 
     def check_read(self, credential: object, entity_id: str) -> None:
         return None
+
+    def history_floor(self, entity_id: str) -> int:
+        return self.floors.get(entity_id.partition("/")[0], 0)
 
     def commit(self, *records: Record) -> None:
         changes = self.engine.apply_all(records)
@@ -247,6 +251,57 @@ def test_a_gap_found_mid_replay_becomes_a_resync_without_stale_changes(
         ]
         assert got[3]["properties"] == {"n": 100}
         assert got[5]["entity_id"] == "b/other"
+
+    run(main)
+
+
+def test_a_replay_never_shows_a_deleted_namespace_s_past(tmp_path: Path) -> None:
+    """Changes at or below a namespace's history floor are not replayed; a replay that would
+    cross one (a matching change) resyncs instead, so the client drops what is gone. Changes of
+    other namespaces, and of the same name above its floor, replay as usual."""
+
+    async def main() -> None:
+        service = Service(tmp_path)
+        live = Live(service)  # type: ignore[arg-type]
+        history = [service.record(f"{ns}/x", n=n) for n, ns in enumerate("abab")]
+        service.commit(*history)
+        last = service.record("a/x", n=-1)  # 5: the last change before `a` was deleted
+        service.commit(last)
+        service.floors["a"] = 5
+        later = [service.record("a/y", n=9), service.record("b/x", n=10)]
+        service.commit(*later)
+        service.log.records = [*history, last, *later]
+
+        async def replay(flt: Filter, since: int) -> list[dict[str, Any]]:
+            box = live.connect()
+            subscribing = asyncio.create_task(live.subscribe(box, flt, since=since))
+            got = decoded(await drain(box, lambda m: bool(m) and m[-1]["type"] == "subscribed"))
+            await subscribing
+            live.disconnect(box)
+            return got
+
+        # another namespace: its changes as usual
+        got = await replay(Filter(prefix="b/"), 0)
+        assert [(m["type"], m.get("version")) for m in got] == [
+            ("state_update", 2),
+            ("state_update", 4),
+            ("state_update", 7),
+            ("subscribed", 7),
+        ]
+        # across the floor: a resync, with the current state only (no past of `a`)
+        for flt in (Filter(prefix="a/"), Filter(entity_id="a/x"), Filter(entity_id="*")):
+            got = await replay(flt, 0)
+            assert got[0]["type"] == "resync", got
+            assert "deleted namespace" in got[0]["reason"]
+            assert [m["type"] for m in got[1:-1]] == ["snapshot"] * (len(got) - 2)
+            assert {m["properties"]["n"] for m in got[1:-1]} <= {-1, 9, 10}, got
+            assert got[-1]["type"] == "subscribed"
+        # from above the floor: only the name's new changes
+        got = await replay(Filter(prefix="a/"), 5)
+        assert [(m["type"], m.get("version")) for m in got] == [
+            ("state_update", 6),
+            ("subscribed", 7),
+        ]
 
     run(main)
 

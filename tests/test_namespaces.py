@@ -91,11 +91,14 @@ async def test_visibility_and_delete_persist(tmp_path: Path) -> None:
     await registry.register("beta", False, T0)
     assert (await registry.set_private("alpha", True)).private
     async with registry.lock:
-        await registry.delete("beta")
+        await registry.delete("beta", 42)
+    assert registry.access.floors == {"beta": 42}
     await registry.close()
     again = await opened(path)
     assert list(again.access.namespaces) == ["alpha"]
     assert again.access.private == {"alpha"}
+    assert again.access.floors == {"beta": 42}  # the history floor is on disk
+    assert again.access.history_floor("beta/x") == 42
     assert not (await again.set_private("alpha", False)).private
     await again.close()
     third = await opened(path)
@@ -114,8 +117,9 @@ async def test_a_failing_disk_is_a_storage_error_and_changes_nothing(tmp_path: P
     with pytest.raises(StorageError):
         await registry.set_private("alpha", True)
     with pytest.raises(StorageError):
-        await registry.delete("alpha")
+        await registry.delete("alpha", 7)
     assert list(registry.access.namespaces) == ["alpha"]
+    assert registry.access.floors == {}
     assert registry.access.owner(Credential.from_token(token)) == "alpha"
     assert registry.access.private == set()
 
@@ -127,11 +131,58 @@ async def test_an_unreadable_registry_is_a_storage_error(tmp_path: Path) -> None
         await opened(path)
 
 
+async def test_a_name_deleted_again_keeps_its_highest_floor(tmp_path: Path) -> None:
+    path = tmp_path / "ns.db"
+    registry = await opened(path)
+    await registry.register("beta", False, T0)
+    async with registry.lock:
+        await registry.delete("beta", 50)
+    await registry.register("beta", True, T0)
+    assert registry.access.history_floor("beta/x") == 50  # the new namespace keeps the floor
+    async with registry.lock:
+        await registry.delete("beta", 90)
+    await registry.close()
+    again = await opened(path)
+    assert again.access.floors == {"beta": 90}
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("INSERT INTO namespaces VALUES ('ns_x', 'beta', 'h', 0, 0)")
+    await again.close()
+    again = await opened(path)
+    async with again.lock:
+        await again.delete("beta", 10)  # a floor never goes down
+    await again.close()
+    last = await opened(path)
+    assert last.access.floors == {"beta": 90}
+    await last.close()
+
+
+async def test_a_failed_delete_records_no_floor_and_removes_nothing(tmp_path: Path) -> None:
+    """The floor and the removal are one transaction: when the removal fails, no floor."""
+    path = tmp_path / "ns.db"
+    registry = await opened(path)
+    _, token = await registry.register("alpha", True, T0)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TRIGGER keep BEFORE DELETE ON namespaces BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+    with pytest.raises(StorageError, match="no"):
+        async with registry.lock:
+            await registry.delete("alpha", 5)
+    assert registry.access.owner(Credential.from_token(token)) == "alpha"
+    assert registry.access.floors == {} and registry.access.private == {"alpha"}
+    await registry.close()
+    again = await opened(path)
+    assert again.access.floors == {} and list(again.access.namespaces) == ["alpha"]
+    await again.close()
+
+
 def test_store_schema(tmp_path: Path) -> None:
     store = NamespaceStore(tmp_path / "ns.db")
-    assert store.open() == []
+    assert store.open() == ([], {})
     store.close()
     store.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "ns.db")) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(namespaces)")]
+        floors = [row[1] for row in db.execute("PRAGMA table_info(history_floors)")]
     assert columns == ["id", "name", "token_hash", "created_at", "private"]
+    assert floors == ["name", "seq"]

@@ -18,9 +18,10 @@ import orjson
 import pytest
 
 from flux.api.app import create_app
+from flux.auth import ANONYMOUS, Credential
 from flux.config import Settings
 from flux.engine import StateEngine
-from flux.errors import LogUnavailable
+from flux.errors import LogUnavailable, StorageError
 from flux.events import Event, validate_event
 from flux.log.sqlite import SQLiteLog
 from flux.service import FluxService
@@ -460,3 +461,33 @@ async def test_service_stop_closes_the_log_even_when_the_final_snapshot_fails(
     snapshots.unlink()
     async with running(settings) as again:
         assert again.engine.get("ns/a") is not None
+
+
+async def test_a_failed_namespace_delete_puts_everything_back(data_dir: Path) -> None:
+    """A delete that fails at its last step (the registry's disk) leaves the namespace as it
+    was: registered, private, its token working, no history floor. The retry finishes it."""
+    settings = Settings(
+        data_dir=str(data_dir),
+        snapshot_interval_seconds=3600,
+        auth_enabled=True,
+        admin_token="adm",
+        directory_interval_seconds=0,
+    )
+    admin = Credential.from_token("adm")
+    async with running(settings) as service:
+        _, token = await service.register_namespace(admin, "sec", private=True)
+        await service.publish([new_event("sec/a", v=1)])
+        service.registry.store.close()  # every write to the registry fails from here
+        with pytest.raises(StorageError):
+            await service.delete_namespace(admin, "sec")
+        owner = Credential.from_token(token)
+        assert service.access.authorize_write(owner, "sec/a") == "sec"
+        assert not service.can_read(ANONYMOUS, "sec/a") and service.can_read(owner, "sec/a")
+        assert service.history_floor("sec/a") == 0
+        assert len(await service.log.history("sec/a", 0, 10)) == 2  # the event, its tombstone
+        await service.registry.open()  # the disk is back
+        assert await service.delete_namespace(admin, "sec") == 0  # its entity went last time
+        floor = service.history_floor("sec/a")
+        assert floor == service.engine.last_seq
+        assert await service.log.history("sec/a", 0, 10, floor) == []
+        assert service.access.get("sec") is None

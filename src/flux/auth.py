@@ -41,6 +41,9 @@ EMPTY_TOKEN = "Authorization token is empty"
 UNKNOWN_TOKEN = "Invalid token: it belongs to no namespace"
 ADMIN_DISABLED = "admin operations are disabled: this server has auth on and no FLUX_ADMIN_TOKEN"
 REGISTRATION_UNAVAILABLE = "Namespace registration not available (auth disabled)"
+# The history floor of a namespace being deleted: every event of it is hidden until the delete
+# records the real floor (or is undone). SQLite's largest integer.
+HIDE_ALL = 2**63 - 1
 
 
 def check_namespace_name(name: str) -> str:
@@ -168,12 +171,16 @@ class Access:
 
     `namespaces` maps name to `Namespace`; `_owner` maps a token hash to its namespace name (to
     tell another namespace's token, 403, from an unknown one, 401); `private` holds the names of
-    private namespaces, so a read of a public entity costs one set lookup."""
+    private namespaces, so a read of a public entity costs one set lookup. `floors` maps the name
+    of a deleted namespace to its history floor: the log's sequence when it was deleted. History
+    and replays serve an entity of that name only its events above the floor, so whoever
+    registers the name next starts empty and nobody reads the deleted namespace's past."""
 
     def __init__(self, namespaces: Iterable[Namespace] = (), admin_token: str | None = None):
         self.namespaces: dict[str, Namespace] = {}
         self._owner: dict[str, str] = {}
         self.private: set[str] = set()
+        self.floors: dict[str, int] = {}
         self.admin_hash = hash_token(admin_token) if admin_token is not None else None
         for namespace in namespaces:
             self.put(namespace)
@@ -310,6 +317,15 @@ class Access:
             return
         raise self._refuse(credential, f"Token does not have permission to read namespace '{name}'")
 
+    def history_floor(self, entity_id: str) -> int:
+        """The sequence at or below which the entity's events are not served (history and
+        replays): its namespace's floor if that namespace was deleted, HIDE_ALL while it is
+        being deleted, else 0. One dict lookup, none when no namespace was ever deleted."""
+        if not self.floors:
+            return 0
+        head, sep, _ = entity_id.partition("/")
+        return self.floors.get(head, 0) if sep else 0
+
     def hidden(self, credential: Credential) -> frozenset[str]:
         """The private namespaces the credential may not read (left out of listings)."""
         if not self.private:
@@ -336,3 +352,34 @@ class Access:
 
     def with_private(self, name: str, private: bool) -> Namespace:
         return replace(self.require(name), private=private)
+
+    # -- deletion ----------------------------------------------------------------------------
+
+    def begin_delete(self, name: str) -> tuple[Namespace, int]:
+        """The first step of deleting a namespace; returns it and its previous floor (for
+        `undo_delete`). Its token stops working and no write to it is admitted from here on;
+        its history and replays are hidden from everyone (floor HIDE_ALL); a private one stays
+        private (its entities, until their tombstones land, and the tombstones themselves are
+        shown to the admin only). Raises NotFound."""
+        namespace = self.require(name)
+        previous = self.floors.get(name, 0)
+        self.namespaces.pop(name)
+        self._owner.pop(namespace.token_hash, None)
+        self.floors[name] = HIDE_ALL
+        return namespace, previous
+
+    def finish_delete(self, name: str, floor: int) -> None:
+        """The last step, once the floor is on disk: the namespace is gone and its events at or
+        below `floor` stay hidden. Also for a namespace not begun (an undone delete's retry)."""
+        self.remove(name)
+        self.private.discard(name)
+        self.floors[name] = floor
+
+    def undo_delete(self, namespace: Namespace, previous_floor: int) -> None:
+        """Put back a namespace whose delete failed, with its token and its old floor."""
+        self.private.discard(namespace.name)
+        self.put(namespace)
+        if previous_floor:
+            self.floors[namespace.name] = previous_floor
+        else:
+            self.floors.pop(namespace.name, None)

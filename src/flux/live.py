@@ -363,10 +363,10 @@ class Live:
                 upto = await self._resync(
                     outbox, flt, f"version {since} is ahead of this server's log (at {upto})"
                 )
-            elif since < upto and not await self._replay(outbox, flt, since, upto):
-                upto = await self._resync(
-                    outbox, flt, f"the log no longer reaches back to version {since}"
-                )
+            elif since < upto:
+                refused = await self._replay(outbox, flt, since, upto)
+                if refused is not None:
+                    upto = await self._resync(outbox, flt, refused)
             if outbox.ended:
                 return
             await outbox.wait_for_room(1)  # the staged messages are at most `limit`
@@ -412,11 +412,16 @@ class Live:
         can_read = self.service.can_read
         return [e for e in found if can_read(credential, e.id)]
 
-    async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> bool:
-        """Queue the logged changes in (since, upto] that match, in order. False when the log
-        has a gap there (retention removed records) or the outbox ended."""
+    async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> str | None:
+        """Queue the logged changes in (since, upto] that match, in order; None when done. Else
+        why the replay stopped, for the `resync` that replaces it: the log has a gap there
+        (retention removed records), or a matching change is one that is no longer served (a
+        deleted namespace's past: see `FluxService.history_floor`; skipping it silently would
+        leave the client holding entities that are gone), or the outbox ended."""
         expected = since + 1
         can_read = self.service.can_read
+        floor_of = self.service.history_floor
+        gone = f"the log no longer reaches back to version {since}"
         batches = self.service.log.read(since)
         try:
             async for batch in batches:
@@ -425,24 +430,27 @@ class Live:
                     if record.seq > upto:
                         break
                     if record.seq != expected:
-                        return False
+                        return gone
                     expected += 1
                     change = record_change(record)
-                    if (
-                        change is not None
-                        and flt.matches(change.entity_id)
-                        and can_read(outbox.credential, change.entity_id)
-                    ):
+                    if change is None or not flt.matches(change.entity_id):
+                        continue
+                    if record.seq <= floor_of(change.entity_id):
+                        return (
+                            f"the changes after version {since} include a deleted namespace's "
+                            "past, which is not replayed"
+                        )
+                    if can_read(outbox.credential, change.entity_id):
                         groups.append(change_messages(change))
                 if not await outbox.feed(groups):
-                    return False
+                    return "the connection ended"
                 if expected > upto:
-                    return True
+                    return None
         finally:
             aclose = getattr(batches, "aclose", None)
             if aclose is not None:
                 await aclose()
-        return expected > upto
+        return None if expected > upto else gone
 
     def unsubscribe(self, outbox: Outbox, flt: Filter) -> None:
         self.hub.unsubscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)

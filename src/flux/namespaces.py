@@ -6,6 +6,12 @@ in-memory index (`flux.auth.Access`) changes, so what a client was told survives
 rotated token is revoked on disk before the new one is handed out. Changes are rare and run one
 at a time, in a thread, under a lock, shielded from cancellation (a client that goes away must
 not leave the disk and the memory disagreeing); reads never touch the file.
+
+`history_floors` keeps, per deleted namespace name, the event log's sequence at its deletion:
+history and replays never serve an event of that name at or below it (`Access.history_floor`).
+A delete records the floor and removes the namespace's row in one transaction, so after a
+crash either the namespace is still there (with its privacy, and its token) or it is gone with
+its floor in place: never gone with its past readable.
 """
 
 from __future__ import annotations
@@ -32,7 +38,11 @@ CREATE TABLE IF NOT EXISTS namespaces (
     token_hash TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     private INTEGER NOT NULL DEFAULT 0
-)
+);
+CREATE TABLE IF NOT EXISTS history_floors (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 """
 
 
@@ -44,20 +54,23 @@ class NamespaceStore:
         self.path = path
         self._db: sqlite3.Connection | None = None
 
-    def open(self) -> list[Namespace]:
+    def open(self) -> tuple[list[Namespace], dict[str, int]]:
+        """Every namespace, and the history floor of every deleted name."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute(SCHEMA)
+            db.executescript(SCHEMA)
             rows = db.execute(
                 "SELECT id, name, token_hash, created_at, private FROM namespaces ORDER BY name"
             ).fetchall()
+            floors = db.execute("SELECT name, seq FROM history_floors").fetchall()
         except sqlite3.Error:
             db.close()
             raise
         self._db = db
-        return [Namespace(i, n, h, int(c), bool(p)) for i, n, h, c, p in rows]
+        namespaces = [Namespace(i, n, h, int(c), bool(p)) for i, n, h, c, p in rows]
+        return namespaces, {str(name): int(seq) for name, seq in floors}
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -84,8 +97,23 @@ class NamespaceStore:
             (namespace.token_hash, int(namespace.private), namespace.name),
         )
 
-    def delete(self, name: str) -> None:
-        self.db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
+    def delete(self, name: str, floor: int) -> None:
+        """Remove the namespace and record its history floor, in one transaction (a floor never
+        goes down)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO history_floors (name, seq) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                (name, floor),
+            )
+            db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         if self._db is not None:
@@ -103,10 +131,15 @@ class NamespaceRegistry:
 
     async def open(self) -> None:
         """Load every namespace into `access`. Raises StorageError."""
-        namespaces = await self._run(self.store.open, "open the namespace registry")
+        namespaces, floors = await self._run(self.store.open, "open the namespace registry")
         for namespace in namespaces:
             self.access.put(namespace)
-        logger.info("namespace registry: %d namespaces", len(namespaces))
+        self.access.floors.update(floors)
+        logger.info(
+            "namespace registry: %d namespaces, %d deleted names with a history floor",
+            len(namespaces),
+            len(floors),
+        )
 
     async def close(self) -> None:
         await asyncio.to_thread(self.store.close)
@@ -160,7 +193,9 @@ class NamespaceRegistry:
             self.access.put(namespace)
             return namespace
 
-    async def delete(self, name: str) -> None:
-        """Remove `name` from disk and memory (the caller holds `lock`)."""
-        await self._run(lambda: self.store.delete(name), "delete a namespace")
-        self.access.remove(name)
+    async def delete(self, name: str, floor: int) -> None:
+        """Remove `name` from disk and memory, its events up to `floor` hidden from then on
+        (the caller holds `lock`; see `FluxService.delete_namespace` for the order). Raises
+        StorageError."""
+        await self._run(lambda: self.store.delete(name, floor), "delete a namespace")
+        self.access.finish_delete(name, floor)

@@ -121,7 +121,10 @@ class FluxService:
         self._snapshot_seq = self.engine.last_seq
         # New events must get sequences above the state's, even when the log is behind the
         # snapshot (the log file was lost or replaced): else a later replay would skip them.
-        await self.log.start(self._on_records, after_seq=self.engine.last_seq)
+        # And above every history floor: a log that lost its end must not hand out again a
+        # sequence that a deleted namespace's floor hides.
+        floors = max(self.access.floors.values(), default=0)
+        await self.log.start(self._on_records, after_seq=max(self.engine.last_seq, floors))
         first = await self.log.first_seq()
         if first > self.engine.last_seq + 1:
             logger.error(
@@ -331,30 +334,53 @@ class FluxService:
         return sum(1 for _ in self.engine.select(namespace=name))
 
     async def delete_namespace(self, credential: Credential, name: str) -> int:
-        """Admin only. Revokes the namespace's token at once, deletes its entities (tombstones,
-        so a later namespace of the same name starts empty), then removes it; returns how many
-        entities were deleted. If a tombstone cannot be logged the namespace is put back
-        (retry the delete). Raises NotFound, AuthError, Forbidden, LogError or StorageError."""
+        """Admin only. Revokes the namespace's token at once, deletes its entities (tombstones),
+        then removes it with its history floor; returns how many entities were deleted. From
+        the moment it begins, nothing of the namespace's past is served: not its history, not a
+        replay, not to anyone, nor to a later namespace of the same name (see docs/auth.md).
+        If a step fails the namespace is put back (retry the delete). Raises NotFound,
+        AuthError, Forbidden, LogError or StorageError."""
         self._namespaces_available()
         self.check_admin(credential, "Admin token required")
         # Shielded: a client going away must not stop it half-way.
         return await asyncio.shield(self._delete_namespace(name))
 
     async def _delete_namespace(self, name: str) -> int:
+        """In this order, so that no step (nor a crash between two) reveals the past:
+        1. in memory: no more writes (the token is revoked), history and replays of the name
+           hidden from everyone, a private namespace kept private;
+        2. wait for the writes admitted before that (already handed to the log: admission and
+           the hand-over share one step of the event loop) to be applied, so the entities they
+           made are in the state and get tombstones, and none of them lands above the floor;
+        3. tombstones for every entity;
+        4. the floor (the log's sequence after the tombstones) and the removal, in one
+           transaction of the registry; after a crash before it, the namespace is still there
+           and still private, and a retry finishes the job."""
         async with self.registry.lock:
-            namespace = self.access.require(name)
-            self.access.remove(name)
+            namespace, previous_floor = self.access.begin_delete(name)
             try:
+                await self.log.sync()
                 ids = [entity.id for entity in self.engine.select(namespace=name)]
                 for chunk in _chunks(ids, 10_000):
                     await self.delete(chunk)
-                await self.registry.delete(name)
+                floor = await self.log.sync()
+                await self.registry.delete(name, floor)
             except BaseException:
-                self.access.put(namespace)
+                self.access.undo_delete(namespace, previous_floor)
                 raise
         await self.connectors.forget_namespace(name)
-        logger.info("namespace %s deleted with its %d entities", name, len(ids))
+        logger.info(
+            "namespace %s deleted with its %d entities; its history up to sequence %d is hidden",
+            name,
+            len(ids),
+            floor,
+        )
         return len(ids)
+
+    def history_floor(self, entity_id: str) -> int:
+        """The sequence at or below which the entity's events are not served by history and
+        replays: a deleted namespace's past (0 when nothing is hidden)."""
+        return self.access.history_floor(entity_id)
 
     async def rotate_token(self, credential: Credential, name: str) -> tuple[Namespace, str]:
         """A new token for the namespace (the admin's or the current token's request); the old

@@ -69,7 +69,7 @@ class World:
 
     async def _drop(self, name: str) -> None:
         async with self.service.registry.lock:
-            await self.service.registry.delete(name)
+            await self.service.registry.delete(name, await self.service.log.sync())
 
 
 Outcome = Callable[[World, str], str]

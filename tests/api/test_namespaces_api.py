@@ -387,8 +387,12 @@ def test_delete_removes_the_namespace_its_token_and_its_entities(auth: TestClien
     assert_error(publish(auth, old, "matt/0"), 401)
     assert auth.get("/api/namespaces/matt").json()["entityCount"] == 0
     assert publish(auth, new, "matt/9").status_code == 200
+    # nor its history: the old namespace's events (and their tombstones) are served to nobody
+    for reader in ({}, bearer(new), bearer(ADMIN)):
+        assert auth.get("/api/events", params={"entity": "matt/0"}, headers=reader).json() == []
+    assert publish(auth, new, "matt/0").status_code == 200
     history = auth.get("/api/events", params={"entity": "matt/0"}).json()
-    assert [e["payload"]["properties"].get("__deleted__") for e in history] == [True, None]
+    assert [e["payload"]["properties"].get("__deleted__") for e in history] == [None]
 
 
 def test_tokens_never_reach_the_log(auth: TestClient, caplog: pytest.LogCaptureFixture) -> None:

@@ -73,9 +73,10 @@ class Opened:
         return out
 
     async def history(
-        self, entity_id: str, since_us: int = 0, limit: int = 1_000
+        self, entity_id: str, since_us: int = 0, limit: int = 1_000, after_seq: int = 0
     ) -> list[dict[str, Any]]:
-        return [orjson.loads(raw) for raw in await self.log.history(entity_id, since_us, limit)]
+        raws = await self.log.history(entity_id, since_us, limit, after_seq)
+        return [orjson.loads(raw) for raw in raws]
 
 
 def ids(events: Sequence[Event] | Sequence[Record]) -> list[str]:
@@ -252,6 +253,41 @@ class LogContract:
         assert await opened.history("ns/me", since_us=times[-1] + 1) == []
         limited = await opened.history("ns/me", since_us=times[1], limit=1)
         assert [e["payload"]["properties"]["x"] for e in limited] == [3]
+
+    async def test_history_above_a_floor(self, opened: Opened) -> None:
+        """`after_seq` (a deleted namespace's history floor) hides the events at or below it,
+        with `since` and `limit` still applied to the rest."""
+        done = await opened.append(*(make_event("ns/me", x=i) for i in range(6)))
+        await opened.append(make_event("ns/other"))
+        floor = done[3].seq
+
+        def xs(events: list[dict[str, Any]]) -> list[int]:
+            return [e["payload"]["properties"]["x"] for e in events]
+
+        assert xs(await opened.history("ns/me", after_seq=floor)) == [5, 4]
+        assert xs(await opened.history("ns/me", after_seq=floor, limit=1)) == [5]
+        assert xs(await opened.history("ns/me", after_seq=0)) == [5, 4, 3, 2, 1, 0]
+        since = await opened.history("ns/me", since_us=done[0].at, after_seq=done[4].seq)
+        assert xs(since) == [5]
+        assert await opened.history("ns/me", after_seq=done[-1].seq) == []
+        assert await opened.history("ns/me", after_seq=2**63 - 1) == []  # hides everything
+        (later,) = await opened.append(make_event("ns/me", x=9))
+        assert xs(await opened.history("ns/me", after_seq=done[-1].seq)) == [9]
+        assert later.seq > done[-1].seq
+
+    async def test_sync_waits_for_appends_begun_before_it(self, opened: Opened) -> None:
+        assert await opened.log.sync() == 0
+        pending = [
+            asyncio.ensure_future(opened.log.append(entries(make_event(f"ns/{i}"))))
+            for i in range(50)
+        ]
+        await asyncio.sleep(0)  # every append has been handed to the log
+        with anyio.fail_after(TIMEOUT):
+            high = await opened.log.sync()
+        assert high == 50
+        assert [r.seq for r in opened.seen] == list(range(1, 51))  # on_records saw them all
+        await asyncio.gather(*pending)
+        assert await opened.log.sync() == 50
 
     # -- retention -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from flux import __version__
 from flux.api.body import read_body, read_json_object, require_json_content_type
-from flux.auth import ANONYMOUS, Credential
+from flux.auth import ANONYMOUS, HIDE_ALL, Credential
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
 from flux.events import (
@@ -162,7 +162,12 @@ async def history(request: Request) -> Response:
         except ValueError:
             raise ValidationError("invalid `limit`: expected an integer") from None
     limit = max(1, min(HISTORY_MAX_LIMIT, limit))
-    rows = await service.log.history(entity, since, limit)
+    # A deleted namespace's past is served to nobody: only events above its floor. A delete
+    # that began during the query hides everything it found (its floor is above all of it).
+    floor = service.history_floor(entity)
+    rows = await service.log.history(entity, since, limit, floor) if floor < HIDE_ALL else []
+    if service.history_floor(entity) != floor:
+        rows = []
     return Response(b"[" + b",".join(rows) + b"]", media_type="application/json")
 
 

@@ -11,7 +11,11 @@ Contract (tests/log/contract.py runs it against every backend):
   back: not after `prune` removed every record, nor below `start(..., after_seq=N)` (the state's
   sequence, when a snapshot is ahead of the log).
 - `read(after_seq)` iterates over committed records with a sequence above `after_seq`, in order,
-  in batches; `history(...)` answers an entity's newest stored events.
+  in batches; `history(...)` answers an entity's newest stored events, only those above its
+  `after_seq` (the history floor of a deleted namespace, see flux.namespaces).
+- `sync()` is a barrier: it returns, with the highest sequence assigned so far, once every
+  append begun before it has been committed (or has failed) and `on_records` has seen its
+  records.
 - Errors are `flux.errors.LogError` subclasses; driver errors never leak. Damage is never
   served as data: a damaged store, a record that does not decode, or a sequence missing inside
   a range `read` walks or `history` points at raises `LogCorrupt`, and `damage` then says why.
@@ -58,7 +62,16 @@ class EventLog(Protocol):
 
     def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]: ...
 
-    async def history(self, entity_id: str, since_us: int, limit: int) -> list[bytes]: ...
+    async def history(
+        self, entity_id: str, since_us: int, limit: int, after_seq: int = 0
+    ) -> list[bytes]:
+        """The entity's newest stored events logged at or after `since_us` with a sequence
+        above `after_seq`, newest first, at most `limit`, each as its stored JSON."""
+        ...
+
+    async def sync(self) -> int:
+        """The barrier (see above); returns the highest sequence assigned so far."""
+        ...
 
     async def first_seq(self) -> int:
         """Lowest sequence still stored (last_seq + 1 when empty)."""

@@ -333,6 +333,14 @@ class SQLiteLog:
             _settle(future, None, self._unavailable())
         return await future
 
+    async def sync(self) -> int:
+        """Returns the highest sequence assigned so far, once every append queued before this
+        call has been committed (or has failed) and handed to `on_records`: the writer runs
+        this job after the appends it took with it, and their records reach the loop before
+        the job's answer does (both go through `call_soon_threadsafe`, in that order)."""
+        result: int = await self._job(lambda _conn: self._next_seq - 1)
+        return result
+
     async def _job(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         error = self._unavailable()
         if error is not None:
@@ -698,15 +706,20 @@ class SQLiteLog:
         result: int = await self._read(_last_seq)
         return result
 
-    async def history(self, entity_id: str, since_us: int, limit: int) -> list[bytes]:
+    async def history(
+        self, entity_id: str, since_us: int, limit: int, after_seq: int = 0
+    ) -> list[bytes]:
         def query(conn: sqlite3.Connection) -> list[bytes]:
             bound = _first_seq_at_or_after(conn, since_us)
             if bound is None:
                 return []
-            high = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+            high = int(conn.execute("SELECT MAX(seq) FROM events").fetchone()[0])
+            if after_seq >= high:
+                return []
+            bound = max(bound, after_seq + 1)
             found: list[bytes] = []
             bits = self.bucket_bits
-            bucket = int(high) >> bits
+            bucket = high >> bits
             while bucket >= bound >> bits and len(found) < limit:
                 rows = conn.execute(
                     _HISTORY_BUCKET, (bucket, entity_id, bound, limit - len(found))
