@@ -764,7 +764,11 @@ PATHS: dict[str, Any] = {
             "security": [{"bearer": []}],
             "parameters": [_NAME],
             "responses": {
-                "204": {"description": "Deleted; its token is revoked"},
+                "204": {
+                    "description": "Deleted; its token is revoked, and its history is served "
+                    "to nobody from now on (a namespace registered later under the name starts "
+                    "empty)"
+                },
                 "401": _error("Admin token required"),
                 "403": _error(
                     "A namespace's token, or admin operations disabled (auth on, no "
