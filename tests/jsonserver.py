@@ -1,6 +1,7 @@
 """A local JSON HTTP server (a thread) for the generic source tests.
 
-`JsonServer().start()` listens on 127.0.0.1 (or `JsonServer(host)`) port 0; `url(path)` is the address of a path.
+`JsonServer().start()` listens on 127.0.0.1 (or `JsonServer(host)`) port 0; `url(path)` is the
+address of a path.
 `routes[path]` is a `Reply` (status, JSON body or raw bytes, headers, delay); an unknown path
 answers 404. `requests` records `(path, headers, monotonic time)` of every call, so tests see
 what was sent (the auth header) and when (back-off).

@@ -101,7 +101,9 @@ def doc(url: str, namespace: str, **changes: Any) -> dict[str, Any]:
 
 
 def post(server: FluxServer, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(f"{server.url}/api/connectors/generic", json=body, headers=headers, timeout=15)
+    return httpx.post(
+        f"{server.url}/api/connectors/generic", json=body, headers=headers, timeout=15
+    )
 
 
 def error(response: httpx.Response, status: int) -> str:
@@ -116,6 +118,11 @@ def source(server: FluxServer, source_id: str, headers: dict[str, str]) -> dict[
     assert shown.status_code == 200, shown.text
     result: dict[str, Any] = shown.json()
     return result
+
+
+def failed(server: FluxServer, source_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The source once its status shows a failure."""
+    return wait_for(lambda: (s := source(server, source_id, headers))["last_error"] and s)
 
 
 def entity(server: FluxServer, entity_id: str) -> dict[str, Any] | None:
@@ -191,7 +198,7 @@ def test_an_allowed_network_is_reached_and_only_it(
         upstream.set("/hop", status=302, headers={"Location": other.url("/secret")})
         body = doc(upstream.url("/hop"), "allowed", entity_key="hop")
         hop = post(allowing, body, headers).json()["source_id"]
-        shown = wait_for(lambda: (s := source(allowing, hop, headers))["last_error"] and s)
+        shown = failed(allowing, hop, headers)
         assert shown["last_error"] == GENERIC
         assert other.requests == []
         assert entity(allowing, "allowed/hop") is None
@@ -215,9 +222,7 @@ def test_last_error_does_not_tell_a_closed_port_from_an_http_error(
             assert created.status_code == 201, created.text
             ids.append(created.json()["source_id"])
         for source_id in ids:
-            shown = wait_for(
-                lambda sid=source_id: (s := source(allowing, sid, headers))["last_error"] and s
-            )
+            shown = failed(allowing, source_id, headers)
             assert shown["last_error"] == GENERIC, shown
             assert shown["status"] == "error"
 
@@ -269,7 +274,7 @@ def test_auth_off_keeps_loopback_fast_polls_and_detailed_errors(
         assert wait_for(lambda: entity(server, "local/probe")) == {"temp": 21}
         missing = post(server, doc(upstream.url("/missing"), "local", entity_key="m"), {})
         source_id = missing.json()["source_id"]
-        shown = wait_for(lambda: (s := source(server, source_id, {}))["last_error"] and s)
+        shown = failed(server, source_id, {})
         assert shown["last_error"] == "upstream error: HTTP 404"
     finally:
         server.stop()
