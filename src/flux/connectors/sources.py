@@ -7,7 +7,10 @@ secret is on disk in the clear. `Sources` creates, lists and deletes them for an
 each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
 
 Owners are the connector manager's: `default` with auth off, `namespace:<name>` with auth on.
-An owner sees only its own sources; a source writes only under its namespace.
+An owner sees only its own sources; a source writes only under its namespace. With auth on an
+owner holds at most `quota` sources, each polled no faster than `min_interval`, and a source's
+failures read `could not fetch the URL` (`flux.connectors.generic`); what it may connect to is
+`policy` (`flux.connectors.ssrf`).
 """
 
 from __future__ import annotations
