@@ -1,6 +1,7 @@
 """A local JSON HTTP server (a thread) for the generic source tests.
 
-`JsonServer().start()` listens on 127.0.0.1 port 0; `url(path)` is the address of a path.
+`JsonServer().start()` listens on 127.0.0.1 (or `JsonServer(host)`) port 0; `url(path)` is the
+address of a path.
 `routes[path]` is a `Reply` (status, JSON body or raw bytes, headers, delay); an unknown path
 answers 404. `requests` records `(path, headers, monotonic time)` of every call, so tests see
 what was sent (the auth header) and when (back-off).
@@ -36,7 +37,8 @@ class Request:
 
 
 class JsonServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.routes: dict[str, Reply] = {}
         self.requests: list[Request] = []
         self._lock = threading.Lock()
@@ -89,7 +91,7 @@ class JsonServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._http = LocalHTTP(Handler)
+        self._http = LocalHTTP(Handler, self.host)
         self.base = self._http.url
         return self
 

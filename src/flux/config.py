@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,29 @@ def _hosts(text: str) -> tuple[str, ...]:
         if not host or any(c in host for c in "/@ ") or ":" in host.rpartition("]")[2]:
             raise ValueError(f"{host!r} is not a host name (without a port) or *")
     return hosts
+
+
+def _auto_bool(text: str) -> str:
+    """`auto`, `true` or `false` (any spelling `_bool` takes); empty is `auto`."""
+    lowered = text.strip().lower()
+    if lowered in ("auto", ""):
+        return "auto"
+    try:
+        return "true" if _bool(lowered) else "false"
+    except ValueError:
+        raise ValueError("expected auto, true or false") from None
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """A comma list of CIDR networks (`127.0.0.0/8, fd00::/8`); a bare address is a /32 or
+    /128. Empty: none."""
+    networks = []
+    for item in _items(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not a network (like 10.0.0.0/8 or fd00::/8)") from None
+    return tuple(networks)
 
 
 def _optional_text(text: str) -> str | None:
@@ -389,6 +413,37 @@ SETTINGS: tuple[Setting, ...] = (
         "(169.254.0.0/16, fe80::/10, 169.254.169.254, metadata.google.internal, ...).",
     ),
     Setting(
+        "sources_allow_private",
+        "FLUX_SOURCES_ALLOW_PRIVATE",
+        "auto",
+        _auto_bool,
+        "Let generic sources fetch loopback, private, CGNAT, unique-local and reserved "
+        "addresses: auto (allowed with auth off, refused with auth on), true or false.",
+    ),
+    Setting(
+        "sources_allowed_networks",
+        "FLUX_SOURCES_ALLOWED_NETWORKS",
+        (),
+        _networks,
+        "Networks (CIDR, comma separated) generic sources may fetch even when private "
+        "addresses are refused, e.g. 10.20.0.0/16 for an internal API.",
+    ),
+    Setting(
+        "sources_max_per_namespace",
+        "FLUX_SOURCES_MAX_PER_NAMESPACE",
+        20,
+        _non_negative_int,
+        "Generic sources one namespace may have (auth on); past it creating one answers "
+        "429. 0: no limit.",
+    ),
+    Setting(
+        "sources_min_poll_interval_seconds",
+        "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS",
+        10,
+        _positive_int,
+        "Shortest poll_interval_secs a generic source may have (auth on; with auth off 1).",
+    ),
+    Setting(
         "oauth_callback_base_url",
         "FLUX_OAUTH_CALLBACK_BASE_URL",
         "http://localhost:3000",
@@ -480,6 +535,10 @@ class Settings:
     connector_retry_seconds: float = 60.0
     source_max_response_bytes: int = 10_485_760
     sources_allow_link_local: bool = False
+    sources_allow_private: str = "auto"
+    sources_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    sources_max_per_namespace: int = 20
+    sources_min_poll_interval_seconds: int = 10
     oauth_callback_base_url: str = "http://localhost:3000"
     oauth_github_client_id: str | None = None
     oauth_github_client_secret: str | None = dataclasses.field(default=None, repr=False)

@@ -71,6 +71,15 @@ class TooManyConnections(FluxError):
     """The client address holds as many connections as it may (429)."""
 
 
+class QuotaExceeded(FluxError):
+    """The caller holds as many of a thing as it may, e.g. a namespace's generic sources
+    (429); it may make another once it deletes one. `limit` is the quota."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
 class PayloadTooLarge(FluxError):
     """The body is over its limit (413)."""
 

@@ -5,6 +5,7 @@ who may see and change a source (auth on)."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,14 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 TOKEN = "upstream-secret-4f1c9e"
 NO_STORE = "Credential storage not available (FLUX_ENCRYPTION_KEY not set)"
 FAST = {"directory_interval_seconds": 0, "connector_retry_seconds": 0.2}
+# With auth on: the local JSON server is on loopback (the operator allows it), and tests poll
+# every second.
+LOCAL = {
+    "encryption_key": KEY,
+    "connector_retry_seconds": 0.2,
+    "sources_allowed_networks": (ipaddress.ip_network("127.0.0.0/8"),),
+    "sources_min_poll_interval_seconds": 1,
+}
 
 T = TypeVar("T")
 
@@ -408,7 +417,7 @@ def test_a_stored_token_without_the_key_shows_in_the_status(
 
 @pytest.fixture
 def auth_client(data_dir: Path) -> Iterator[TestClient]:
-    client = open_client(data_dir, encryption_key=KEY, connector_retry_seconds=0.2)
+    client = open_client(data_dir, **LOCAL)
     yield client
     client.__exit__(None, None, None)
 
@@ -474,7 +483,7 @@ def test_the_admin_removes_a_source_made_while_auth_was_off(
     wait_for(lambda: entity(client, "alpha/oslo"))
     client.__exit__(None, None, None)
     upstream.set("/weather", {"temp": 2})  # a change it would publish
-    again = open_client(data_dir, encryption_key=KEY, connector_retry_seconds=0.2)
+    again = open_client(data_dir, **LOCAL)
     try:
         alpha = register(again, "alpha")
         path = f"/api/connectors/generic/{source_id}"
@@ -528,3 +537,107 @@ def test_deleting_a_namespace_deletes_its_sources(
 async def _stored_ids(service: Any) -> list[str]:
     store = service.connectors.sources.store
     return [s.id for s in store.all()]
+
+
+# -- limits (auth on) ----------------------------------------------------------------------------
+
+
+def test_quota_and_minimum_interval_with_auth_on(data_dir: Path, upstream: JsonServer) -> None:
+    upstream.set("/weather", {"temp": 1})
+    settings = {**LOCAL, "sources_max_per_namespace": 2, "sources_min_poll_interval_seconds": 30}
+    client = open_client(data_dir, **settings)
+    try:
+        alpha = register(client, "alpha")
+        doc = body(upstream, namespace="alpha", poll_interval_secs=30)
+        fast = client.post(
+            "/api/connectors/generic", json={**doc, "poll_interval_secs": 29}, headers=bearer(alpha)
+        )
+        assert fast.status_code == 400
+        assert fast.json() == {
+            "error": "`poll_interval_secs` must be at least 30 "
+            "(FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS)"
+        }
+        create(client, doc, alpha)
+        create(client, doc, alpha)
+        over = client.post("/api/connectors/generic", json=doc, headers=bearer(alpha))
+        assert over.status_code == 429
+        assert over.headers["content-type"] == "application/json"
+        assert over.json() == {
+            "error": "namespace 'alpha' has 2 sources, the most it may have "
+            "(FLUX_SOURCES_MAX_PER_NAMESPACE)"
+        }
+        assert "retry-after" not in over.headers
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_auth_off_has_no_quota_and_the_original_minimum(
+    make_client: ClientFactory, upstream: JsonServer
+) -> None:
+    client = make_client(sources_max_per_namespace=1, sources_min_poll_interval_seconds=60, **FAST)
+    for _ in range(3):
+        create(client, body(upstream, poll_interval_secs=1))
+    assert len(client.get("/api/connectors/generic").json()["sources"]) == 3
+
+
+def test_sources_over_a_lowered_limit_are_kept_but_not_polled(
+    data_dir: Path, upstream: JsonServer
+) -> None:
+    """Sources made before the limits (or under higher ones): at restart the oldest up to the
+    quota run, with their interval raised to the minimum; the others are listed (`stopped`)
+    and may be deleted, which frees their places."""
+    upstream.set("/weather", {"temp": 1})
+    client = open_client(data_dir, **{**LOCAL, "sources_max_per_namespace": 0})
+    alpha = register(client, "alpha")
+    ids = [create(client, body(upstream, namespace="alpha"), alpha) for _ in range(3)]
+    client.__exit__(None, None, None)
+    limits = {"sources_max_per_namespace": 1, "sources_min_poll_interval_seconds": 10}
+    again = open_client(data_dir, **{**LOCAL, **limits})
+    try:
+        service = service_of(again)
+        runners = service.connectors.scheduler.runners
+        assert [k for k in runners if k.startswith("source:")] == [f"source:{ids[0]}"]
+        assert runners[f"source:{ids[0]}"].connector.poll_interval_seconds == 10.0
+        shown = [status(again, i, alpha) for i in ids]
+        assert [s["status"] for s in shown[1:]] == ["stopped", "stopped"]
+        assert shown[0]["poll_interval_secs"] == 1  # as configured; polled every 10 s
+        over = again.post(
+            "/api/connectors/generic",
+            json=body(upstream, namespace="alpha", poll_interval_secs=10),
+            headers=bearer(alpha),
+        )
+        assert over.status_code == 429
+        for source_id in ids[1:]:
+            path = f"/api/connectors/generic/{source_id}"
+            assert again.delete(path, headers=bearer(alpha)).status_code == 204
+        over = again.post(
+            "/api/connectors/generic",
+            json=body(upstream, namespace="alpha", poll_interval_secs=10),
+            headers=bearer(alpha),
+        )
+        assert over.status_code == 429  # the running one still counts
+        path = f"/api/connectors/generic/{ids[0]}"
+        assert again.delete(path, headers=bearer(alpha)).status_code == 204
+        create(again, body(upstream, namespace="alpha", poll_interval_secs=10), alpha)
+    finally:
+        again.__exit__(None, None, None)
+
+
+def test_with_auth_on_a_loopback_source_is_refused_unless_allowed(
+    data_dir: Path, upstream: JsonServer
+) -> None:
+    upstream.set("/weather", {"temp": 1})
+    for allowed, expected in (((), 400), ((ipaddress.ip_network("127.0.0.1/32"),), 201)):
+        client = open_client(
+            data_dir / str(expected),
+            sources_allowed_networks=allowed,
+            sources_min_poll_interval_seconds=1,
+        )
+        try:
+            alpha = register(client, "alpha")
+            doc = body(upstream, namespace="alpha")
+            answer = client.post("/api/connectors/generic", json=doc, headers=bearer(alpha))
+            assert answer.status_code == expected, answer.text
+        finally:
+            client.__exit__(None, None, None)
+    assert len(upstream.calls("/weather")) >= 1  # the allowed one polled

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from flux.connectors.base import ConnectorError
 from flux.connectors.generic import (
+    FETCH_FAILED,
     GenericSource,
     MappingError,
     build_events,
@@ -27,8 +29,8 @@ from flux.connectors.source_config import (
     parse_config,
     parse_token,
 )
-from flux.connectors.ssrf import GuardedTransport
-from flux.errors import ValidationError
+from flux.connectors.ssrf import GuardedTransport, Policy
+from flux.errors import RateLimited, ValidationError
 from flux.events import validate_event
 from jsonserver import JsonServer
 
@@ -118,9 +120,29 @@ def test_parse_config_names_the_bad_field(changes: dict[str, Any], message: str)
 
 
 def test_link_local_urls_pass_when_allowed() -> None:
-    parse_config({**BASE, "url": "http://169.254.169.254/latest"}, allow_link_local=True)
+    allowing = Policy(allow_link_local=True)
+    parse_config({**BASE, "url": "http://169.254.169.254/latest"}, allowing)
     with pytest.raises(ValidationError, match="multicast"):
-        parse_config({**BASE, "url": "http://224.0.0.1/"}, allow_link_local=True)
+        parse_config({**BASE, "url": "http://224.0.0.1/"}, allowing)
+
+
+def test_internal_urls_are_refused_by_the_auth_on_policy() -> None:
+    strict = Policy(allow_private=False)
+    for url in ("http://127.0.0.1:3000/api/admin/config", "http://10.0.0.1/", "http://[fd00::1]/"):
+        parse_config({**BASE, "url": url})
+        with pytest.raises(ValidationError, match="`url`: refusing to fetch from"):
+            parse_config({**BASE, "url": url}, strict)
+    parse_config({**BASE, "url": "https://api.example.com/x.json"}, strict)
+
+
+def test_the_minimum_interval() -> None:
+    assert parse_config({**BASE, "poll_interval_secs": 10}, min_interval=10)
+    with pytest.raises(ValidationError) as info:
+        parse_config({**BASE, "poll_interval_secs": 9}, min_interval=10)
+    assert info.value.message == (
+        "`poll_interval_secs` must be at least 10 (FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS)"
+    )
+    assert parse_config({**BASE, "poll_interval_secs": 1}).poll_interval_secs == 1
 
 
 def test_parse_token() -> None:
@@ -399,3 +421,67 @@ def test_redirects_are_followed_checked_and_keep_the_secret_at_home(
         assert len(upstream.calls("/loop")) == 6
     finally:
         other.stop()
+
+
+# -- with auth on: one message for every failure to fetch ----------------------------------------
+
+HOME = Policy(allow_private=False, allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+
+
+def tenant_failure(url: str, **changes: Any) -> ConnectorError:
+    """What a source with auth on (errors not detailed, the loopback server allowed) raises."""
+    src = GenericSource(SID, config(url=url, **changes), 1000, HOME, detailed_errors=False)
+
+    async def go() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(transport=GuardedTransport(HOME), timeout=1) as client:
+            return await src.fetch(client, None)
+
+    with pytest.raises(ConnectorError) as info:
+        asyncio.run(go())
+    return info.value
+
+
+def test_without_detail_every_fetch_failure_reads_the_same(upstream: JsonServer) -> None:
+    from conftest import free_port
+
+    upstream.set("/missing", {"error": "x"}, status=404)
+    upstream.set("/denied", {"error": "x"}, status=401)
+    upstream.set("/limited", {}, status=429, headers={"Retry-After": "3"})
+    upstream.set("/slow", {"ok": 1}, delay=2.0)
+    upstream.set("/inside", status=302, headers={"Location": "http://127.0.0.2/"})
+    upstream.set("/meta", status=302, headers={"Location": "http://169.254.169.254/"})
+    upstream.set("/file", status=302, headers={"Location": "file:///etc/passwd"})
+    upstream.set("/loop", status=302, headers={"Location": "/loop"})
+    urls = [upstream.url(p) for p in ("/missing", "/denied", "/limited", "/slow", "/inside")]
+    urls += [upstream.url(p) for p in ("/meta", "/file", "/loop")]
+    urls += [f"http://127.0.0.1:{free_port()}/", "http://does-not-resolve.invalid/"]
+    for url in urls:
+        error = tenant_failure(url)
+        assert error.message == FETCH_FAILED, (url, error.message)
+        assert error.detail and error.detail != FETCH_FAILED  # for the server log
+    assert tenant_failure(upstream.url("/limited")).retry_after == 3.0  # still honoured
+    # What is wrong with a response it did get is still said: the tenant may read it anyway.
+    upstream.set("/html", raw=b"<html></html>")
+    upstream.set("/big", {"x": "y" * 2000})
+    upstream.set("/list", [1, 2])
+    assert tenant_failure(upstream.url("/html")).message.startswith("upstream did not answer")
+    assert tenant_failure(upstream.url("/big")).message.startswith("upstream response is over")
+    assert "not a JSON object" in tenant_failure(upstream.url("/list")).message
+
+
+def test_describe_failure_without_detail() -> None:
+    quiet = GenericSource(SID, config(), detailed_errors=False)
+    loud = GenericSource(SID, config())
+    assert quiet.describe_failure(TimeoutError()) == FETCH_FAILED
+    assert loud.describe_failure(TimeoutError()) == "timed out"
+    assert quiet.describe_failure(httpx.ConnectError("refused")) == FETCH_FAILED
+    assert quiet.describe_failure(ConnectorError("bad shape")) == "bad shape"
+    assert quiet.describe_failure(RateLimited(3)) == "Flux refused the events: rate limit exceeded"
+
+
+def test_the_interval_has_a_floor() -> None:
+    assert GenericSource(SID, config(poll_interval_secs=1)).poll_interval_seconds == 1.0
+    floored = GenericSource(SID, config(poll_interval_secs=1), min_interval_seconds=10)
+    assert floored.poll_interval_seconds == 10.0
+    slow = GenericSource(SID, config(poll_interval_secs=60), min_interval_seconds=10)
+    assert slow.poll_interval_seconds == 60.0

@@ -142,7 +142,13 @@ def test_another_namespace_cannot_see_or_change_a_source(
     server_factory: type[FluxServer], data_dir: Path, upstream: JsonServer
 ) -> None:
     upstream.set("/weather", {"temp": 3})
-    env = {**ENV, "FLUX_AUTH_ENABLED": "true", "FLUX_ADMIN_TOKEN": ADMIN}
+    env = {
+        **ENV,
+        "FLUX_AUTH_ENABLED": "true",
+        "FLUX_ADMIN_TOKEN": ADMIN,
+        "FLUX_SOURCES_ALLOWED_NETWORKS": "127.0.0.1/32",  # the upstream stand-in
+        "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS": "1",
+    }
     server = server_factory(data_dir, env).start()
     tokens = {}
     for name in ("alpha", "beta"):

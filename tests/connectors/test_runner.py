@@ -132,6 +132,26 @@ def test_sink_failure_is_recorded_not_raised() -> None:
     assert runner.status.last_error == "ValueError: rejected"
 
 
+def test_describe_sets_the_status_and_the_log_keeps_the_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script: list[Exception | list[EventDict]] = [
+        ConnectorError("could not fetch", detail="cannot reach 10.0.0.7: refused"),
+        TimeoutError(),
+    ]
+    runner = make(
+        Scripted(script), [], FakeSleep(), attempts=2, describe=lambda exc: "said nothing"
+    )
+    with caplog.at_level("WARNING", logger="flux.connectors"):
+        assert asyncio.run(runner.poll_once()) is False
+    assert runner.status.last_error == "said nothing"
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [
+        "connector scripted: attempt 1 failed: cannot reach 10.0.0.7: refused",
+        "connector scripted: attempt 2 failed: timed out",
+    ]
+
+
 def test_run_polls_on_the_interval() -> None:
     sleep, published = FakeSleep(), []
     runner = make(Scripted([[EVENT], ConnectorError("bad"), [EVENT]]), published, sleep, attempts=1)

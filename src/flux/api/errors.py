@@ -25,6 +25,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.MisdirectedRequest: 421,
     errors.RateLimited: 429,
     errors.TooManyConnections: 429,
+    errors.QuotaExceeded: 429,
     errors.UpstreamError: 502,
     errors.StorageError: 503,
     errors.LogUnavailable: 503,

@@ -832,11 +832,17 @@ PATHS: dict[str, Any] = {
             },
             "responses": {
                 "201": _json(_ref("SourceCreated"), "Created; the first poll starts at once"),
-                "400": _error("A bad body: missing or mistyped field, refused URL, bad path"),
+                "400": _error(
+                    "A bad body: missing or mistyped field, refused URL (with auth on: an "
+                    "internal address too), bad path, an interval under the minimum (auth on)"
+                ),
                 "401": _error("Auth on and no bearer token, or one of no namespace"),
                 "403": _error("`namespace` is not the token's namespace, or the admin token"),
                 "413": _error("Body over the limit"),
                 "415": _error("Not JSON"),
+                "429": _error(
+                    "Auth on: the namespace has FLUX_SOURCES_MAX_PER_NAMESPACE sources already"
+                ),
                 "500": _error(
                     "A `token` and no credential store (FLUX_ENCRYPTION_KEY not set), or a "
                     "store failed"

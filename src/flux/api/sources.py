@@ -7,6 +7,10 @@ write under its creator's namespace, and another namespace's token neither sees 
 read or delete it (404, as for a source that does not exist). The upstream secret (`token`) goes
 to the encrypted credential store and is never shown again (`has_token`); without
 FLUX_ENCRYPTION_KEY a source with a token answers 500, a source without one works.
+
+With auth on a namespace holds at most FLUX_SOURCES_MAX_PER_NAMESPACE sources (429 past it),
+each polling no faster than FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS (400), and a URL on an
+internal address is refused (400) unless the operator allows it (`flux.connectors.ssrf`).
 """
 
 from __future__ import annotations
@@ -57,14 +61,15 @@ async def create(request: Request) -> Response:
     service = service_of(request)
     owner = writer_of(request, service)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
-    allow = service.settings.sources_allow_link_local
-    config = parse_config(doc, allow)
+    sources = _sources(service)
+    policy = sources.policy
+    config = parse_config(doc, policy, sources.min_interval)
     token = parse_token(doc, config.auth)
     _check_namespace(service, owner, config.namespace, doc)
-    url = check_url(config.url, allow)
+    url = check_url(config.url, policy)
     try:
         async with asyncio.timeout(RESOLVE_SECONDS):
-            await resolve_checked(url.host, port_of(url), allow)
+            await resolve_checked(url.host, port_of(url), policy)
     except Refused as exc:
         if not exc.message.startswith("cannot resolve"):
             raise ValidationError(f"`url`: {exc.message}") from None
@@ -73,7 +78,7 @@ async def create(request: Request) -> Response:
         pass  # a slow resolver: the same
     if token is not None and service.credentials is None:
         raise CredentialStoreUnavailable(NO_STORE)
-    source = await _sources(service).create(owner, config, token)
+    source = await sources.create(owner, config, token)
     return json_response({"source_id": source.id}, status=201)
 
 

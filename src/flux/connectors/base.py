@@ -36,12 +36,16 @@ class ConnectorError(Exception):
     """A source answered with an error; `message` is what the status shows as `last_error`.
     `retry_after` (seconds) is the source's own word on when to ask again (a rate limit's
     reset time, a `Retry-After` header): the runner waits at least that long, and does not
-    retry sooner."""
+    retry sooner. `detail`, when set, is a fuller account for the server log than `message`,
+    which the status shows (a generic source with auth on keeps its reasons from tenants)."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, retry_after: float | None = None, detail: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ The configuration and its checks are in `flux.connectors.source_config`. `build_
 pure. `GenericSource.fetch` does the HTTP: the response size is capped while it streams in,
 redirects are followed (at most `MAX_REDIRECTS`, each target checked by the SSRF guard; the
 secret is not sent to another origin), and upstream errors become `ConnectorError`s with clear
-messages.
+messages, or with auth on one message that says nothing of the host (`FETCH_FAILED`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import orjson
 
 from flux.connectors import jsonpath
 from flux.connectors.base import ConnectorError, EventDict
+from flux.connectors.runner import describe_failure
 from flux.connectors.source_config import SourceConfig
-from flux.connectors.ssrf import Refused, check_url
+from flux.connectors.ssrf import DEFAULT_POLICY, Policy, Refused, check_url
+from flux.errors import FluxError
 from flux.events import now_ms, uuid7
 
 STREAM = "generic"
@@ -190,22 +192,36 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
 
 
+FETCH_FAILED = "could not fetch the URL"
+
+
 class GenericSource:
     """One configured source as a `Connector`. The runner's client must use a
-    `flux.connectors.ssrf.GuardedTransport` (the manager gives it one): that is where every
-    address is checked."""
+    `flux.connectors.ssrf.GuardedTransport` with the same `policy` (the manager gives it one):
+    that is where every address is checked.
+
+    With `detailed_errors` off (auth on) every failure to get a response (an address refused,
+    a name that does not resolve, a connection refused or timed out, an error status, a bad
+    redirect) reads `could not fetch the URL`, so that a tenant cannot map the hosts and ports
+    the server reaches (the server log keeps the reason); what is wrong with a response the
+    source did get (not JSON, too big, not the shape its paths expect) is still said. The
+    poll interval is at least `min_interval_seconds`."""
 
     def __init__(
         self,
         source_id: str,
         config: SourceConfig,
         max_response_bytes: int = 10_485_760,
-        allow_link_local: bool = False,
+        policy: Policy = DEFAULT_POLICY,
+        detailed_errors: bool = True,
+        min_interval_seconds: int = 1,
     ) -> None:
         self.source_id = source_id
         self.config = config
         self.max_response_bytes = max_response_bytes
-        self.allow_link_local = allow_link_local
+        self.policy = policy
+        self.detailed_errors = detailed_errors
+        self.min_interval_seconds = min_interval_seconds
 
     @property
     def name(self) -> str:
@@ -213,7 +229,19 @@ class GenericSource:
 
     @property
     def poll_interval_seconds(self) -> float:
-        return float(self.config.poll_interval_secs)
+        return float(max(self.config.poll_interval_secs, self.min_interval_seconds))
+
+    def _failed(self, detail: str, retry_after: float | None = None) -> ConnectorError:
+        message = detail if self.detailed_errors else FETCH_FAILED
+        return ConnectorError(message, retry_after, detail=detail)
+
+    def describe_failure(self, exc: BaseException) -> str:
+        """The status's `last_error` for what a poll raised (the runner's `describe`): as
+        `flux.connectors.runner.describe_failure` says, but without detail a connector error
+        does not carry (a time-out, anything unexpected) when errors are not detailed."""
+        if self.detailed_errors or isinstance(exc, ConnectorError | FluxError):
+            return describe_failure(exc)
+        return FETCH_FAILED
 
     async def get(self, client: httpx.AsyncClient, token: str | None) -> Any:
         """The decoded JSON at the source's URL (following redirects). Raises ConnectorError."""
@@ -221,9 +249,9 @@ class GenericSource:
         first = _origin(httpx.URL(url))
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                target = check_url(url, self.allow_link_local)
+                target = check_url(url, self.policy)
             except Refused as exc:
-                raise ConnectorError(exc.message) from None
+                raise self._failed(exc.message) from None
             headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
             if _origin(target) == first:  # the secret goes only to the source's own origin
                 headers.update(self.config.auth.headers(token))
@@ -233,20 +261,21 @@ class GenericSource:
                         url = str(target.join(response.headers["Location"]))
                         continue
                     if not 200 <= response.status_code < 300:
-                        raise upstream_error(response.status_code, response.headers)
+                        error = upstream_error(response.status_code, response.headers)
+                        raise self._failed(error.message, error.retry_after)
                     body = await read_capped(response, self.max_response_bytes)
             except Refused as exc:
-                raise ConnectorError(exc.message) from None
+                raise self._failed(exc.message) from None
             except httpx.TimeoutException:
-                raise ConnectorError(f"upstream timed out ({target.host})") from None
+                raise self._failed(f"upstream timed out ({target.host})") from None
             except httpx.TransportError as exc:
                 reason = str(exc) or type(exc).__name__
-                raise ConnectorError(f"cannot reach {target.host}: {reason}") from None
+                raise self._failed(f"cannot reach {target.host}: {reason}") from None
             try:
                 return orjson.loads(body)
             except orjson.JSONDecodeError as exc:
                 raise ConnectorError(f"upstream did not answer with JSON: {exc}") from None
-        raise ConnectorError(f"upstream redirected more than {MAX_REDIRECTS} times")
+        raise self._failed(f"upstream redirected more than {MAX_REDIRECTS} times")
 
     async def fetch(self, client: httpx.AsyncClient, token: str | None) -> list[EventDict]:
         document = await self.get(client, token)

@@ -29,7 +29,13 @@ import httpx
 from flux.connectors.base import KNOWN, Connector, ConnectorError, ConnectorInfo, EventDict
 from flux.connectors.github import GitHub
 from flux.connectors.oauth import TokenError, needs_refresh, oauth_client, refresh_tokens, token_url
-from flux.connectors.runner import ConnectorRunner, Scheduler, TokenSource
+from flux.connectors.runner import (
+    ConnectorRunner,
+    Describe,
+    Scheduler,
+    TokenSource,
+    describe_failure,
+)
 from flux.connectors.sources import Sources
 from flux.credentials import CredentialError
 
@@ -151,10 +157,12 @@ class ConnectorManager:
         namespace: str | None,
         token: TokenSource,
         transport: httpx.AsyncBaseTransport | None = None,
+        describe: Describe = describe_failure,
     ) -> None:
         """Schedule `connector` under `key` (replacing a runner there), writing under
         `namespace`; `token` is the runner's async token source, `transport` the HTTP
-        transport of its client (httpx's default when None)."""
+        transport of its client (httpx's default when None), `describe` what its status
+        says of a failure."""
         settings = self.service.settings
         runner = ConnectorRunner(
             connector,
@@ -164,6 +172,7 @@ class ConnectorManager:
             timeout_seconds=settings.connector_timeout_seconds,
             backoff_seconds=settings.connector_retry_seconds,
             max_backoff_seconds=settings.connector_retry_seconds * 10,
+            describe=describe,
         )
         self.scheduler.add(key, runner)
 

@@ -2,7 +2,8 @@
 
 One `ConnectorRunner` per configured connector. Each poll fetches (under `timeout_seconds`),
 hands the events to the `sink` (the service's ingestion path, so auth and validation are the
-same as for `POST /api/events`), and records the outcome in `ConnectorStatus`. A failed
+same as for `POST /api/events`), and records the outcome in `ConnectorStatus` (a failure as
+`describe` puts it; the log has the full reason). A failed
 attempt is retried after `backoff_seconds`, doubled each time up to `max_backoff_seconds`;
 after `attempts` failures the poll is given up until the next interval. Nothing a connector
 or the sink raises leaves the runner (only cancellation does), so a bad source can never take
@@ -34,6 +35,7 @@ Sink = Callable[[list[EventDict]], Awaitable[int | None]]
 TokenSource = Callable[[], Awaitable[str | None]]
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+Describe = Callable[[BaseException], str]
 
 
 @dataclass
@@ -77,6 +79,14 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def log_failure(exc: BaseException) -> str:
+    """What the server log says of a failed attempt: `describe_failure`, or a connector
+    error's fuller `detail`."""
+    if isinstance(exc, ConnectorError) and exc.detail is not None:
+        return exc.detail
+    return describe_failure(exc)
+
+
 def backoff_delays(attempts: int, first: float, maximum: float) -> list[float]:
     """The sleeps between `attempts` tries: first, 2*first, 4*first, ... capped at maximum."""
     return [min(first * 2**i, maximum) for i in range(max(attempts - 1, 0))]
@@ -109,8 +119,10 @@ class ConnectorRunner:
         max_backoff_seconds: float = 600.0,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.time,
+        describe: Describe = describe_failure,
     ) -> None:
         self.connector = connector
+        self.describe = describe
         self.sink = sink
         self.token = token
         self.transport = transport
@@ -147,13 +159,13 @@ class ConnectorRunner:
                     raise
                 except Exception as exc:
                     self.status.failures += 1
-                    self.status.last_error = describe_failure(exc)
+                    self.status.last_error = self.describe(exc)
                     wait = _asked_wait(exc)
                     logger.warning(
                         "connector %s: attempt %d failed: %s%s",
                         self.connector.name,
                         attempt + 1,
-                        self.status.last_error,
+                        log_failure(exc),
                         f" (the source asks to wait {wait:.0f}s)" if wait is not None else "",
                     )
                     if wait is not None and (attempt >= len(delays) or wait > delays[attempt]):

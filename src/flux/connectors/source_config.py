@@ -15,11 +15,12 @@ from typing import Any
 
 from flux.auth import RESERVED_NAMESPACE, check_namespace_name
 from flux.connectors import jsonpath
-from flux.connectors.ssrf import Refused, check_url
+from flux.connectors.ssrf import DEFAULT_POLICY, Policy, Refused, check_url
 from flux.errors import ValidationError
 from flux.events import describe
 
 MAX_POLL_INTERVAL = 31_536_000  # a year
+MIN_INTERVAL_SETTING = "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS"
 MAX_URL_LENGTH = 4096
 MAX_NAME_LENGTH = 200
 MAX_MAPPING = 1000
@@ -144,11 +145,14 @@ def parse_token(doc: Mapping[str, Any], auth: Auth) -> str | None:
     return token
 
 
-def parse_config(doc: Mapping[str, Any], allow_link_local: bool = False) -> SourceConfig:
+def parse_config(
+    doc: Mapping[str, Any], policy: Policy = DEFAULT_POLICY, min_interval: int = 1
+) -> SourceConfig:
     """A source's configuration from the API's body (the secret is `parse_token`'s). Raises
     ValidationError naming the first bad field. The URL is checked by the SSRF guard's static
-    rules here; the addresses its host resolves to are checked by the caller and at every
-    poll."""
+    rules (`policy`) here; the addresses its host resolves to are checked by the caller and at
+    every poll. `poll_interval_secs` must be at least `min_interval` (with auth on,
+    FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS)."""
     name = _string(doc, "name")
     assert name is not None
     if not name.strip() or len(name) > MAX_NAME_LENGTH:
@@ -158,7 +162,7 @@ def parse_config(doc: Mapping[str, Any], allow_link_local: bool = False) -> Sour
     if len(url) > MAX_URL_LENGTH:
         raise ValidationError(f"`url` is longer than {MAX_URL_LENGTH} characters")
     try:
-        check_url(url, allow_link_local)
+        check_url(url, policy)
     except Refused as exc:
         raise ValidationError(f"`url`: {exc.message}") from None
     interval = doc.get("poll_interval_secs")
@@ -170,6 +174,10 @@ def parse_config(doc: Mapping[str, Any], allow_link_local: bool = False) -> Sour
         )
     if not 1 <= interval <= MAX_POLL_INTERVAL:
         raise ValidationError(f"`poll_interval_secs` must be between 1 and {MAX_POLL_INTERVAL}")
+    if interval < min_interval:
+        raise ValidationError(
+            f"`poll_interval_secs` must be at least {min_interval} ({MIN_INTERVAL_SETTING})"
+        )
     namespace = _string(doc, "namespace")
     assert namespace is not None
     check_namespace_name(namespace)

@@ -7,7 +7,10 @@ secret is on disk in the clear. `Sources` creates, lists and deletes them for an
 each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
 
 Owners are the connector manager's: `default` with auth off, `namespace:<name>` with auth on.
-An owner sees only its own sources; a source writes only under its namespace.
+An owner sees only its own sources; a source writes only under its namespace. With auth on an
+owner holds at most `quota` sources, each polled no faster than `min_interval`, and a source's
+failures read `could not fetch the URL` (`flux.connectors.generic`); what it may connect to is
+`policy` (`flux.connectors.ssrf`).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from flux.config import Settings
 from flux.connectors.base import ConnectorError
 from flux.connectors.generic import GenericSource
 from flux.connectors.source_config import SourceConfig, config_from_json
-from flux.connectors.ssrf import GuardedTransport
+from flux.connectors.ssrf import GuardedTransport, Policy
 from flux.credentials import CredentialError
-from flux.errors import FluxError, NotFound
+from flux.errors import FluxError, NotFound, QuotaExceeded
 
 if TYPE_CHECKING:
     from flux.connectors.manager import ConnectorManager
@@ -150,6 +153,7 @@ class Sources:
         self.manager = manager
         self.store: SourceStore | None = None
         self._sources: dict[str, StoredSource] = {}
+        self._creating = asyncio.Lock()  # counting an owner's sources and adding one: atomic
 
     @property
     def _settings(self) -> Settings:
@@ -169,11 +173,26 @@ class Sources:
         except SourceStoreError as exc:
             logger.error("cannot load the generic sources: %s", exc)
             return
+        held: dict[str, int] = {}
+        scheduled = 0
         for source in sources:
             self._sources[source.id] = source
+            held[source.owner] = held.get(source.owner, 0) + 1
+            if self.quota is not None and held[source.owner] > self.quota:
+                # Made before the limit was lowered (or before there was one): kept, listed
+                # and deletable, but not polled.
+                logger.warning(
+                    "generic source %s not started: %s holds more than %d sources "
+                    "(FLUX_SOURCES_MAX_PER_NAMESPACE)",
+                    source.id,
+                    source.owner,
+                    self.quota,
+                )
+                continue
             self._schedule(source)
-        if sources:
-            logger.info("%d generic source(s) scheduled", len(sources))
+            scheduled += 1
+        if scheduled:
+            logger.info("%d generic source(s) scheduled", scheduled)
 
     def close(self) -> None:
         if self.store is not None:
@@ -183,11 +202,35 @@ class Sources:
 
     # -- runners -----------------------------------------------------------------------------
 
+    @property
+    def policy(self) -> Policy:
+        """What sources may connect to (`flux.connectors.ssrf.Policy.from_settings`)."""
+        return Policy.from_settings(self._settings)
+
+    @property
+    def min_interval(self) -> int:
+        """The shortest poll interval: FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS with auth on;
+        with auth off 1 s, as in the original (a local instance polling a local service)."""
+        settings = self._settings
+        return settings.sources_min_poll_interval_seconds if settings.auth_enabled else 1
+
+    @property
+    def quota(self) -> int | None:
+        """Sources one namespace may have: FLUX_SOURCES_MAX_PER_NAMESPACE with auth on (0: no
+        limit); no limit with auth off."""
+        limit = self._settings.sources_max_per_namespace
+        return limit if self._settings.auth_enabled and limit > 0 else None
+
     def _schedule(self, source: StoredSource) -> None:
         settings = self._settings
-        allow = settings.sources_allow_link_local
+        policy = self.policy
         connector = GenericSource(
-            source.id, source.config, settings.source_max_response_bytes, allow
+            source.id,
+            source.config,
+            settings.source_max_response_bytes,
+            policy,
+            detailed_errors=not settings.auth_enabled,
+            min_interval_seconds=self.min_interval,
         )
         # With auth on a source writes as its owner's namespace (the one it was made under),
         # never merely as the namespace its config names: a source made while auth was off
@@ -200,7 +243,8 @@ class Sources:
             connector,
             namespace,
             functools.partial(self._token, source),
-            transport=GuardedTransport(allow),
+            transport=GuardedTransport(policy),
+            describe=connector.describe_failure,
         )
 
     async def _token(self, source: StoredSource) -> str | None:
@@ -226,7 +270,22 @@ class Sources:
 
     async def create(self, owner: str, config: SourceConfig, token: str | None) -> StoredSource:
         """Store a source (its token in the credential store; the caller has checked that
-        there is one when a token is given) and start polling it. Returns it."""
+        there is one when a token is given) and start polling it. Returns it. Raises
+        QuotaExceeded when the owner holds `quota` sources already."""
+        async with self._creating:
+            held = len(self.list(owner))
+            if self.quota is not None and held >= self.quota:
+                from flux.connectors.manager import owner_namespace
+
+                name = owner_namespace(owner) or owner
+                raise QuotaExceeded(
+                    f"namespace '{name}' has {held} sources, the most it may have "
+                    "(FLUX_SOURCES_MAX_PER_NAMESPACE)",
+                    self.quota,
+                )
+            return await self._create(owner, config, token)
+
+    async def _create(self, owner: str, config: SourceConfig, token: str | None) -> StoredSource:
         source = StoredSource(str(uuid.uuid4()), owner, config, token is not None, _now())
         credentials = self.manager.service.credentials
         if token is not None:

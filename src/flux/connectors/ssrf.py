@@ -2,21 +2,28 @@
 may fetch.
 
 A source URL is fetched by the server, so a URL could make Flux read what only the server can
-reach: the cloud provider's metadata service (instance credentials) above all. Refused:
+reach: the cloud provider's metadata service (instance credentials), a service bound to
+loopback, Flux's own admin API, the hosts of a private network. A `Policy` says what a source
+may connect to. Refused:
 
 - schemes other than `http` and `https`, and URLs with credentials in them;
 - always: `0.0.0.0/8` (and `::`), multicast (`224.0.0.0/4`, `ff00::/8`) and the broadcast
   address;
-- unless the admin allows them (FLUX_SOURCES_ALLOW_LINK_LOCAL): link-local addresses
+- unless `allow_link_local` (FLUX_SOURCES_ALLOW_LINK_LOCAL): link-local addresses
   (`169.254.0.0/16`, `fe80::/10`), the cloud metadata addresses (`169.254.169.254`,
   `fd00:ec2::254`, `100.100.100.200`) and metadata host names (`metadata.google.internal`,
-  `metadata`, ...).
+  `metadata`, ...);
+- unless `allow_private` (FLUX_SOURCES_ALLOW_PRIVATE; by default on with auth off, off with
+  auth on) or the address is in one of `allowed_networks` (FLUX_SOURCES_ALLOWED_NETWORKS):
+  internal addresses, `INTERNAL` below (loopback, private, CGNAT, unique-local, site-local,
+  documentation, benchmarking and reserved ranges), and any IPv6 address outside global
+  unicast `2000::/3`.
 
 An IPv6 address that carries an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible
-`::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::`) is judged by the IPv4 address
-too. Loopback and private ranges stay allowed: a local instance polls local services.
+`::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::`, Teredo's client) is judged by
+the IPv4 address.
 
-`refusal(...)` and `check_url(...)` are pure; `resolve_checked` resolves a host name with
+`Policy.refusal(...)` and `check_url(...)` are pure; `resolve_checked` resolves a host name with
 `getaddrinfo` (in a thread) and checks every address; `GuardedBackend` makes every connection of
 a source go through that check and connect to the address it checked, so neither a redirect nor
 a DNS answer that changed between the check and the connection (DNS rebinding) gets past it.
@@ -28,15 +35,21 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import httpcore
 import httpx
 
+from flux.config import Settings
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 ALLOW_SETTING = "FLUX_SOURCES_ALLOW_LINK_LOCAL"
+PRIVATE_SETTING = "FLUX_SOURCES_ALLOW_PRIVATE"
+NETWORKS_SETTING = "FLUX_SOURCES_ALLOWED_NETWORKS"
 
 METADATA_HOSTS = frozenset(
     {
@@ -54,6 +67,31 @@ _LINK_LOCAL = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe8
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+
+# Internal addresses: refused unless the policy allows private addresses or the network.
+INTERNAL: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("127.0.0.0/8", "a loopback address"),
+        ("::1/128", "a loopback address"),
+        ("10.0.0.0/8", "a private address"),
+        ("172.16.0.0/12", "a private address"),
+        ("192.168.0.0/16", "a private address"),
+        ("100.64.0.0/10", "a shared (CGNAT) address"),
+        ("fc00::/7", "a unique-local address"),
+        ("fec0::/10", "a site-local address"),
+        ("192.0.0.0/24", "an IETF protocol address"),
+        ("192.0.2.0/24", "a documentation address"),
+        ("198.51.100.0/24", "a documentation address"),
+        ("203.0.113.0/24", "a documentation address"),
+        ("2001:db8::/32", "a documentation address"),
+        ("198.18.0.0/15", "a benchmarking address"),
+        ("240.0.0.0/4", "a reserved address"),
+        ("64:ff9b:1::/48", "a local NAT64 address"),
+        ("100::/64", "a discard-only address"),
+    )
+)
 
 
 class Refused(Exception):
@@ -70,6 +108,8 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address (the one Teredo delivers to)
     value = int(address)
     if address in _NAT64:
         return ipaddress.IPv4Address(value & 0xFFFF_FFFF)
@@ -94,21 +134,68 @@ def _link_local(address: IPAddress) -> str | None:
     return None
 
 
-def refusal(address: IPAddress, allow_link_local: bool = False) -> str | None:
-    """Why a source may not connect to `address`, or None when it may. A reason the admin
-    may lift ends by naming the setting."""
-    reason = _never(address)
-    if reason is None and not allow_link_local:
+def _internal(address: IPAddress) -> str | None:
+    for net, what in INTERNAL:
+        if net.version == address.version and address in net:
+            return f"{address} is {what}"
+    if isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_UNICAST:
+        return f"{address} is not a global unicast address"
+    return None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a generic source may connect to (see the module's docstring). The default is the
+    policy with auth off: internal addresses allowed, link-local and metadata refused."""
+
+    allow_private: bool = True
+    allow_link_local: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """FLUX_SOURCES_ALLOW_PRIVATE (`auto`: allowed exactly when auth is off),
+        FLUX_SOURCES_ALLOW_LINK_LOCAL and FLUX_SOURCES_ALLOWED_NETWORKS."""
+        mode = settings.sources_allow_private
+        allow_private = not settings.auth_enabled if mode == "auto" else mode == "true"
+        return cls(
+            allow_private, settings.sources_allow_link_local, settings.sources_allowed_networks
+        )
+
+    def _allowed(self, address: IPAddress) -> bool:
+        return any(
+            address in net for net in self.allowed_networks if net.version == address.version
+        )
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why a source may not connect to `address`, or None when it may. A reason the
+        operator may lift ends by naming the setting."""
+        reason = _never(address)
+        if reason is not None:
+            return reason
+        if isinstance(address, ipaddress.IPv6Address):
+            embedded = _embedded_ipv4(address)
+            if embedded is not None:
+                inner = self.refusal(embedded)
+                if inner is None:
+                    return None
+                return f"{address} is an IPv6 form of {embedded}, and {inner}"
         reason = _link_local(address)
         if reason is not None:
-            reason += f" (allowed only with {ALLOW_SETTING}=true)"
-    if reason is None and isinstance(address, ipaddress.IPv6Address):
-        embedded = _embedded_ipv4(address)
-        if embedded is not None:
-            inner = refusal(embedded, allow_link_local)
-            if inner is not None:
-                reason = f"{address} is an IPv6 form of {embedded}, and {inner}"
-    return reason
+            return (
+                None
+                if self.allow_link_local
+                else f"{reason} (allowed only with {ALLOW_SETTING}=true)"
+            )
+        if self.allow_private or self._allowed(address):
+            return None
+        reason = _internal(address)
+        if reason is None:
+            return None
+        return f"{reason} (allowed only in {NETWORKS_SETTING} or with {PRIVATE_SETTING}=true)"
+
+
+DEFAULT_POLICY = Policy()
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -118,7 +205,7 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def check_url(text: str, allow_link_local: bool = False) -> httpx.URL:
+def check_url(text: str, policy: Policy = DEFAULT_POLICY) -> httpx.URL:
     """The parsed URL if a source may fetch it, judging by the URL alone (the addresses a name
     resolves to are checked by `resolve_checked`). Raises Refused."""
     try:
@@ -134,10 +221,10 @@ def check_url(text: str, allow_link_local: bool = False) -> httpx.URL:
         raise Refused("the URL must not hold credentials: give the secret as `token`")
     address = _literal(host)
     if address is not None:
-        reason = refusal(address, allow_link_local)
+        reason = policy.refusal(address)
         if reason is not None:
             raise Refused(f"refusing to fetch from {host}: {reason}")
-    elif not allow_link_local and host in METADATA_HOSTS:
+    elif not policy.allow_link_local and host in METADATA_HOSTS:
         raise Refused(
             f"refusing to fetch from {host}: a cloud metadata host name "
             f"(allowed only with {ALLOW_SETTING}=true)"
@@ -169,11 +256,12 @@ async def system_resolve(host: str, port: int) -> list[str]:
 
 
 async def resolve_checked(
-    host: str, port: int, allow_link_local: bool = False, resolve: Resolver = system_resolve
+    host: str, port: int, policy: Policy = DEFAULT_POLICY, resolve: Resolver = system_resolve
 ) -> list[str]:
     """The addresses of `host` if every one of them may be fetched. Raises Refused if the name
     does not resolve or any address is refused (one bad address is enough: the system could
-    pick it)."""
+    pick it). When internal addresses are refused (auth on) the message does not say which
+    address the name has: a tenant learns no more of the internal DNS than that."""
     literal = _literal(host)
     addresses = [str(literal)] if literal is not None else await resolve(host, port)
     if not addresses:
@@ -182,9 +270,16 @@ async def resolve_checked(
         address = _literal(text)
         if address is None:
             raise Refused(f"{host} resolved to {text!r}, which is not an IP address")
-        reason = refusal(address, allow_link_local)
-        if reason is not None:
-            raise Refused(f"refusing to fetch from {host}: it resolves to {text}; {reason}")
+        reason = policy.refusal(address)
+        if reason is None:
+            continue
+        if literal is None and not policy.allow_private:
+            raise Refused(
+                f"refusing to fetch from {host}: it resolves to an address sources may not "
+                f"reach (internal or link-local; the operator may allow networks in "
+                f"{NETWORKS_SETTING})"
+            )
+        raise Refused(f"refusing to fetch from {host}: it resolves to {text}; {reason}")
     return addresses
 
 
@@ -195,11 +290,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 
     def __init__(
         self,
-        allow_link_local: bool = False,
+        policy: Policy = DEFAULT_POLICY,
         resolve: Resolver = system_resolve,
         inner: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
-        self.allow_link_local = allow_link_local
+        self.policy = policy
         self.resolve = resolve
         self.inner = inner if inner is not None else httpcore.AnyIOBackend()
 
@@ -211,7 +306,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await resolve_checked(host, port, self.allow_link_local, self.resolve)
+        addresses = await resolve_checked(host, port, self.policy, self.resolve)
         error: Exception | None = None
         for address in addresses:
             try:
@@ -239,9 +334,9 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport with the `GuardedBackend`: no proxies from the environment (the check
     would see the proxy, not the source), and every connection checked."""
 
-    def __init__(self, allow_link_local: bool = False, resolve: Resolver = system_resolve) -> None:
+    def __init__(self, policy: Policy = DEFAULT_POLICY, resolve: Resolver = system_resolve) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=httpx.create_ssl_context(trust_env=False),
-            network_backend=GuardedBackend(allow_link_local, resolve),
+            network_backend=GuardedBackend(policy, resolve),
         )
