@@ -151,7 +151,13 @@ def test_batch_delete(url: str) -> None:
     for name in ("a", "b"):
         ok_json(flux(url, "publish", "sensors", "x", f"cli-bulk/{name}", '{"v": 1}'))
     result = flux(url, "batch-delete", '{"prefix": "cli-bulk/"}')
-    assert ok_json(result) == {"deleted": 2, "failed": 0, "errors": []}
+    assert ok_json(result) == {
+        "deleted": 2,
+        "deleted_ids": ["cli-bulk/a", "cli-bulk/b"],
+        "not_found": [],
+        "failed": 0,
+        "errors": [],
+    }
     assert result.stderr == "Batch deleting entities...\n"
     assert ok_json(flux(url, "list", "--prefix", "cli-bulk/")) == []
 

@@ -123,7 +123,15 @@ def test_batch_delete_by_prefix_and_ids(flux: FluxClient) -> None:
     for name in ("a", "b", "c"):
         flux.publish("sensors", "x", f"bulk/{name}", {"v": 1})
     assert flux.batch_delete({"entity_ids": ["bulk/a"]})["deleted"] == 1
-    assert flux.batch_delete({"prefix": "bulk/"}) == {"deleted": 2, "failed": 0, "errors": []}
+    assert flux.batch_delete({"prefix": "bulk/"}) == {
+        "deleted": 2,
+        "deleted_ids": ["bulk/b", "bulk/c"],
+        "not_found": [],
+        "failed": 0,
+        "errors": [],
+    }
+    assert flux.batch_delete({"entity_ids": ["bulk/a"]})["not_found"] == ["bulk/a"]
+    assert flux.delete("bulk/a") == {"entity_id": "bulk/a", "deleted": False}
     assert flux.list(prefix="bulk/") == []
 
 

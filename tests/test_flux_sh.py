@@ -229,7 +229,13 @@ def test_batch_delete(url: str) -> None:
     for name in ("a", "b"):
         ok_json(sh(url, "publish", "sensors", "x", f"sh-bulk/{name}", '{"v":1}'))
     result = sh(url, "batch-delete", '{"namespace":"sh-bulk"}')
-    assert ok_json(result) == {"deleted": 2, "failed": 0, "errors": []}
+    assert ok_json(result) == {
+        "deleted": 2,
+        "deleted_ids": ["sh-bulk/a", "sh-bulk/b"],
+        "not_found": [],
+        "failed": 0,
+        "errors": [],
+    }
     assert result.stderr == "Batch deleting entities...\n"
     assert ok_json(sh(url, "list", "--namespace", "sh-bulk")) == []
 

@@ -133,18 +133,63 @@ def test_connections_and_len() -> None:
     assert sorted(hub.connections()) == ["c", "d"]
 
 
-def test_match_walks_whichever_side_is_shorter() -> None:
-    many = hub_with("c")
-    for n in range(50):  # more prefixes than the id has characters: walk the id's prefixes
-        many.subscribe("c", prefix=f"p{n}/")
-    many.subscribe("c", prefix="a")
-    assert many.match("a/1") == {"c"}
-    assert many.match("p7/x") == {"c"}
-    assert many.match("q/1") == set()
-    few = hub_with("c")  # fewer prefixes than characters: walk the prefixes
-    few.subscribe("c", prefix="a/")
-    assert few.match("a/very/long/entity/id") == {"c"}
-    assert few.match("b/very/long/entity/id") == set()
+class CountingId(str):
+    """An entity id that counts how often matching slices it or compares a prefix with it."""
+
+    ops = 0
+
+    def __getitem__(self, key):  # type: ignore[no-untyped-def, override]
+        self.ops += 1
+        return str(self)[key]
+
+    def startswith(self, prefix, *args):  # type: ignore[no-untyped-def, override]
+        self.ops += 1
+        return str(self).startswith(prefix, *args)
+
+
+def match_cost(prefixes: int, id_length: int, lengths: int = 1) -> int:
+    """Operations on the id to match it, with `prefixes` non-matching prefixes held (spread over
+    `lengths` distinct lengths) and one matching prefix (`ns/`)."""
+    hub = hub_with("many", "one")
+    for n in range(prefixes):
+        hub.subscribe("many", prefix=f"zz{n:05d}/" + "q" * (n % lengths))
+    hub.subscribe("one", prefix="ns/")
+    entity_id = CountingId("ns/" + "x" * (id_length - 3))
+    assert hub.match(entity_id) == {"one"}
+    return entity_id.ops
+
+
+def test_matching_cost_does_not_grow_with_the_number_of_prefixes() -> None:
+    """One slice and one lookup per distinct prefix length: the same few operations for 10 or
+    10,000 prefixes, for a short id or a 60,000-character one (the old walk cost up to id
+    length x prefixes)."""
+    assert match_cost(10, 50) == match_cost(10_000, 50) == 2
+    assert match_cost(10, 5_000) == match_cost(10_000, 5_000) == 2
+    assert match_cost(10_000, 60_000) == 2
+    assert match_cost(10_000, 60_000, lengths=10) == 11  # grows with the distinct lengths only
+
+
+def test_prefixes_longer_than_the_id_are_not_tried() -> None:
+    hub = hub_with("c")
+    hub.subscribe("c", prefix="a/very/long/prefix")
+    hub.subscribe("c", prefix="b")
+    short = CountingId("a/1")
+    assert hub.match(short) == set()
+    assert short.ops == 1  # only the length-1 bucket
+    assert hub.match("a/very/long/prefix/x") == {"c"}
+    assert hub.match("b") == {"c"}
+
+
+def test_the_length_index_is_emptied_as_prefixes_go() -> None:
+    hub = hub_with("c", "d")
+    hub.subscribe("c", prefix="ab")
+    hub.subscribe("d", prefix="ab")
+    hub.subscribe("d", prefix="xyz")
+    hub.unsubscribe("c", prefix="ab")
+    assert hub.match("abc") == {"d"}
+    hub.remove("d")
+    assert not hub._prefix
+    assert hub.match("abc") == set()
 
 
 # -- the index agrees with a brute-force filter --------------------------------------------

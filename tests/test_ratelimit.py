@@ -133,3 +133,24 @@ def test_idle_buckets_are_pruned(limiter: RateLimiter, clock: Clock) -> None:
     clock.advance(61)
     limiter.take("other", 10)
     assert len(limiter) == 1
+
+
+def test_take_many_takes_what_the_bucket_holds(limiter: RateLimiter, clock: Clock) -> None:
+    """A batch (of deletes) is admitted in part: as many as the bucket holds, no more."""
+    assert limiter.take_many("a", 6, 4) == (4, 0.0)
+    assert limiter.take_many("a", 6, 5) == (2, 10.0)  # 2 left; the next one in 10 s
+    assert limiter.take_many("a", 6, 1) == (0, 10.0)
+    assert limiter.take("a", 6) == 10.0  # shared with single events
+    clock.advance(25)
+    assert limiter.take_many("a", 6, 3) == (2, 5.0)
+    assert limiter.take_many("a", 6, 0) == (0, 0.0)
+    assert limiter.take_many("b", 6, 100) == (6, 10.0)  # a new bucket starts full
+
+
+def test_take_many_of_one_agrees_with_take(clock: Clock) -> None:
+    single, many = RateLimiter(clock), RateLimiter(clock)
+    for step in [0.0, 0.3, 0.0, 7.1, 0.05, 9.99, 0.0, 61.0]:
+        clock.advance(step)
+        wait = single.take("k", 7)
+        taken, pause = many.take_many("k", 7, 1)
+        assert (taken, pause) == ((1, 0.0) if wait == 0.0 else (0, wait))

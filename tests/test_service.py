@@ -21,7 +21,7 @@ from flux.api.app import create_app
 from flux.auth import ANONYMOUS, Credential
 from flux.config import Settings
 from flux.engine import StateEngine
-from flux.errors import LogUnavailable, StorageError
+from flux.errors import LogUnavailable, StorageError, ValidationError
 from flux.events import Event, validate_event
 from flux.log.sqlite import SQLiteLog
 from flux.service import FluxService
@@ -261,7 +261,9 @@ async def test_a_lost_log_does_not_reuse_the_snapshots_sequences(
 async def test_deletion_is_an_event_that_survives_restart(settings: Settings) -> None:
     async with running(settings) as service:
         await service.publish([new_event("ns/gone", a=1, b=2), new_event("ns/kept", a=1)])
-        ((tombstone, appended),) = await service.delete(["ns/gone"])
+        deletion = await service.delete(["ns/gone", "ns/never"])
+        assert deletion.not_found == ["ns/never"]
+        ((tombstone, appended),) = deletion.deleted.values()
         assert not appended.duplicate
         assert service.engine.get("ns/gone") is None
         crash(service)
@@ -273,6 +275,89 @@ async def test_deletion_is_an_event_that_survives_restart(settings: Settings) ->
         await service.publish([new_event("ns/gone", c=3)])
         entity = service.engine.get("ns/gone")
         assert entity is not None and entity.properties == {"c": 3}
+
+
+async def test_a_delete_of_what_does_not_exist_logs_nothing(settings: Settings) -> None:
+    async with running(settings) as service:
+        await service.publish([new_event("ns/here", a=1)])
+        deletion = await service.delete(["ns/never", "ns/here", "ns/never"])
+        assert list(deletion.deleted) == ["ns/here"]
+        assert deletion.not_found == ["ns/never"]
+        assert (await service.delete(["ns/here"])).not_found == ["ns/here"]
+        assert service.engine.last_seq == 2  # one event, one tombstone
+
+
+async def test_concurrent_deletes_of_one_entity_log_one_tombstone(settings: Settings) -> None:
+    """The existence check sees the tombstones of other deletes that are sequenced but not yet
+    applied; a delete that finds one answers once that tombstone is applied."""
+    async with running(settings) as service:
+        await service.publish([new_event("ns/one", a=1), new_event("ns/two", a=1)])
+        results = []
+
+        async def delete(ids: list[str]) -> None:
+            deletion = await service.delete(ids)
+            assert service.engine.get("ns/one") is None  # applied by the time it answers
+            results.append(deletion)
+
+        async with anyio.create_task_group() as tasks:
+            for n in range(10):
+                tasks.start_soon(delete, ["ns/one", "ns/two"] if n % 2 else ["ns/one"])
+        assert sum(len(r.deleted) for r in results) == 2
+        assert sum(len(r.not_found) for r in results) == 13
+        assert service.engine.last_seq == 4
+        assert not service._deleting and not service._tombstones
+
+
+async def test_a_delete_waiting_on_a_failed_tombstone_checks_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(settings) as service:
+        await service.publish([new_event("ns/x", a=1)])
+        real_append = service.log.append
+        calls = 0
+
+        async def first_fails(entries: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await anyio.sleep(0.05)
+                raise LogUnavailable("event log unavailable: disk full")
+            return await real_append(entries)
+
+        monkeypatch.setattr(service.log, "append", first_fails)
+        outcomes: dict[str, Any] = {}
+
+        async def first() -> None:
+            try:
+                await service.delete(["ns/x"])
+            except LogUnavailable as exc:
+                outcomes["first"] = exc
+
+        async def second() -> None:
+            await anyio.sleep(0.01)  # while the first one's tombstone is in flight
+            outcomes["second"] = await service.delete(["ns/x"])
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            tasks.start_soon(second)
+        assert isinstance(outcomes["first"], LogUnavailable)
+        assert list(outcomes["second"].deleted) == ["ns/x"]
+        assert service.engine.get("ns/x") is None
+        assert not service._deleting and not service._tombstones
+
+
+async def test_connectors_ingest_refuses_ids_over_the_limit(settings: Settings) -> None:
+    """`ingest_as` (the connectors' way in) applies the id length limit like the API."""
+    small = settings.replace(max_entity_id_length=8)
+    async with running(small) as service:
+        raw = {"stream": "s", "source": "c", "timestamp": 1}
+        ok = {**raw, "payload": {"entity_id": "ns/12345", "properties": {"a": 1}}}
+        long = {**raw, "payload": {"entity_id": "ns/123456", "properties": {"a": 1}}}
+        with pytest.raises(ValidationError, match="at most 8"):
+            await service.ingest_as(None, [ok, long])
+        assert service.engine.last_seq == 0  # all or nothing
+        await service.ingest_as(None, [ok])
+        assert service.engine.get("ns/12345") is not None
 
 
 # -- snapshots while running -------------------------------------------------------------------

@@ -237,13 +237,17 @@ class FluxClient:
         return result
 
     def delete(self, entity_id: str) -> JSONObject:
-        """DELETE /api/state/entities/{id}: logs a deletion. Returns `{"entity_id", "eventId"}`."""
+        """DELETE /api/state/entities/{id}: logs a deletion if the entity exists. Returns
+        `{"entity_id", "eventId", "deleted": true}`, or `{"entity_id", "deleted": false}` when
+        there was nothing to delete (nothing logged)."""
         result: JSONObject = self._request("DELETE", entity_path(entity_id))
         return result
 
     def batch_delete(self, filter: Mapping[str, Any]) -> JSONObject:
         """POST /api/state/entities/delete with `{"namespace": ...}`, `{"prefix": ...}` or
-        `{"entity_ids": [...]}`. Returns `{"deleted", "failed", "errors"}`."""
+        `{"entity_ids": [...]}`. Returns `{"deleted", "deleted_ids", "not_found", "failed",
+        "errors"}` (`not_found`: ids with nothing to delete; `failed`: ids over the rate
+        limit)."""
         result: JSONObject = self._request(
             "POST", "/api/state/entities/delete", json_body=dict(filter)
         )

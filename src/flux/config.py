@@ -328,6 +328,14 @@ SETTINGS: tuple[Setting, ...] = (
         runtime=True,
     ),
     Setting(
+        "max_entity_id_length",
+        "FLUX_MAX_ENTITY_ID_LENGTH",
+        1024,
+        _positive_int,
+        "Longest entity id accepted, in characters (Unicode code points), wherever an id or a "
+        "prefix of one is given: events, deletes, reads, subscriptions.",
+    ),
+    Setting(
         "ws_queue_limit",
         "FLUX_WS_QUEUE_LIMIT",
         10_000,
@@ -340,7 +348,8 @@ SETTINGS: tuple[Setting, ...] = (
         "FLUX_WS_MAX_SUBSCRIPTIONS",
         1_000,
         _positive_int,
-        "Subscriptions one live connection may hold.",
+        "Subscriptions (entity ids and prefixes) one WebSocket connection may hold; past it a "
+        "subscribe is answered with an error. An SSE stream holds one.",
     ),
     Setting(
         "metrics_interval_seconds",
@@ -524,6 +533,7 @@ class Settings:
     body_size_limit_single_bytes: int = 1_048_576
     body_size_limit_batch_bytes: int = 10_485_760
     max_batch_delete: int = 10_000
+    max_entity_id_length: int = 1024
     ws_queue_limit: int = 10_000
     ws_max_subscriptions: int = 1_000
     metrics_interval_seconds: float = 2.0

@@ -92,8 +92,10 @@ class PayloadTooLarge(FluxError):
 class RateLimited(FluxError):
     """Too many events for the namespace; retry after `retry_after` seconds (429)."""
 
+    MESSAGE = "rate limit exceeded"
+
     def __init__(self, retry_after: int) -> None:
-        super().__init__("rate limit exceeded")
+        super().__init__(self.MESSAGE)
         self.retry_after = retry_after
 
 

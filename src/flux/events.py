@@ -137,6 +137,9 @@ _REQUIRED = ("stream", "source", "timestamp", "payload")
 # False for optional ones (null means absent).
 _STRING_FIELDS = {"eventId": False, "stream": True, "source": True, "key": False, "schema": False}
 NUL_MESSAGE = "{field} must not contain the NUL character (U+0000)"
+# The longest entity id accepted by default, in characters (FLUX_MAX_ENTITY_ID_LENGTH). Matching
+# a change against prefix subscriptions and the log's history index cost grows with id length.
+MAX_ENTITY_ID_LENGTH = 1024
 MAX_PAYLOAD_DEPTH = 128  # serde_json's recursion limit; orjson.dumps gives up at 254 levels
 
 
@@ -208,11 +211,12 @@ def _decoding_error(obj: dict[str, Any]) -> ValidationError:
     return ValidationError(f"missing field `{missing}`")
 
 
-def validate_event(obj: Any) -> Event:
+def validate_event(obj: Any, max_id_length: int = MAX_ENTITY_ID_LENGTH) -> Event:
     """Check one decoded event and return it in canonical form, generating `eventId` when absent.
     Raises ValidationError with the first failure, in the original's order of checks: decoding
     errors first (like serde: the first mistyped field in input order, then the first missing
-    field), then the validation rules."""
+    field), then the validation rules. A string `payload.entity_id` may have at most
+    `max_id_length` characters."""
     if type(obj) is not dict:
         raise ValidationError(f"invalid type: {describe(obj)}, expected struct Event")
     stream = obj.get("stream")
@@ -255,8 +259,11 @@ def validate_event(obj: Any) -> Event:
     if event_id and "\x00" in event_id:
         raise ValidationError(NUL_MESSAGE.format(field="eventId"))
     entity_id = payload.get("entity_id")
-    if type(entity_id) is str and "\x00" in entity_id:
-        raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
+    if type(entity_id) is str:
+        if len(entity_id) > max_id_length:
+            raise too_long("entity_id", entity_id, max_id_length)
+        if "\x00" in entity_id:
+            raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
 
     event: Event = {
         "eventId": event_id or uuid7(),
@@ -272,11 +279,30 @@ def validate_event(obj: Any) -> Event:
     return event
 
 
-def check_entity_id(entity_id: str) -> str:
-    """An entity id given outside an event (a DELETE): the same rule as in events."""
+def check_entity_id(entity_id: str, max_length: int = MAX_ENTITY_ID_LENGTH) -> str:
+    """An entity id given outside an event (a DELETE, a read): the same rules as in events.
+    Raises ValidationError."""
+    if len(entity_id) > max_length:
+        raise too_long("entity_id", entity_id, max_length)
     if "\x00" in entity_id:
         raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
     return entity_id
+
+
+def check_id_part(text: str, field: str, max_length: int = MAX_ENTITY_ID_LENGTH) -> str:
+    """An id, prefix or namespace given to find entities (a read, a filter, a subscription):
+    no longer than an id may be, since a longer one could match nothing. Only the length is
+    checked (a read of an id that cannot exist finds nothing). Raises ValidationError naming
+    `field`."""
+    if len(text) > max_length:
+        raise too_long(field, text, max_length)
+    return text
+
+
+def too_long(field: str, text: str, max_length: int) -> ValidationError:
+    return ValidationError(
+        f"{field} is too long: {len(text)} characters (an entity_id has at most {max_length})"
+    )
 
 
 def entity_of(event: Event) -> str | None:

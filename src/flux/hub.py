@@ -3,8 +3,12 @@
 A connection subscribes to exact entity ids, to id prefixes, or to everything (`*`). As in the
 original Flux, a connection that has never subscribed receives everything; once it has
 subscribed, it receives only what matches (so unsubscribing from everything means silence).
-Matching a change is a dict lookup for the exact id plus a walk over the distinct prefixes (or
-over the id's own prefixes, whichever is shorter), never a scan of all connections.
+Matching a change is a dict lookup for the exact id plus, for prefix subscriptions, one slice
+and one dict lookup per distinct prefix length (prefixes are indexed by their length), never a
+scan of all connections. Its cost does not grow with the number of prefixes held, only with the
+number of distinct prefix lengths no longer than the id (at most the longest id allowed,
+FLUX_MAX_ENTITY_ID_LENGTH, and in practice a handful). The walk it replaced tried every prefix
+(or every prefix of the id): about id length x prefixes, which let anyone stall the server.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ class Hub(Generic[C]):
         self._fresh: set[C] = set()  # never subscribed: receive everything
         self._wildcard: set[C] = set()
         self._exact: dict[str, set[C]] = {}
-        self._prefix: dict[str, set[C]] = {}
+        # prefix length -> {prefix -> subscribers}; `_lengths` is its keys, ascending
+        self._prefix: dict[int, dict[str, set[C]]] = {}
+        self._lengths: list[int] = []
         self._subs: dict[C, set[tuple[str, str]]] = {}
 
     def __len__(self) -> int:
@@ -53,7 +59,12 @@ class Hub(Generic[C]):
                 self._wildcard.add(conn)
             else:
                 subs.add(("prefix", prefix))
-                self._prefix.setdefault(prefix, set()).add(conn)
+                size = len(prefix)
+                by_prefix = self._prefix.get(size)
+                if by_prefix is None:
+                    by_prefix = self._prefix[size] = {}
+                    self._lengths = sorted(self._prefix)
+                by_prefix.setdefault(prefix, set()).add(conn)
         elif entity_id == WILDCARD:
             subs.add(("all", ""))
             self._wildcard.add(conn)
@@ -85,12 +96,16 @@ class Hub(Generic[C]):
         if kind == "all":
             self._wildcard.discard(conn)
             return
-        index = self._exact if kind == "exact" else self._prefix
-        bucket = index.get(key)
-        if bucket is not None:
-            bucket.discard(conn)
-            if not bucket:
-                del index[key]
+        if kind == "exact":
+            _discard(self._exact, key, conn)
+            return
+        size = len(key)
+        by_prefix = self._prefix.get(size)
+        if by_prefix is not None:
+            _discard(by_prefix, key, conn)
+            if not by_prefix:
+                del self._prefix[size]
+                self._lengths = sorted(self._prefix)
 
     def count(self, conn: C) -> int:
         """How many subscriptions a connection holds."""
@@ -117,15 +132,22 @@ class Hub(Generic[C]):
         exact = self._exact.get(entity_id)
         if exact:
             found |= exact
-        prefixes = self._prefix
-        if prefixes:
-            if len(prefixes) <= len(entity_id):
-                for prefix, conns in prefixes.items():
-                    if entity_id.startswith(prefix):
-                        found |= conns
-            else:
-                for end in range(1, len(entity_id) + 1):
-                    bucket = prefixes.get(entity_id[:end])
-                    if bucket:
-                        found |= bucket
+        if self._lengths:
+            prefixes = self._prefix
+            longest = len(entity_id)
+            for size in self._lengths:
+                if size > longest:
+                    break
+                bucket = prefixes[size].get(entity_id[:size])
+                if bucket:
+                    found |= bucket
         return found
+
+
+def _discard(index: dict[str, set[C]], key: str, conn: C) -> None:
+    """Take `conn` out of `index[key]`, dropping the key once nobody is left."""
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.discard(conn)
+        if not bucket:
+            del index[key]

@@ -57,6 +57,30 @@ class RateLimiter:
         wait_ns = -(-(UNIT - credit) // per_minute)  # ceiling division
         return wait_ns / NS_PER_SECOND
 
+    def take_many(self, key: str, per_minute: int, count: int) -> tuple[int, float]:
+        """Take up to `count` events from `key`'s bucket (as many as it holds: a batch is
+        admitted in part). Returns how many were taken and, when that is fewer than `count`,
+        the seconds until one more would pass (else 0.0). The arithmetic of `take`, which stays
+        separate because it runs once per published event."""
+        if count <= 0:
+            return 0, 0.0
+        now = self._now()
+        if now - self._last_prune >= PRUNE_EVERY_NS:
+            self.prune(now)
+        capacity = per_minute * UNIT
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            credit = capacity
+        else:
+            credit = min(capacity, bucket[0] + max(0, now - bucket[1]) * per_minute)
+        taken = min(count, credit // UNIT)
+        credit -= taken * UNIT
+        self._buckets[key] = [credit, now]
+        if taken == count:
+            return taken, 0.0
+        wait_ns = -(-(UNIT - credit) // per_minute)  # ceiling division
+        return taken, wait_ns / NS_PER_SECOND
+
     def prune(self, now: int | None = None) -> int:
         """Drop buckets that are full again (whatever the limit, a bucket idle for a minute is);
         returns how many were dropped."""

@@ -5,6 +5,10 @@ Committed records reach `_on_records` on the event loop in sequence order (the l
 it); they are applied to the engine there, before the appends that wrote them return, so a
 client's read after its write's 200 sees the write. Snapshots are taken on the loop (one C call
 to encode) and written in a thread.
+
+A delete writes a tombstone only for an entity that exists where the log orders it (see
+`delete`): never one for an entity that does not exist, and one, not several, when deletes of
+an entity race.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -42,7 +47,7 @@ from flux.errors import (
     RateLimited,
     ValidationError,
 )
-from flux.events import Event, entity_of, now_us, tombstone, validate_event
+from flux.events import Event, entity_of, namespace_of, now_us, tombstone, validate_event
 from flux.log import Appended, Entry, EventLog, Record, open_log
 from flux.namespaces import NamespaceRegistry
 from flux.ratelimit import RateLimiter, retry_after
@@ -54,6 +59,23 @@ Listener = Callable[[list[Change], list[Record]], None]
 
 # A NamedTuple's own constructor is a Python-level __new__; the C one skips it (once per event).
 _new_tuple = tuple.__new__
+
+
+class Deletion(NamedTuple):
+    """What `FluxService.delete` did: the tombstone logged for each entity it deleted (by id,
+    in the order they were logged) and the ids of entities that did not exist (nothing logged)."""
+
+    deleted: dict[str, tuple[Event, Appended]]
+    not_found: list[str]
+
+
+class AdmittedDeletes(NamedTuple):
+    """The ids a delete may remove under the rate limit (in request order), the ids refused
+    for it, and the Retry-After seconds for those (0 when none was refused)."""
+
+    admitted: list[str]
+    refused: list[str]
+    retry_after: int
 
 
 class FluxService:
@@ -90,6 +112,10 @@ class FluxService:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._verifier: asyncio.Task[None] | None = None
+        # Tombstones `delete` has handed to the log and that are not applied yet: event id ->
+        # entity id, and entity id -> a future done once that tombstone is applied (or failed).
+        self._tombstones: dict[str, str] = {}
+        self._deleting: dict[str, asyncio.Future[bool]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -267,6 +293,31 @@ class FluxService:
         if namespace is not None:
             self.rate_limit(namespace)
 
+    def admit_deletes(self, entity_ids: Sequence[str]) -> AdmittedDeletes:
+        """Take one event of the namespace's rate limit for each id to delete (ids already
+        authorized: with auth on they are all in the caller's namespace), as events do: with
+        auth on and rate limiting on. A batch is admitted in part: its first ids, as many as
+        the namespace's bucket holds; the rest are refused."""
+        runtime = self.runtime
+        if not (self.settings.auth_enabled and runtime.rate_limit_enabled):
+            return AdmittedDeletes(list(entity_ids), [], 0)
+        per_minute = runtime.rate_limit_per_namespace_per_minute
+        by_namespace: dict[str | None, list[str]] = {}
+        for entity_id in entity_ids:
+            by_namespace.setdefault(namespace_of(entity_id), []).append(entity_id)
+        allowed: set[str] = set()
+        wait = 0.0
+        for name, ids in by_namespace.items():
+            if name is None:  # not reached: an authorized id has a namespace
+                allowed.update(ids)
+                continue
+            taken, pause = self.limiter.take_many(name, per_minute, len(ids))
+            allowed.update(ids[:taken])
+            wait = max(wait, pause)
+        admitted = [i for i in entity_ids if i in allowed]
+        refused = [i for i in entity_ids if i not in allowed]
+        return AdmittedDeletes(admitted, refused, retry_after(wait) if refused else 0)
+
     def rate_limit(self, key: str) -> None:
         """Count one event against `key` (a namespace) when rate limiting is on; raises
         RateLimited with the real wait when the key is over its limit."""
@@ -361,8 +412,9 @@ class FluxService:
             try:
                 await self.log.sync()
                 ids = [entity.id for entity in self.engine.select(namespace=name)]
+                deleted = 0
                 for chunk in _chunks(ids, 10_000):
-                    await self.delete(chunk)
+                    deleted += len((await self.delete(chunk)).deleted)
                 floor = await self.log.sync()
                 await self.registry.delete(name, floor)
             except BaseException:
@@ -372,10 +424,10 @@ class FluxService:
         logger.info(
             "namespace %s deleted with its %d entities; its history up to sequence %d is hidden",
             name,
-            len(ids),
+            deleted,
             floor,
         )
-        return len(ids)
+        return deleted
 
     def history_floor(self, entity_id: str) -> int:
         """The sequence at or below which the entity's events are not served by history and
@@ -426,7 +478,8 @@ class FluxService:
         the checks of `POST /api/events/batch` (validation, the namespace of every id, the
         reserved namespace, the rate limit) with the namespace standing in for its token; all
         or nothing. Raises ValidationError, Forbidden, NamespaceNotFound or RateLimited."""
-        events = [validate_event(item) for item in items]
+        max_id_length = self.settings.max_entity_id_length
+        events = [validate_event(item, max_id_length) for item in items]
         for event in events:
             entity_id = entity_of(event)
             check_not_reserved(entity_id)
@@ -458,14 +511,82 @@ class FluxService:
             append(_new_tuple(Entry, (event, event["eventId"], entity_id, data)))
         return await self.log.append(entries)
 
-    async def delete(self, entity_ids: Sequence[str]) -> list[tuple[Event, Appended]]:
-        """Append one tombstone per id (whether or not the entity exists)."""
-        events = [tombstone(entity_id) for entity_id in entity_ids]
-        return list(zip(events, await self.publish(events), strict=True))
+    async def delete(self, entity_ids: Sequence[str]) -> Deletion:
+        """Delete the entities that exist: one tombstone each, none for an id whose entity does
+        not exist (it is listed in `not_found`). Raises LogError when the log fails.
+
+        Existence is decided where the log orders the tombstones. The check and the hand-over
+        to the log happen in one step of the event loop (the log sequences appends in the order
+        they are handed over), against the state plus the tombstones of earlier deletes that
+        are sequenced but not applied yet: so two deletes of one entity never both log one, and
+        an id whose entity another delete is removing counts as not found once that tombstone
+        is applied (if its append fails, the id is checked again). Other writes still in flight
+        (not applied, so not acknowledged) are concurrent with the delete, which is ordered
+        before them: an update in flight that creates the entity leaves it created.
+
+        Shielded: a client going away does not stop it half-way (nor leave its tombstones
+        marked as in flight after they were applied)."""
+        return await asyncio.shield(self._delete(list(dict.fromkeys(entity_ids))))
+
+    async def _delete(self, pending: list[str]) -> Deletion:
+        deleted: dict[str, tuple[Event, Appended]] = {}
+        not_found: list[str] = []
+        while pending:
+            entities = self.engine.entities
+            deleting = self._deleting
+            found: list[str] = []
+            waits: dict[str, asyncio.Future[bool]] = {}
+            for entity_id in pending:
+                other = deleting.get(entity_id)
+                if other is not None:
+                    waits[entity_id] = other
+                elif entity_id in entities:
+                    found.append(entity_id)
+                else:
+                    not_found.append(entity_id)
+            if found:
+                events = [tombstone(entity_id) for entity_id in found]
+                appended = await self._log_tombstones(events)
+                for entity_id, event, done in zip(found, events, appended, strict=True):
+                    deleted[entity_id] = (event, done)
+            pending = []
+            if waits:
+                await asyncio.wait(set(waits.values()))
+                for entity_id, outcome in waits.items():
+                    failed = outcome.cancelled() or outcome.result()
+                    (pending if failed else not_found).append(entity_id)
+        return Deletion(deleted, not_found)
+
+    async def _log_tombstones(self, events: list[Event]) -> list[Appended]:
+        """Publish tombstones, marked as in flight (`_deleting`) from the moment they are
+        handed to the log until they are applied (`_on_records`) or their append failed."""
+        loop = asyncio.get_running_loop()
+        for event in events:
+            entity_id = event["payload"]["entity_id"]
+            self._tombstones[event["eventId"]] = entity_id
+            self._deleting[entity_id] = loop.create_future()
+        try:
+            return await self.publish(events)
+        finally:
+            for event in events:  # still marked: not applied, so the append failed
+                entity_id = self._tombstones.pop(event["eventId"], None)
+                if entity_id is not None:
+                    self._applied_or_failed(entity_id, failed=True)
+
+    def _applied_or_failed(self, entity_id: str, failed: bool) -> None:
+        future = self._deleting.pop(entity_id, None)
+        if future is not None and not future.done():
+            future.set_result(failed)
 
     def _on_records(self, records: list[Record]) -> None:
         changes = self.engine.apply_all(records)
         self.events_total += len(records)
+        if self._tombstones:
+            pop = self._tombstones.pop
+            for record in records:
+                entity_id = pop(record.event["eventId"], None)
+                if entity_id is not None:
+                    self._applied_or_failed(entity_id, failed=False)
         for listener in self.listeners:
             try:
                 listener(changes, records)

@@ -228,10 +228,15 @@ def test_large_but_valid_structures(client: TestClient) -> None:
     response = client.post("/api/events", content=orjson.dumps(new_event("ns/wide", wide)))
     assert response.status_code == 200
     assert len(client.get("/api/state/entities/ns%2Fwide").json()["properties"]) == 20_000
-    long_id = "ns/" + "i" * 30_000
+    long_id = "ns/" + "i" * 1021  # the longest id allowed (FLUX_MAX_ENTITY_ID_LENGTH)
     response = client.post("/api/events", content=orjson.dumps(new_event(long_id)))
     assert response.status_code == 200
     assert client.get(f"/api/state/entities/{long_id}").json()["id"] == long_id
+    too_long = "ns/" + "i" * 30_000
+    response = client.post("/api/events", content=orjson.dumps(new_event(too_long)))
+    assert_error(
+        response, 400, "entity_id is too long: 30003 characters (an entity_id has at most 1024)"
+    )
 
 
 # -- against the real server -------------------------------------------------------------------

@@ -147,6 +147,8 @@ def test_log_failures(
     client: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
 ) -> None:
     service = client.app.state.service  # type: ignore[attr-defined]
+    kept = orjson.dumps(new_event("ns/kept"))
+    assert client.post("/api/events", content=kept).status_code == 200
 
     async def failing(entries: Any) -> Any:
         raise error
@@ -155,6 +157,10 @@ def test_log_failures(
     body = orjson.dumps(new_event("ns/lost"))
     assert_error(client.post("/api/events", content=body), status, str(error))
     assert_error(client.post("/api/events/batch", content=b"[" + body + b"]"), status, str(error))
-    assert_error(client.delete("/api/state/entities/ns%2Flost"), status, str(error))
+    assert_error(client.delete("/api/state/entities/ns%2Fkept"), status, str(error))
+    deleting = client.post("/api/state/entities/delete", content=b'{"entity_ids":["ns/kept"]}')
+    assert_error(deleting, status, str(error))
     monkeypatch.undo()
     assert_error(client.get("/api/state/entities/ns%2Flost"), 404, "Entity not found")
+    assert client.get("/api/state/entities/ns%2Fkept").status_code == 200  # not deleted
+    assert client.delete("/api/state/entities/ns%2Fkept").json()["deleted"] is True

@@ -280,7 +280,13 @@ def test_batch_delete_only_touches_the_callers_namespace(auth: TestClient) -> No
 
     # a prefix that covers both namespaces reaches only the caller's
     response = batch_delete(another, {"prefix": "a"})
-    assert response.json() == {"deleted": 1, "failed": 0, "errors": []}  # type: ignore[attr-defined]
+    assert response.json() == {  # type: ignore[attr-defined]
+        "deleted": 1,
+        "deleted_ids": ["another/1"],
+        "not_found": [],
+        "failed": 0,
+        "errors": [],
+    }
     assert ids(auth) == {"alpha/1", "alpha/2"}
     assert batch_delete(another, {"prefix": "alpha/"}).json()["deleted"] == 0  # type: ignore[attr-defined]
     assert_error(

@@ -1,6 +1,6 @@
 """Rate limits through the API, on a fake clock: 429 with the real Retry-After, a batch counts
-each event, namespaces are independent, the runtime switch and limit apply at once, and auth off
-means no limits (docs/auth.md)."""
+each event, deletes count too, namespaces are independent, the runtime switch and limit apply at
+once, and auth off means no limits (docs/auth.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from .authkit import ADMIN, bearer, open_client, publish, register
-from .helpers import assert_error, encode_id, new_event
+from .helpers import assert_error, new_event
 
 
 class Clock:
@@ -100,13 +100,50 @@ def test_the_runtime_switch_and_limit_apply_at_once(limited: TestClient, clock: 
     assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
 
 
-def test_deletes_are_not_limited(limited: TestClient) -> None:
+def delete_batch(client: TestClient, token: str, body: dict[str, object]) -> object:
+    return client.post(
+        "/api/state/entities/delete", content=orjson.dumps(body), headers=bearer(token)
+    )
+
+
+def test_deletes_count_against_the_limit(limited: TestClient, clock: Clock) -> None:
+    """Each id a delete names takes one event of the namespace's limit, whether its entity
+    exists or not (issue 11, defect 6: deletes were free, so a namespace over its limit logged
+    100,000 tombstones in under a second)."""
     token = register(limited, "matt")
-    batch(limited, token, [f"matt/{n}" for n in range(6)])
-    assert publish(limited, token, "matt/x").status_code == 429
-    for n in range(6):
-        path = f"/api/state/entities/{encode_id(f'matt/{n}')}"
-        assert limited.delete(path, headers=bearer(token)).status_code == 200
+    batch(limited, token, [f"matt/{n}" for n in range(3)])
+    missing = limited.delete("/api/state/entities/matt%2Fnever", headers=bearer(token))
+    assert missing.json() == {"entity_id": "matt/never", "deleted": False}
+    answer = delete_batch(limited, token, {"entity_ids": ["matt/0", "matt/x", "matt/1"]})
+    body = answer.json()  # type: ignore[attr-defined]
+    assert body == {  # 3 events + 1 delete + 2 of these 3 ids: the 6 of the minute
+        "deleted": 1,
+        "deleted_ids": ["matt/0"],
+        "not_found": ["matt/x"],
+        "failed": 1,
+        "errors": ["matt/1: rate limit exceeded"],
+    }
+    assert answer.headers["retry-after"] == "10"  # type: ignore[attr-defined]
+    refused = limited.delete("/api/state/entities/matt%2F1", headers=bearer(token))
+    assert_error(refused, 429, "rate limit exceeded")
+    assert refused.headers["retry-after"] == "10"
+    clock.now += 10
+    by_prefix = delete_batch(limited, token, {"prefix": "matt/"}).json()  # type: ignore[attr-defined]
+    assert by_prefix["deleted_ids"] == ["matt/1"] and by_prefix["failed"] == 1
+    assert [e["id"] for e in limited.get("/api/state/entities").json()] == ["matt/2"]
+    clock.now += 60
+    done = delete_batch(limited, token, {"namespace": "matt"}).json()  # type: ignore[attr-defined]
+    assert (done["deleted_ids"], done["failed"]) == (["matt/2"], 0)
+
+
+def test_deletes_are_not_limited_with_the_limit_off(limited: TestClient) -> None:
+    token = register(limited, "matt")
+    off = {"rate_limit_enabled": False}
+    assert limited.put("/api/admin/config", json=off, headers=bearer(ADMIN)).status_code == 200
+    ids = [f"matt/{n}" for n in range(20)]
+    assert batch(limited, token, ids).json()["successful"] == 20  # type: ignore[attr-defined]
+    answer = delete_batch(limited, token, {"entity_ids": ids}).json()  # type: ignore[attr-defined]
+    assert (answer["deleted"], answer["failed"]) == (20, 0)
 
 
 def test_no_limits_with_auth_off(data_dir: Path, clock: Clock) -> None:

@@ -15,8 +15,11 @@ from flux.errors import ValidationError
 from flux.events import (
     DELETED,
     DELETION_STREAM,
+    MAX_ENTITY_ID_LENGTH,
     MAX_PAYLOAD_DEPTH,
     _too_deep,
+    check_entity_id,
+    check_id_part,
     decode_json,
     describe,
     entity_of,
@@ -323,3 +326,28 @@ def test_too_deep_at_the_limit(depth: int) -> None:
     payload = nested_payload(depth)
     expected = recursive_too_deep(payload, MAX_PAYLOAD_DEPTH)
     assert _too_deep(payload, MAX_PAYLOAD_DEPTH) == expected == (depth > MAX_PAYLOAD_DEPTH)
+
+
+def test_entity_ids_have_a_maximum_length() -> None:
+    """At most MAX_ENTITY_ID_LENGTH characters (code points, not bytes) by default, or the limit
+    given; a longer id is refused with the limit in the message. Non-string ids are not ids."""
+    assert MAX_ENTITY_ID_LENGTH == 1024
+    at_limit = "ns/" + "😀" * 1021  # 1,024 characters, 4,087 bytes
+    assert entity_of(validate_event(new_event(at_limit))) == at_limit
+    over = at_limit + "x"
+    message = "entity_id is too long: 1025 characters (an entity_id has at most 1024)"
+    with pytest.raises(ValidationError, match=r"^entity_id is too long: 1025 characters"):
+        validate_event(new_event(over))
+    with pytest.raises(ValidationError) as raised:
+        check_entity_id(over)
+    assert raised.value.message == message
+    assert check_entity_id(at_limit) == at_limit
+    assert entity_of(validate_event(new_event("ns/" + "x" * 5000), 5003)) == "ns/" + "x" * 5000
+    with pytest.raises(ValidationError, match="at most 10"):
+        validate_event(new_event("ns/abcdefgh"), 10)
+    with pytest.raises(ValidationError, match="^prefix is too long: 12 characters"):
+        check_id_part("p" * 12, "prefix", 11)
+    assert check_id_part("p" * 11, "prefix", 11) == "p" * 11
+    unnamed = new_event("x")
+    unnamed["payload"]["entity_id"] = ["x" * 5000]  # not a string: logged, no state
+    assert validate_event(unnamed, 10)["payload"]["entity_id"] == ["x" * 5000]

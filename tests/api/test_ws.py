@@ -444,13 +444,16 @@ def test_since_wins_over_snapshot(live_server: FluxServer, ns: str) -> None:
 
 
 def test_replay_sends_entity_deleted_for_every_tombstone(live_server: FluxServer, ns: str) -> None:
-    """Documented: replay has no state, so a delete of an entity that never existed (nothing
-    live) still replays as entity_deleted."""
+    """Documented: replay has no state, so a tombstone a client published for an entity that
+    never existed (nothing live) still replays as entity_deleted. (A DELETE of such an entity
+    logs nothing.)"""
 
     async def main() -> None:
         async with Publisher(live_server.url) as pub:
             before = await pub.last_seq()
             await pub.delete(f"{ns}never-existed")
+            assert await pub.last_seq() == before
+            await pub.one(f"{ns}never-existed", __deleted__=True)
             async with ws_client(live_server.url) as ws:
                 received = await ws.subscribe(prefix=ns, since=before)
                 assert [(m["type"], m.get("entity_id", m.get("prefix"))) for m in received] == [

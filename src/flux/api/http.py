@@ -15,6 +15,7 @@ from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
 from flux.events import (
     check_entity_id,
+    check_id_part,
     decode_json,
     describe,
     format_time,
@@ -71,7 +72,7 @@ async def publish_event(request: Request) -> Response:
     service = service_of(request)
     require_json_content_type(request)
     body = await read_body(request, service.runtime.body_size_limit_single_bytes)
-    event = validate_event(decode_json(body))
+    event = validate_event(decode_json(body), service.settings.max_entity_id_length)
     service.admit(credential_of(request), event)
     (appended,) = await service.publish([event])
     return json_response(
@@ -102,9 +103,10 @@ async def publish_batch(request: Request) -> Response:
     results: list[dict[str, Any] | None] = [None] * len(items)  # each index is set below
     valid = []
     wait = 0
+    max_id_length = service.settings.max_entity_id_length
     for index, item in enumerate(items):
         try:
-            event = validate_event(item)
+            event = validate_event(item, max_id_length)
         except ValidationError as exc:
             stream = item.get("stream") if type(item) is dict else None
             results[index] = {
@@ -151,6 +153,7 @@ async def history(request: Request) -> Response:
     entity = params.get("entity")
     if not entity:
         raise ValidationError("entity parameter is required")
+    check_id_part(entity, "entity_id", service.settings.max_entity_id_length)
     service.check_read(credential_of(request), entity)
     since_text = params.get("since")
     since = _parse_since(since_text) if since_text else now_us() - HISTORY_WINDOW_US
@@ -193,7 +196,12 @@ def _parse_since(text: str) -> int:
 async def list_entities(request: Request) -> Response:
     service = service_of(request)
     params = request.query_params
-    selected = service.engine.select(params.get("prefix", ""), params.get("namespace"))
+    max_length = service.settings.max_entity_id_length
+    prefix = check_id_part(params.get("prefix", ""), "prefix", max_length)
+    namespace = params.get("namespace")
+    if namespace is not None:
+        check_id_part(namespace, "namespace", max_length)
+    selected = service.engine.select(prefix, namespace)
     hidden = service.hidden_namespaces(credential_of(request))
     if hidden:
         selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
@@ -202,7 +210,9 @@ async def list_entities(request: Request) -> Response:
 
 async def get_entity(request: Request) -> Response:
     service = service_of(request)
-    entity_id = request.path_params["entity_id"]
+    entity_id = check_id_part(
+        request.path_params["entity_id"], "entity_id", service.settings.max_entity_id_length
+    )
     service.check_read(credential_of(request), entity_id)
     entity = service.engine.get(entity_id)
     if entity is None:
@@ -211,17 +221,33 @@ async def get_entity(request: Request) -> Response:
 
 
 async def delete_entity(request: Request) -> Response:
+    """Delete one entity: `{"entity_id", "eventId", "deleted": true}` with the tombstone's
+    event id, or `{"entity_id", "deleted": false}` (nothing logged) when it does not exist. The
+    id takes one event of the namespace's rate limit either way (429 past it)."""
     service = service_of(request)
-    entity_id = check_entity_id(request.path_params["entity_id"])
+    entity_id = check_entity_id(
+        request.path_params["entity_id"], service.settings.max_entity_id_length
+    )
     service.authorize_write(credential_of(request), entity_id)
-    ((event, _),) = await service.delete([entity_id])
-    return json_response({"entity_id": entity_id, "eventId": event["eventId"]})
+    admitted = service.admit_deletes([entity_id])
+    if admitted.refused:
+        raise RateLimited(admitted.retry_after)
+    done = (await service.delete([entity_id])).deleted.get(entity_id)
+    if done is None:
+        return json_response({"entity_id": entity_id, "deleted": False})
+    return json_response({"entity_id": entity_id, "eventId": done[0]["eventId"], "deleted": True})
 
 
 async def batch_delete(request: Request) -> Response:
+    """Delete the entities a filter selects: `deleted` (a count) and `deleted_ids`, the ids
+    that did not exist (`not_found`: nothing logged for them), and those refused by the rate
+    limit (`failed`, `errors`, with a Retry-After header). Every id takes one event of the
+    namespace's rate limit, whether it existed or not."""
     service = service_of(request)
     doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
     credential = credential_of(request)
+    max_length = service.settings.max_entity_id_length
+    limit = service.runtime.max_batch_delete
     # The first filter present wins; a null one counts as absent (as serde's Option does).
     # With auth on, a namespace or prefix filter only reaches the caller's own namespace, and
     # every listed id is authorized before anything is deleted (one failure refuses them all).
@@ -229,27 +255,42 @@ async def batch_delete(request: Request) -> Response:
         namespace = doc["namespace"]
         if type(namespace) is not str or not namespace:
             raise ValidationError("`namespace` must be a non-empty string")
-        ids = service.writable(credential, namespace, "")
+        ids = service.writable(credential, check_id_part(namespace, "namespace", max_length), "")
     elif doc.get("prefix") is not None:
         prefix = doc["prefix"]
         if type(prefix) is not str or not prefix:
             raise ValidationError("`prefix` must be a non-empty string")
-        ids = service.writable(credential, None, prefix)
+        ids = service.writable(credential, None, check_id_part(prefix, "prefix", max_length))
     elif doc.get("entity_ids") is not None:
         ids = doc["entity_ids"]
         if type(ids) is not list or not all(type(i) is str for i in ids):
             raise ValidationError("`entity_ids` must be an array of strings")
-        ids = [check_entity_id(i) for i in dict.fromkeys(ids)]
+        ids = [check_entity_id(i, max_length) for i in dict.fromkeys(ids)]
+        _check_batch_size(ids, limit)
         for entity_id in ids:
             service.authorize_write(credential, entity_id)
     else:
         raise ValidationError("a filter is required: one of `namespace`, `prefix` or `entity_ids`")
-    limit = service.runtime.max_batch_delete
+    _check_batch_size(ids, limit)
+    admitted = service.admit_deletes(ids)
+    deletion = await service.delete(admitted.admitted) if admitted.admitted else None
+    deleted = deletion.deleted if deletion is not None else {}
+    missing = set(deletion.not_found) if deletion is not None else set()
+    return json_response(
+        {
+            "deleted": len(deleted),
+            "deleted_ids": [i for i in admitted.admitted if i in deleted],
+            "not_found": [i for i in admitted.admitted if i in missing],
+            "failed": len(admitted.refused),
+            "errors": [f"{i}: {RateLimited.MESSAGE}" for i in admitted.refused],
+        },
+        headers={"Retry-After": str(admitted.retry_after)} if admitted.refused else None,
+    )
+
+
+def _check_batch_size(ids: list[str], limit: int) -> None:
     if len(ids) > limit:
         raise ValidationError(f"Batch too large: {len(ids)} entities requested, max is {limit}")
-    if ids:
-        await service.delete(ids)
-    return json_response({"deleted": len(ids), "failed": 0, "errors": []})
 
 
 # -- health and admin --------------------------------------------------------------------------

@@ -147,8 +147,10 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {
                     "entity_id": {
                         "nullable": True,
-                        "description": "A string names the entity. Absent, null or not a "
-                        "string: the event is logged but changes no state (with auth on: 400).",
+                        "description": "A string names the entity: at most "
+                        "FLUX_MAX_ENTITY_ID_LENGTH characters (1024 by default; longer: 400). "
+                        "Absent, null or not a string: the event is logged but changes no "
+                        "state (with auth on: 400).",
                     },
                     "properties": {"type": "object", "additionalProperties": True},
                 },
@@ -210,8 +212,18 @@ SCHEMAS: dict[str, Any] = {
     },
     "Deleted": {
         "type": "object",
-        "required": ["entity_id", "eventId"],
-        "properties": {"entity_id": {"type": "string"}, "eventId": {"type": "string"}},
+        "required": ["entity_id", "deleted"],
+        "properties": {
+            "entity_id": {"type": "string"},
+            "deleted": {
+                "type": "boolean",
+                "description": "false: the entity did not exist and nothing was logged.",
+            },
+            "eventId": {
+                "type": "string",
+                "description": "The tombstone's event id (only when `deleted` is true).",
+            },
+        },
     },
     "BatchDeleteRequest": {
         "type": "object",
@@ -225,11 +237,28 @@ SCHEMAS: dict[str, Any] = {
     },
     "BatchDeleteResult": {
         "type": "object",
-        "required": ["deleted", "failed", "errors"],
+        "required": ["deleted", "deleted_ids", "not_found", "failed", "errors"],
         "properties": {
-            "deleted": {"type": "integer"},
-            "failed": {"type": "integer"},
-            "errors": {"type": "array", "items": {"type": "string"}},
+            "deleted": {"type": "integer", "description": "How many entities were deleted."},
+            "deleted_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "The ids deleted (a tombstone logged for each), in request order.",
+            },
+            "not_found": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Ids whose entity did not exist: nothing was logged for them.",
+            },
+            "failed": {
+                "type": "integer",
+                "description": "How many ids were refused by the namespace's rate limit.",
+            },
+            "errors": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "`<id>: rate limit exceeded` for each refused id.",
+            },
         },
     },
     "Health": {
@@ -541,7 +570,10 @@ PATHS: dict[str, Any] = {
             "security": _BEARER,
             "responses": {
                 "200": _json({"type": "array", "items": _ref("Event")}, "Stored events"),
-                "400": _error("Missing entity or bad parameter"),
+                "400": _error(
+                    "Missing entity, an entity longer than FLUX_MAX_ENTITY_ID_LENGTH, or a bad "
+                    "parameter"
+                ),
                 **_auth_errors(write=False),
             },
         },
@@ -589,22 +621,41 @@ PATHS: dict[str, Any] = {
                     "schema": {"type": "string"},
                 },
             ],
-            "responses": {"200": _json({"type": "array", "items": _ref("Entity")}, "Entities")},
+            "responses": {
+                "200": _json({"type": "array", "items": _ref("Entity")}, "Entities"),
+                "400": _error("A prefix or namespace longer than FLUX_MAX_ENTITY_ID_LENGTH"),
+            },
         },
     },
     "/api/state/entities/delete": {
         "post": {
             "summary": "Delete many entities",
             "description": "Auth on: a namespace or prefix filter only reaches the caller's "
-            "own namespace; every listed id is authorized before anything is deleted.",
+            "own namespace; every listed id is authorized before anything is deleted. Each id "
+            "takes one event of the namespace's rate limit (auth on), whether its entity exists "
+            "or not: the first ids up to what the namespace has left are handled, the rest are "
+            "reported in `failed` and `errors`. An id whose entity does not exist is listed in "
+            "`not_found` and nothing is logged for it.",
             "security": _BEARER,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": _ref("BatchDeleteRequest")}},
             },
             "responses": {
-                "200": _json(_ref("BatchDeleteResult"), "Tombstones stored"),
-                "400": _error("No filter, a bad one, or over max_batch_delete"),
+                "200": {
+                    **_json(_ref("BatchDeleteResult"), "Tombstones stored for what existed"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Present when some ids were rate limited: seconds "
+                            "until the namespace may delete again.",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
+                "400": _error(
+                    "No filter, a bad one, over max_batch_delete, or an id, prefix or "
+                    "namespace longer than FLUX_MAX_ENTITY_ID_LENGTH"
+                ),
                 **_auth_errors(),
                 "413": _error("Body over the limit"),
                 "415": _error("Not JSON"),
@@ -619,19 +670,36 @@ PATHS: dict[str, Any] = {
             "parameters": [_ENTITY_ID],
             "responses": {
                 "200": _json(_ref("Entity"), "The entity"),
-                "400": _error("An id with a NUL character"),
+                "400": _error("An id longer than FLUX_MAX_ENTITY_ID_LENGTH"),
                 **_auth_errors(write=False),
                 "404": _error("Entity not found"),
             },
         },
         "delete": {
-            "summary": "Delete one entity (a tombstone event, even if it does not exist)",
+            "summary": "Delete one entity (a tombstone event; nothing if it does not exist)",
+            "description": "Takes one event of the namespace's rate limit (auth on), whether "
+            "the entity exists or not.",
             "security": _BEARER,
             "parameters": [_ENTITY_ID],
             "responses": {
-                "200": _json(_ref("Deleted"), "Tombstone stored"),
-                "400": _error("A bad id (auth on: or one without a namespace)"),
+                "200": _json(
+                    _ref("Deleted"),
+                    "Tombstone stored (`deleted: true`), or nothing to delete (`deleted: false`)",
+                ),
+                "400": _error(
+                    "A bad id: a NUL character, longer than FLUX_MAX_ENTITY_ID_LENGTH (auth on: "
+                    "or one without a namespace)"
+                ),
                 **_auth_errors(),
+                "429": {
+                    **_error("The namespace is over its rate limit (auth on)"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds until the namespace may delete again.",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
                 "503": _error("The event log cannot take writes"),
             },
         },
@@ -653,7 +721,9 @@ PATHS: dict[str, Any] = {
                     "description": "An endless event stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                "400": _error("A bad `since`"),
+                "400": _error(
+                    "A bad `since`, or an entity_id or prefix longer than FLUX_MAX_ENTITY_ID_LENGTH"
+                ),
             },
         }
     },

@@ -38,6 +38,7 @@ class EventWrites:
     def __init__(self, app: ASGIApp, service: FluxService) -> None:
         self.app = app
         self.service = service
+        self.max_id_length = service.settings.max_entity_id_length
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
@@ -81,7 +82,7 @@ class EventWrites:
             else b"".join(m.get("body", b"") for m in received)
         )
         try:
-            event = validate_event(decode_json(body))
+            event = validate_event(decode_json(body), self.max_id_length)
             if service.auth_enabled:
                 header = authorization.decode("latin-1") if authorization is not None else None
                 credential = Credential.from_header(header)

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from flux.auth import ANONYMOUS, Credential
 from flux.errors import FluxError, ValidationError
+from flux.events import check_id_part
 from flux.hub import WILDCARD
 from flux.live import Filter, Live, Message, Outbox, encode
 
@@ -32,18 +33,20 @@ def live_of(scope_holder: WebSocket | Request) -> Live:
     return live
 
 
-def parse_filter(message: dict[str, Any]) -> Filter:
+def parse_filter(message: dict[str, Any], max_id_length: int) -> Filter:
+    """The subscription a subscribe or unsubscribe frame names. Raises ValidationError (an id
+    or prefix longer than `max_id_length` included: it could match nothing)."""
     prefix = message.get("prefix")
     entity_id = message.get("entity_id", message.get("entityId"))
     if prefix is not None:
         if type(prefix) is not str:
             raise ValidationError("`prefix` must be a string")
-        return Filter(prefix=prefix)
+        return Filter(prefix=check_id_part(prefix, "prefix", max_id_length))
     if entity_id is None:
         raise ValidationError("missing field `entity_id` (or `prefix`)")
     if type(entity_id) is not str:
         raise ValidationError("`entity_id` must be a string")
-    return Filter(entity_id=entity_id)
+    return Filter(entity_id=check_id_part(entity_id, "entity_id", max_id_length))
 
 
 def parse_since(value: Any) -> int | None:
@@ -69,7 +72,7 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             raise ValidationError("message must be a JSON object")
         kind = message.get("type")
         if kind == "subscribe":
-            flt = parse_filter(message)
+            flt = parse_filter(message, live.settings.max_entity_id_length)
             since = parse_since(message.get("since"))
             snapshot = message.get("snapshot", False)
             if type(snapshot) is not bool:
@@ -79,7 +82,7 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
                 raise ValidationError(f"too many subscriptions on this connection (max {limit})")
             await live.subscribe(outbox, flt, snapshot=snapshot, since=since)
         elif kind == "unsubscribe":
-            live.unsubscribe(outbox, parse_filter(message))
+            live.unsubscribe(outbox, parse_filter(message, live.settings.max_entity_id_length))
         elif kind == "auth":
             token = message.get("token")
             if type(token) is not str or not token.strip():
@@ -197,10 +200,12 @@ def parse_sse(request: Request) -> tuple[Filter, int | None]:
     """The filter (`entity_id`, `prefix`, or everything) and the resume version (the
     Last-Event-ID header, else `since`) of an SSE request. Raises ValidationError."""
     params = request.query_params
+    max_length = live_of(request).settings.max_entity_id_length
     if "prefix" in params:
-        flt = Filter(prefix=params["prefix"])
+        flt = Filter(prefix=check_id_part(params["prefix"], "prefix", max_length))
     else:
-        flt = Filter(entity_id=params.get("entity_id") or WILDCARD)
+        entity_id = params.get("entity_id") or WILDCARD
+        flt = Filter(entity_id=check_id_part(entity_id, "entity_id", max_length))
     since_text = request.headers.get("last-event-id") or params.get("since")
     since = None
     if since_text:
