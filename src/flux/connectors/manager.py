@@ -31,7 +31,7 @@ from flux.connectors.github import GitHub
 from flux.connectors.oauth import TokenError, needs_refresh, oauth_client, refresh_tokens, token_url
 from flux.connectors.runner import ConnectorRunner, Scheduler, TokenSource
 from flux.connectors.sources import Sources
-from flux.credentials import CredentialError
+from flux.errors import CredentialError
 
 if TYPE_CHECKING:
     from flux.service import FluxService
