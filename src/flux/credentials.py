@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flux.config import ConfigError
-from flux.errors import FluxError
+from flux.errors import CredentialError
 
 NONCE_BYTES = 12
 KEY_ENV = "FLUX_ENCRYPTION_KEY"
@@ -46,11 +46,6 @@ CREATE TABLE IF NOT EXISTS credentials (
 );
 CREATE INDEX IF NOT EXISTS idx_user_connector ON credentials(user_id, connector);
 """
-
-
-class CredentialError(FluxError):
-    """The credential store failed: unreadable database, or a secret that does not decrypt
-    (wrong key or tampered row)."""
 
 
 def decode_key(text: str) -> bytes:

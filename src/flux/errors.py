@@ -1,4 +1,5 @@
-"""The Flux error tree. No HTTP in here: `flux.api.errors` maps each class to a status code."""
+"""The Flux error tree: every class Flux raises on purpose. No HTTP in here:
+`flux.api.errors.STATUS` names each class's status code (a test checks that none is missing)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,20 @@ class LogCorrupt(LogError):
     """The log's storage is damaged (a malformed page, rows missing from a sequence range, a
     stored event that does not decode): what it would return is incomplete, so it is refused
     (500). `flux check` reports the damage."""
+
+
+class CredentialError(FluxError):
+    """The credential store failed: unreadable database, or a secret that does not decrypt
+    (wrong key or tampered row) (500)."""
+
+
+class CredentialStoreUnavailable(FluxError):
+    """No FLUX_ENCRYPTION_KEY, so no credential store (500, as in the original)."""
+
+
+class OAuthNotConfigured(FluxError):
+    """The connector's OAuth client id or secret is not set (500, as in the original)."""
+
+
+class SourceStoreError(FluxError):
+    """`sources.db` cannot be read or written (500)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -48,6 +47,7 @@ from flux.errors import (
     ValidationError,
 )
 from flux.events import Event, entity_of, namespace_of, now_us, tombstone, validate_event
+from flux.files import write_atomic
 from flux.log import Appended, Entry, EventLog, Record, open_log
 from flux.namespaces import NamespaceRegistry
 from flux.ratelimit import RateLimiter, retry_after
@@ -265,7 +265,7 @@ class FluxService:
         """Validate, persist, then apply runtime config changes. Raises ValueError."""
         checked = self.runtime.validated(changes)
         merged = {**self.runtime.as_dict(), **checked}
-        await asyncio.to_thread(_write_atomic, self._runtime_path, orjson.dumps(merged))
+        await asyncio.to_thread(write_atomic, self._runtime_path, orjson.dumps(merged))
         self.runtime.update(checked)
         if checked:
             logger.info("runtime config changed: %s", checked)
@@ -706,18 +706,3 @@ def encode_events(events: Sequence[Event]) -> list[bytes]:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

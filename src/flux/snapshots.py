@@ -1,7 +1,8 @@
 """Snapshot files: gzip-compressed engine state, one file per snapshot, named by sequence.
 
-Writes are atomic: temp file, fsync, rename, fsync of the directory. gzip's CRC and length
-trailer make a torn or corrupted file fail to load, so start-up falls back to an older one.
+Writes are atomic (`flux.files.atomic_file`: temp file, fsync, rename, fsync of the
+directory). gzip's CRC and length trailer make a torn or corrupted file fail to load, so
+start-up falls back to an older one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import re
 import zlib
 from pathlib import Path
+
+from flux.files import atomic_file
 
 logger = logging.getLogger("flux.snapshots")
 
@@ -26,21 +29,12 @@ class SnapshotStore:
     def save(self, data: bytes, seq: int) -> Path:
         """Write one snapshot durably and drop the oldest beyond `keep`. Blocking: call it in a
         thread. Raises OSError; a failed write leaves no temp file behind."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"snapshot-{seq:020d}.json.gz"
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-                    gz.write(data)
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            # A full disk or a failed rename must not leave a partial file until the restart.
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.directory)
+        with (
+            atomic_file(path) as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+        ):
+            gz.write(data)
         for old in self.paths()[self.keep :]:
             old.unlink(missing_ok=True)
         return path
@@ -78,11 +72,3 @@ class SnapshotStore:
             for tmp in self.directory.glob("snapshot-*.tmp"):
                 logger.info("removing unfinished snapshot %s", tmp.name)
                 tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

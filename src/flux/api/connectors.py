@@ -22,8 +22,15 @@ from flux.api.http import json_response, service_of
 from flux.auth import UNKNOWN_TOKEN, Credential
 from flux.connectors.base import KNOWN, ConnectorInfo
 from flux.connectors.manager import DEFAULT_OWNER, owner_key
-from flux.credentials import CredentialError, CredentialStore
-from flux.errors import AuthError, FluxError, Forbidden, NotFound, ValidationError
+from flux.credentials import CredentialStore
+from flux.errors import (
+    AuthError,
+    CredentialError,
+    CredentialStoreUnavailable,
+    Forbidden,
+    NotFound,
+    ValidationError,
+)
 from flux.events import describe
 from flux.service import FluxService
 
@@ -34,10 +41,6 @@ ADMIN_OWNS_NOTHING = (
     "Connectors belong to a namespace: store the token with the namespace's token, "
     "not the admin token"
 )
-
-
-class CredentialStoreUnavailable(FluxError):
-    """No FLUX_ENCRYPTION_KEY, so no credential store (500, as in the original)."""
 
 
 def connector_info(request: Request) -> ConnectorInfo:

@@ -14,12 +14,16 @@ from flux import errors
 logger = logging.getLogger("flux.api")
 
 STATUS: dict[type[errors.FluxError], int] = {
+    errors.FluxError: 500,
     errors.ValidationError: 400,
+    errors.InvalidEntityId: 400,
     errors.AuthError: 401,
+    errors.NamespaceNotFound: 401,
     errors.Forbidden: 403,
+    errors.OriginNotAllowed: 403,
     errors.NotFound: 404,
-    errors.Conflict: 409,
     errors.RequestTimeout: 408,
+    errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.MisdirectedRequest: 421,
@@ -28,10 +32,17 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.QuotaExceeded: 429,
     errors.UpstreamError: 502,
     errors.StorageError: 503,
+    errors.LogError: 500,
     errors.LogUnavailable: 503,
     errors.LogCorrupt: 500,
-    errors.LogError: 500,
+    errors.CredentialError: 500,
+    errors.CredentialStoreUnavailable: 500,
+    errors.OAuthNotConfigured: 500,
+    errors.SourceStoreError: 500,
 }
+"""Every `FluxError` class and its status, each stated (tests/test_errors.py enumerates the
+subclasses): a new class without a line here fails that test rather than silently taking its
+parent's status."""
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -44,10 +55,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def status_of(exc: errors.FluxError) -> int:
-    for cls in type(exc).__mro__:
-        if cls in STATUS:
-            return STATUS[cls]
-    return 500
+    return STATUS.get(type(exc), 500)
 
 
 def response_for(exc: errors.FluxError, method: str, path: str) -> Response:

@@ -27,8 +27,15 @@ from flux.connectors.oauth import (
     oauth_client,
     redirect_uri,
 )
-from flux.credentials import CredentialError, CredentialStore
-from flux.errors import AuthError, FluxError, NotFound, UpstreamError, ValidationError
+from flux.credentials import CredentialStore
+from flux.errors import (
+    AuthError,
+    CredentialError,
+    NotFound,
+    OAuthNotConfigured,
+    UpstreamError,
+    ValidationError,
+)
 from flux.service import FluxService
 
 logger = logging.getLogger("flux.connectors")
@@ -37,10 +44,6 @@ NO_STORE = (
     "OAuth sign-in is not available: it needs the credential store (FLUX_ENCRYPTION_KEY not set)"
 )
 BAD_STATE = "Invalid or expired OAuth state (possible CSRF attack)"
-
-
-class OAuthNotConfigured(FluxError):
-    """The connector's OAuth client id or secret is not set (500, as in the original)."""
 
 
 def states_of(request: Request) -> OAuthStates:

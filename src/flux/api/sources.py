@@ -22,13 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux.api.body import read_json_object
-from flux.api.connectors import NO_STORE, CredentialStoreUnavailable, owner_of, writer_of
+from flux.api.connectors import NO_STORE, owner_of, writer_of
 from flux.api.http import json_response, service_of
 from flux.auth import Credential
 from flux.connectors.source_config import parse_config, parse_token
 from flux.connectors.sources import EVERY_OWNER, Sources
 from flux.connectors.ssrf import Refused, check_url, port_of, resolve_checked
-from flux.errors import Forbidden, ValidationError
+from flux.errors import CredentialStoreUnavailable, Forbidden, ValidationError
 from flux.events import describe
 from flux.service import FluxService
 

@@ -37,7 +37,7 @@ from flux.connectors.runner import (
     describe_failure,
 )
 from flux.connectors.sources import Sources
-from flux.credentials import CredentialError
+from flux.errors import CredentialError
 
 if TYPE_CHECKING:
     from flux.service import FluxService

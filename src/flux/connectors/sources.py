@@ -33,8 +33,7 @@ from flux.connectors.base import ConnectorError
 from flux.connectors.generic import GenericSource
 from flux.connectors.source_config import SourceConfig, config_from_json
 from flux.connectors.ssrf import GuardedTransport, Policy
-from flux.credentials import CredentialError
-from flux.errors import FluxError, NotFound, QuotaExceeded
+from flux.errors import CredentialError, FluxError, NotFound, QuotaExceeded, SourceStoreError
 
 if TYPE_CHECKING:
     from flux.connectors.manager import ConnectorManager
@@ -61,10 +60,6 @@ CREATE INDEX IF NOT EXISTS idx_generic_sources_owner ON generic_sources(owner);
 # The admin's view with auth on: every source, whoever owns it (a source made while auth was
 # off belongs to `default`, which no namespace's token holds; only the admin can remove it).
 EVERY_OWNER = "*"
-
-
-class SourceStoreError(FluxError):
-    """`sources.db` cannot be read or written (500)."""
 
 
 @dataclass(frozen=True)
