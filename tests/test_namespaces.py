@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flux.auth import Access, Credential, hash_token
+from flux.auth import Access, Credential, Namespace, hash_token
 from flux.errors import Conflict, NotFound, StorageError, ValidationError
 from flux.namespaces import NamespaceRegistry, NamespaceStore
 
@@ -186,3 +186,16 @@ def test_store_schema(tmp_path: Path) -> None:
         floors = [row[1] for row in db.execute("PRAGMA table_info(history_floors)")]
     assert columns == ["id", "name", "token_hash", "created_at", "private"]
     assert floors == ["name", "seq"]
+
+
+def test_an_id_collision_is_a_conflict_and_a_closed_store_a_storage_error(tmp_path: Path) -> None:
+    store = NamespaceStore(tmp_path / "ns.db")
+    store.open()
+    store.insert(Namespace("ns_1", "alpha", "h", T0, False))
+    with pytest.raises(Conflict, match="Namespace name already exists"):
+        store.insert(Namespace("ns_1", "beta", "h", T0, False))
+    store.close()
+    with pytest.raises(StorageError, match="^Failed to persist namespace: .* is closed$"):
+        store.update(Namespace("ns_1", "alpha", "h2", T0, True))
+    assert store.open() == ([Namespace("ns_1", "alpha", "h", T0, False)], {})
+    store.close()

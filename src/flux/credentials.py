@@ -15,8 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import sqlite3
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flux.config import ConfigError
 from flux.errors import CredentialError
+from flux.sqlitedb import SQLiteDB
 
 NONCE_BYTES = 12
 KEY_ENV = "FLUX_ENCRYPTION_KEY"
@@ -106,13 +105,14 @@ class CredentialStore:
             raise ConfigError(f"{KEY_ENV}: the key must be exactly 32 bytes")
         self.path = Path(path)
         self._key = key
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise CredentialError(f"cannot open credential store {self.path}: {exc}") from exc
+        self._db = SQLiteDB(
+            self.path,
+            _SCHEMA,
+            name="the credential store",
+            error=CredentialError,
+            prefix="credential store: ",
+        )
+        self._db.open()
 
     @classmethod
     def open(cls, data_dir: str | Path, key_text: str) -> CredentialStore:
@@ -136,7 +136,7 @@ class CredentialStore:
             refresh, refresh_nonce = seal(self._key, refresh_token)
         expires = _format_time(expires_at) if expires_at is not None else None
         now = _now()
-        self._execute(
+        self._db.execute(
             "INSERT INTO credentials (user_id, connector, access_token, access_token_nonce,"
             " refresh_token, refresh_token_nonce, expires_at, created_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -151,7 +151,7 @@ class CredentialStore:
     def record(self, owner: str, connector: str) -> StoredCredential | None:
         """The whole credential of (owner, connector), decrypted, or None. Raises
         CredentialError if a secret does not decrypt or `expires_at` is unreadable."""
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT access_token, access_token_nonce, refresh_token, refresh_token_nonce,"
             " expires_at FROM credentials WHERE user_id = ? AND connector = ?",
             (owner, connector),
@@ -175,7 +175,7 @@ class CredentialStore:
     def get(self, owner: str, connector: str) -> str | None:
         """The secret of (owner, connector), or None. Raises CredentialError if it does not
         decrypt."""
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT access_token, access_token_nonce FROM credentials"
             " WHERE user_id = ? AND connector = ?",
             (owner, connector),
@@ -185,37 +185,24 @@ class CredentialStore:
         return unseal(self._key, rows[0][0], rows[0][1])
 
     def has(self, owner: str, connector: str) -> bool:
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT 1 FROM credentials WHERE user_id = ? AND connector = ?", (owner, connector)
         )
         return bool(rows)
 
     def delete(self, owner: str, connector: str) -> bool:
         """Remove the secret of (owner, connector); True if there was one."""
-        with self._lock:
-            try:
-                cursor = self._db.execute(
-                    "DELETE FROM credentials WHERE user_id = ? AND connector = ?",
-                    (owner, connector),
-                )
-            except sqlite3.Error as exc:
-                raise CredentialError(f"credential store: {exc}") from exc
-            return cursor.rowcount > 0
+        changed = self._db.execute(
+            "DELETE FROM credentials WHERE user_id = ? AND connector = ?", (owner, connector)
+        )
+        return changed > 0
 
     def owners(self, connector: str) -> list[str]:
         """Every owner holding a secret for `connector`, sorted."""
-        rows = self._execute(
+        rows = self._db.query(
             "SELECT user_id FROM credentials WHERE connector = ? ORDER BY user_id", (connector,)
         )
         return [str(row[0]) for row in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _execute(self, sql: str, params: tuple[str | None, ...]) -> list[tuple[str, ...]]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, params).fetchall())
-            except sqlite3.Error as exc:
-                raise CredentialError(f"credential store: {exc}") from exc
+        self._db.close()

@@ -26,6 +26,7 @@ from typing import TypeVar
 
 from flux.auth import Access, Namespace, hash_token, new_namespace_id, new_token
 from flux.errors import Conflict, StorageError
+from flux.sqlitedb import SQLiteDB
 
 logger = logging.getLogger("flux.namespaces")
 
@@ -47,49 +48,52 @@ CREATE TABLE IF NOT EXISTS history_floors (
 
 
 class NamespaceStore:
-    """Synchronous SQLite access; `NamespaceRegistry` calls it from a thread, one call at a
-    time. Raises sqlite3.Error (translated by the registry)."""
+    """The registry's file (`flux.sqlitedb.SQLiteDB`, synchronous=FULL). Blocking:
+    `NamespaceRegistry` calls it from a thread, one call at a time. Raises StorageError."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db: sqlite3.Connection | None = None
+        self.db = SQLiteDB(
+            path,
+            SCHEMA,
+            name="the namespace registry",
+            error=StorageError,
+            prefix="Failed to persist namespace: ",
+            pragmas=["synchronous=FULL"],
+        )
 
     def open(self) -> tuple[list[Namespace], dict[str, int]]:
         """Every namespace, and the history floor of every deleted name."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.open()
         try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            rows = db.execute(
+            rows = self.db.query(
                 "SELECT id, name, token_hash, created_at, private FROM namespaces ORDER BY name"
-            ).fetchall()
-            floors = db.execute("SELECT name, seq FROM history_floors").fetchall()
-        except sqlite3.Error:
-            db.close()
+            )
+            floors = self.db.query("SELECT name, seq FROM history_floors")
+        except StorageError:
+            self.db.close()
             raise
-        self._db = db
         namespaces = [Namespace(i, n, h, int(c), bool(p)) for i, n, h, c, p in rows]
         return namespaces, {str(name): int(seq) for name, seq in floors}
 
-    @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise sqlite3.OperationalError("the namespace registry is closed")
-        return self._db
-
     def insert(self, namespace: Namespace) -> None:
-        self.db.execute(
-            "INSERT INTO namespaces (id, name, token_hash, created_at, private) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (
-                namespace.id,
-                namespace.name,
-                namespace.token_hash,
-                namespace.created_at,
-                int(namespace.private),
-            ),
-        )
+        """Raises Conflict if the id is taken (a collision: 36^8, but still)."""
+        try:
+            self.db.execute(
+                "INSERT INTO namespaces (id, name, token_hash, created_at, private) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    namespace.id,
+                    namespace.name,
+                    namespace.token_hash,
+                    namespace.created_at,
+                    int(namespace.private),
+                ),
+            )
+        except StorageError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise Conflict("Namespace name already exists") from exc.__cause__
+            raise
 
     def update(self, namespace: Namespace) -> None:
         self.db.execute(
@@ -100,25 +104,16 @@ class NamespaceStore:
     def delete(self, name: str, floor: int) -> None:
         """Remove the namespace and record its history floor, in one transaction (a floor never
         goes down)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
+        with self.db.transaction():
+            self.db.execute(
                 "INSERT INTO history_floors (name, seq) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET seq = max(seq, excluded.seq)",
                 (name, floor),
             )
-            db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            self.db.execute("DELETE FROM namespaces WHERE name = ?", (name,))
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.db.close()
 
 
 class NamespaceRegistry:
@@ -147,9 +142,9 @@ class NamespaceRegistry:
     async def _run(self, call: Callable[[], T], what: str) -> T:
         try:
             return await asyncio.to_thread(call)
-        except sqlite3.Error as exc:
-            logger.error("namespace registry: failed to %s: %s", what, exc)
-            raise StorageError(f"Failed to persist namespace: {exc}") from exc
+        except StorageError as exc:
+            logger.error("namespace registry: failed to %s: %s", what, exc.message)
+            raise
 
     async def register(self, name: str, private: bool, created_at: int) -> tuple[Namespace, str]:
         """A new namespace and its token (returned here only). Raises ValidationError,
@@ -161,13 +156,7 @@ class NamespaceRegistry:
             self.access.check_new(name)
             token = new_token()
             namespace = Namespace(new_namespace_id(), name, hash_token(token), created_at, private)
-            try:
-                await asyncio.to_thread(self.store.insert, namespace)
-            except sqlite3.IntegrityError as exc:  # a namespace id collision: 36^8, but still
-                raise Conflict("Namespace name already exists") from exc
-            except sqlite3.Error as exc:
-                logger.error("namespace registry: failed to register %s: %s", name, exc)
-                raise StorageError(f"Failed to persist namespace: {exc}") from exc
+            await self._run(lambda: self.store.insert(namespace), f"register {name}")
             self.access.put(namespace)
             return namespace, token
 

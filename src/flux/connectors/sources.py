@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import sqlite3
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from flux.connectors.generic import GenericSource
 from flux.connectors.source_config import SourceConfig, config_from_json
 from flux.connectors.ssrf import GuardedTransport, Policy
 from flux.errors import CredentialError, FluxError, NotFound, QuotaExceeded, SourceStoreError
+from flux.sqlitedb import SQLiteDB
 
 if TYPE_CHECKING:
     from flux.connectors.manager import ConnectorManager
@@ -81,23 +80,17 @@ class SourceStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise SourceStoreError(f"cannot open the source store {self.path}: {exc}") from exc
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params)
-            except sqlite3.Error as exc:
-                raise SourceStoreError(f"source store: {exc}") from exc
+        self._db = SQLiteDB(
+            self.path,
+            _SCHEMA,
+            name="the source store",
+            error=SourceStoreError,
+            prefix="source store: ",
+        )
+        self._db.open()
 
     def add(self, source: StoredSource) -> None:
-        self._execute(
+        self._db.execute(
             "INSERT INTO generic_sources (id, owner, namespace, config, has_token, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (
@@ -111,7 +104,7 @@ class SourceStore:
         )
 
     def delete(self, source_id: str) -> bool:
-        return self._execute("DELETE FROM generic_sources WHERE id = ?", (source_id,)).rowcount > 0
+        return self._db.execute("DELETE FROM generic_sources WHERE id = ?", (source_id,)) > 0
 
     def all(self, owner: str | None = None) -> list[StoredSource]:
         """Every source (of `owner` when given), oldest first. A row that no longer reads is
@@ -121,11 +114,7 @@ class SourceStore:
         if owner is not None:
             sql += " WHERE owner = ?"
             params = (owner,)
-        with self._lock:
-            try:
-                rows = self._db.execute(sql + " ORDER BY created_at, id", params).fetchall()
-            except sqlite3.Error as exc:
-                raise SourceStoreError(f"source store: {exc}") from exc
+        rows = self._db.query(sql + " ORDER BY created_at, id", params)
         sources = []
         for source_id, row_owner, config, has_token, created_at in rows:
             try:
@@ -137,8 +126,7 @@ class SourceStore:
         return sources
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
 
 class Sources:
