@@ -3,7 +3,10 @@ describes the real responses, and /docs serves Swagger UI with its assets."""
 
 from __future__ import annotations
 
+import json
 import re
+import string
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -15,10 +18,17 @@ from openapi_spec_validator import validate
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
 
+import flux
 from flux.api.app import routes
-from flux.api.openapi import DOCUMENT
+from flux.api.http import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, HISTORY_WINDOW_US
+from flux.api.openapi import DATA_FILE, DOCUMENT, FACTS, PLACEHOLDER, char_class, fill, template
+from flux.auth import NAME_CHARS, NAME_MAX, NAME_MIN
+from flux.config import SETTINGS, Settings
+from flux.connectors.base import KNOWN
+from flux.connectors.oauth import STATE_TTL_SECONDS
+from flux.connectors.source_config import MAX_NAME_LENGTH, MAX_POLL_INTERVAL
 from flux.errors import ValidationError
-from flux.events import validate_event
+from flux.events import MAX_PAYLOAD_DEPTH, STREAM_RE, validate_event
 
 from .helpers import dumps, encode_id, new_event
 from .strategies import event_like
@@ -141,6 +151,98 @@ def test_event_schema_agrees_with_validate_event(raw: Any) -> None:
     except ValidationError:
         valid = False
     assert (conforms("Event", decoded) == []) == valid, decoded
+
+
+# -- the facts the code owns -------------------------------------------------------------------
+
+
+def test_every_fact_in_the_served_document_is_the_codes(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    paths = document["paths"]
+    assert document["info"]["version"] == flux.__version__
+    stream = schemas["Event"]["properties"]["stream"]["pattern"]
+    assert stream == f"^{STREAM_RE.pattern}$"
+    name_pattern = schemas["NamespaceRequest"]["properties"]["name"]["pattern"]
+    for size in range(NAME_MIN - 1, NAME_MAX + 2):
+        assert bool(re.fullmatch(name_pattern, "a" * size)) == (NAME_MIN <= size <= NAME_MAX)
+    assert {chr(c) for c in range(256) if re.fullmatch(name_pattern, "abc" + chr(c))} == NAME_CHARS
+    name_text = f"{NAME_MIN} to {NAME_MAX} characters of"
+    for path, method in [
+        ("/api/namespaces/{name}", "get"),
+        ("/api/namespaces/{name}", "put"),
+        ("/api/namespaces/{name}", "delete"),
+        ("/api/namespaces/{name}/token", "post"),
+    ]:
+        assert name_text in paths[path][method]["parameters"][0]["description"]
+    assert schemas["SourceInput"]["properties"]["namespace"]["description"].startswith(name_text)
+    connectors = f"{', '.join(list(KNOWN)[:-1])} or {list(KNOWN)[-1]}."
+    for path, item in paths.items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if path.startswith("/api/connectors/{name}") and parameter["name"] == "name":
+                    assert parameter["description"] == f"Connector name: {connectors}"
+    runtime = {s.name: s for s in SETTINGS if s.runtime}
+    admin = schemas["AdminConfig"]["properties"]
+    assert list(admin) == list(runtime)
+    for name, setting in runtime.items():
+        assert admin[name]["description"] == setting.help
+        assert admin[name]["type"] == ("boolean" if type(setting.default) is bool else "integer")
+    entity_id = schemas["Event"]["properties"]["payload"]["properties"]["entity_id"]
+    assert f"({Settings().max_entity_id_length} by default" in entity_id["description"]
+    payload = schemas["Event"]["properties"]["payload"]["description"]
+    assert f"At most {MAX_PAYLOAD_DEPTH} levels deep" in payload
+    history = {p["name"]: p.get("description") for p in paths["/api/events"]["get"]["parameters"]}
+    assert history["limit"].startswith(
+        f"1 to {HISTORY_MAX_LIMIT}, default {HISTORY_DEFAULT_LIMIT};"
+    )
+    assert f"default {HISTORY_WINDOW_US // 3_600_000_000} hours ago" in history["since"]
+    start = paths["/api/connectors/{name}/oauth/start"]["get"]["description"]
+    assert f"(valid {STATE_TTL_SECONDS:g} s)" in start
+    source = schemas["SourceInput"]["properties"]
+    assert source["name"]["maxLength"] == MAX_NAME_LENGTH
+    assert source["poll_interval_secs"]["maximum"] == MAX_POLL_INTERVAL
+
+
+@pytest.mark.parametrize(
+    "stream",
+    ["a", "user.created", "a.b.c9", "", "A", "a..b", ".a", "a.", "a-b", "a b", "é", "a.B"],
+)
+def test_the_stream_pattern_is_what_validation_accepts(stream: str) -> None:
+    pattern = DOCUMENT["components"]["schemas"]["Event"]["properties"]["stream"]["pattern"]
+    assert bool(re.search(pattern, stream)) == bool(STREAM_RE.fullmatch(stream))
+
+
+def test_the_data_file_names_only_known_facts_and_every_one() -> None:
+    text = resources.files("flux.api").joinpath(DATA_FILE).read_text()
+    assert set(PLACEHOLDER.findall(text)) == set(FACTS)
+    assert "{{" not in orjson.dumps(DOCUMENT).decode()
+
+
+def test_the_data_file_stays_easy_to_edit() -> None:
+    """Pretty-printed with 2 spaces, non-ASCII as is, a final newline: what a hand edit and
+    `json.dumps(..., indent=2, ensure_ascii=False)` both keep."""
+    text = resources.files("flux.api").joinpath(DATA_FILE).read_text()
+    assert text == json.dumps(template(), indent=2, ensure_ascii=False) + "\n"
+
+
+def test_fill_puts_facts_in_whole_or_inside_text() -> None:
+    facts = {"n": 3, "names": ["a", "b"], "word": "x"}
+    value = {"k": ["{{n}}", "{{names}}", "{{word}} and {{n}} times", "{n}", "}}"], "n": "{{ n }}"}
+    assert fill(value, facts) == {
+        "k": [3, ["a", "b"], "x and 3 times", "{n}", "}}"],
+        "n": "{{ n }}",
+    }
+    with pytest.raises(KeyError):
+        fill("{{unknown}}", facts)
+
+
+def test_char_class() -> None:
+    assert char_class(NAME_CHARS) == "[a-z0-9_-]"
+    assert char_class("cab") == "[abc]"
+    assert char_class(string.ascii_letters + "]^\\") == "[a-zA-Z\\\\\\]\\^]"
+    for chars in ["-", "ab-", "]^\\-x", string.digits + ".-"]:
+        accepted = {chr(c) for c in range(128) if re.fullmatch(char_class(chars), chr(c))}
+        assert accepted == set(chars), chars
 
 
 # -- /docs -------------------------------------------------------------------------------------
