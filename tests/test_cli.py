@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 from conftest import FluxServer, free_port, module_server
 from flux import _output
 from flux.cli import ClientOptions, main
+from flux.config import SETTINGS, shown_default
 
 ADMIN_TOKEN = "cli-admin-secret"
 CLEAN_ENV: dict[str, str | None] = {
@@ -354,3 +355,17 @@ def test_group_help_lists_commands_and_environment() -> None:
         assert f"  {command} " in result.stdout
     for variable in ("FLUX_URL", "FLUX_TOKEN", "FLUX_ADMIN_TOKEN"):
         assert variable in result.stdout
+
+
+def test_serve_help_shows_every_setting_with_its_declared_default() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"], prog_name="flux")
+    assert result.exit_code == 0
+    flags = {p.name: getattr(p, "help", None) for p in main.commands["serve"].params}
+    assert flags["host"] == "Address to bind [default: 127.0.0.1, $FLUX_HOST]."
+    assert flags["port"] == "TCP port [default: 3000, $PORT]."
+    assert flags["data_dir"] == (
+        "Where the event log and snapshots live [default: ./flux-data, $FLUX_DATA_DIR]."
+    )
+    for setting in SETTINGS:
+        runtime = ", runtime" if setting.runtime else ""
+        assert f"  {setting.env} [default: {shown_default(setting)}{runtime}]\n" in result.stdout

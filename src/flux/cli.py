@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,15 +41,33 @@ from flux.client import (
     FluxConnectionError,
     LiveWatch,
 )
-from flux.config import SETTINGS, ConfigError, Settings
+from flux.config import SETTINGS, ConfigError, Settings, plain, shown_default
 from flux.events import now_ms
+
+_SETTING = {s.name: s for s in SETTINGS if s.key is None}
 
 
 def _settings_help() -> str:
-    lines = ["\b", "Environment variables (flags win):"]
+    """`flux serve --help`'s epilog: every setting's variable, default and help."""
+    lines = ["\b", "Environment variables (flags win; see docs/configuration.md):"]
     for s in SETTINGS:
-        lines.append(f"  {s.env:<42} {s.help} [default: {s.default}]")
+        runtime = ", runtime" if s.runtime else ""
+        lines.append(f"  {s.env} [default: {shown_default(s)}{runtime}]")
+        lines += textwrap.wrap(
+            plain(s.help),
+            76,
+            initial_indent=" " * 6,
+            subsequent_indent=" " * 6,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
     return "\n".join(lines)
+
+
+def _flag_help(text: str, name: str) -> str:
+    """A `flux serve` flag's help: `text [default: <the setting's default>, $<its variable>].`"""
+    setting = _SETTING[name]
+    return f"{text} [default: {shown_default(setting)}, ${setting.env}]."
 
 
 @dataclass
@@ -68,9 +87,9 @@ class ClientOptions:
         )
 
 
-ENV_HELP = """\b
+ENV_HELP = f"""\b
 Environment:
-  FLUX_URL          server address [default: http://localhost:3000]
+  FLUX_URL          server address [default: {DEFAULT_URL}]
   FLUX_TOKEN        bearer token sent on every request (namespace token)
   FLUX_ADMIN_TOKEN  bearer token for `flux admin-config JSON` (runtime config updates)
   FLUX_PRETTY       1: always indent JSON output, 0: always compact
@@ -115,12 +134,12 @@ def main(ctx: click.Context, url: str, pretty: bool | None) -> None:
 
 
 @main.command(epilog=_settings_help())
-@click.option("--host", default=None, help="Address to bind [default: 127.0.0.1, $FLUX_HOST].")
-@click.option("--port", type=int, default=None, help="TCP port [default: 3000, $PORT].")
+@click.option("--host", default=None, help=_flag_help("Address to bind", "host"))
+@click.option("--port", type=int, default=None, help=_flag_help("TCP port", "port"))
 @click.option(
     "--data-dir",
     default=None,
-    help="Where the event log and snapshots live [default: ./flux-data, $FLUX_DATA_DIR].",
+    help=_flag_help("Where the event log and snapshots live", "data_dir"),
 )
 def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
     """Run the Flux server (SQLite event log and snapshots in the data dir by default)."""
@@ -191,7 +210,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
 @click.option(
     "--data-dir",
     default=None,
-    help="The data dir to check [default: ./flux-data, $FLUX_DATA_DIR].",
+    help=_flag_help("The data dir to check", "data_dir"),
 )
 def check(data_dir: str | None) -> None:
     """Check a data dir's event log and snapshots for damage; exit 1 if any is found.

@@ -1,592 +1,514 @@
-"""Settings: one table of (name, environment variable, default, help), read once into a frozen
-`Settings` and passed down. Nothing else in Flux reads `os.environ`.
+"""Settings, each declared once: a field of the frozen `Settings`, made by `setting(...)` with
+its environment variable, default, parser, help text, whether the admin config may change it
+while the server runs (`runtime`) and whether its value is secret (never shown).
 
-The runtime-mutable subset (`RUNTIME_SETTINGS`) is what the admin config endpoint may change.
+Everything else is made from the declarations: `Settings.from_env`, the table `SETTINGS` (one
+row per environment variable), the admin config's fields and checks (`RUNTIME_SETTINGS`,
+`check_runtime`), the defaults and help of `flux serve --help`, and the table in
+docs/configuration.md (`python -m flux.config --write docs/configuration.md`; a test checks it).
+
+The environment is read once into `Settings` and passed down; nothing else in Flux reads
+`os.environ`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Mapping
+import re
+import sys
+import types
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flux import _parsers as parse
+from flux.catalogue import CONNECTORS
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ConfigError(ValueError):
-    """A setting has a value that cannot be used; the message names the variable and the value."""
-
-
-def _bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text.strip())
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text.strip())
-    if value <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text.strip())
-    if not value > 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text.strip())
-    if not value >= 0 or value == float("inf"):
-        raise ValueError("must be a non-negative number")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text.strip())
-    if not 0 <= value <= 65535:
-        raise ValueError("must be between 0 and 65535")
-    return value
-
-
-def _url(text: str) -> str:
-    text = text.strip().rstrip("/")
-    if not text.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL")
-    return text
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _items(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    """A comma list of origins (`scheme://host[:port]`, no path) or `*`; empty: the default."""
-    origins = tuple(item.rstrip("/") for item in _items(text))
-    for origin in origins:
-        scheme, sep, rest = origin.partition("://")
-        if origin != "*" and not (sep and scheme in ("http", "https") and rest and "/" not in rest):
-            raise ValueError(f"{origin!r} is not an origin (scheme://host[:port]) or *")
-    return origins
-
-
-def _hosts(text: str) -> tuple[str, ...]:
-    """A comma list of host names (any port), `[v6]` addresses or `*`; empty: the default."""
-    hosts = tuple(item.lower() for item in _items(text))
-    for host in hosts:
-        if not host or any(c in host for c in "/@ ") or ":" in host.rpartition("]")[2]:
-            raise ValueError(f"{host!r} is not a host name (without a port) or *")
-    return hosts
-
-
-def _auto_bool(text: str) -> str:
-    """`auto`, `true` or `false` (any spelling `_bool` takes); empty is `auto`."""
-    lowered = text.strip().lower()
-    if lowered in ("auto", ""):
-        return "auto"
-    try:
-        return "true" if _bool(lowered) else "false"
-    except ValueError:
-        raise ValueError("expected auto, true or false") from None
-
-
-def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """A comma list of CIDR networks (`127.0.0.0/8, fd00::/8`); a bare address is a /32 or
-    /128. Empty: none."""
-    networks = []
-    for item in _items(text):
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{item!r} is not a network (like 10.0.0.0/8 or fd00::/8)") from None
-    return tuple(networks)
-
-
-def _optional_text(text: str) -> str | None:
-    return text or None
-
-
-def _encryption_key(text: str) -> str | None:
-    """Standard base64 of exactly 32 bytes (an AES-256 key); empty means unset. The text is kept
-    (not the bytes) so that the key never shows in a repr; `flux.credentials` decodes it."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        key = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("must be standard base64 of exactly 32 bytes") from None
-    if len(key) != 32:
-        raise ValueError(f"must be standard base64 of exactly 32 bytes (got {len(key)} bytes)")
-    return text
+    """A setting has a value that cannot be used; the message names the variable and the value
+    (a secret's value shows as `<hidden>`)."""
 
 
 @dataclass(frozen=True)
 class Setting:
-    name: str
+    """One environment variable: a row of `SETTINGS`."""
+
+    name: str  # the `Settings` field it sets
     env: str
     default: Any
     parse: Callable[[str], Any]
     help: str
     runtime: bool = False
     secret: bool = False
+    key: tuple[str, str] | None = None  # in a field of records (`oauth`): (entry, attribute)
+
+    def value(self, env: Mapping[str, str]) -> Any:
+        """The value `env` gives (the default when the variable is not set). Raises ConfigError
+        naming the variable and its value."""
+        raw = env.get(self.env)
+        if raw is None:
+            return self.default
+        try:
+            return self.parse(raw)
+        except ValueError as exc:
+            shown = "<hidden>" if self.secret else repr(raw)
+            raise ConfigError(f"{self.env}={shown}: {exc}") from exc
 
 
-GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
-GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
-
-# OAuth sign-in (reference §4.11): (connector, provider, authorize URL, token URL).
-OAUTH_PROVIDERS: tuple[tuple[str, str, str, str], ...] = (
-    (
-        "github",
-        "GitHub",
-        "https://github.com/login/oauth/authorize",
-        "https://github.com/login/oauth/access_token",
-    ),
-    ("gmail", "Google (Gmail)", GOOGLE_AUTH_URL, GOOGLE_TOKEN_URL),
-    (
-        "linkedin",
-        "LinkedIn",
-        "https://www.linkedin.com/oauth/v2/authorization",
-        "https://www.linkedin.com/oauth/v2/accessToken",
-    ),
-    ("calendar", "Google (Calendar)", GOOGLE_AUTH_URL, GOOGLE_TOKEN_URL),
-)
+_ROWS = "flux.setting"  # a field's metadata: its rows
+_RECORD = "flux.record"  # a field of records' metadata: the record type
 
 
-def _oauth_settings(name: str, provider: str, auth_url: str, token_url: str) -> list[Setting]:
-    """The four OAuth settings of one connector: its client id and secret, registered with the
-    provider, and the provider's URLs (overridable for a local stand-in in tests)."""
-    env = f"FLUX_OAUTH_{name.upper()}"
-    return [
-        Setting(
-            f"oauth_{name}_client_id",
-            f"{env}_CLIENT_ID",
+def setting(
+    env: str,
+    default: T,
+    parse: Callable[[str], T],
+    help: str,
+    *,
+    runtime: bool = False,
+    secret: bool = False,
+) -> T:
+    """Declare a setting: a `Settings` field read from the environment variable `env` with
+    `parse`. `help` is Markdown (the docs table shows it as written; `flux serve --help`
+    without links and backticks). `runtime`: the admin config may change it while the server
+    runs (its parser must be one `check_runtime` knows). `secret`: kept out of repr and error
+    messages."""
+    row = Setting("", env, default, parse, help, runtime, secret)
+    return dataclasses.field(default=default, repr=not secret, metadata={_ROWS: (row,)})
+
+
+def _records(record: Callable[..., R], values: Iterable[tuple[Setting, Any]]) -> Mapping[str, R]:
+    entries: dict[str, dict[str, Any]] = {}
+    for row, value in values:
+        assert row.key is not None
+        entries.setdefault(row.key[0], {})[row.key[1]] = value
+    return types.MappingProxyType({name: record(**fields) for name, fields in entries.items()})
+
+
+def records(record: Callable[..., R], rows: Iterable[Setting]) -> Mapping[str, R]:
+    """Declare a setting that maps names to records (frozen dataclasses): one environment
+    variable per attribute of each, `rows` with `key=(name, attribute)`."""
+    declared = tuple(rows)
+    return dataclasses.field(
+        default_factory=lambda: _records(record, ((row, row.default) for row in declared)),
+        metadata={_ROWS: declared, _RECORD: record},
+    )
+
+
+# -- OAuth clients ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """One connector's OAuth app: the client registered with the provider (id and secret, None
+    until set) and the provider's URLs (overridable for a local stand-in in tests)."""
+
+    client_id: str | None
+    client_secret: str | None = dataclasses.field(repr=False)
+    auth_url: str
+    token_url: str
+
+
+def oauth_env(connector: str, attribute: str) -> str:
+    """`FLUX_OAUTH_<NAME>_<ATTRIBUTE>`, e.g. FLUX_OAUTH_GITHUB_CLIENT_ID."""
+    return f"FLUX_OAUTH_{connector.upper()}_{attribute.upper()}"
+
+
+def _oauth_row(
+    connector: str, attribute: str, default: Any, parser: Callable[[str], Any], help: str
+) -> Setting:
+    env = oauth_env(connector, attribute)
+    secret = attribute == "client_secret"
+    return Setting("", env, default, parser, help, secret=secret, key=(connector, attribute))
+
+
+def _oauth_rows() -> Iterable[Setting]:
+    """The four settings of each connector with sign-in (`flux.catalogue`)."""
+    for connector in CONNECTORS:
+        if connector.oauth is None:
+            continue
+        name, provider = connector.name, connector.oauth.label
+        yield _oauth_row(
+            name,
+            "client_id",
             None,
-            _optional_text,
-            f"OAuth client id of the {name} connector's app at {provider}; with the secret, "
-            f"enables /api/connectors/{name}/oauth/start.",
-        ),
-        Setting(
-            f"oauth_{name}_client_secret",
-            f"{env}_CLIENT_SECRET",
+            parse.optional_text,
+            f"Client id of the `{name}` connector's OAuth app at {provider}. With the secret, "
+            f"enables `GET /api/connectors/{name}/oauth/start`; without either, it answers "
+            f"`500 OAuth not configured for connector '{name}'...`.",
+        )
+        yield _oauth_row(
+            name,
+            "client_secret",
             None,
-            _optional_text,
-            f"OAuth client secret of the {name} connector's app at {provider}.",
-            secret=True,
-        ),
-        Setting(
-            f"oauth_{name}_auth_url",
-            f"{env}_AUTH_URL",
-            auth_url,
-            _url,
-            f"{provider}'s OAuth authorize URL, where sign-in for {name} sends the browser.",
-        ),
-        Setting(
-            f"oauth_{name}_token_url",
-            f"{env}_TOKEN_URL",
-            token_url,
-            _url,
-            f"{provider}'s OAuth token URL, where Flux exchanges codes and refreshes tokens.",
-        ),
-    ]
+            parse.optional_text,
+            "That app's client secret (never shown: a bad value is reported as `<hidden>`). "
+            f"Also sent when refreshing the `{name}` tokens.",
+        )
+        yield _oauth_row(
+            name,
+            "auth_url",
+            connector.oauth.auth_url,
+            parse.url,
+            f"{provider}'s authorize URL, where `/oauth/start` sends the browser (a local "
+            "stand-in in tests).",
+        )
+        yield _oauth_row(
+            name,
+            "token_url",
+            connector.oauth.token_url,
+            parse.url,
+            f"{provider}'s token URL, where Flux exchanges the code and refreshes tokens.",
+        )
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("host", "FLUX_HOST", "127.0.0.1", _text, "Address the server binds to."),
-    Setting("port", "PORT", 3000, _port, "TCP port of the HTTP and WebSocket API."),
-    Setting(
-        "data_dir",
-        "FLUX_DATA_DIR",
-        "./flux-data",
-        _text,
-        "Directory holding the event log (SQLite) and the state snapshots.",
-    ),
-    Setting(
-        "event_log",
-        "FLUX_EVENT_LOG",
-        "",
-        _text,
-        "Event log backend URL; empty means sqlite:///<data_dir>/events.db.",
-    ),
-    Setting(
-        "snapshot_interval_seconds",
-        "FLUX_SNAPSHOT_INTERVAL_SECONDS",
-        300,
-        _positive_int,
-        "Write a state snapshot at least this often while events arrive.",
-    ),
-    Setting(
-        "snapshot_every_events",
-        "FLUX_SNAPSHOT_EVERY_EVENTS",
-        100_000,
-        _positive_int,
-        "Write a state snapshot once this many events arrived since the last one.",
-    ),
-    Setting(
-        "snapshot_keep",
-        "FLUX_SNAPSHOT_KEEP",
-        3,
-        _positive_int,
-        "How many snapshots to keep (newest first).",
-    ),
-    Setting(
-        "retention_max_age_seconds",
-        "FLUX_RETENTION_MAX_AGE_SECONDS",
-        0,
-        _non_negative_int,
-        "Drop logged events older than this once a snapshot covers them; 0 keeps them forever.",
-    ),
-    Setting(
-        "retention_max_events",
-        "FLUX_RETENTION_MAX_EVENTS",
-        0,
-        _non_negative_int,
-        "Keep at most this many logged events (older ones go once a snapshot covers them); "
-        "0 means no cap.",
-    ),
-    Setting(
-        "log_check_after_start",
-        "FLUX_LOG_CHECK_AFTER_START",
-        True,
-        _bool,
-        "Once serving, read the whole event log once in the background (SQLite's quick_check) "
-        "and report the server degraded if it is damaged.",
-    ),
-    Setting(
-        "auth_enabled",
-        "FLUX_AUTH_ENABLED",
-        False,
-        _bool,
-        "Require namespace tokens for writes (and for reads of private namespaces); "
-        "enables namespace registration and rate limits.",
-    ),
-    Setting(
-        "admin_token",
-        "FLUX_ADMIN_TOKEN",
-        None,
-        _optional_text,
-        "Bearer token that guards admin operations (runtime config, namespaces). Unset: "
-        "admin operations are open with auth off and refused with auth on.",
-    ),
-    Setting(
-        "rate_limit_enabled",
-        "FLUX_RATE_LIMIT_ENABLED",
-        True,
-        _bool,
-        "Limit events per namespace per minute (applies with auth on).",
-        runtime=True,
-    ),
-    Setting(
-        "rate_limit_per_namespace_per_minute",
-        "FLUX_RATE_LIMIT_PER_NAMESPACE_PER_MINUTE",
-        10_000,
-        _positive_int,
-        "Events one namespace may publish per minute.",
-        runtime=True,
-    ),
-    Setting(
-        "body_size_limit_single_bytes",
-        "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES",
-        1_048_576,
-        _positive_int,
-        "Largest body accepted by POST /api/events and the other JSON endpoints.",
-        runtime=True,
-    ),
-    Setting(
-        "body_size_limit_batch_bytes",
-        "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES",
-        10_485_760,
-        _positive_int,
-        "Largest body accepted by POST /api/events/batch.",
-        runtime=True,
-    ),
-    Setting(
-        "max_batch_delete",
-        "FLUX_MAX_BATCH_DELETE",
-        10_000,
-        _positive_int,
-        "Most entities one POST /api/state/entities/delete may remove.",
-        runtime=True,
-    ),
-    Setting(
-        "max_entity_id_length",
-        "FLUX_MAX_ENTITY_ID_LENGTH",
-        1024,
-        _positive_int,
-        "Longest entity id accepted, in characters (Unicode code points), wherever an id or a "
-        "prefix of one is given: events, deletes, reads, subscriptions.",
-    ),
-    Setting(
-        "ws_queue_limit",
-        "FLUX_WS_QUEUE_LIMIT",
-        10_000,
-        _positive_int,
-        "Messages a live (WebSocket or SSE) connection may have waiting; past it the server "
-        "closes the connection (the client resumes with `since`).",
-    ),
-    Setting(
-        "ws_max_subscriptions",
-        "FLUX_WS_MAX_SUBSCRIPTIONS",
-        1_000,
-        _positive_int,
-        "Subscriptions (entity ids and prefixes) one WebSocket connection may hold; past it a "
-        "subscribe is answered with an error. An SSE stream holds one.",
-    ),
-    Setting(
-        "metrics_interval_seconds",
-        "FLUX_METRICS_INTERVAL_SECONDS",
-        2.0,
-        _positive_float,
-        "How often metrics_update goes to every live connection.",
-    ),
-    Setting(
-        "directory_interval_seconds",
-        "FLUX_DIRECTORY_INTERVAL_SECONDS",
-        5.0,
-        _non_negative_float,
-        "How often Flux brings the flux-core/directory entity up to date (only when it "
-        "changed); 0 turns the directory off.",
-    ),
-    Setting(
-        "encryption_key",
-        "FLUX_ENCRYPTION_KEY",
-        None,
-        _encryption_key,
-        "AES-256-GCM key (standard base64 of 32 bytes) for the connector credential store "
-        "(<data_dir>/credentials.db); unset: connector tokens cannot be stored.",
-        secret=True,
-    ),
-    Setting(
-        "github_api_url",
-        "FLUX_GITHUB_API_URL",
-        "https://api.github.com",
-        _url,
-        "Base URL of the GitHub API the GitHub connector polls (a GitHub Enterprise server, "
-        "or a local stand-in in tests).",
-    ),
-    Setting(
-        "github_poll_interval_seconds",
-        "FLUX_GITHUB_POLL_INTERVAL_SECONDS",
-        300.0,
-        _positive_float,
-        "How often the GitHub connector polls, per stored token.",
-    ),
-    Setting(
-        "connector_timeout_seconds",
-        "FLUX_CONNECTOR_TIMEOUT_SECONDS",
-        30.0,
-        _positive_float,
-        "Time limit of one connector or source poll attempt (every request in it included).",
-    ),
-    Setting(
-        "connector_retry_seconds",
-        "FLUX_CONNECTOR_RETRY_SECONDS",
-        60.0,
-        _positive_float,
-        "Wait before retrying a failed poll; doubled on each further failure, up to ten "
-        "times this, and 3 attempts per poll.",
-    ),
-    Setting(
-        "source_max_response_bytes",
-        "FLUX_SOURCE_MAX_RESPONSE_BYTES",
-        10_485_760,
-        _positive_int,
-        "Largest response a generic source may return (counted while it streams in, after "
-        "decompression); a bigger one fails the poll.",
-    ),
-    Setting(
-        "sources_allow_link_local",
-        "FLUX_SOURCES_ALLOW_LINK_LOCAL",
-        False,
-        _bool,
-        "Let generic sources fetch link-local and cloud metadata addresses "
-        "(169.254.0.0/16, fe80::/10, 169.254.169.254, metadata.google.internal, ...).",
-    ),
-    Setting(
-        "sources_allow_private",
-        "FLUX_SOURCES_ALLOW_PRIVATE",
-        "auto",
-        _auto_bool,
-        "Let generic sources fetch loopback, private, CGNAT, unique-local and reserved "
-        "addresses: auto (allowed with auth off, refused with auth on), true or false.",
-    ),
-    Setting(
-        "sources_allowed_networks",
-        "FLUX_SOURCES_ALLOWED_NETWORKS",
-        (),
-        _networks,
-        "Networks (CIDR, comma separated) generic sources may fetch even when private "
-        "addresses are refused, e.g. 10.20.0.0/16 for an internal API.",
-    ),
-    Setting(
-        "sources_max_per_namespace",
-        "FLUX_SOURCES_MAX_PER_NAMESPACE",
-        20,
-        _non_negative_int,
-        "Generic sources one namespace may have (auth on); past it creating one answers "
-        "429. 0: no limit.",
-    ),
-    Setting(
-        "sources_min_poll_interval_seconds",
-        "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS",
-        10,
-        _positive_int,
-        "Shortest poll_interval_secs a generic source may have (auth on; with auth off 1).",
-    ),
-    Setting(
-        "oauth_callback_base_url",
-        "FLUX_OAUTH_CALLBACK_BASE_URL",
-        "http://localhost:3000",
-        _url,
-        "Public base URL of this server for OAuth sign-in: providers send the browser back "
-        "to <this>/api/connectors/<name>/oauth/callback (register that URL with them).",
-    ),
-    *(setting for provider in OAUTH_PROVIDERS for setting in _oauth_settings(*provider)),
-    Setting(
-        "cors_origins",
-        "FLUX_CORS_ORIGINS",
-        (),
-        _origins,
-        "Web origins (scheme://host[:port], comma separated, or *) whose pages may call the "
-        "API cross-origin. Empty: none with auth off, any with auth on; the admin config only "
-        "from origins named here.",
-    ),
-    Setting(
-        "allowed_hosts",
-        "FLUX_ALLOWED_HOSTS",
-        (),
-        _hosts,
-        "Host header names the server answers (comma separated, any port; * for all). Empty: "
-        "localhost, 127.0.0.1, [::1] and the bind address when bound to loopback, else any.",
-    ),
-    Setting(
-        "header_timeout_seconds",
-        "FLUX_HEADER_TIMEOUT_SECONDS",
-        20.0,
-        _positive_float,
-        "Time a connection has to send a request's headers (from its opening, or from the "
-        "previous response); past it the server answers 408 and closes.",
-    ),
-    Setting(
-        "body_timeout_seconds",
-        "FLUX_BODY_TIMEOUT_SECONDS",
-        60.0,
-        _positive_float,
-        "Time a request has to send its whole body once its headers are in; past it the "
-        "server answers 408 and closes.",
-    ),
-    Setting(
-        "max_connections_per_client",
-        "FLUX_MAX_CONNECTIONS_PER_CLIENT",
-        256,
-        _non_negative_int,
-        "Connections (HTTP, WebSocket, SSE) one client address may hold at once; past it the "
-        "new connection is answered 429 and closed. 0: no limit.",
-    ),
-    Setting(
-        "log_level",
-        "FLUX_LOG_LEVEL",
-        "info",
-        _text,
-        "Server log level: debug, info, warning or error.",
-    ),
-)
-
-RUNTIME_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.runtime)
+# -- the settings ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 3000
-    data_dir: str = "./flux-data"
-    event_log: str = ""
-    snapshot_interval_seconds: int = 300
-    snapshot_every_events: int = 100_000
-    snapshot_keep: int = 3
-    retention_max_age_seconds: int = 0
-    retention_max_events: int = 0
-    log_check_after_start: bool = True
-    auth_enabled: bool = False
-    admin_token: str | None = None
-    rate_limit_enabled: bool = True
-    rate_limit_per_namespace_per_minute: int = 10_000
-    body_size_limit_single_bytes: int = 1_048_576
-    body_size_limit_batch_bytes: int = 10_485_760
-    max_batch_delete: int = 10_000
-    max_entity_id_length: int = 1024
-    ws_queue_limit: int = 10_000
-    ws_max_subscriptions: int = 1_000
-    metrics_interval_seconds: float = 2.0
-    directory_interval_seconds: float = 5.0
-    encryption_key: str | None = dataclasses.field(default=None, repr=False)
-    github_api_url: str = "https://api.github.com"
-    github_poll_interval_seconds: float = 300.0
-    connector_timeout_seconds: float = 30.0
-    connector_retry_seconds: float = 60.0
-    source_max_response_bytes: int = 10_485_760
-    sources_allow_link_local: bool = False
-    sources_allow_private: str = "auto"
-    sources_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    sources_max_per_namespace: int = 20
-    sources_min_poll_interval_seconds: int = 10
-    oauth_callback_base_url: str = "http://localhost:3000"
-    oauth_github_client_id: str | None = None
-    oauth_github_client_secret: str | None = dataclasses.field(default=None, repr=False)
-    oauth_github_auth_url: str = OAUTH_PROVIDERS[0][2]
-    oauth_github_token_url: str = OAUTH_PROVIDERS[0][3]
-    oauth_gmail_client_id: str | None = None
-    oauth_gmail_client_secret: str | None = dataclasses.field(default=None, repr=False)
-    oauth_gmail_auth_url: str = OAUTH_PROVIDERS[1][2]
-    oauth_gmail_token_url: str = OAUTH_PROVIDERS[1][3]
-    oauth_linkedin_client_id: str | None = None
-    oauth_linkedin_client_secret: str | None = dataclasses.field(default=None, repr=False)
-    oauth_linkedin_auth_url: str = OAUTH_PROVIDERS[2][2]
-    oauth_linkedin_token_url: str = OAUTH_PROVIDERS[2][3]
-    oauth_calendar_client_id: str | None = None
-    oauth_calendar_client_secret: str | None = dataclasses.field(default=None, repr=False)
-    oauth_calendar_auth_url: str = OAUTH_PROVIDERS[3][2]
-    oauth_calendar_token_url: str = OAUTH_PROVIDERS[3][3]
-    cors_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
-    header_timeout_seconds: float = 20.0
-    body_timeout_seconds: float = 60.0
-    max_connections_per_client: int = 256
-    log_level: str = "info"
+    """Every setting, declared once. Tests build one with keyword arguments (`Settings(port=0)`)
+    or from a mapping (`Settings.from_env({...})`)."""
+
+    host: str = setting(
+        "FLUX_HOST",
+        "127.0.0.1",
+        parse.text,
+        "Address the server binds to (the original bound `0.0.0.0`; set it to expose Flux).",
+    )
+    port: int = setting(
+        "PORT",
+        3000,
+        parse.port,
+        "TCP port of the HTTP and WebSocket API.",
+    )
+    data_dir: str = setting(
+        "FLUX_DATA_DIR",
+        "./flux-data",
+        parse.text,
+        "Holds `events.db` (the SQLite event log), `snapshots/`, `runtime-config.json` and, "
+        "with auth on, `namespaces.db` (the namespace registry; token hashes only).",
+    )
+    event_log: str = setting(
+        "FLUX_EVENT_LOG",
+        "",
+        parse.text,
+        "Event log backend URL; empty means `sqlite:///<data dir>/events.db`.",
+    )
+    snapshot_interval_seconds: int = setting(
+        "FLUX_SNAPSHOT_INTERVAL_SECONDS",
+        300,
+        parse.positive_int,
+        "Write a snapshot at least this often while events arrive.",
+    )
+    snapshot_every_events: int = setting(
+        "FLUX_SNAPSHOT_EVERY_EVENTS",
+        100_000,
+        parse.positive_int,
+        "Write a snapshot once this many events arrived since the last one.",
+    )
+    snapshot_keep: int = setting(
+        "FLUX_SNAPSHOT_KEEP",
+        3,
+        parse.positive_int,
+        "How many snapshots to keep (newest first).",
+    )
+    retention_max_age_seconds: int = setting(
+        "FLUX_RETENTION_MAX_AGE_SECONDS",
+        0,
+        parse.non_negative_int,
+        "Drop logged events older than this (only once a snapshot covers them); `0` keeps them.",
+    )
+    retention_max_events: int = setting(
+        "FLUX_RETENTION_MAX_EVENTS",
+        0,
+        parse.non_negative_int,
+        "Keep at most this many logged events (same rule); `0` means no cap.",
+    )
+    log_check_after_start: bool = setting(
+        "FLUX_LOG_CHECK_AFTER_START",
+        True,
+        parse.boolean,
+        "Once serving, check every page of the event log once in the background (SQLite's "
+        "`quick_check`, about 0.3 s per million events on a warm cache); damage turns "
+        "`/api/health` to `503 degraded`. `false` skips it (the cheap start-up checks always "
+        "run; see [architecture.md](architecture.md#a-damaged-log)).",
+    )
+    auth_enabled: bool = setting(
+        "FLUX_AUTH_ENABLED",
+        False,
+        parse.boolean,
+        "Multi-tenancy ([auth.md](auth.md)): namespaces, tokens for writes and for reads of "
+        "private namespaces, rate limits. Off: a trusted local instance, no tokens.",
+    )
+    admin_token: str | None = setting(
+        "FLUX_ADMIN_TOKEN",
+        None,
+        parse.optional_text,
+        "Bearer token for admin operations. Unset with auth off: admin operations are open (a "
+        "trusted local instance); unset with auth on: they are refused.",
+    )
+    rate_limit_enabled: bool = setting(
+        "FLUX_RATE_LIMIT_ENABLED",
+        True,
+        parse.boolean,
+        "Limit events per namespace per minute (with auth on; see [auth.md](auth.md#rate-limits)).",
+        runtime=True,
+    )
+    rate_limit_per_namespace_per_minute: int = setting(
+        "FLUX_RATE_LIMIT_PER_NAMESPACE_PER_MINUTE",
+        10_000,
+        parse.positive_int,
+        "Events one namespace may publish per minute. Every id a delete names counts as one "
+        "event, whether its entity exists or not.",
+        runtime=True,
+    )
+    body_size_limit_single_bytes: int = setting(
+        "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES",
+        1_048_576,
+        parse.positive_int,
+        "Largest body for `POST /api/events` and the other JSON endpoints (`413 payload too "
+        "large`).",
+        runtime=True,
+    )
+    body_size_limit_batch_bytes: int = setting(
+        "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES",
+        10_485_760,
+        parse.positive_int,
+        "Largest body for `POST /api/events/batch`.",
+        runtime=True,
+    )
+    max_batch_delete: int = setting(
+        "FLUX_MAX_BATCH_DELETE",
+        10_000,
+        parse.positive_int,
+        "Most entities one `POST /api/state/entities/delete` may remove.",
+        runtime=True,
+    )
+    max_entity_id_length: int = setting(
+        "FLUX_MAX_ENTITY_ID_LENGTH",
+        1024,
+        parse.positive_int,
+        "Longest entity id accepted, in characters (Unicode code points, not bytes: up to 4 KiB"
+        " in UTF-8). Checked wherever an id, or a prefix or namespace of ids, is given: events "
+        "(single, batch, connectors), deletes, reads (`GET /api/state/entities/{id}`, "
+        "`?prefix=`, `?namespace=`, history), WebSocket and SSE subscriptions; longer is `400 "
+        '{"error": "entity_id is too long: <n> characters (an entity_id has at most <limit>)"}`'
+        " (`prefix is too long: …` for a prefix). Ids stored before the limit existed stay in "
+        "the state; list them with `?namespace=` and delete them with a batch delete by "
+        "namespace or prefix.",
+    )
+    ws_queue_limit: int = setting(
+        "FLUX_WS_QUEUE_LIMIT",
+        10_000,
+        parse.positive_int,
+        "Messages a live (WebSocket or SSE) connection may have waiting; past it the server "
+        "closes the connection with code 1013 (the client resumes with `since`).",
+    )
+    ws_max_subscriptions: int = setting(
+        "FLUX_WS_MAX_SUBSCRIPTIONS",
+        1000,
+        parse.positive_int,
+        "Subscriptions (entity ids and prefixes together) one WebSocket connection may hold; "
+        "past it a `subscribe` is answered with an `error` (`too many subscriptions on this "
+        "connection (max <n>)`) and the connection stays open. An SSE stream holds one. "
+        "Matching a change against prefix subscriptions costs one lookup per distinct prefix "
+        "length, whatever the number of prefixes held (see "
+        "[websocket.md](websocket.md#client-messages)).",
+    )
+    metrics_interval_seconds: float = setting(
+        "FLUX_METRICS_INTERVAL_SECONDS",
+        2.0,
+        parse.positive_float,
+        "How often `metrics_update` goes to every live connection.",
+    )
+    directory_interval_seconds: float = setting(
+        "FLUX_DIRECTORY_INTERVAL_SECONDS",
+        5.0,
+        parse.non_negative_float,
+        "How often Flux brings the `flux-core/directory` entity up to date (an event is written"
+        " only when it changed); `0` turns the directory off.",
+    )
+    encryption_key: str | None = setting(
+        "FLUX_ENCRYPTION_KEY",
+        None,
+        parse.encryption_key,
+        "AES-256-GCM key for the connector credential store `credentials.db` in the data dir: "
+        'standard base64 of exactly 32 bytes (`python -c "import '
+        'os,base64;print(base64.b64encode(os.urandom(32)).decode())"`). Anything else stops '
+        "Flux at start with an error naming the variable (the value is not echoed). Unset: "
+        "there is no credential store: every connector is `not_configured`, `POST "
+        "/api/connectors/{name}/token` answers `500` and the OAuth sign-in routes answer `404`."
+        " See [connectors.md](connectors.md).",
+        secret=True,
+    )
+    github_api_url: str = setting(
+        "FLUX_GITHUB_API_URL",
+        "https://api.github.com",
+        parse.url,
+        "Base URL of the GitHub API the GitHub connector polls: a GitHub Enterprise server "
+        "(`https://github.example.com/api/v3`), or a local stand-in in tests. See "
+        "[connectors/github.md](connectors/github.md).",
+    )
+    github_poll_interval_seconds: float = setting(
+        "FLUX_GITHUB_POLL_INTERVAL_SECONDS",
+        300.0,
+        parse.positive_float,
+        "How often the GitHub connector polls, per stored token (also what `GET "
+        "/api/connectors/github` reports).",
+    )
+    connector_timeout_seconds: float = setting(
+        "FLUX_CONNECTOR_TIMEOUT_SECONDS",
+        30.0,
+        parse.positive_float,
+        "Time limit of one connector or source poll attempt, every request in it included; also"
+        " the limit of an OAuth token request.",
+    )
+    connector_retry_seconds: float = setting(
+        "FLUX_CONNECTOR_RETRY_SECONDS",
+        60.0,
+        parse.positive_float,
+        "Wait before retrying a failed poll; doubled on each further failure, up to ten times "
+        "this, 3 attempts per poll. A wait the source asks for (rate limit, `Retry-After`) wins"
+        " when longer.",
+    )
+    oauth_callback_base_url: str = setting(
+        "FLUX_OAUTH_CALLBACK_BASE_URL",
+        "http://localhost:3000",
+        parse.url,
+        "Public base URL of this server for OAuth sign-in: the provider sends the browser back "
+        "to `<this>/api/connectors/<name>/oauth/callback`, the URL to register with the "
+        "provider. See [connectors.md](connectors.md#oauth-sign-in).",
+    )
+    oauth: Mapping[str, OAuthSettings] = records(OAuthSettings, _oauth_rows())
+    source_max_response_bytes: int = setting(
+        "FLUX_SOURCE_MAX_RESPONSE_BYTES",
+        10_485_760,
+        parse.positive_int,
+        "Largest response a generic source may return (10 MiB), counted while it streams in and"
+        " after decompression; a bigger one fails the poll (`last_error` says so). See "
+        "[connectors/generic.md](connectors/generic.md).",
+    )
+    sources_allow_link_local: bool = setting(
+        "FLUX_SOURCES_ALLOW_LINK_LOCAL",
+        False,
+        parse.boolean,
+        "Let generic sources fetch link-local and cloud metadata addresses (`169.254.0.0/16`, "
+        "`fe80::/10`, `169.254.169.254`, `fd00:ec2::254`, `100.100.100.200`, "
+        "`metadata.google.internal`, ...), refused by default as a server-side request forgery "
+        "guard (with auth on or off; `FLUX_SOURCES_ALLOWED_NETWORKS` does not lift it). "
+        "`0.0.0.0/8` and multicast are never allowed. See "
+        "[connectors/generic.md](connectors/generic.md#server-side-request-forgery-guard).",
+    )
+    sources_allow_private: str = setting(
+        "FLUX_SOURCES_ALLOW_PRIVATE",
+        "auto",
+        parse.auto_bool,
+        "Let generic sources fetch internal addresses: loopback (`127.0.0.0/8`, `::1`), private"
+        " (`10/8`, `172.16/12`, `192.168/16`), CGNAT (`100.64.0.0/10`), unique-local "
+        "(`fc00::/7`), site-local, documentation, benchmarking and reserved ranges, and IPv6 "
+        "outside `2000::/3`. `auto`: allowed with auth off (a local instance polls local "
+        "services), refused with auth on (a tenant must not read what only the server reaches, "
+        "Flux's own admin API included). `true` or `false` decide in both modes.",
+    )
+    sources_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = setting(
+        "FLUX_SOURCES_ALLOWED_NETWORKS",
+        (),
+        parse.networks,
+        "Networks generic sources may fetch even when internal addresses are refused: CIDRs, "
+        "comma separated (`10.20.0.0/16, fd00:1::/64`; a bare address is one host). An IPv6 "
+        "form of an IPv4 address (`::ffff:10.20.0.1`) is judged by the IPv4 address. A bad item"
+        " stops Flux at start.",
+    )
+    sources_max_per_namespace: int = setting(
+        "FLUX_SOURCES_MAX_PER_NAMESPACE",
+        20,
+        parse.non_negative_int,
+        "With auth on: generic sources one namespace may have; creating one more answers `429` "
+        "(`namespace '<ns>' has 20 sources, the most it may have ...`). `0`: no limit. At "
+        "start, sources over the limit (made under a higher one) are kept and listed but not "
+        "polled. No limit with auth off.",
+    )
+    sources_min_poll_interval_seconds: int = setting(
+        "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS",
+        10,
+        parse.positive_int,
+        "With auth on: the shortest `poll_interval_secs` a generic source may ask for (`400` "
+        "below it); a stored source with a shorter one is polled at this interval. With auth "
+        "off the minimum stays 1 s, as in the original.",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        "FLUX_CORS_ORIGINS",
+        (),
+        parse.origins,
+        "Web origins (`scheme://host[:port]`, comma separated, or `*`) whose pages may call the"
+        " API cross-origin. Empty: none with auth off, any (`*`) with auth on. `PUT "
+        "/api/admin/config` is open cross-origin only to origins named here, never through the "
+        "default or `*`. See "
+        "[auth.md](auth.md#browsers-cors-content-types-host-websocket-origins).",
+    )
+    allowed_hosts: tuple[str, ...] = setting(
+        "FLUX_ALLOWED_HOSTS",
+        (),
+        parse.hosts,
+        "`Host` header names the server answers (comma separated, without port: any port "
+        "matches; `*` for all); another name gets `421`. Empty: when bound to a loopback "
+        "address (`127.0.0.1`, `::1`, `localhost`), `localhost`, `127.0.0.1`, `[::1]` and the "
+        "bind address; bound to any other address, every name. A guard against DNS rebinding.",
+    )
+    header_timeout_seconds: float = setting(
+        "FLUX_HEADER_TIMEOUT_SECONDS",
+        20.0,
+        parse.positive_float,
+        "Time a connection has to send a request's headers, from its opening (or from the end "
+        "of the previous response on a kept-alive connection); past it the server answers `408 "
+        '{"error": "request timeout"}` and closes.',
+    )
+    body_timeout_seconds: float = setting(
+        "FLUX_BODY_TIMEOUT_SECONDS",
+        60.0,
+        parse.positive_float,
+        "Time a request has to send its whole body once its headers are in (`408` and close "
+        "past it). A whole 10 MiB batch within 60 s needs about 175 KB/s: raise it for slower "
+        "links.",
+    )
+    max_connections_per_client: int = setting(
+        "FLUX_MAX_CONNECTIONS_PER_CLIENT",
+        256,
+        parse.non_negative_int,
+        "Connections (HTTP, SSE, WebSocket) one client IP address may hold at once; past it a "
+        'new connection is answered `429 {"error": "too many connections from this client"}` '
+        "and closed. `0`: no limit. Clients behind one proxy or NAT share an address: raise it "
+        "there.",
+    )
+    log_level: str = setting(
+        "FLUX_LOG_LEVEL",
+        "info",
+        parse.text,
+        "Server log level: `debug`, `info`, `warning` or `error`.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
         """Build settings from an environment mapping; keyword overrides (e.g. CLI flags that
-        were given) win. Raises ConfigError naming the variable and its bad value."""
+        were given) win, unless None. Raises ConfigError naming the variable and its bad value
+        (the first in declaration order)."""
         values: dict[str, Any] = {}
-        for setting in SETTINGS:
-            raw = env.get(setting.env)
-            if raw is None:
+        for field in dataclasses.fields(cls):
+            rows: tuple[Setting, ...] = field.metadata[_ROWS]
+            if not any(row.env in env for row in rows):
                 continue
-            try:
-                values[setting.name] = setting.parse(raw)
-            except ValueError as exc:
-                shown = "<hidden>" if setting.secret else repr(raw)
-                raise ConfigError(f"{setting.env}={shown}: {exc}") from exc
+            record = field.metadata.get(_RECORD)
+            if record is None:
+                values[field.name] = rows[0].value(env)
+            else:
+                values[field.name] = _records(record, ((row, row.value(env)) for row in rows))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -596,55 +518,124 @@ class Settings:
     def event_log_url(self) -> str:
         return self.event_log or f"sqlite:///{self.data_dir}/events.db"
 
-
-def _check_table() -> None:
-    fields = {f.name: f.default for f in dataclasses.fields(Settings)}
-    for setting in SETTINGS:
-        assert fields.get(setting.name, object()) == setting.default, setting.name
-    assert set(fields) == {s.name for s in SETTINGS}
-
-
-_check_table()
-
-
-def _runtime_value(name: str, value: Any) -> Any:
-    """Check one runtime setting's new value (from JSON); raises ValueError naming the problem."""
-    default = next(s.default for s in SETTINGS if s.name == name)
-    if isinstance(default, bool):
-        if type(value) is not bool:
-            raise ValueError(f"{name} must be true or false")
-        return value
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{name} must be a positive integer")
-    return value
-
-
-@dataclass
-class RuntimeConfig:
-    """The settings an admin may change while the server runs (`RUNTIME_SETTINGS`)."""
-
-    rate_limit_enabled: bool = True
-    rate_limit_per_namespace_per_minute: int = 10_000
-    body_size_limit_single_bytes: int = 1_048_576
-    body_size_limit_batch_bytes: int = 10_485_760
-    max_batch_delete: int = 10_000
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RuntimeConfig:
-        return cls(**{name: getattr(settings, name) for name in RUNTIME_SETTINGS})
-
-    def as_dict(self) -> dict[str, Any]:
+    def runtime_values(self) -> dict[str, Any]:
+        """The runtime settings and their values: what `GET /api/admin/config` answers and
+        `runtime-config.json` holds."""
         return {name: getattr(self, name) for name in RUNTIME_SETTINGS}
 
-    def validated(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """The known keys of `changes`, checked; unknown keys are ignored (as in the original).
-        Raises ValueError on the first bad value."""
-        return {
-            name: _runtime_value(name, value)
-            for name, value in changes.items()
-            if name in RUNTIME_SETTINGS
-        }
 
-    def update(self, changes: Mapping[str, Any]) -> None:
-        for name, value in self.validated(changes).items():
-            setattr(self, name, value)
+def _table() -> tuple[Setting, ...]:
+    rows = []
+    for field in dataclasses.fields(Settings):
+        if _ROWS not in field.metadata:
+            raise TypeError(f"Settings.{field.name} is not declared with setting()")
+        rows += [dataclasses.replace(row, name=field.name) for row in field.metadata[_ROWS]]
+    return tuple(rows)
+
+
+SETTINGS: tuple[Setting, ...] = _table()
+
+RUNTIME_SETTINGS: tuple[str, ...] = tuple(s.name for s in SETTINGS if s.runtime)
+
+# -- runtime changes (the admin config) ------------------------------------------------------
+
+# How the admin config takes a runtime setting's value (JSON), by the setting's parser: the
+# JSON type, then the parser checks the value's text. A runtime setting whose parser is not
+# here fails the check below, at import.
+_RUNTIME_JSON: Mapping[Callable[[str], Any], tuple[type, str]] = {
+    parse.boolean: (bool, "true or false"),
+    parse.positive_int: (int, "a positive integer"),
+}
+
+_RUNTIME_ROWS: Mapping[str, Setting] = {s.name: s for s in SETTINGS if s.runtime}
+
+for _row in _RUNTIME_ROWS.values():
+    if _row.key is not None or _row.parse not in _RUNTIME_JSON:
+        raise TypeError(f"{_row.env}: a runtime setting needs a parser in _RUNTIME_JSON")
+
+
+def check_runtime(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The runtime settings among `changes` (JSON values), checked; other keys are ignored (as
+    in the original). Raises ValueError naming the first bad one
+    (`<name> must be a positive integer`)."""
+    checked: dict[str, Any] = {}
+    for name, value in changes.items():
+        row = _RUNTIME_ROWS.get(name)
+        if row is None:
+            continue
+        kind, words = _RUNTIME_JSON[row.parse]
+        try:
+            if type(value) is not kind:
+                raise ValueError(name)
+            row.parse(str(value))
+        except ValueError:
+            raise ValueError(f"{name} must be {words}") from None
+        checked[name] = value
+    return checked
+
+
+# -- the docs table and the CLI's help -------------------------------------------------------
+
+
+def shown_default(row: Setting) -> str:
+    """The default as the docs and `--help` show it: `unset`, `(empty)`, `true`, `300`."""
+    default = row.default
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    if isinstance(default, tuple):
+        return ", ".join(map(str, default)) or "(empty)"
+    return str(default) or "(empty)"
+
+
+def plain(text: str) -> str:
+    """Help text without Markdown: a link keeps its words, code loses its backticks."""
+    return re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", text).replace("`", "")
+
+
+TABLE_MARK = "<!-- settings table: made from src/flux/config.py by `python -m flux.config` -->"
+
+
+def markdown_table() -> str:
+    """The table of every setting for docs/configuration.md."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for row in SETTINGS:
+        default = shown_default(row)
+        if default not in ("unset", "(empty)"):
+            default = f"`{default}`"
+        meaning = (("Runtime: " if row.runtime else "") + row.help).replace("|", "\\|")
+        lines.append(f"| `{row.env}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def table_in(doc: str) -> tuple[int, int]:
+    """Where the settings table is in `doc`: the lines starting with `|` after `TABLE_MARK`,
+    as (start, end) offsets. Raises ValueError without the mark."""
+    start = doc.index(TABLE_MARK + "\n") + len(TABLE_MARK) + 1
+    end = start
+    while doc.startswith("|", end):
+        end = doc.index("\n", end) + 1
+    return start, end
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m flux.config` prints the table; `--write DOC` puts it in DOC (in place of
+    the one after `TABLE_MARK`)."""
+    if not argv:
+        sys.stdout.write(markdown_table())
+        return 0
+    if len(argv) != 2 or argv[0] != "--write":
+        sys.stderr.write("usage: python -m flux.config [--write docs/configuration.md]\n")
+        return 2
+    path = Path(argv[1])
+    doc = path.read_text()
+    start, end = table_in(doc)
+    path.write_text(doc[:start] + markdown_table() + doc[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

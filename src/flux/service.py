@@ -32,7 +32,7 @@ from flux.auth import (
     check_not_reserved,
     entity_namespace,
 )
-from flux.config import RuntimeConfig, Settings
+from flux.config import Settings, check_runtime
 from flux.connectors.manager import ConnectorManager
 from flux.credentials import CredentialStore
 from flux.directory import Directory
@@ -94,7 +94,9 @@ class FluxService:
             self.data_dir / "snapshots", keep=settings.snapshot_keep
         )
         self.engine = StateEngine()
-        self.runtime = RuntimeConfig.from_settings(settings)
+        # The settings in effect: `settings` with the admin's runtime changes (RUNTIME_SETTINGS)
+        # applied, from runtime-config.json at start and `update_runtime` since.
+        self.runtime = settings
         self.access = Access(admin_token=settings.admin_token)
         self.registry = NamespaceRegistry(self.data_dir / "namespaces.db", self.access)
         self.limiter = RateLimiter(clock) if clock is not None else RateLimiter()
@@ -255,7 +257,7 @@ class FluxService:
         if not path.exists():
             return
         try:
-            self.runtime.update(orjson.loads(path.read_bytes()))
+            self.runtime = self.runtime.replace(**check_runtime(orjson.loads(path.read_bytes())))
         except (OSError, ValueError) as exc:
             logger.error("ignoring %s: %s", path, exc)
             return
@@ -263,10 +265,10 @@ class FluxService:
 
     async def update_runtime(self, changes: dict[str, object]) -> None:
         """Validate, persist, then apply runtime config changes. Raises ValueError."""
-        checked = self.runtime.validated(changes)
-        merged = {**self.runtime.as_dict(), **checked}
+        checked = check_runtime(changes)
+        merged = {**self.runtime.runtime_values(), **checked}
         await asyncio.to_thread(write_atomic, self._runtime_path, orjson.dumps(merged))
-        self.runtime.update(checked)
+        self.runtime = self.runtime.replace(**checked)
         if checked:
             logger.info("runtime config changed: %s", checked)
 

@@ -14,6 +14,7 @@ import re
 import zlib
 from pathlib import Path
 
+from flux.config import Settings
 from flux.files import atomic_file
 
 logger = logging.getLogger("flux.snapshots")
@@ -22,7 +23,9 @@ _NAME = re.compile(r"snapshot-(\d{20})\.json\.gz")
 
 
 class SnapshotStore:
-    def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], keep: int = Settings.snapshot_keep
+    ) -> None:
         self.directory = Path(directory)
         self.keep = keep
 

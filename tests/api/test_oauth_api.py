@@ -5,8 +5,9 @@ before a poll (reference §10.2)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 from conftest import wait_for
 from fakegithub import TOKEN, FakeGitHub, repo
 from fakeoauth import FakeOAuth
+from flux.config import OAuthSettings, Settings
 from flux.connectors.oauth import OAuthStates
 from flux.credentials import CredentialStore
 
@@ -28,6 +30,12 @@ KEY = base64.b64encode(bytes(range(32))).decode()
 START = "/api/connectors/github/oauth/start"
 CALLBACK = "/api/connectors/github/oauth/callback"
 BAD_STATE = "Invalid or expired OAuth state (possible CSRF attack)"
+
+
+def with_github(**changes: Any) -> Mapping[str, OAuthSettings]:
+    """The default OAuth settings with the changes to GitHub's app."""
+    apps = Settings().oauth
+    return {**apps, "github": dataclasses.replace(apps["github"], **changes)}
 
 
 class Clock:
@@ -61,14 +69,19 @@ def oauth_client(
     """An in-process Flux with a credential store, GitHub's OAuth app pointed at the fake
     provider and the connector at the fake GitHub."""
 
-    def make(**overrides: Any) -> TestClient:
+    def make(github_app: Mapping[str, Any] | None = None, **overrides: Any) -> TestClient:
+        """`github_app`: changes to GitHub's app (`{"client_id": None}`)."""
+        app = {
+            "client_id": provider.client_id,
+            "client_secret": provider.client_secret,
+            "auth_url": provider.authorize_url,
+            "token_url": provider.token_url,
+            **(github_app or {}),
+        }
         values: dict[str, Any] = {
             "encryption_key": KEY,
             "oauth_callback_base_url": "http://localhost",
-            "oauth_github_client_id": provider.client_id,
-            "oauth_github_client_secret": provider.client_secret,
-            "oauth_github_auth_url": provider.authorize_url,
-            "oauth_github_token_url": provider.token_url,
+            "oauth": with_github(**app),
             "github_api_url": github.url,
             "connector_retry_seconds": 0.05,
             "directory_interval_seconds": 0,
@@ -168,7 +181,7 @@ def test_start_errors_in_order(
     oauth_client: Callable[..., TestClient], make_client: ClientFactory
 ) -> None:
     # No credential store: the routes do not exist (404, saying why).
-    bare = make_client(oauth_github_client_id="id", oauth_github_client_secret="s")
+    bare = make_client(oauth=with_github(client_id="id", client_secret="s"))
     for path in (START, CALLBACK + "?code=c&state=s", "/api/connectors/nope/oauth/start"):
         response = bare.get(path, follow_redirects=False)
         assert response.status_code == 404, path
@@ -178,7 +191,7 @@ def test_start_errors_in_order(
     client = oauth_client(
         auth_enabled=True,
         admin_token=ADMIN,
-        oauth_github_client_id=None,
+        github_app={"client_id": None},
     )
     response = client.get("/api/connectors/nope/oauth/start")
     assert response.status_code == 404

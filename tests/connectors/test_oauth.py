@@ -42,12 +42,13 @@ class Clock:
 
 def test_client_needs_both_id_and_secret() -> None:
     assert oauth_client(Settings(), "github") is None
-    assert oauth_client(Settings(oauth_github_client_id="id"), "github") is None
-    assert oauth_client(Settings(oauth_github_client_secret="s"), "github") is None
+    only_id = Settings.from_env({"FLUX_OAUTH_GITHUB_CLIENT_ID": "id"})
+    assert oauth_client(only_id, "github") is None
+    only_secret = Settings.from_env({"FLUX_OAUTH_GITHUB_CLIENT_SECRET": "s"})
+    assert oauth_client(only_secret, "github") is None
     assert oauth_client(Settings(), "nope") is None
-    client = oauth_client(
-        Settings(oauth_github_client_id="id", oauth_github_client_secret="s3cr3t"), "github"
-    )
+    both = {"FLUX_OAUTH_GITHUB_CLIENT_ID": "id", "FLUX_OAUTH_GITHUB_CLIENT_SECRET": "s3cr3t"}
+    client = oauth_client(Settings.from_env(both), "github")
     assert client == OAuthClient(
         "github",
         "id",
@@ -89,7 +90,8 @@ def test_settings_override_the_provider_urls_and_hide_the_secret() -> None:
             "FLUX_OAUTH_GITHUB_CLIENT_SECRET": "very-secret",
         }
     )
-    assert settings.oauth_github_auth_url == "http://127.0.0.1:9/authorize"
+    assert settings.oauth["github"].auth_url == "http://127.0.0.1:9/authorize"
+    assert settings.oauth["github"].token_url == "http://127.0.0.1:9/token"
     assert settings.oauth_callback_base_url == "https://flux.example.com"
     assert "very-secret" not in repr(settings)
     with pytest.raises(ValueError, match="FLUX_OAUTH_GITHUB_TOKEN_URL='ftp://x'"):

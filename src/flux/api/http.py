@@ -323,7 +323,7 @@ def require_admin(request: Request, service: FluxService, message: str = "Unauth
 
 
 async def get_admin_config(request: Request) -> Response:
-    return json_response(service_of(request).runtime.as_dict())
+    return json_response(service_of(request).runtime.runtime_values())
 
 
 async def put_admin_config(request: Request) -> Response:
@@ -334,4 +334,4 @@ async def put_admin_config(request: Request) -> Response:
         await service.update_runtime(doc)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    return json_response(service.runtime.as_dict())
+    return json_response(service.runtime.runtime_values())

@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 
 from flux.api.connectors import connector_info, writer_of
 from flux.api.http import json_response, service_of
+from flux.config import oauth_env
 from flux.connectors.manager import owner_namespace
 from flux.connectors.oauth import (
     OAuthStates,
@@ -72,10 +73,10 @@ async def start(request: Request) -> Response:
     owner = writer_of(request, service)
     client = oauth_client(service.settings, info.name)
     if client is None:
-        env = f"FLUX_OAUTH_{info.name.upper()}"
         raise OAuthNotConfigured(
-            f"OAuth not configured for connector '{info.name}'. Set {env}_CLIENT_ID and "
-            f"{env}_CLIENT_SECRET environment variables."
+            f"OAuth not configured for connector '{info.name}'. Set "
+            f"{oauth_env(info.name, 'client_id')} and {oauth_env(info.name, 'client_secret')} "
+            "environment variables."
         )
     state = states_of(request).issue(info.name, owner)
     redirect = redirect_uri(service.settings.oauth_callback_base_url, info.name)

@@ -13,6 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from flux.catalogue import CONNECTORS
+
 EventDict = dict[str, Any]
 
 
@@ -56,13 +58,7 @@ class ConnectorInfo:
     poll_interval_seconds: int
 
 
-# The original's fixed list, in its order, with its poll intervals (reference §4.10).
+# The original's fixed list, in its order, with its poll intervals (`flux.catalogue`).
 KNOWN: Mapping[str, ConnectorInfo] = {
-    info.name: info
-    for info in (
-        ConnectorInfo("github", 300),
-        ConnectorInfo("gmail", 60),
-        ConnectorInfo("linkedin", 600),
-        ConnectorInfo("calendar", 300),
-    )
+    c.name: ConnectorInfo(c.name, c.poll_interval_seconds) for c in CONNECTORS
 }

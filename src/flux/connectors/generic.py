@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import orjson
 
+from flux.config import Settings
 from flux.connectors import jsonpath
 from flux.connectors.base import ConnectorError, EventDict
 from flux.connectors.runner import describe_failure
@@ -211,7 +212,7 @@ class GenericSource:
         self,
         source_id: str,
         config: SourceConfig,
-        max_response_bytes: int = 10_485_760,
+        max_response_bytes: int = Settings.source_max_response_bytes,
         policy: Policy = DEFAULT_POLICY,
         detailed_errors: bool = True,
         min_interval_seconds: int = 1,

@@ -19,10 +19,10 @@ from typing import Any
 
 import httpx
 
+from flux.config import Settings
 from flux.connectors.base import ConnectorError, EventDict
 from flux.events import now_ms, uuid7
 
-API_URL = "https://api.github.com"
 USER_AGENT = "flux-connector/1.0"
 STREAM = "connectors"
 SOURCE = "connector.github"
@@ -152,8 +152,8 @@ class GitHub:
     def __init__(
         self,
         namespace: str | None = None,
-        base_url: str = API_URL,
-        poll_interval_seconds: float = 300.0,
+        base_url: str = Settings.github_api_url,
+        poll_interval_seconds: float = Settings.github_poll_interval_seconds,
     ) -> None:
         self.namespace = namespace
         self.base_url = base_url.rstrip("/")

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, quote
 
 import httpx
 
+from flux.catalogue import CONNECTORS
 from flux.config import Settings
 from flux.credentials import StoredCredential
 
@@ -33,13 +34,9 @@ SWEEP_EVERY_SECONDS = 300.0
 MAX_PENDING = 10_000
 REFRESH_MARGIN_SECONDS = 90.0
 
-# Scopes each connector's sign-in asks for: the original's (reference §4.11). For GitHub,
-# `repo` also opens the notifications endpoints (they accept `notifications` or `repo`).
+# Scopes each connector's sign-in asks for: the original's (reference §4.11, `flux.catalogue`).
 SCOPES: Mapping[str, tuple[str, ...]] = {
-    "github": ("repo", "read:user"),
-    "gmail": ("https://www.googleapis.com/auth/gmail.readonly",),
-    "linkedin": ("r_liteprofile", "r_emailaddress"),
-    "calendar": ("https://www.googleapis.com/auth/calendar.readonly",),
+    c.name: c.oauth.scopes for c in CONNECTORS if c.oauth is not None
 }
 
 
@@ -58,26 +55,22 @@ class OAuthClient:
 def oauth_client(settings: Settings, connector: str) -> OAuthClient | None:
     """The connector's OAuth app from the settings (FLUX_OAUTH_<NAME>_*), or None when its
     client id or secret is not set (or the connector has no sign-in)."""
-    if connector not in SCOPES:
-        return None
-    client_id = getattr(settings, f"oauth_{connector}_client_id")
-    client_secret = getattr(settings, f"oauth_{connector}_client_secret")
-    if not client_id or not client_secret:
+    app = settings.oauth.get(connector)
+    if app is None or connector not in SCOPES or not app.client_id or not app.client_secret:
         return None
     return OAuthClient(
         connector,
-        client_id,
-        client_secret,
-        getattr(settings, f"oauth_{connector}_auth_url"),
-        getattr(settings, f"oauth_{connector}_token_url"),
+        app.client_id,
+        app.client_secret,
+        app.auth_url,
+        app.token_url,
         SCOPES[connector],
     )
 
 
 def token_url(settings: Settings, connector: str) -> str:
     """Where the connector's tokens are refreshed (set even without a client)."""
-    url: str = getattr(settings, f"oauth_{connector}_token_url")
-    return url
+    return settings.oauth[connector].token_url
 
 
 def redirect_uri(callback_base_url: str, connector: str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from flux.config import Settings
 from flux.connectors.base import Connector, ConnectorError, EventDict
 from flux.errors import FluxError, RateLimited
 from flux.events import format_time
@@ -113,10 +114,10 @@ class ConnectorRunner:
         *,
         token: TokenSource = _no_token,
         transport: httpx.AsyncBaseTransport | None = None,
-        timeout_seconds: float = 30.0,
+        timeout_seconds: float = Settings.connector_timeout_seconds,
         attempts: int = 3,
-        backoff_seconds: float = 60.0,
-        max_backoff_seconds: float = 600.0,
+        backoff_seconds: float = Settings.connector_retry_seconds,
+        max_backoff_seconds: float = Settings.connector_retry_seconds * 10,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.time,
         describe: Describe = describe_failure,
