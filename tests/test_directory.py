@@ -13,7 +13,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from api.authkit import ADMIN, bearer, open_client, publish, register, run, service_of
+from api.authkit import ADMIN, bearer, open_client, publish, register, run, server_of, service_of
 from api.helpers import assert_error, encode_id, new_event
 from flux.directory import (
     DIRECTORY_ID,
@@ -83,7 +83,7 @@ def auth_server(data_dir: Path) -> Iterator[TestClient]:
 
 
 def refresh(client: TestClient) -> bool:
-    return run(client, service_of(client).directory.refresh)
+    return run(client, server_of(client).directory.refresh)
 
 
 def directory(client: TestClient) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The docs say what the code does: every setting is documented, the README's commands exist."""
+"""The docs say what the code does: every setting is documented, the README's commands exist,
+the architecture's module table lists every module in its layer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from conftest import REPO
@@ -55,3 +57,50 @@ def test_readme_has_exactly_the_two_setup_commands_and_they_exist() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     assert "./scripts/test" in (REPO / ".ci" / "run").read_text()
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+
+
+def _contract_layers() -> list[list[str]]:
+    """The layers of the import-linter contract in pyproject.toml, top first."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
+    return [[name.strip() for name in layer.split("|")] for layer in layers]
+
+
+def _source_modules() -> set[str]:
+    """Every module under src/flux, by its dotted name (a package by its own name)."""
+    src = REPO / "src"
+    modules = set()
+    for path in (src / "flux").rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules.add(".".join(parts))
+    return modules
+
+
+def test_the_module_table_lists_every_module_in_its_layer() -> None:
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+)` \| ([0-9]+|–) \|", _section(text, "### Modules"), re.M)
+    documented = dict(rows)
+    assert len(documented) == len(rows), "a module is listed twice"
+    modules = _source_modules()
+    assert not modules - set(documented), "modules missing from docs/architecture.md"
+    assert not set(documented) - modules, "docs/architecture.md lists modules that do not exist"
+    layer_of = {name: str(n) for n, layer in enumerate(_contract_layers(), 1) for name in layer}
+    for module, layer in documented.items():
+        if module == "flux":
+            assert layer == "–"
+        else:
+            assert layer == layer_of[module.split(".")[1]], module
+
+
+def test_the_layer_table_is_the_contract() -> None:
+    text = (REPO / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| *([0-9]+) \| (`.*?`) \|", _section(text, "### Layers"), re.M)
+    documented = [re.findall(r"`(\w+)`", names) for _, names in rows]
+    assert [int(n) for n, _ in rows] == list(range(1, len(rows) + 1))
+    assert documented == _contract_layers()

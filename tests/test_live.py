@@ -11,10 +11,12 @@ from typing import Any
 
 import orjson
 
-from flux.config import Settings
+from flux.auth import Access
+from flux.config import RuntimeConfig, Settings
 from flux.engine import StateEngine
 from flux.live import Filter, Live, Message, Outbox, change_messages, encode
 from flux.log import Record
+from flux.permissions import Permissions
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -140,12 +142,10 @@ class ScriptedLog:
 
 
 class Service:
-    """What Live uses of FluxService: settings, engine, log, listeners and the read checks (a
-    server with auth off: everyone reads everything). The log is scripted so that commits can
-    be placed between replay batches deterministically; the real-server tests in
-    tests/api/test_ws.py and tests/test_live_restart.py cover the same paths end to end."""
-
-    auth_enabled = False
+    """What Live uses of FluxService: settings, engine, log and listeners, beside real
+    `Permissions` of a server with auth off (everyone reads everything). The log is scripted so
+    that commits can be placed between replay batches deterministically; the real-server tests
+    in tests/api/test_ws.py and tests/test_live_restart.py cover the same paths end to end."""
 
     def __init__(self, tmp_path: Path, limit: int = 100) -> None:
         self.settings = Settings(data_dir=str(tmp_path), ws_queue_limit=limit)
@@ -153,21 +153,15 @@ class Service:
         self.listeners: list[Any] = []
         self.log = ScriptedLog([])
         self.seq = 0
-        self.floors: dict[str, int] = {}  # deleted namespaces' history floors
+        access = Access()
+        self.floors = access.floors  # deleted namespaces' history floors
+        runtime = RuntimeConfig.from_settings(self.settings)
+        self.permissions = Permissions(self.settings, access, runtime, self.engine)
 
     def record(self, entity_id: str, **properties: Any) -> Record:
         self.seq += 1
         event = {"source": "t", "payload": {"entity_id": entity_id, "properties": properties}}
         return Record(self.seq, 1_700_000_000_000_000 + self.seq, event)
-
-    def can_read(self, credential: object, entity_id: str) -> bool:
-        return True
-
-    def check_read(self, credential: object, entity_id: str) -> None:
-        return None
-
-    def history_floor(self, entity_id: str) -> int:
-        return self.floors.get(entity_id.partition("/")[0], 0)
 
     def commit(self, *records: Record) -> None:
         changes = self.engine.apply_all(records)
@@ -191,7 +185,7 @@ def test_live_changes_during_a_replay_follow_it_with_no_gap_and_no_duplicate(
 ) -> None:
     async def main() -> None:
         service = Service(tmp_path)
-        live = Live(service)  # type: ignore[arg-type]
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
         history = [service.record(f"a/{n % 2}", n=n) for n in range(6)]
         service.commit(*history)
         service.log.records = list(history)
@@ -225,7 +219,7 @@ def test_a_gap_found_mid_replay_becomes_a_resync_without_stale_changes(
 ) -> None:
     async def main() -> None:
         service = Service(tmp_path)
-        live = Live(service)  # type: ignore[arg-type]
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
         history = [service.record("a/x", n=n) for n in range(8)]
         service.commit(*history)
         # Retention removed 4 and 5 between the replay's batches.
@@ -262,7 +256,7 @@ def test_a_replay_never_shows_a_deleted_namespace_s_past(tmp_path: Path) -> None
 
     async def main() -> None:
         service = Service(tmp_path)
-        live = Live(service)  # type: ignore[arg-type]
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
         history = [service.record(f"{ns}/x", n=n) for n, ns in enumerate("abab")]
         service.commit(*history)
         last = service.record("a/x", n=-1)  # 5: the last change before `a` was deleted
@@ -309,7 +303,7 @@ def test_a_replay_never_shows_a_deleted_namespace_s_past(tmp_path: Path) -> None
 def test_replay_of_more_than_the_queue_limit_is_paced_not_dropped(tmp_path: Path) -> None:
     async def main() -> None:
         service = Service(tmp_path, limit=5)
-        live = Live(service)  # type: ignore[arg-type]
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
         history = [service.record("a", n=n, m=-n) for n in range(40)]
         service.commit(*history)
         service.log.records = history

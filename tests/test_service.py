@@ -24,6 +24,7 @@ from flux.engine import StateEngine
 from flux.errors import LogUnavailable, StorageError, ValidationError
 from flux.events import Event, validate_event
 from flux.log.sqlite import SQLiteLog
+from flux.server import Server
 from flux.service import FluxService
 
 pytestmark = pytest.mark.anyio
@@ -59,6 +60,20 @@ async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[FluxServic
     finally:
         with anyio.fail_after(30):
             await service.stop()
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[Server]:
+    """A started server (every part: namespaces, permissions, connectors); stopped on the way
+    out."""
+    server = Server(settings)
+    with anyio.fail_after(30):
+        await server.start()
+    try:
+        yield server
+    finally:
+        with anyio.fail_after(30):
+            await server.stop()
 
 
 def crash(service: FluxService) -> None:
@@ -347,17 +362,17 @@ async def test_a_delete_waiting_on_a_failed_tombstone_checks_again(
 
 
 async def test_connectors_ingest_refuses_ids_over_the_limit(settings: Settings) -> None:
-    """`ingest_as` (the connectors' way in) applies the id length limit like the API."""
+    """`publish_as` (the connectors' way in) applies the id length limit like the API."""
     small = settings.replace(max_entity_id_length=8)
-    async with running(small) as service:
+    async with running_server(small) as server:
         raw = {"stream": "s", "source": "c", "timestamp": 1}
         ok = {**raw, "payload": {"entity_id": "ns/12345", "properties": {"a": 1}}}
         long = {**raw, "payload": {"entity_id": "ns/123456", "properties": {"a": 1}}}
         with pytest.raises(ValidationError, match="at most 8"):
-            await service.ingest_as(None, [ok, long])
-        assert service.engine.last_seq == 0  # all or nothing
-        await service.ingest_as(None, [ok])
-        assert service.engine.get("ns/12345") is not None
+            await server.publish_as(None, [ok, long])
+        assert server.engine.last_seq == 0  # all or nothing
+        await server.publish_as(None, [ok])
+        assert server.engine.get("ns/12345") is not None
 
 
 # -- snapshots while running -------------------------------------------------------------------
@@ -498,9 +513,10 @@ async def test_sequences_continue_after_retention_emptied_the_log(data_dir: Path
 
 async def test_a_full_disk_is_a_503_json_answer_not_a_hang(settings: Settings) -> None:
     log = SQLiteLog(str(Path(settings.data_dir) / "events.db"), max_page_count=40)
-    service = FluxService(settings, log=log)
-    app = create_app(settings, service)
-    await service.start()
+    server = Server(settings, log=log)
+    service = server.service
+    app = create_app(settings, server)
+    await server.start()
     statuses: list[int] = []
     try:
         transport = httpx.ASGITransport(app=app)
@@ -526,7 +542,7 @@ async def test_a_full_disk_is_a_503_json_answer_not_a_hang(settings: Settings) -
             with pytest.raises(LogUnavailable):
                 await service.publish([new_event("ns/more", blob="y" * 3000)])
     finally:
-        await service.stop()
+        await server.stop()
     assert statuses.count(200) == i
 
 
@@ -559,20 +575,21 @@ async def test_a_failed_namespace_delete_puts_everything_back(data_dir: Path) ->
         directory_interval_seconds=0,
     )
     admin = Credential.from_token("adm")
-    async with running(settings) as service:
-        _, token = await service.register_namespace(admin, "sec", private=True)
-        await service.publish([new_event("sec/a", v=1)])
-        service.registry.store.close()  # every write to the registry fails from here
+    async with running_server(settings) as server:
+        namespaces, permissions = server.namespaces, server.permissions
+        _, token = await namespaces.register(admin, "sec", private=True)
+        await server.service.publish([new_event("sec/a", v=1)])
+        server.registry.store.close()  # every write to the registry fails from here
         with pytest.raises(StorageError):
-            await service.delete_namespace(admin, "sec")
+            await namespaces.delete(admin, "sec")
         owner = Credential.from_token(token)
-        assert service.access.authorize_write(owner, "sec/a") == "sec"
-        assert not service.can_read(ANONYMOUS, "sec/a") and service.can_read(owner, "sec/a")
-        assert service.history_floor("sec/a") == 0
-        assert len(await service.log.history("sec/a", 0, 10)) == 2  # the event, its tombstone
-        await service.registry.open()  # the disk is back
-        assert await service.delete_namespace(admin, "sec") == 0  # its entity went last time
-        floor = service.history_floor("sec/a")
-        assert floor == service.engine.last_seq
-        assert await service.log.history("sec/a", 0, 10, floor) == []
-        assert service.access.get("sec") is None
+        assert server.access.authorize_write(owner, "sec/a") == "sec"
+        assert not permissions.can_read(ANONYMOUS, "sec/a") and permissions.can_read(owner, "sec/a")
+        assert permissions.history_floor("sec/a") == 0
+        assert len(await server.log.history("sec/a", 0, 10)) == 2  # the event, its tombstone
+        await server.registry.open()  # the disk is back
+        assert await namespaces.delete(admin, "sec") == 0  # its entity went last time
+        floor = permissions.history_floor("sec/a")
+        assert floor == server.engine.last_seq
+        assert await server.log.history("sec/a", 0, 10, floor) == []
+        assert server.access.get("sec") is None

@@ -574,6 +574,32 @@ def check_runtime(changes: Mapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+class RuntimeConfig:
+    """The settings in effect while the server runs: the start-up `Settings` with the admin's
+    runtime changes applied (`runtime-config.json`, `PUT /api/admin/config`). One object, shared
+    by every part that reads a runtime setting (`runtime.current.<name>`); a change replaces
+    `current` whole, so a reader never sees half of one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RuntimeConfig:
+        return cls(settings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.current.runtime_values()
+
+    @staticmethod
+    def validated(changes: Mapping[str, Any]) -> dict[str, Any]:
+        """`check_runtime`: the runtime settings among `changes`, checked. Raises ValueError."""
+        return check_runtime(changes)
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Check and apply runtime changes (all or none). Raises ValueError."""
+        self.current = self.current.replace(**check_runtime(changes))
+
+
 # -- the docs table and the CLI's help -------------------------------------------------------
 
 

@@ -14,10 +14,11 @@ prefixes in use (the part of an id before its first `/`). Flux's own `flux-core`
 same figure as `/api/health`).
 
 The directory is an ordinary entity, written by ordinary events (source `flux`, stream
-`flux.directory`) through the service, so it is in the state, the history and live updates like
-any other. A timer (`FLUX_DIRECTORY_INTERVAL_SECONDS`) coalesces the changes: at each tick the
-directory is computed and an event is appended only if it differs from the entity's current
-properties. `directory_properties` is pure; `Directory` runs the timer.
+`flux.directory`) through the service's `publish` (which the composition root hands over), so it
+is in the state, the history and live updates like any other. A timer
+(`FLUX_DIRECTORY_INTERVAL_SECONDS`) coalesces the changes: at each tick the directory is
+computed and an event is appended only if it differs from the entity's current properties.
+`directory_properties` is pure; `Directory` runs the timer.
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from flux.auth import RESERVED_NAMESPACE
+from flux.auth import RESERVED_NAMESPACE, Access
+from flux.engine import StateEngine
 from flux.errors import FluxError
 from flux.events import Event, now_ms, uuid7
-
-if TYPE_CHECKING:
-    from flux.service import FluxService
 
 logger = logging.getLogger("flux.directory")
 
@@ -73,19 +72,31 @@ def directory_event(properties: dict[str, Any]) -> Event:
 
 
 class Directory:
-    def __init__(self, service: FluxService, interval: float) -> None:
-        self.service = service
+    """Keeps the directory entity of `engine` current, appending through `publish`. `access`
+    is the namespace index with auth on (the registered namespaces are listed), None with auth
+    off (the id prefixes in use are)."""
+
+    def __init__(
+        self,
+        interval: float,
+        *,
+        engine: StateEngine,
+        publish: Callable[[Sequence[Event]], Awaitable[object]],
+        access: Access | None,
+    ) -> None:
         self.interval = interval
+        self.engine = engine
+        self._publish = publish
+        self.access = access
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def current(self) -> dict[str, Any]:
         """What the directory should say now."""
-        service = self.service
-        engine = service.engine
+        engine = self.engine
         counts = engine.namespace_counts()
-        if service.settings.auth_enabled:
-            access = service.access
+        access = self.access
+        if access is not None:
             counts = registered_counts(access.namespaces, access.private, counts)
         total = len(engine) + (0 if engine.get(DIRECTORY_ID) is not None else 1)
         return directory_properties(counts, total)
@@ -93,7 +104,7 @@ class Directory:
     def stale(self) -> dict[str, Any] | None:
         """The new properties when the entity does not already say them, else None."""
         wanted = self.current()
-        entity = self.service.engine.get(DIRECTORY_ID)
+        entity = self.engine.get(DIRECTORY_ID)
         if entity is not None and all(entity.properties.get(k) == v for k, v in wanted.items()):
             return None
         return wanted
@@ -105,7 +116,7 @@ class Directory:
             wanted = self.stale()
             if wanted is None:
                 return False
-            await self.service.publish([directory_event(wanted)])
+            await self._publish([directory_event(wanted)])
             return True
 
     def start(self) -> None:

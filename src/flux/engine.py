@@ -58,6 +58,13 @@ class StateEngine:
     def __len__(self) -> int:
         return len(self.entities)
 
+    def replace(self, other: StateEngine) -> None:
+        """Take `other`'s state (and leave `other` empty). Start-up restores a snapshot into
+        the engine every other part already holds, so none of them needs a new reference."""
+        self.entities, other.entities = other.entities, {}
+        self._by_head, other._by_head = other._by_head, {}
+        self.last_seq, other.last_seq = other.last_seq, 0
+
     def apply(self, event: Event, seq: int, at: int) -> Change | None:
         """Merge one event (logged at sequence `seq`, time `at` in µs) and return its change."""
         self.last_seq = seq

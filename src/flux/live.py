@@ -31,6 +31,7 @@ from flux.events import DELETED, entity_of, format_time, now_us
 from flux.hub import WILDCARD, Hub
 from flux.log import Record
 from flux.metrics import EventMetrics
+from flux.permissions import Permissions
 from flux.service import FluxService
 
 logger = logging.getLogger("flux.live")
@@ -246,8 +247,9 @@ def _about(message: Message, flt: Filter) -> bool:
 
 
 class Live:
-    def __init__(self, service: FluxService) -> None:
+    def __init__(self, service: FluxService, permissions: Permissions) -> None:
         self.service = service
+        self.permissions = permissions
         self.settings = service.settings
         self.hub: Hub[Outbox] = Hub()
         self.metrics = EventMetrics()
@@ -292,14 +294,14 @@ class Live:
         if not len(self.hub):
             return
         match = self.hub.match
-        service = self.service
-        check_private = service.auth_enabled and bool(service.access.private)
+        is_public = self.permissions.is_public
+        can_read = self.permissions.can_read
         for change in changes:
             targets = match(change.entity_id)
             if not targets:
                 continue
-            if check_private and service.access.is_private(change.entity_id):
-                targets = {o for o in targets if service.can_read(o.credential, change.entity_id)}
+            if not is_public(change.entity_id):
+                targets = {o for o in targets if can_read(o.credential, change.entity_id)}
             for message in change_messages(change):
                 for outbox in targets:
                     outbox.push(message)
@@ -345,7 +347,7 @@ class Live:
         if outbox.ended:
             return
         if flt.entity_id is not None and flt.entity_id != WILDCARD:
-            self.service.check_read(outbox.credential, flt.entity_id)
+            self.permissions.check_read(outbox.credential, flt.entity_id)
         engine = self.service.engine
         # From here to begin_staging() nothing awaits: the state at `upto` is what the hub
         # subscription starts after.
@@ -409,18 +411,18 @@ class Live:
         else:
             entity = engine.get(flt.entity_id or "")
             found = [entity] if entity is not None else []
-        can_read = self.service.can_read
+        can_read = self.permissions.can_read
         return [e for e in found if can_read(credential, e.id)]
 
     async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> str | None:
         """Queue the logged changes in (since, upto] that match, in order; None when done. Else
         why the replay stopped, for the `resync` that replaces it: the log has a gap there
         (retention removed records), or a matching change is one that is no longer served (a
-        deleted namespace's past: see `FluxService.history_floor`; skipping it silently would
+        deleted namespace's past: see `Permissions.history_floor`; skipping it silently would
         leave the client holding entities that are gone), or the outbox ended."""
         expected = since + 1
-        can_read = self.service.can_read
-        floor_of = self.service.history_floor
+        can_read = self.permissions.can_read
+        floor_of = self.permissions.history_floor
         gone = f"the log no longer reaches back to version {since}"
         batches = self.service.log.read(since)
         try:

@@ -12,6 +12,11 @@ history and replays never serve an event of that name at or below it (`Access.hi
 A delete records the floor and removes the namespace's row in one transaction, so after a
 crash either the namespace is still there (with its privacy, and its token) or it is gone with
 its floor in place: never gone with its past readable.
+
+`NamespaceAdmin` is what the namespace API does with the registry: register, show, change
+visibility, rotate a token and delete, each behind its check. Deleting a namespace also deletes
+its entities and its connectors: it is handed the functions that do those (the composition
+root, `flux.server`, wires them), so this module needs nothing above it.
 """
 
 from __future__ import annotations
@@ -19,13 +24,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from flux.auth import Access, Namespace, hash_token, new_namespace_id, new_token
-from flux.errors import Conflict, StorageError
+from flux.auth import (
+    REGISTRATION_UNAVAILABLE,
+    Access,
+    Credential,
+    Namespace,
+    hash_token,
+    new_namespace_id,
+    new_token,
+)
+from flux.engine import StateEngine
+from flux.errors import Conflict, NotFound, StorageError
+from flux.events import now_us
 from flux.sqlitedb import SQLiteDB
 
 logger = logging.getLogger("flux.namespaces")
@@ -184,7 +199,133 @@ class NamespaceRegistry:
 
     async def delete(self, name: str, floor: int) -> None:
         """Remove `name` from disk and memory, its events up to `floor` hidden from then on
-        (the caller holds `lock`; see `FluxService.delete_namespace` for the order). Raises
+        (the caller holds `lock`; see `NamespaceAdmin.delete` for the order). Raises
         StorageError."""
         await self._run(lambda: self.store.delete(name, floor), "delete a namespace")
         self.access.finish_delete(name, floor)
+
+
+class NamespaceAdmin:
+    """The namespace API's operations, each behind its check (all NotFound with auth off).
+
+    `delete_entities` deletes entities by id (tombstones; returns how many existed), `sync`
+    waits for every write handed to the log and returns its sequence (`EventLog.sync`), and
+    `forget` stops a deleted namespace's connectors and deletes their credentials."""
+
+    def __init__(
+        self,
+        registry: NamespaceRegistry,
+        engine: StateEngine,
+        *,
+        auth_enabled: bool,
+        delete_entities: Callable[[list[str]], Awaitable[int]],
+        sync: Callable[[], Awaitable[int]],
+        forget: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.registry = registry
+        self.access = registry.access
+        self.engine = engine
+        self.auth_enabled = auth_enabled
+        self._delete_entities = delete_entities
+        self._sync = sync
+        self._forget = forget
+
+    def _available(self) -> None:
+        if not self.auth_enabled:
+            raise NotFound(REGISTRATION_UNAVAILABLE)
+
+    def _check_admin(self, credential: Credential, message: str) -> None:
+        self.access.check_admin(credential, self.auth_enabled, message)
+
+    async def register(
+        self, credential: Credential, name: str, private: bool = False
+    ) -> tuple[Namespace, str]:
+        """Register `name`; returns it and its token (the only time the token is shown).
+        Self-service, unless an admin token is configured: then only the admin may. Raises
+        NotFound (auth off), AuthError, ValidationError, Conflict or StorageError."""
+        self._available()
+        if self.access.admin_hash is not None:
+            self._check_admin(credential, "Admin token required")
+        namespace, token = await self.registry.register(name, private, now_us())
+        logger.info("namespace %s registered (%s)", name, namespace.id)
+        return namespace, token
+
+    def show(self, credential: Credential, name: str) -> tuple[Namespace, int]:
+        """A namespace and its current entity count. A private one needs its token or the
+        admin's. Raises NotFound, AuthError or Forbidden."""
+        self._available()
+        namespace = self.access.require(name)
+        self.access.check_read_namespace(credential, name)
+        return namespace, self.entity_count(name)
+
+    def entity_count(self, name: str) -> int:
+        return sum(1 for _ in self.engine.select(namespace=name))
+
+    async def rotate_token(self, credential: Credential, name: str) -> tuple[Namespace, str]:
+        """A new token for the namespace (the admin's or the current token's request); the old
+        token is revoked when this returns. Raises NotFound, AuthError, Forbidden or
+        StorageError."""
+        self._available()
+        self.access.authorize_manage(credential, name)
+        namespace, token = await self.registry.rotate(name)
+        logger.info("namespace %s: token rotated", name)
+        return namespace, token
+
+    async def set_private(self, credential: Credential, name: str, private: bool) -> Namespace:
+        """Make a namespace private or public (the admin's or the namespace's own request)."""
+        self._available()
+        self.access.authorize_manage(credential, name)
+        namespace = await self.registry.set_private(name, private)
+        logger.info("namespace %s is now %s", name, "private" if private else "public")
+        return namespace
+
+    async def delete(self, credential: Credential, name: str) -> int:
+        """Admin only. Revokes the namespace's token at once, deletes its entities (tombstones),
+        then removes it with its history floor; returns how many entities were deleted. From
+        the moment it begins, nothing of the namespace's past is served: not its history, not a
+        replay, not to anyone, nor to a later namespace of the same name (see docs/auth.md).
+        If a step fails the namespace is put back (retry the delete). Raises NotFound,
+        AuthError, Forbidden, LogError or StorageError."""
+        self._available()
+        self._check_admin(credential, "Admin token required")
+        # Shielded: a client going away must not stop it half-way.
+        return await asyncio.shield(self._delete(name))
+
+    async def _delete(self, name: str) -> int:
+        """In this order, so that no step (nor a crash between two) reveals the past:
+        1. in memory: no more writes (the token is revoked), history and replays of the name
+           hidden from everyone, a private namespace kept private;
+        2. wait for the writes admitted before that (already handed to the log: admission and
+           the hand-over share one step of the event loop) to be applied, so the entities they
+           made are in the state and get tombstones, and none of them lands above the floor;
+        3. tombstones for every entity;
+        4. the floor (the log's sequence after the tombstones) and the removal, in one
+           transaction of the registry; after a crash before it, the namespace is still there
+           and still private, and a retry finishes the job."""
+        registry = self.registry
+        async with registry.lock:
+            namespace, previous_floor = self.access.begin_delete(name)
+            try:
+                await self._sync()
+                ids = [entity.id for entity in self.engine.select(namespace=name)]
+                deleted = 0
+                for chunk in _chunks(ids, 10_000):
+                    deleted += await self._delete_entities(chunk)
+                floor = await self._sync()
+                await registry.delete(name, floor)
+            except BaseException:
+                self.access.undo_delete(namespace, previous_floor)
+                raise
+        await self._forget(name)
+        logger.info(
+            "namespace %s deleted with its %d entities; its history up to sequence %d is hidden",
+            name,
+            deleted,
+            floor,
+        )
+        return deleted
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

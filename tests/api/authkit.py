@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from conftest import LocalTestClient
 from flux.api.app import create_app
 from flux.config import Settings
+from flux.server import Server
 from flux.service import FluxService
 
 from .helpers import new_event
@@ -38,15 +39,19 @@ def open_client(
         **overrides,
     }
     settings = Settings(data_dir=str(data_dir), **values)
-    service = FluxService(settings, clock=clock)
-    client = LocalTestClient(create_app(settings, service))
+    client = LocalTestClient(create_app(settings, Server(settings, clock=clock)))
     client.__enter__()
     return client
 
 
+def server_of(client: TestClient) -> Server:
+    """The parts of the client's server (`flux.server.Server`)."""
+    server: Server = client.app.state.server  # type: ignore[attr-defined]
+    return server
+
+
 def service_of(client: TestClient) -> FluxService:
-    service: FluxService = client.app.state.service  # type: ignore[attr-defined]
-    return service
+    return server_of(client).service
 
 
 def run(client: TestClient, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

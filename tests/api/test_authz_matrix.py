@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from flux.events import now_us, validate_event
 
-from .authkit import ADMIN, JSON, bearer, open_client, run, service_of
+from .authkit import ADMIN, JSON, bearer, open_client, run, server_of
 from .helpers import encode_id, new_event
 
 TOKENS = ("none", "unknown", "other", "own", "admin")
@@ -38,8 +38,8 @@ class World:
     def __init__(self, client: TestClient, mode: str) -> None:
         self.client = client
         self.mode = mode
-        self.service = service_of(client)
-        self.auth = self.service.settings.auth_enabled
+        self.server = server_of(client)
+        self.auth = self.server.settings.auth_enabled
         self.private = mode == "private"
         self.tokens: dict[str, str | None] = {
             "none": None,
@@ -54,22 +54,23 @@ class World:
 
     def reset(self) -> None:
         """Back to the starting state, touching only what a request changed."""
-        service = self.service
+        server = self.server
         if self.auth:
             for name, key in (("alpha", "own"), ("beta", "other")):
-                if service.access.get(name) is None:
-                    _, token = run(self.client, service.registry.register, name, False, now_us())
+                if server.access.get(name) is None:
+                    _, token = run(self.client, server.registry.register, name, False, now_us())
                     self.tokens[key] = token
-            if (service.access.get("alpha").private) != self.private:  # type: ignore[union-attr]
-                run(self.client, service.registry.set_private, "alpha", self.private)
-            if service.access.get("gamma") is not None:
+            if (server.access.get("alpha").private) != self.private:  # type: ignore[union-attr]
+                run(self.client, server.registry.set_private, "alpha", self.private)
+            if server.access.get("gamma") is not None:
                 run(self.client, self._drop, "gamma")
-        if service.engine.get(SUBJECT) is None:
-            run(self.client, service.publish, [validate_event(new_event(SUBJECT, {"x": 1}))])
+        if server.engine.get(SUBJECT) is None:
+            event = validate_event(new_event(SUBJECT, {"x": 1}))
+            run(self.client, server.service.publish, [event])
 
     async def _drop(self, name: str) -> None:
-        async with self.service.registry.lock:
-            await self.service.registry.delete(name, await self.service.log.sync())
+        async with self.server.registry.lock:
+            await self.server.registry.delete(name, await self.server.log.sync())
 
 
 Outcome = Callable[[World, str], str]
@@ -140,7 +141,9 @@ OPERATIONS: dict[str, Outcome] = {
     "GET history": lambda w, t: status(
         w.client.get("/api/events", params={"entity": SUBJECT}, headers=w.headers(t))
     ),
-    "live read": lambda w, t: "yes" if w.service.can_read(w.tokens[t], SUBJECT) else "no",
+    "live read": lambda w, t: (
+        "yes" if w.server.permissions.can_read(w.tokens[t], SUBJECT) else "no"
+    ),
     "GET namespace": lambda w, t: status(
         w.client.get("/api/namespaces/alpha", headers=w.headers(t))
     ),

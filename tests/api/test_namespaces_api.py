@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from conftest import untyped
 
-from .authkit import ADMIN, JSON, bearer, open_client, publish, register, service_of
+from .authkit import ADMIN, JSON, bearer, open_client, publish, register, server_of
 from .conftest import ClientFactory
 from .helpers import REST_TIME, assert_error, encode_id, new_event
 
@@ -352,8 +352,8 @@ def test_switching_visibility(auth: TestClient) -> None:
     assert response.status_code == 200
     assert response.json()["private"] is True and response.json()["entityCount"] == 1
     assert ids(auth) == set()
-    assert not service_of(auth).can_read(None, "matt/a")
-    assert service_of(auth).can_read(token, "matt/a")
+    assert not server_of(auth).permissions.can_read(None, "matt/a")
+    assert server_of(auth).permissions.can_read(token, "matt/a")
     back = auth.put("/api/namespaces/matt", json={"private": False}, headers=bearer(ADMIN))
     assert back.json()["private"] is False
     assert ids(auth) == {"matt/a"}

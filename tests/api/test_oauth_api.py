@@ -97,7 +97,7 @@ def app_of(client: TestClient) -> Any:
 
 
 def store_of(client: TestClient) -> CredentialStore:
-    store: CredentialStore = app_of(client).state.service.credentials
+    store: CredentialStore = app_of(client).state.server.credentials
     return store
 
 

@@ -18,7 +18,7 @@ from conftest import wait_for
 from flux.api.openapi import DOCUMENT
 from jsonserver import JsonServer
 
-from .authkit import ADMIN, bearer, open_client, register, run, service_of
+from .authkit import ADMIN, bearer, open_client, register, run, server_of
 from .conftest import ClientFactory
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -123,8 +123,8 @@ def test_create_poll_list_show_delete(make_client: ClientFactory, upstream: Json
     assert missing.status_code == 404
     assert missing.json() == {"error": f"Source '{source_id}' not found"}
     assert client.delete(f"/api/connectors/generic/{source_id}").status_code == 404
-    service = service_of(client)
-    assert f"source:{source_id}" not in service.connectors.scheduler.runners
+    server = server_of(client)
+    assert f"source:{source_id}" not in server.connectors.scheduler.runners
 
 
 def test_json_path_key_fan_out_and_mapping(
@@ -379,11 +379,11 @@ def test_the_token_is_sent_upstream_and_never_shown_or_stored_in_the_clear(
     for path in files:
         assert TOKEN.encode() not in path.read_bytes(), path
     # Deleting the source deletes its secret.
-    service = service_of(client)
-    assert service.credentials is not None
-    assert service.credentials.get("generic", source_id) == TOKEN
+    server = server_of(client)
+    assert server.credentials is not None
+    assert server.credentials.get("generic", source_id) == TOKEN
     assert client.delete(f"/api/connectors/generic/{source_id}").status_code == 204
-    assert service.credentials.get("generic", source_id) is None
+    assert server.credentials.get("generic", source_id) is None
 
 
 def test_sources_restart_with_the_app(make_client: ClientFactory, upstream: JsonServer) -> None:
@@ -524,18 +524,18 @@ def test_deleting_a_namespace_deletes_its_sources(
         client, body(upstream, namespace="alpha", auth_type="bearer", token=TOKEN), alpha
     )
     kept = create(client, body(upstream, namespace="beta"), beta)
-    service = service_of(client)
+    server = server_of(client)
     assert client.delete("/api/namespaces/alpha", headers=bearer(ADMIN)).status_code in (200, 204)
-    assert f"source:{source_id}" not in service.connectors.scheduler.runners
-    assert f"source:{kept}" in service.connectors.scheduler.runners
-    assert service.credentials is not None
-    assert service.credentials.get("generic", source_id) is None
-    stored = run(client, _stored_ids, service)
+    assert f"source:{source_id}" not in server.connectors.scheduler.runners
+    assert f"source:{kept}" in server.connectors.scheduler.runners
+    assert server.credentials is not None
+    assert server.credentials.get("generic", source_id) is None
+    stored = run(client, _stored_ids, server)
     assert stored == [kept]
 
 
-async def _stored_ids(service: Any) -> list[str]:
-    store = service.connectors.sources.store
+async def _stored_ids(server: Any) -> list[str]:
+    store = server.connectors.sources.store
     return [s.id for s in store.all()]
 
 
@@ -594,8 +594,8 @@ def test_sources_over_a_lowered_limit_are_kept_but_not_polled(
     limits = {"sources_max_per_namespace": 1, "sources_min_poll_interval_seconds": 10}
     again = open_client(data_dir, **{**LOCAL, **limits})
     try:
-        service = service_of(again)
-        runners = service.connectors.scheduler.runners
+        server = server_of(again)
+        runners = server.connectors.scheduler.runners
         assert [k for k in runners if k.startswith("source:")] == [f"source:{ids[0]}"]
         assert runners[f"source:{ids[0]}"].connector.poll_interval_seconds == 10.0
         shown = [status(again, i, alpha) for i in ids]

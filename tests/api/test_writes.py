@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from flux.api.writes import EventWrites
 
-from .authkit import ADMIN, bearer, open_client, register, run, service_of
+from .authkit import ADMIN, bearer, open_client, register, run, server_of, service_of
 from .helpers import nested_payload, new_event
 
 LIMIT = 4096
@@ -136,7 +136,7 @@ def test_fast_path_stores_alone_and_replays_the_body_to_the_router(data_dir: Pat
     try:
         service = service_of(client)
         router = Recorder()
-        writes = EventWrites(router, service)
+        writes = EventWrites(router, server_of(client))
 
         def post(messages: list[Message], headers: list[tuple[bytes, bytes]] | None = None) -> int:
             scope: Scope = {

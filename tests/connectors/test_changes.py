@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fakegithub import TOKEN, FakeGitHub, issue, notification, repo
+from flux.connectors.base import owner_key, owner_namespace
 from flux.connectors.github import GitHub, github_error
-from flux.connectors.manager import only_changes, owner_key, owner_namespace
+from flux.connectors.manager import only_changes
 
 
 def event(properties: dict[str, Any]) -> dict[str, Any]:

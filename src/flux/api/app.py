@@ -28,8 +28,7 @@ from flux.api.ws import LiveSocketRoute, sse_endpoint
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
 from flux.errors import FluxError
-from flux.live import Live
-from flux.service import FluxService
+from flux.server import Server
 
 logger = logging.getLogger("flux.api")
 
@@ -109,11 +108,11 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings, service: FluxService | None = None) -> Starlette:
-    """The Flux ASGI app. Nothing starts until the lifespan runs: it restores the state, serves,
-    and on shutdown writes a final snapshot and closes the log."""
-    flux = service if service is not None else FluxService(settings)
-    live = Live(flux)
+def create_app(settings: Settings, server: Server | None = None) -> Starlette:
+    """The Flux ASGI app serving `server`'s parts (a `flux.server.Server` built from `settings`
+    when none is given). Nothing starts until the lifespan runs: it starts the server (restores
+    the state), serves, and on shutdown stops it (a final snapshot, the log closed)."""
+    flux = server if server is not None else Server(settings)
     histograms: Histograms = {}
 
     @contextlib.asynccontextmanager
@@ -130,11 +129,9 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
         # collections stop rescanning every entity (measured: 40% of a batch's loop time).
         gc.collect()
         gc.freeze()
-        live.start()
         try:
             yield
         finally:
-            await live.stop()
             await flux.stop()
 
     app = Starlette(
@@ -148,8 +145,8 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
                 cors=CrossOrigin.from_settings(settings),
                 hosts=host_check(settings),
             ),
-            Middleware(EntityReads, service=flux),  # the hot read, before the router
-            Middleware(EventWrites, service=flux),  # the hot write, before the router
+            Middleware(EntityReads, server=flux),  # the hot read, before the router
+            Middleware(EventWrites, server=flux),  # the hot write, before the router
         ],
         exception_handlers={
             FluxError: errors.flux_error,
@@ -159,8 +156,9 @@ def create_app(settings: Settings, service: FluxService | None = None) -> Starle
         },
         lifespan=lifespan,
     )
-    app.state.service = flux
-    app.state.live = live
+    app.state.server = flux
+    app.state.service = flux.service
+    app.state.live = flux.live
     app.state.histograms = histograms
     app.state.oauth_states = OAuthStates()  # sign-ins in progress (flux.api.oauth)
     return app

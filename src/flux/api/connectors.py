@@ -18,10 +18,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux.api.body import read_json_object
-from flux.api.http import json_response, service_of
-from flux.auth import UNKNOWN_TOKEN, Credential
-from flux.connectors.base import KNOWN, ConnectorInfo
-from flux.connectors.manager import DEFAULT_OWNER, owner_key
+from flux.api.http import json_response, server_of
+from flux.api.identity import credential_of
+from flux.auth import UNKNOWN_TOKEN
+from flux.connectors.base import DEFAULT_OWNER, KNOWN, ConnectorInfo, owner_key
 from flux.credentials import CredentialStore
 from flux.errors import (
     AuthError,
@@ -32,7 +32,7 @@ from flux.errors import (
     ValidationError,
 )
 from flux.events import describe
-from flux.service import FluxService
+from flux.server import Server
 
 logger = logging.getLogger("flux.connectors")
 
@@ -51,42 +51,42 @@ def connector_info(request: Request) -> ConnectorInfo:
     return info
 
 
-def owner_of(request: Request, service: FluxService, write: bool = False) -> str | None:
+def owner_of(request: Request, server: Server, write: bool = False) -> str | None:
     """The credential owner: `default` with auth off; with auth on the caller's namespace
     (`namespace:<name>`). Without a bearer: AuthError (401 `Invalid token: <reason>`, as in the
     original). A bearer of no namespace may read (it owns nothing, so every connector is
     `not_configured`: None) but not write: the admin's is 403, any other 401."""
-    if not service.auth_enabled:
+    if not server.settings.auth_enabled:
         return DEFAULT_OWNER
-    credential = Credential.from_header(request.headers.get("authorization"))
+    credential = credential_of(request.scope)
     try:
         credential.require()
     except AuthError as exc:
         raise AuthError(f"Invalid token: {exc.message}") from None
-    namespace = service.access.owner(credential)
+    namespace = server.access.owner(credential)
     if namespace is not None:
         return owner_key(namespace)
     if not write:
         return None
-    if service.access.is_admin(credential):
+    if server.access.is_admin(credential):
         raise Forbidden(ADMIN_OWNS_NOTHING)
     raise AuthError(UNKNOWN_TOKEN)
 
 
-def writer_of(request: Request, service: FluxService) -> str:
-    owner = owner_of(request, service, write=True)
+def writer_of(request: Request, server: Server) -> str:
+    owner = owner_of(request, server, write=True)
     assert owner is not None  # write=True raises instead
     return owner
 
 
-def _store(service: FluxService) -> CredentialStore:
-    if service.credentials is None:
+def _store(server: Server) -> CredentialStore:
+    if server.credentials is None:
         raise CredentialStoreUnavailable(NO_STORE)
-    return service.credentials
+    return server.credentials
 
 
-async def _status(service: FluxService, owner: str | None, name: str) -> str:
-    store = service.credentials
+async def _status(server: Server, owner: str | None, name: str) -> str:
+    store = server.credentials
     if store is None or owner is None:
         return "not_configured"
     try:
@@ -95,7 +95,7 @@ async def _status(service: FluxService, owner: str | None, name: str) -> str:
         return "error"
     if not configured:
         return "not_configured"
-    runner = service.connectors.runner(owner, name)
+    runner = server.connectors.runner(owner, name)
     if runner is not None and runner.status.last_error is not None:
         return "error"
     return "configured"
@@ -103,10 +103,10 @@ async def _status(service: FluxService, owner: str | None, name: str) -> str:
 
 async def list_connectors(request: Request) -> Response:
     """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
-    service = service_of(request)
-    owner = owner_of(request, service)
+    server = server_of(request)
+    owner = owner_of(request, server)
     items = [
-        {"name": name, "enabled": True, "status": await _status(service, owner, name)}
+        {"name": name, "enabled": True, "status": await _status(server, owner, name)}
         for name in KNOWN
     ]
     return json_response({"connectors": items})
@@ -114,21 +114,21 @@ async def list_connectors(request: Request) -> Response:
 
 async def show(request: Request) -> Response:
     """GET /api/connectors/{name}: status, interval and the last poll's outcome."""
-    service = service_of(request)
+    server = server_of(request)
     info = connector_info(request)
-    owner = owner_of(request, service)
+    owner = owner_of(request, server)
     body: dict[str, Any] = {
         "name": info.name,
         "enabled": True,
-        "status": await _status(service, owner, info.name),
-        "poll_interval_seconds": service.connectors.poll_interval(info),
+        "status": await _status(server, owner, info.name),
+        "poll_interval_seconds": server.connectors.poll_interval(info),
         "last_poll": None,
         "last_error": None,
         "polls": 0,
         "failures": 0,
         "events": 0,
     }
-    runner = service.connectors.runner(owner, info.name) if owner is not None else None
+    runner = server.connectors.runner(owner, info.name) if owner is not None else None
     if runner is not None:
         body.update(runner.status.as_dict())
     return json_response(body)
@@ -136,11 +136,11 @@ async def show(request: Request) -> Response:
 
 async def store_token(request: Request) -> Response:
     """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`."""
-    service = service_of(request)
+    server = server_of(request)
     info = connector_info(request)
-    store = _store(service)
-    owner = writer_of(request, service)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    store = _store(server)
+    owner = writer_of(request, server)
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
     token = doc.get("token")
     if token is None:
         raise ValidationError("missing field `token`")
@@ -152,23 +152,23 @@ async def store_token(request: Request) -> Response:
         await asyncio.to_thread(store.put, owner, info.name, token)
     except CredentialError as exc:
         raise CredentialError("Failed to store credentials") from exc
-    service.connectors.schedule(owner, info.name)
+    server.connectors.schedule(owner, info.name)
     logger.info("%s token stored for %s; connector (re)started", info.name, owner)
     return json_response({"success": True})
 
 
 async def delete_token(request: Request) -> Response:
     """DELETE /api/connectors/{name}/token → `{"success": true}`; 404 when none is stored."""
-    service = service_of(request)
+    server = server_of(request)
     info = connector_info(request)
-    store = _store(service)
-    owner = writer_of(request, service)
+    store = _store(server)
+    owner = writer_of(request, server)
     try:
         deleted = await asyncio.to_thread(store.delete, owner, info.name)
     except CredentialError as exc:
         raise CredentialError("Failed to delete credentials") from exc
     if not deleted:
         raise NotFound(f"No credentials found for connector '{info.name}'")
-    await service.connectors.unschedule(owner, info.name)
+    await server.connectors.unschedule(owner, info.name)
     logger.info("%s token deleted for %s; connector stopped", info.name, owner)
     return json_response({"success": True})

@@ -10,7 +10,8 @@ from starlette.responses import Response
 
 from flux import __version__
 from flux.api.body import read_body, read_json_object, require_json_content_type
-from flux.auth import ANONYMOUS, HIDE_ALL, Credential
+from flux.api.identity import credential_of
+from flux.auth import HIDE_ALL
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
 from flux.events import (
@@ -23,29 +24,17 @@ from flux.events import (
     parse_time,
     validate_event,
 )
-from flux.service import FluxService
+from flux.server import Server
 
 HISTORY_WINDOW_US = 24 * 3600 * 1_000_000
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 500
 
 
-def service_of(request: Request) -> FluxService:
-    service: FluxService = request.app.state.service
-    return service
-
-
-def credential_of(request: Request) -> Credential:
-    """What the request's `Authorization` header presents, parsed and hashed once per request
-    (anonymous when auth is off: nothing looks at it then)."""
-    cached: Credential | None = request.scope.get("flux.credential")
-    if cached is None:
-        if service_of(request).auth_enabled:
-            cached = Credential.from_header(request.headers.get("authorization"))
-        else:
-            cached = ANONYMOUS
-        request.scope["flux.credential"] = cached
-    return cached
+def server_of(request: Request) -> Server:
+    """The parts of the server the app serves (`flux.server.Server`)."""
+    server: Server = request.app.state.server
+    return server
 
 
 def json_response(
@@ -69,21 +58,21 @@ def entity_json(entity: Entity) -> dict[str, Any]:
 
 
 async def publish_event(request: Request) -> Response:
-    service = service_of(request)
+    server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, service.runtime.body_size_limit_single_bytes)
-    event = validate_event(decode_json(body), service.settings.max_entity_id_length)
-    service.admit(credential_of(request), event)
-    (appended,) = await service.publish([event])
+    body = await read_body(request, server.runtime.current.body_size_limit_single_bytes)
+    event = validate_event(decode_json(body), server.settings.max_entity_id_length)
+    server.permissions.admit(credential_of(request.scope), event)
+    (appended,) = await server.service.publish([event])
     return json_response(
         {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
     )
 
 
 async def publish_batch(request: Request) -> Response:
-    service = service_of(request)
+    server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, service.runtime.body_size_limit_batch_bytes)
+    body = await read_body(request, server.runtime.current.body_size_limit_batch_bytes)
     doc = decode_json(body)
     if type(doc) is dict:
         if "events" not in doc:
@@ -99,11 +88,12 @@ async def publish_batch(request: Request) -> Response:
         )
     if not items:
         raise ValidationError("Batch request must contain at least one event")
-    credential = credential_of(request)
+    credential = credential_of(request.scope)
+    admit = server.permissions.admit
     results: list[dict[str, Any] | None] = [None] * len(items)  # each index is set below
     valid = []
     wait = 0
-    max_id_length = service.settings.max_entity_id_length
+    max_id_length = server.settings.max_entity_id_length
     for index, item in enumerate(items):
         try:
             event = validate_event(item, max_id_length)
@@ -117,7 +107,7 @@ async def publish_batch(request: Request) -> Response:
             }
             continue
         try:
-            service.admit(credential, event)
+            admit(credential, event)
         except RateLimited as exc:
             wait = max(wait, exc.retry_after)
             error = exc.message
@@ -132,7 +122,7 @@ async def publish_batch(request: Request) -> Response:
             "stream": event["stream"],
             "error": error,
         }
-    appended = await service.publish([event for _, event in valid]) if valid else []
+    appended = await server.service.publish([event for _, event in valid]) if valid else []
     for (index, event), done in zip(valid, appended, strict=True):
         results[index] = {
             "index": index,
@@ -148,13 +138,14 @@ async def publish_batch(request: Request) -> Response:
 
 
 async def history(request: Request) -> Response:
-    service = service_of(request)
+    server = server_of(request)
+    permissions = server.permissions
     params = request.query_params
     entity = params.get("entity")
     if not entity:
         raise ValidationError("entity parameter is required")
-    check_id_part(entity, "entity_id", service.settings.max_entity_id_length)
-    service.check_read(credential_of(request), entity)
+    check_id_part(entity, "entity_id", server.settings.max_entity_id_length)
+    permissions.check_read(credential_of(request.scope), entity)
     since_text = params.get("since")
     since = _parse_since(since_text) if since_text else now_us() - HISTORY_WINDOW_US
     limit_text = params.get("limit")
@@ -167,9 +158,9 @@ async def history(request: Request) -> Response:
     limit = max(1, min(HISTORY_MAX_LIMIT, limit))
     # A deleted namespace's past is served to nobody: only events above its floor. A delete
     # that began during the query hides everything it found (its floor is above all of it).
-    floor = service.history_floor(entity)
-    rows = await service.log.history(entity, since, limit, floor) if floor < HIDE_ALL else []
-    if service.history_floor(entity) != floor:
+    floor = permissions.history_floor(entity)
+    rows = await server.log.history(entity, since, limit, floor) if floor < HIDE_ALL else []
+    if permissions.history_floor(entity) != floor:
         rows = []
     return Response(b"[" + b",".join(rows) + b"]", media_type="application/json")
 
@@ -194,27 +185,27 @@ def _parse_since(text: str) -> int:
 
 
 async def list_entities(request: Request) -> Response:
-    service = service_of(request)
+    server = server_of(request)
     params = request.query_params
-    max_length = service.settings.max_entity_id_length
+    max_length = server.settings.max_entity_id_length
     prefix = check_id_part(params.get("prefix", ""), "prefix", max_length)
     namespace = params.get("namespace")
     if namespace is not None:
         check_id_part(namespace, "namespace", max_length)
-    selected = service.engine.select(prefix, namespace)
-    hidden = service.hidden_namespaces(credential_of(request))
+    selected = server.engine.select(prefix, namespace)
+    hidden = server.permissions.hidden(credential_of(request.scope))
     if hidden:
         selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
     return json_response([entity_json(entity) for entity in selected])
 
 
 async def get_entity(request: Request) -> Response:
-    service = service_of(request)
+    server = server_of(request)
     entity_id = check_id_part(
-        request.path_params["entity_id"], "entity_id", service.settings.max_entity_id_length
+        request.path_params["entity_id"], "entity_id", server.settings.max_entity_id_length
     )
-    service.check_read(credential_of(request), entity_id)
-    entity = service.engine.get(entity_id)
+    server.permissions.check_read(credential_of(request.scope), entity_id)
+    entity = server.engine.get(entity_id)
     if entity is None:
         raise NotFound("Entity not found")
     return json_response(entity_json(entity))
@@ -224,15 +215,15 @@ async def delete_entity(request: Request) -> Response:
     """Delete one entity: `{"entity_id", "eventId", "deleted": true}` with the tombstone's
     event id, or `{"entity_id", "deleted": false}` (nothing logged) when it does not exist. The
     id takes one event of the namespace's rate limit either way (429 past it)."""
-    service = service_of(request)
+    server = server_of(request)
     entity_id = check_entity_id(
-        request.path_params["entity_id"], service.settings.max_entity_id_length
+        request.path_params["entity_id"], server.settings.max_entity_id_length
     )
-    service.authorize_write(credential_of(request), entity_id)
-    admitted = service.admit_deletes([entity_id])
+    server.permissions.authorize_write(credential_of(request.scope), entity_id)
+    admitted = server.permissions.admit_deletes([entity_id])
     if admitted.refused:
         raise RateLimited(admitted.retry_after)
-    done = (await service.delete([entity_id])).deleted.get(entity_id)
+    done = (await server.service.delete([entity_id])).deleted.get(entity_id)
     if done is None:
         return json_response({"entity_id": entity_id, "deleted": False})
     return json_response({"entity_id": entity_id, "eventId": done[0]["eventId"], "deleted": True})
@@ -243,11 +234,12 @@ async def batch_delete(request: Request) -> Response:
     that did not exist (`not_found`: nothing logged for them), and those refused by the rate
     limit (`failed`, `errors`, with a Retry-After header). Every id takes one event of the
     namespace's rate limit, whether it existed or not."""
-    service = service_of(request)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
-    credential = credential_of(request)
-    max_length = service.settings.max_entity_id_length
-    limit = service.runtime.max_batch_delete
+    server = server_of(request)
+    permissions = server.permissions
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    credential = credential_of(request.scope)
+    max_length = server.settings.max_entity_id_length
+    limit = server.runtime.current.max_batch_delete
     # The first filter present wins; a null one counts as absent (as serde's Option does).
     # With auth on, a namespace or prefix filter only reaches the caller's own namespace, and
     # every listed id is authorized before anything is deleted (one failure refuses them all).
@@ -255,12 +247,14 @@ async def batch_delete(request: Request) -> Response:
         namespace = doc["namespace"]
         if type(namespace) is not str or not namespace:
             raise ValidationError("`namespace` must be a non-empty string")
-        ids = service.writable(credential, check_id_part(namespace, "namespace", max_length), "")
+        ids = permissions.writable(
+            credential, check_id_part(namespace, "namespace", max_length), ""
+        )
     elif doc.get("prefix") is not None:
         prefix = doc["prefix"]
         if type(prefix) is not str or not prefix:
             raise ValidationError("`prefix` must be a non-empty string")
-        ids = service.writable(credential, None, check_id_part(prefix, "prefix", max_length))
+        ids = permissions.writable(credential, None, check_id_part(prefix, "prefix", max_length))
     elif doc.get("entity_ids") is not None:
         ids = doc["entity_ids"]
         if type(ids) is not list or not all(type(i) is str for i in ids):
@@ -268,12 +262,12 @@ async def batch_delete(request: Request) -> Response:
         ids = [check_entity_id(i, max_length) for i in dict.fromkeys(ids)]
         _check_batch_size(ids, limit)
         for entity_id in ids:
-            service.authorize_write(credential, entity_id)
+            permissions.authorize_write(credential, entity_id)
     else:
         raise ValidationError("a filter is required: one of `namespace`, `prefix` or `entity_ids`")
     _check_batch_size(ids, limit)
-    admitted = service.admit_deletes(ids)
-    deletion = await service.delete(admitted.admitted) if admitted.admitted else None
+    admitted = permissions.admit_deletes(ids)
+    deletion = await server.service.delete(admitted.admitted) if admitted.admitted else None
     deleted = deletion.deleted if deletion is not None else {}
     missing = set(deletion.not_found) if deletion is not None else set()
     return json_response(
@@ -300,7 +294,7 @@ async def health(request: Request) -> Response:
     """`ok` (200), `starting` (503) or, once the event log is known to be damaged, `degraded`
     (503) with the damage in `error`: the state is served, but history and replays that need
     the damaged part are refused."""
-    service = service_of(request)
+    service = server_of(request).service
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
         "version": __version__,
@@ -314,24 +308,16 @@ async def health(request: Request) -> Response:
     return json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
-def require_admin(request: Request, service: FluxService, message: str = "Unauthorized") -> None:
-    """Admin gate: the admin token when one is set; without one, open only when auth is off
-    (refused with auth on). Raises AuthError (with `message`) or Forbidden."""
-    service.check_admin(
-        Credential.from_header(request.headers.get("authorization")), message=message
-    )
-
-
 async def get_admin_config(request: Request) -> Response:
-    return json_response(service_of(request).runtime.runtime_values())
+    return json_response(server_of(request).runtime.as_dict())
 
 
 async def put_admin_config(request: Request) -> Response:
-    service = service_of(request)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
-    require_admin(request, service)
+    server = server_of(request)
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    server.permissions.check_admin(credential_of(request.scope))
     try:
-        await service.update_runtime(doc)
+        await server.runtime_file.update(doc)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
-    return json_response(service.runtime.runtime_values())
+    return json_response(server.runtime.as_dict())

@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux.api.body import read_json_object
-from flux.api.http import credential_of, json_response, service_of
-from flux.auth import Credential, Namespace
+from flux.api.http import json_response, server_of
+from flux.api.identity import credential_of
+from flux.auth import Namespace
 from flux.errors import ValidationError
 from flux.events import describe, format_time
 
@@ -48,52 +49,50 @@ def _private(doc: dict[str, Any], required: bool) -> bool:
     return value
 
 
-def _header_credential(request: Request) -> Credential:
-    """The request's credential, read even with auth off (these endpoints answer 404 then)."""
-    return Credential.from_header(request.headers.get("authorization"))
-
-
 async def register(request: Request) -> Response:
     """POST /api/namespaces `{"name": ..., "private": false}`."""
-    service = service_of(request)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    server = server_of(request)
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
     name = doc.get("name")
     if name is None:
         raise ValidationError("missing field `name`")
     if type(name) is not str:
         raise ValidationError(f"invalid type: {describe(name)}, expected a string")
     private = _private(doc, required=False)
-    namespace, token = await service.register_namespace(_header_credential(request), name, private)
+    credential = credential_of(request.scope)
+    namespace, token = await server.namespaces.register(credential, name, private)
     return json_response(token_json(namespace, token))
 
 
 async def show(request: Request) -> Response:
     """GET /api/namespaces/{name}: never the token."""
-    service = service_of(request)
-    namespace, count = service.namespace(credential_of(request), request.path_params["name"])
+    namespaces = server_of(request).namespaces
+    credential = credential_of(request.scope)
+    namespace, count = namespaces.show(credential, request.path_params["name"])
     return json_response(namespace_json(namespace, count))
 
 
 async def update(request: Request) -> Response:
     """PUT /api/namespaces/{name} `{"private": true}`: the admin or the namespace's token."""
-    service = service_of(request)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
+    server = server_of(request)
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
     private = _private(doc, required=True)
     name = request.path_params["name"]
-    namespace = await service.set_private(_header_credential(request), name, private)
-    return json_response(namespace_json(namespace, service.entity_count(name)))
+    namespaces = server.namespaces
+    namespace = await namespaces.set_private(credential_of(request.scope), name, private)
+    return json_response(namespace_json(namespace, namespaces.entity_count(name)))
 
 
 async def rotate(request: Request) -> Response:
     """POST /api/namespaces/{name}/token: a new token; the old one is revoked at once."""
-    service = service_of(request)
+    namespaces = server_of(request).namespaces
     name = request.path_params["name"]
-    namespace, token = await service.rotate_token(_header_credential(request), name)
+    namespace, token = await namespaces.rotate_token(credential_of(request.scope), name)
     return json_response(token_json(namespace, token))
 
 
 async def delete(request: Request) -> Response:
     """DELETE /api/namespaces/{name}: admin only; the namespace's entities go with it."""
-    service = service_of(request)
-    await service.delete_namespace(_header_credential(request), request.path_params["name"])
+    namespaces = server_of(request).namespaces
+    await namespaces.delete(credential_of(request.scope), request.path_params["name"])
     return Response(status_code=204)

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from flux.api.connectors import connector_info, writer_of
-from flux.api.http import json_response, service_of
+from flux.api.http import json_response, server_of
 from flux.config import oauth_env
-from flux.connectors.manager import owner_namespace
+from flux.connectors.base import owner_namespace
 from flux.connectors.oauth import (
     OAuthStates,
     TokenError,
@@ -37,7 +37,7 @@ from flux.errors import (
     UpstreamError,
     ValidationError,
 )
-from flux.service import FluxService
+from flux.server import Server
 
 logger = logging.getLogger("flux.connectors")
 
@@ -52,26 +52,26 @@ def states_of(request: Request) -> OAuthStates:
     return states
 
 
-def _store(service: FluxService) -> CredentialStore:
-    if service.credentials is None:
+def _store(server: Server) -> CredentialStore:
+    if server.credentials is None:
         raise NotFound(NO_STORE)
-    return service.credentials
+    return server.credentials
 
 
-def _owner_exists(service: FluxService, owner: str) -> bool:
+def _owner_exists(server: Server, owner: str) -> bool:
     """Whether the sign-in's owner is still there: a namespace deleted since `start` gets no
     credentials (its state is as good as expired)."""
     namespace = owner_namespace(owner)
-    return namespace is None or service.access.get(namespace) is not None
+    return namespace is None or server.access.get(namespace) is not None
 
 
 async def start(request: Request) -> Response:
     """GET /api/connectors/{name}/oauth/start → 307 to the provider's authorize URL."""
-    service = service_of(request)
-    _store(service)
+    server = server_of(request)
+    _store(server)
     info = connector_info(request)
-    owner = writer_of(request, service)
-    client = oauth_client(service.settings, info.name)
+    owner = writer_of(request, server)
+    client = oauth_client(server.settings, info.name)
     if client is None:
         raise OAuthNotConfigured(
             f"OAuth not configured for connector '{info.name}'. Set "
@@ -79,7 +79,7 @@ async def start(request: Request) -> Response:
             "environment variables."
         )
     state = states_of(request).issue(info.name, owner)
-    redirect = redirect_uri(service.settings.oauth_callback_base_url, info.name)
+    redirect = redirect_uri(server.settings.oauth_callback_base_url, info.name)
     return RedirectResponse(
         authorize_url(client, redirect, state),
         status_code=307,
@@ -90,8 +90,8 @@ async def start(request: Request) -> Response:
 async def callback(request: Request) -> Response:
     """GET /api/connectors/{name}/oauth/callback?code&state: exchange the code, store the
     tokens encrypted and (re)start the connector. The checks run in the reference's order."""
-    service = service_of(request)
-    store = _store(service)
+    server = server_of(request)
+    store = _store(server)
     name = request.path_params["name"]
     query = request.query_params
     error = query.get("error")
@@ -105,16 +105,16 @@ async def callback(request: Request) -> Response:
     if not state:
         raise ValidationError("Missing 'state' parameter")
     pending = states_of(request).take(state)
-    if pending is None or not _owner_exists(service, pending.owner):
+    if pending is None or not _owner_exists(server, pending.owner):
         raise AuthError(BAD_STATE)
     if pending.connector != name:
         raise ValidationError("Connector name mismatch")
-    client = oauth_client(service.settings, name)
+    client = oauth_client(server.settings, name)
     if client is None:
         raise OAuthNotConfigured(f"OAuth not configured for connector '{name}'")
-    redirect = redirect_uri(service.settings.oauth_callback_base_url, name)
+    redirect = redirect_uri(server.settings.oauth_callback_base_url, name)
     try:
-        async with httpx.AsyncClient(timeout=service.settings.connector_timeout_seconds) as http:
+        async with httpx.AsyncClient(timeout=server.settings.connector_timeout_seconds) as http:
             tokens = await exchange_code(http, client, code, redirect)
     except TokenError as exc:
         raise UpstreamError(f"Failed to exchange authorization code: {exc}") from None
@@ -129,7 +129,7 @@ async def callback(request: Request) -> Response:
         )
     except CredentialError as exc:
         raise CredentialError(f"Failed to store credentials: {exc.message}") from exc
-    service.connectors.schedule(pending.owner, name)
+    server.connectors.schedule(pending.owner, name)
     logger.info("%s connected over OAuth for %s; connector (re)started", name, pending.owner)
     return json_response(
         {"success": True, "message": f"Successfully connected {name}", "connector": name}

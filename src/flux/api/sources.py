@@ -23,23 +23,24 @@ from starlette.responses import Response
 
 from flux.api.body import read_json_object
 from flux.api.connectors import NO_STORE, owner_of, writer_of
-from flux.api.http import json_response, service_of
+from flux.api.http import json_response, server_of
+from flux.api.identity import credential_of
 from flux.auth import Credential
 from flux.connectors.source_config import parse_config, parse_token
 from flux.connectors.sources import EVERY_OWNER, Sources
 from flux.connectors.ssrf import Refused, check_url, port_of, resolve_checked
 from flux.errors import CredentialStoreUnavailable, Forbidden, ValidationError
 from flux.events import describe
-from flux.service import FluxService
+from flux.server import Server
 
 RESOLVE_SECONDS = 5.0  # how long creating a source waits for DNS
 
 
-def _sources(service: FluxService) -> Sources:
-    return service.connectors.sources
+def _sources(server: Server) -> Sources:
+    return server.connectors.sources
 
 
-def _check_namespace(service: FluxService, owner: str, namespace: str, doc: dict[str, Any]) -> None:
+def _check_namespace(server: Server, owner: str, namespace: str, doc: dict[str, Any]) -> None:
     """With auth on: the source writes under the caller's own namespace, and a
     `flux_namespace_token` (accepted for compatibility, never stored) must be that namespace's
     token."""
@@ -48,24 +49,24 @@ def _check_namespace(service: FluxService, owner: str, namespace: str, doc: dict
         raise ValidationError(
             f"`flux_namespace_token`: invalid type: {describe(extra)}, expected a string"
         )
-    if not service.auth_enabled:
+    if not server.settings.auth_enabled:
         return
     if owner != f"namespace:{namespace}":
         raise Forbidden(f"Token does not have permission to write to namespace '{namespace}'")
-    if extra and service.access.owner(Credential.from_token(extra)) != namespace:
+    if extra and server.access.owner(Credential.from_token(extra)) != namespace:
         raise Forbidden(f"`flux_namespace_token` is not the token of namespace '{namespace}'")
 
 
 async def create(request: Request) -> Response:
     """POST /api/connectors/generic → 201 `{"source_id": "<uuid4>"}`."""
-    service = service_of(request)
-    owner = writer_of(request, service)
-    doc = await read_json_object(request, service.runtime.body_size_limit_single_bytes)
-    sources = _sources(service)
+    server = server_of(request)
+    owner = writer_of(request, server)
+    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    sources = _sources(server)
     policy = sources.policy
     config = parse_config(doc, policy, sources.min_interval)
     token = parse_token(doc, config.auth)
-    _check_namespace(service, owner, config.namespace, doc)
+    _check_namespace(server, owner, config.namespace, doc)
     url = check_url(config.url, policy)
     try:
         async with asyncio.timeout(RESOLVE_SECONDS):
@@ -76,47 +77,45 @@ async def create(request: Request) -> Response:
         # A name that does not resolve (yet) is accepted: every poll resolves and checks again.
     except TimeoutError:
         pass  # a slow resolver: the same
-    if token is not None and service.credentials is None:
+    if token is not None and server.credentials is None:
         raise CredentialStoreUnavailable(NO_STORE)
     source = await sources.create(owner, config, token)
     return json_response({"source_id": source.id}, status=201)
 
 
-def _reader(request: Request, service: FluxService) -> str | None:
+def _reader(request: Request, server: Server) -> str | None:
     """Whose sources the caller sees: its own, or with auth on and the admin token every
     source (the admin creates none: sources write under a namespace)."""
-    if service.auth_enabled:
-        credential = Credential.from_header(request.headers.get("authorization"))
-        if service.access.is_admin(credential):
-            return EVERY_OWNER
-    return owner_of(request, service)
+    if server.settings.auth_enabled and server.access.is_admin(credential_of(request.scope)):
+        return EVERY_OWNER
+    return owner_of(request, server)
 
 
-def _remover(request: Request, service: FluxService) -> str:
-    owner = _reader(request, service)
-    return owner if owner == EVERY_OWNER else writer_of(request, service)
+def _remover(request: Request, server: Server) -> str:
+    owner = _reader(request, server)
+    return owner if owner == EVERY_OWNER else writer_of(request, server)
 
 
 async def list_sources(request: Request) -> Response:
     """GET /api/connectors/generic → `{"sources": [...]}`, the caller's sources (the admin's:
     all)."""
-    service = service_of(request)
-    sources = _sources(service)
-    owner = _reader(request, service)
+    server = server_of(request)
+    sources = _sources(server)
+    owner = _reader(request, server)
     return json_response({"sources": [sources.status(s) for s in sources.list(owner)]})
 
 
 async def show(request: Request) -> Response:
     """GET /api/connectors/generic/{id} → one source with its status."""
-    service = service_of(request)
-    sources = _sources(service)
-    owner = _reader(request, service)
+    server = server_of(request)
+    sources = _sources(server)
+    owner = _reader(request, server)
     return json_response(sources.status(sources.get(owner, request.path_params["id"])))
 
 
 async def delete(request: Request) -> Response:
     """DELETE /api/connectors/generic/{id} → 204; the source stops and its secret is deleted."""
-    service = service_of(request)
-    owner = _remover(request, service)
-    await asyncio.shield(_sources(service).delete(owner, request.path_params["id"]))
+    server = server_of(request)
+    owner = _remover(request, server)
+    await asyncio.shield(_sources(server).delete(owner, request.path_params["id"]))
     return Response(status_code=204)

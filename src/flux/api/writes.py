@@ -20,25 +20,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from flux.api.body import declared_length, is_json_type
 from flux.api.edge import RouteLabel
 from flux.api.errors import response_for
-from flux.auth import ANONYMOUS, Credential
+from flux.api.identity import credential_of
+from flux.auth import ANONYMOUS
 from flux.errors import FluxError
 from flux.events import decode_json, validate_event
-from flux.service import FluxService
+from flux.server import Server
 
 PATH = "/api/events"
 _ROUTE = RouteLabel(PATH)
 _JSON = (b"content-type", b"application/json")
-_AUTHORIZATION = b"authorization"
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_TYPE = b"content-type"
 _APPLICATION_JSON = b"application/json"
 
 
 class EventWrites:
-    def __init__(self, app: ASGIApp, service: FluxService) -> None:
+    def __init__(self, app: ASGIApp, server: Server) -> None:
         self.app = app
-        self.service = service
-        self.max_id_length = service.settings.max_entity_id_length
+        # Bound once, so a request pays no lookups through the server.
+        self.runtime = server.runtime
+        self.auth_enabled = server.settings.auth_enabled
+        self.max_id_length = server.settings.max_entity_id_length
+        self.admit = server.permissions.admit
+        self.publish = server.service.publish
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
@@ -47,9 +51,7 @@ class EventWrites:
         await self.app(scope, receive, send)
 
     async def _publish(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service = self.service
-        limit = service.runtime.body_size_limit_single_bytes
-        authorization = None
+        limit = self.runtime.current.body_size_limit_single_bytes
         json = False
         for name, value in scope["headers"]:
             if name == _CONTENT_LENGTH:
@@ -57,8 +59,6 @@ class EventWrites:
                 if declared is not None and declared > limit:
                     await self.app(scope, receive, send)  # the handler's 413
                     return
-            elif name == _AUTHORIZATION:
-                authorization = value
             elif name == _CONTENT_TYPE:
                 json = value == _APPLICATION_JSON or is_json_type(value.decode("latin-1"))
         if not json:
@@ -83,17 +83,13 @@ class EventWrites:
         )
         try:
             event = validate_event(decode_json(body), self.max_id_length)
-            if service.auth_enabled:
-                header = authorization.decode("latin-1") if authorization is not None else None
-                credential = Credential.from_header(header)
-            else:
-                credential = ANONYMOUS
-            service.admit(credential, event)
+            # With auth off admission looks at no credential.
+            self.admit(credential_of(scope) if self.auth_enabled else ANONYMOUS, event)
         except FluxError:
             return await self._fall_back(scope, receive, send, received)
         scope["route"] = _ROUTE
         try:
-            (appended,) = await service.publish([event])
+            (appended,) = await self.publish([event])
         except FluxError as exc:
             await response_for(exc, "POST", PATH)(scope, receive, send)
             return

@@ -15,7 +15,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from flux.auth import ANONYMOUS, Credential
+from flux.api.identity import credential_of
+from flux.auth import Credential
 from flux.errors import FluxError, ValidationError
 from flux.events import check_id_part
 from flux.hub import WILDCARD
@@ -87,7 +88,7 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             token = message.get("token")
             if type(token) is not str or not token.strip():
                 raise ValidationError("`token` must be a non-empty string")
-            if live.service.auth_enabled:
+            if live.settings.auth_enabled:
                 outbox.credential = Credential.from_token(token)
             outbox.push(encode({"type": "authenticated"}))
         elif kind == "ping":
@@ -165,7 +166,7 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
         await websocket.accept()
     except (WebSocketDisconnect, OSError):  # gone before the handshake completed
         return
-    outbox = live.connect(credential_from(websocket.headers.get("authorization"), live))
+    outbox = live.connect(credential_of(websocket.scope))
     tasks = [
         asyncio.create_task(_send_loop(send, outbox), name="flux-ws-send"),
         asyncio.create_task(_receive_loop(websocket, live, outbox), name="flux-ws-receive"),
@@ -189,11 +190,6 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
         )
         with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
             await asyncio.wait_for(websocket.close(CLOSE_SLOW_CONSUMER, reason), CLOSE_WAIT_SECONDS)
-
-
-def credential_from(header: str | None, live: Live) -> Credential:
-    """Who the connection is, for private namespaces (anyone, with auth off)."""
-    return Credential.from_header(header) if live.service.auth_enabled else ANONYMOUS
 
 
 def parse_sse(request: Request) -> tuple[Filter, int | None]:
@@ -235,7 +231,7 @@ async def sse_endpoint(request: Request) -> Response:
     ends the stream (the browser reconnects with Last-Event-ID)."""
     live = live_of(request)
     flt, since = parse_sse(request)
-    credential = credential_from(request.headers.get("authorization"), live)
+    credential = credential_of(request.scope)
 
     async def stream() -> AsyncIterator[bytes]:
         # Connected here, not in the endpoint: this `finally` runs only once iteration began.

@@ -1,4 +1,5 @@
-"""The `Connector` Protocol and the catalogue of connectors the core knows (pure).
+"""The `Connector` Protocol, the catalogue of connectors the core knows, and the owners of
+connector credentials (pure).
 
 A connector only fetches: given an `httpx.AsyncClient` (whose transport tests replace) and the
 stored token, it returns event dicts in the shape `POST /api/events` accepts. Publishing,
@@ -62,3 +63,20 @@ class ConnectorInfo:
 KNOWN: Mapping[str, ConnectorInfo] = {
     c.name: ConnectorInfo(c.name, c.poll_interval_seconds) for c in CONNECTORS
 }
+
+
+# Owners of connector credentials and sources: `default` with auth off; with auth on
+# `namespace:<name>`, the namespace whose token configured the connector (the only place its
+# events may go).
+DEFAULT_OWNER = "default"
+NAMESPACE_OWNER = "namespace:"
+
+
+def owner_key(namespace: str | None) -> str:
+    """The credential owner for a namespace (None: auth off)."""
+    return DEFAULT_OWNER if namespace is None else NAMESPACE_OWNER + namespace
+
+
+def owner_namespace(owner: str) -> str | None:
+    """The namespace an owner writes under; None for `default` (auth off)."""
+    return owner[len(NAMESPACE_OWNER) :] if owner.startswith(NAMESPACE_OWNER) else None

@@ -5,15 +5,17 @@ One `ConnectorRunner` per stored credential of an implemented connector (GitHub)
 token is stored (replacing the old runner) and stops when the token is deleted or its namespace
 is. Generic HTTP sources use the same scheduler and the same `ingest`.
 
-Owners: `default` with auth off; with auth on `namespace:<name>`, the namespace whose token
-configured the connector. Keying by the namespace (not by the token) keeps a connector across a
-token rotation, and makes the namespace the only place its events may go.
+Owners (`flux.connectors.base.owner_key`): `default` with auth off; with auth on
+`namespace:<name>`, the namespace whose token configured the connector. Keying by the namespace
+(not by the token) keeps a connector across a token rotation, and makes the namespace the only
+place its events may go.
 
-Events from a connector take the ingestion path of `POST /api/events/batch`
-(`FluxService.ingest_as`: validation, the namespace check, the rate limit, the log), all or
-nothing per poll. Each event keeps only the properties whose values differ from the entity's
-state (Flux's model: send what changed), and an event that would change nothing is left out,
-so an unchanged upstream resource adds nothing to the log and subscribers see only changes.
+Events from a connector take the ingestion path of `POST /api/events/batch` (the `publish`
+function the composition root hands over: validation, the namespace check, the rate limit, the
+log), all or nothing per poll. Each event keeps only the properties whose values differ from
+the entity's state (Flux's model: send what changed), and an event that would change nothing is
+left out, so an unchanged upstream resource adds nothing to the log and subscribers see only
+changes.
 """
 
 from __future__ import annotations
@@ -21,12 +23,22 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-from flux.connectors.base import KNOWN, Connector, ConnectorError, ConnectorInfo, EventDict
+from flux.config import Settings
+from flux.connectors.base import (
+    KNOWN,
+    Connector,
+    ConnectorError,
+    ConnectorInfo,
+    EventDict,
+    owner_key,
+    owner_namespace,
+)
 from flux.connectors.github import GitHub
 from flux.connectors.oauth import TokenError, needs_refresh, oauth_client, refresh_tokens, token_url
 from flux.connectors.runner import (
@@ -36,27 +48,15 @@ from flux.connectors.runner import (
     TokenSource,
     describe_failure,
 )
-from flux.connectors.sources import Sources
+from flux.connectors.sources import CredentialSource, Sources
+from flux.engine import Entity
 from flux.errors import CredentialError
-
-if TYPE_CHECKING:
-    from flux.service import FluxService
 
 logger = logging.getLogger("flux.connectors")
 
-DEFAULT_OWNER = "default"
-NAMESPACE_OWNER = "namespace:"
-
-
-def owner_key(namespace: str | None) -> str:
-    """The credential owner for a namespace (None: auth off)."""
-    return DEFAULT_OWNER if namespace is None else NAMESPACE_OWNER + namespace
-
-
-def owner_namespace(owner: str) -> str | None:
-    """The namespace an owner writes under; None for `default` (auth off)."""
-    return owner[len(NAMESPACE_OWNER) :] if owner.startswith(NAMESPACE_OWNER) else None
-
+# Publishes event objects on behalf of a namespace (None: auth off), all or nothing: the checks
+# of `POST /api/events/batch`, then the log. Raises what that path raises.
+PublishAs = Callable[[str | None, list[EventDict]], Awaitable[object]]
 
 _MISSING = object()
 
@@ -98,16 +98,31 @@ def _same_json(held: Any, value: Any) -> bool:
 
 
 class ConnectorManager:
-    def __init__(self, service: FluxService) -> None:
-        self.service = service
+    """The connectors of one server. `publish` is the ingestion path (`PublishAs`), `entity`
+    looks an entity up in the state (to send only what changed), `credentials` returns the
+    credential store (None without FLUX_ENCRYPTION_KEY, or before the server started)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publish: PublishAs,
+        entity: Callable[[str], Entity | None],
+        credentials: CredentialSource,
+    ) -> None:
+        self.settings = settings
+        self._publish = publish
+        self._entity = entity
+        self._credentials = credentials
         self.scheduler = Scheduler()
-        self.sources = Sources(self)  # generic HTTP sources (flux.connectors.sources)
+        # Generic HTTP sources (flux.connectors.sources), on the same scheduler.
+        self.sources = Sources(settings, self.scheduler, self.add_runner, credentials)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Schedule a runner for every stored credential, then start them all."""
-        store = self.service.credentials
+        store = self._credentials()
         if store is not None:
             try:
                 owners = await asyncio.to_thread(store.owners, GitHub.name)
@@ -133,7 +148,7 @@ class ConnectorManager:
     def poll_interval(self, info: ConnectorInfo) -> float | int:
         """The interval the status API reports: the setting for GitHub, else the catalogue's."""
         if info.name == GitHub.name:
-            seconds = self.service.settings.github_poll_interval_seconds
+            seconds = self.settings.github_poll_interval_seconds
             return int(seconds) if float(seconds).is_integer() else seconds
         return info.poll_interval_seconds
 
@@ -141,7 +156,7 @@ class ConnectorManager:
         """The implementation of a catalogue connector, or None (gmail, linkedin and calendar
         are listed, as in the original, but not implemented: a token for them is stored and
         nothing polls)."""
-        settings = self.service.settings
+        settings = self.settings
         if name == GitHub.name:
             return GitHub(
                 namespace,
@@ -163,7 +178,7 @@ class ConnectorManager:
         `namespace`; `token` is the runner's async token source, `transport` the HTTP
         transport of its client (httpx's default when None), `describe` what its status
         says of a failure."""
-        settings = self.service.settings
+        settings = self.settings
         runner = ConnectorRunner(
             connector,
             functools.partial(self.ingest, namespace),
@@ -192,7 +207,7 @@ class ConnectorManager:
     async def forget_namespace(self, namespace: str) -> None:
         """A namespace was deleted: stop its connectors and delete their credentials."""
         owner = owner_key(namespace)
-        store = self.service.credentials
+        store = self._credentials()
         for key in [k for k in self.scheduler.runners if k.endswith(":" + owner)]:
             await self.scheduler.remove(key)
         await self.sources.forget_owner(owner)
@@ -207,7 +222,7 @@ class ConnectorManager:
         """The access token a poll uses. An OAuth token that expires within 90 s is refreshed
         first and the new tokens stored (reference §10.2 step 2); a failed refresh fails the
         poll with a ConnectorError the status shows."""
-        store = self.service.credentials
+        store = self._credentials()
         if store is None:
             return None
         try:
@@ -218,7 +233,7 @@ class ConnectorManager:
             return None
         if credential.refresh_token is None or not needs_refresh(credential, datetime.now(UTC)):
             return credential.access_token
-        settings = self.service.settings
+        settings = self.settings
         try:
             async with httpx.AsyncClient(timeout=settings.connector_timeout_seconds) as http:
                 tokens = await refresh_tokens(
@@ -246,15 +261,15 @@ class ConnectorManager:
         `only_changes`);
         returns how many were published. Raises what the ingestion path raises (the runner
         records it)."""
-        engine = self.service.engine
+        lookup = self._entity
         fresh = []
         for event in events:
             payload = event.get("payload")
             entity_id = payload.get("entity_id") if isinstance(payload, dict) else None
-            entity = engine.get(entity_id) if isinstance(entity_id, str) else None
+            entity = lookup(entity_id) if isinstance(entity_id, str) else None
             reduced = only_changes(event, entity.properties if entity is not None else None)
             if reduced is not None:
                 fresh.append(reduced)
         if fresh:
-            await self.service.ingest_as(namespace, fresh)
+            await self._publish(namespace, fresh)
         return len(fresh)

@@ -6,7 +6,8 @@ credential store under owner `generic` and connector `<source_id>`, as in the or
 secret is on disk in the clear. `Sources` creates, lists and deletes them for an owner and runs
 each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
 
-Owners are the connector manager's: `default` with auth off, `namespace:<name>` with auth on.
+Owners are the connector manager's (`flux.connectors.base.owner_key`): `default` with auth off,
+`namespace:<name>` with auth on.
 An owner sees only its own sources; a source writes only under its namespace. With auth on an
 owner holds at most `quota` sources, each polled no faster than `min_interval`, and a source's
 failures read `could not fetch the URL` (`flux.connectors.generic`); what it may connect to is
@@ -19,24 +20,30 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import httpx
 import orjson
 
 from flux.config import Settings
-from flux.connectors.base import ConnectorError
+from flux.connectors.base import Connector, ConnectorError, owner_namespace
 from flux.connectors.generic import GenericSource
+from flux.connectors.runner import (
+    ConnectorRunner,
+    Describe,
+    Scheduler,
+    TokenSource,
+    describe_failure,
+)
 from flux.connectors.source_config import SourceConfig, config_from_json
 from flux.connectors.ssrf import GuardedTransport, Policy
+from flux.credentials import CredentialStore
 from flux.errors import CredentialError, FluxError, NotFound, QuotaExceeded, SourceStoreError
 from flux.sqlitedb import SQLiteDB
-
-if TYPE_CHECKING:
-    from flux.connectors.manager import ConnectorManager
-    from flux.connectors.runner import ConnectorRunner
 
 logger = logging.getLogger("flux.connectors")
 
@@ -129,22 +136,47 @@ class SourceStore:
         self._db.close()
 
 
-class Sources:
-    """The generic sources of one server: the store and their runners."""
+# The credential store, or None (no FLUX_ENCRYPTION_KEY, or the server has not started).
+CredentialSource = Callable[[], CredentialStore | None]
 
-    def __init__(self, manager: ConnectorManager) -> None:
-        self.manager = manager
+
+class AddRunner(Protocol):
+    """Schedules a connector under a key, writing under a namespace
+    (`ConnectorManager.add_runner`)."""
+
+    def __call__(
+        self,
+        key: str,
+        connector: Connector,
+        namespace: str | None,
+        token: TokenSource,
+        transport: httpx.AsyncBaseTransport | None = None,
+        describe: Describe = describe_failure,
+    ) -> None: ...
+
+
+class Sources:
+    """The generic sources of one server: the store and their runners, on the connector
+    manager's `scheduler` (`add_runner` puts one there)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        add_runner: AddRunner,
+        credentials: CredentialSource,
+    ) -> None:
+        self._settings = settings
+        self.scheduler = scheduler
+        self._add_runner = add_runner
+        self._credentials = credentials
         self.store: SourceStore | None = None
         self._sources: dict[str, StoredSource] = {}
         self._creating = asyncio.Lock()  # counting an owner's sources and adding one: atomic
 
-    @property
-    def _settings(self) -> Settings:
-        return self.manager.service.settings
-
     def _store(self) -> SourceStore:
         if self.store is None:
-            self.store = SourceStore(self.manager.service.data_dir / "sources.db")
+            self.store = SourceStore(Path(self._settings.data_dir) / "sources.db")
         return self.store
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -218,10 +250,8 @@ class Sources:
         # With auth on a source writes as its owner's namespace (the one it was made under),
         # never merely as the namespace its config names: a source made while auth was off
         # (owner `default`) has none, so its writes are refused until the admin removes it.
-        from flux.connectors.manager import owner_namespace  # (manager imports this module)
-
-        namespace = owner_namespace(source.owner) if self.manager.service.auth_enabled else None
-        self.manager.add_runner(
+        namespace = owner_namespace(source.owner) if settings.auth_enabled else None
+        self._add_runner(
             KEY_PREFIX + source.id,
             connector,
             namespace,
@@ -233,7 +263,7 @@ class Sources:
     async def _token(self, source: StoredSource) -> str | None:
         if not source.has_token:
             return None
-        store = self.manager.service.credentials
+        store = self._credentials()
         if store is None:
             raise ConnectorError(
                 "the source's token cannot be read: FLUX_ENCRYPTION_KEY is not set"
@@ -247,7 +277,7 @@ class Sources:
         return token
 
     def runner(self, source_id: str) -> ConnectorRunner | None:
-        return self.manager.scheduler.runners.get(KEY_PREFIX + source_id)
+        return self.scheduler.runners.get(KEY_PREFIX + source_id)
 
     # -- what the API does -------------------------------------------------------------------
 
@@ -258,8 +288,6 @@ class Sources:
         async with self._creating:
             held = len(self.list(owner))
             if self.quota is not None and held >= self.quota:
-                from flux.connectors.manager import owner_namespace
-
                 name = owner_namespace(owner) or owner
                 raise QuotaExceeded(
                     f"namespace '{name}' has {held} sources, the most it may have "
@@ -270,7 +298,7 @@ class Sources:
 
     async def _create(self, owner: str, config: SourceConfig, token: str | None) -> StoredSource:
         source = StoredSource(str(uuid.uuid4()), owner, config, token is not None, _now())
-        credentials = self.manager.service.credentials
+        credentials = self._credentials()
         if token is not None:
             assert credentials is not None
             try:
@@ -316,9 +344,9 @@ class Sources:
 
     async def _remove(self, source: StoredSource) -> None:
         self._sources.pop(source.id, None)
-        await self.manager.scheduler.remove(KEY_PREFIX + source.id)
+        await self.scheduler.remove(KEY_PREFIX + source.id)
         await asyncio.to_thread(self._store().delete, source.id)
-        credentials = self.manager.service.credentials
+        credentials = self._credentials()
         if source.has_token and credentials is not None:
             try:
                 await asyncio.to_thread(credentials.delete, SECRET_OWNER, source.id)

@@ -1,0 +1,47 @@
+"""The runtime config's file: `<data dir>/runtime-config.json`, the admin's changes to the
+runtime-mutable settings (`flux.config.RuntimeConfig`), loaded at start and written before a
+change takes effect."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import orjson
+
+from flux.config import RuntimeConfig
+from flux.files import write_atomic
+
+logger = logging.getLogger("flux.runtime")
+
+FILE_NAME = "runtime-config.json"
+
+
+class RuntimeFile:
+    def __init__(self, data_dir: str | Path, config: RuntimeConfig) -> None:
+        self.path = Path(data_dir) / FILE_NAME
+        self.config = config
+
+    def load(self) -> None:
+        """Apply the file's values to `config`, if there is a file; a file that does not read
+        is logged and ignored."""
+        path = self.path
+        if not path.exists():
+            return
+        try:
+            self.config.update(orjson.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            logger.error("ignoring %s: %s", path, exc)
+            return
+        logger.info("runtime config loaded from %s", path)
+
+    async def update(self, changes: dict[str, object]) -> None:
+        """Validate, persist, then apply runtime config changes. Raises ValueError."""
+        config = self.config
+        checked = config.validated(changes)
+        merged = {**config.as_dict(), **checked}
+        await asyncio.to_thread(write_atomic, self.path, orjson.dumps(merged))
+        config.update(checked)
+        if checked:
+            logger.info("runtime config changed: %s", checked)

@@ -1,0 +1,135 @@
+"""The composition root: every part of one Flux server, built and wired here, once.
+
+The parts are built bottom-up and each is handed only what it uses: the state engine, a
+function (the service's `publish`, the ingestion path for connectors, the log's `sync`) or a
+small object (the namespace index). No part imports one above it (the layers are declared in
+pyproject.toml, `[tool.importlinter]`, and checked by `scripts/test`); the HTTP app
+(`flux.api.app.create_app`) takes a `Server` and serves its parts.
+
+    service      FluxService: publish -> log -> engine -> listeners; snapshots, retention
+    permissions  who may write, read and administer what, and the rate limits
+    registry     the namespace registry (disk and the in-memory index, `access`)
+    namespaces   the namespace API's operations, beside the registry
+    runtime      the runtime-mutable settings, and their file
+    credentials  connector credentials (encrypted; None without FLUX_ENCRYPTION_KEY)
+    connectors   connectors and generic sources, publishing through `publish_as`
+    directory    the `flux-core/directory` entity
+    live         WebSocket and SSE fan-out of committed changes
+
+`start` runs in that order's dependencies: the runtime file, the credential store and the
+registry, then the service (snapshot, replay), then the directory, the connectors and live
+delivery; `stop` runs in reverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flux.auth import Access
+from flux.config import RuntimeConfig, Settings
+from flux.connectors.base import EventDict
+from flux.connectors.manager import ConnectorManager
+from flux.credentials import CredentialStore
+from flux.directory import Directory
+from flux.live import Live
+from flux.log import Appended, EventLog
+from flux.namespaces import NamespaceAdmin, NamespaceRegistry
+from flux.permissions import Permissions
+from flux.runtime import RuntimeFile
+from flux.service import FluxService
+from flux.snapshots import SnapshotStore
+
+
+class Server:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log: EventLog | None = None,
+        snapshots: SnapshotStore | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """Build every part; nothing starts (no file is opened) until `start`. `log` and
+        `snapshots` replace the ones `settings` name; `clock` (monotonic seconds) drives the
+        rate limiter (tests pass a fake one)."""
+        self.settings = settings
+        data_dir = Path(settings.data_dir)
+        self.service = FluxService(settings, log=log, snapshots=snapshots)
+        self.engine = self.service.engine
+        self.log = self.service.log
+        self.runtime = RuntimeConfig.from_settings(settings)
+        self.runtime_file = RuntimeFile(data_dir, self.runtime)
+        self.access = Access(admin_token=settings.admin_token)
+        self.registry = NamespaceRegistry(data_dir / "namespaces.db", self.access)
+        self.permissions = Permissions(settings, self.access, self.runtime, self.engine, clock)
+        # Opened by `start` when FLUX_ENCRYPTION_KEY is set; closed by `stop`.
+        self.credentials: CredentialStore | None = None
+        self.connectors = ConnectorManager(
+            settings,
+            publish=self.publish_as,
+            entity=self.engine.get,
+            credentials=self.credential_store,
+        )
+        self.namespaces = NamespaceAdmin(
+            self.registry,
+            self.engine,
+            auth_enabled=settings.auth_enabled,
+            delete_entities=self.delete_entities,
+            sync=self.log.sync,
+            forget=self.connectors.forget_namespace,
+        )
+        self.directory = Directory(
+            settings.directory_interval_seconds,
+            engine=self.engine,
+            publish=self.service.publish,
+            access=self.access if settings.auth_enabled else None,
+        )
+        self.live = Live(self.service, self.permissions)
+
+    # -- the functions the parts are handed ----------------------------------------------------
+
+    def credential_store(self) -> CredentialStore | None:
+        """The connector credential store (None without FLUX_ENCRYPTION_KEY, or when stopped)."""
+        return self.credentials
+
+    async def publish_as(self, namespace: str | None, items: Sequence[EventDict]) -> list[Appended]:
+        """Publish event objects on behalf of a namespace (None: auth off), as connectors do:
+        the checks of `POST /api/events/batch` (`Permissions.admit_as`), then the log; all or
+        nothing. Raises ValidationError, Forbidden, NamespaceNotFound or RateLimited."""
+        return await self.service.publish(self.permissions.admit_as(namespace, items))
+
+    async def delete_entities(self, entity_ids: list[str]) -> int:
+        """Delete the entities that exist (tombstones); returns how many did."""
+        return len((await self.service.delete(entity_ids)).deleted)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the runtime file, open the credential store and the namespace registry, start
+        the service (restore, replay; raises LogCorrupt for a damaged log), then the directory,
+        the connectors and live delivery."""
+        settings = self.settings
+        self.runtime_file.load()
+        if settings.encryption_key is not None and self.credentials is None:
+            self.credentials = CredentialStore.open(settings.data_dir, settings.encryption_key)
+        if settings.auth_enabled:
+            await self.registry.open()
+        await self.service.start(floor=max(self.access.floors.values(), default=0))
+        self.directory.start()
+        await self.connectors.start()
+        self.live.start()
+
+    async def stop(self) -> None:
+        """End live delivery, stop the connectors and the directory, stop the service (final
+        snapshot, log closed), then close the registry and the credential store."""
+        await self.live.stop()
+        await self.connectors.stop()
+        await self.directory.stop()
+        try:
+            await self.service.stop()
+        finally:
+            await self.registry.close()
+            if self.credentials is not None:
+                self.credentials.close()
+                self.credentials = None
