@@ -246,9 +246,15 @@ class Live:
             if check_private and service.access.is_private(change.entity_id):
                 targets = {o for o in targets if service.can_read(o.credential, change.entity_id)}
             messages = change_messages(change)
-            size = size_of(messages)
-            for outbox in targets:
-                outbox.push_change(messages, size, round)
+            if len(messages) == 1:
+                message = messages[0]
+                size = len(message[2])
+                for outbox in targets:
+                    outbox.push_one(message, size, round)
+            else:
+                size = size_of(messages)
+                for outbox in targets:
+                    outbox.push_change(messages, size, round)
 
     def metrics_message(self) -> Message:
         service = self.service

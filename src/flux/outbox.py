@@ -59,10 +59,10 @@ class Outbox:
         "staging",
         "staged_size",
         "closed",
+        "done",
         "on_overflow",
         "credential",
         "round",
-        "full",
         "busy",
         "sent",
         "mark",
@@ -87,9 +87,9 @@ class Outbox:
         self.staging: list[Message] | None = None
         self.staged_size = 0
         self.closed = False
+        self.done = False  # overflowed or closed (one attribute for the fan-out to check)
         self.on_overflow: Callable[[], None] | None = None
-        self.round = 0  # the fan-out round `full` was computed for
-        self.full = False
+        self.round = 0  # the last fan-out round that found the outbox under its bounds
         self.busy = False  # the sender is in a send
         self.sent = 0  # sends completed
         self.mark = 0  # `sent` when the watchdog last saw progress ...
@@ -108,7 +108,7 @@ class Outbox:
 
     def push(self, message: Message) -> None:
         """Queue one message, or overflow when the outbox is already at a bound."""
-        if self.overflowed or self.closed:
+        if self.done:
             return
         if self.at_bound():
             self._overflow()
@@ -124,23 +124,43 @@ class Outbox:
 
     def push_change(self, messages: list[Message], size: int, round: int) -> None:
         """Queue one change's messages (`size` bytes) whole. The bounds are checked once per
-        fan-out `round`, against what the outbox held when the round began."""
-        if self.overflowed or self.closed:
-            return
-        if self.round != round:
-            self.round = round
-            self.full = self.at_bound()
-        if self.full:
-            self._overflow()
+        fan-out `round`, against what the outbox held when the round began: `round` is the
+        last round that found the outbox under them. (The fan-out's inner loop, kept lean:
+        one call per matching connection and change; `push_one` for a one-message change.)"""
+        if self.done:
             return
         staging = self.staging
-        if staging is not None:
+        if self.round != round:
+            if self.at_bound():
+                self._overflow()
+                return
+            self.round = round
+        if staging is None:
+            self.messages.extend(messages)
+            self.size += size
+            self.wake.set()
+        else:
             staging.extend(messages)
             self.staged_size += size
+
+    def push_one(self, message: Message, size: int, round: int) -> None:
+        """`push_change` for a change of one message (the common case: `append`, not
+        `extend`)."""
+        if self.done:
             return
-        self.messages.extend(messages)
-        self.size += size
-        self.wake.set()
+        staging = self.staging
+        if self.round != round:
+            if self.at_bound():
+                self._overflow()
+                return
+            self.round = round
+        if staging is None:
+            self.messages.append(message)
+            self.size += size
+            self.wake.set()
+        else:
+            staging.append(message)
+            self.staged_size += size
 
     def _overflow(self, reason: str | None = None) -> None:
         if reason is None:
@@ -166,6 +186,7 @@ class Outbox:
         self._drop()
 
     def _drop(self) -> None:
+        self.done = True
         self.messages.clear()
         self.size = 0
         self.staging = None
