@@ -641,7 +641,13 @@ PATHS: dict[str, Any] = {
             "summary": "Live changes as Server-Sent Events",
             "description": "The WebSocket protocol's messages (docs/websocket.md) as SSE: `id` "
             "is the version, `event` the message type, `data` the JSON message. Resume with "
-            "`since` or the `Last-Event-ID` header. The WebSocket itself is at `/api/ws`.",
+            "`since` or the `Last-Event-ID` header: the replay, `subscribed`, then live changes, "
+            "in version order. A client that does not keep up (FLUX_WS_QUEUE_LIMIT messages or "
+            "FLUX_LIVE_OUTBOX_BYTES waiting, or a send stuck for "
+            "FLUX_LIVE_SEND_TIMEOUT_SECONDS) gets an `error` event and the stream ends. The "
+            "WebSocket itself is at `/api/ws`; it takes the same subscription in its URL "
+            "(`entity_id` or `prefix`, `since`, and `snapshot=true`), refusing a bad one with "
+            "400.",
             "parameters": [
                 {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
                 {"name": "prefix", "in": "query", "schema": {"type": "string"}},

@@ -235,7 +235,12 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
         outbox = live.connect(credential)
     else:
         flt, since, snapshot = wanted
-        outbox, pending = live.open(credential, flt)
+        try:
+            outbox, pending = live.open(credential, flt)
+        except FluxError as exc:  # the token lost its access since the check above
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await websocket.close(1008, exc.message[:120])
+            return
         subscription = (pending, since, snapshot)
     tasks = [
         asyncio.create_task(_send_loop(send, outbox), name="flux-ws-send"),
