@@ -895,6 +895,7 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("Success"), "Stored"),
                 "400": _error("A bad body"),
                 "401": _error("Auth on and no bearer token"),
+                "403": _error("The admin token: connectors belong to a namespace"),
                 "404": _error("Unknown connector"),
                 "413": _error("Body over the limit"),
                 "415": _error("Not JSON"),
@@ -911,6 +912,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Success"), "Deleted"),
                 "401": _error("Auth on and no bearer token"),
+                "403": _error("The admin token: connectors belong to a namespace"),
                 "404": _error("Unknown connector, or no token stored"),
                 "500": _error(
                     "Credential storage not available (FLUX_ENCRYPTION_KEY not set), or the "
