@@ -344,6 +344,23 @@ SETTINGS: tuple[Setting, ...] = (
         "closes the connection (the client resumes with `since`).",
     ),
     Setting(
+        "live_outbox_bytes",
+        "FLUX_LIVE_OUTBOX_BYTES",
+        4_194_304,
+        _positive_int,
+        "Bytes (of JSON text) a live (WebSocket or SSE) connection may have waiting, besides "
+        "FLUX_WS_QUEUE_LIMIT messages; past either the server closes the connection. One "
+        "change always fits a connection that had drained its queue, however large it is.",
+    ),
+    Setting(
+        "live_send_timeout_seconds",
+        "FLUX_LIVE_SEND_TIMEOUT_SECONDS",
+        30.0,
+        _positive_float,
+        "Time one send to a live connection may take (a client that stopped reading); past it "
+        "the server closes the connection as a slow consumer.",
+    ),
+    Setting(
         "ws_max_subscriptions",
         "FLUX_WS_MAX_SUBSCRIPTIONS",
         1_000,
@@ -535,6 +552,8 @@ class Settings:
     max_batch_delete: int = 10_000
     max_entity_id_length: int = 1024
     ws_queue_limit: int = 10_000
+    live_outbox_bytes: int = 4_194_304
+    live_send_timeout_seconds: float = 30.0
     ws_max_subscriptions: int = 1_000
     metrics_interval_seconds: float = 2.0
     directory_interval_seconds: float = 5.0

@@ -709,7 +709,13 @@ PATHS: dict[str, Any] = {
             "summary": "Live changes as Server-Sent Events",
             "description": "The WebSocket protocol's messages (docs/websocket.md) as SSE: `id` "
             "is the version, `event` the message type, `data` the JSON message. Resume with "
-            "`since` or the `Last-Event-ID` header. The WebSocket itself is at `/api/ws`.",
+            "`since` or the `Last-Event-ID` header: the replay, `subscribed`, then live changes, "
+            "in version order. A client that does not keep up (FLUX_WS_QUEUE_LIMIT messages or "
+            "FLUX_LIVE_OUTBOX_BYTES waiting, or a send stuck for "
+            "FLUX_LIVE_SEND_TIMEOUT_SECONDS) gets an `error` event and the stream ends. The "
+            "WebSocket itself is at `/api/ws`; it takes the same subscription in its URL "
+            "(`entity_id` or `prefix`, `since`, and `snapshot=true`), refusing a bad one with "
+            "400.",
             "parameters": [
                 {"name": "entity_id", "in": "query", "schema": {"type": "string"}},
                 {"name": "prefix", "in": "query", "schema": {"type": "string"}},
@@ -969,6 +975,7 @@ PATHS: dict[str, Any] = {
                 "200": _json(_ref("Success"), "Stored"),
                 "400": _error("A bad body"),
                 "401": _error("Auth on and no bearer token"),
+                "403": _error("The admin token: connectors belong to a namespace"),
                 "404": _error("Unknown connector"),
                 "413": _error("Body over the limit"),
                 "415": _error("Not JSON"),
@@ -985,6 +992,7 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_ref("Success"), "Deleted"),
                 "401": _error("Auth on and no bearer token"),
+                "403": _error("The admin token: connectors belong to a namespace"),
                 "404": _error("Unknown connector, or no token stored"),
                 "500": _error(
                     "Credential storage not available (FLUX_ENCRYPTION_KEY not set), or the "
