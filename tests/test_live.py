@@ -5,13 +5,13 @@ commits injected between replay batches. Each test runs its own event loop (asyn
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from flux.auth import Access
+from flux.auth import ANONYMOUS, Access
 from flux.config import RuntimeConfig, Settings
 from flux.engine import StateEngine
 from flux.live import Filter, Live, Message, Outbox, change_messages, encode
@@ -322,3 +322,152 @@ def test_resume_versions_mark_where_a_client_has_everything(tmp_path: Path) -> N
     service = Service(tmp_path)
     (change,) = service.engine.apply_all([service.record("a", x=1, y=2, z=3)])
     assert [version for version, _, _ in change_messages(change)] == [None, None, 1]
+
+
+# -- byte bounds, rounds and paced snapshots (issue 11) ----------------------------------------
+
+
+def test_the_byte_bound_overflows_an_outbox_that_is_already_at_it() -> None:
+    box = Outbox(1000, max_bytes=100)
+    message = encode({"type": "pong", "pad": "x" * 60})
+    box.push(message)
+    box.push(message)  # 1 message of ~80 bytes: under the bound, so this one goes in
+    assert not box.overflowed and box.size == 2 * len(message[2])
+    box.push(message)
+    assert box.overflowed and "bytes" in box.reason and box.size == 0
+
+
+def test_one_change_larger_than_the_bounds_fits_a_drained_outbox_with_its_round() -> None:
+    """A change of 50 messages into an outbox bounded at 10 messages and 1 kB: it goes in whole,
+    and so do the changes committed in the same round; a later round finds the outbox over its
+    bounds (the client took nothing) and overflows it."""
+    box = Outbox(10, max_bytes=1000)
+    wide = [msg(n) for n in range(50)]
+    small = [msg(100)]
+    box.push_change(wide, 5000, round=1)
+    box.push_change(small, 20, round=1)
+    box.push_one(small[0], 20, round=1)
+    assert not box.overflowed and len(box.messages) == 52
+    box.push_one(small[0], 20, round=2)
+    assert box.overflowed and not box.messages
+
+
+def test_a_drained_outbox_takes_the_next_round_however_large_the_last_one_was() -> None:
+    async def main() -> None:
+        box = Outbox(10, max_bytes=1000)
+        for round in range(1, 4):
+            box.push_change([msg(n) for n in range(50)], 5000, round)
+            assert len(await box.take()) == 50
+        assert not box.overflowed
+
+    run(main)
+
+
+def test_staging_is_bounded_by_bytes_too() -> None:
+    box = Outbox(1000, max_bytes=50)
+    box.begin_staging()
+    message = encode({"type": "pong", "pad": "x" * 60})
+    box.push_one(message, len(message[2]), round=1)
+    assert not box.overflowed
+    box.push_one(message, len(message[2]), round=2)
+    assert box.overflowed and box.staging is None
+
+
+def test_a_feed_takes_from_its_iterator_only_as_the_client_reads() -> None:
+    async def main() -> None:
+        box = Outbox(1000, max_bytes=100)
+        taken: list[int] = []
+
+        def groups() -> Iterator[list[Message]]:
+            for n in range(1000):
+                taken.append(n)
+                yield [encode({"type": "pong", "n": n, "pad": "x" * 20})]
+
+        feeder = asyncio.create_task(box.feed(groups()))
+        await asyncio.sleep(0.01)
+        assert len(taken) <= 4  # three fill the bound, one waits for room
+        got = 0
+        while got < 1000:
+            got += len(await box.take())
+        assert await feeder is True and len(taken) == 1000
+
+    run(main)
+
+
+def test_a_subscription_opened_at_connect_stages_what_comes_before_its_completion(
+    tmp_path: Path,
+) -> None:
+    """`open` registers the subscription as the connection is made: changes committed before
+    `complete` runs are staged and follow `subscribed`; changes the filter does not match never
+    reach the connection (a fresh connection would have received them)."""
+
+    async def main() -> None:
+        service = Service(tmp_path)
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
+        history = [service.record(f"a/{n}", n=n) for n in range(3)]
+        service.commit(*history)
+        service.log.records = list(history)
+        box, pending = live.open(ANONYMOUS, Filter(prefix="a/"))
+        later = [service.record("a/9", n=9), service.record("b/1", n=1)]
+        service.log.records += later
+        service.commit(*later)
+        assert not box.messages  # staged, not sent
+        completing = asyncio.create_task(live.complete(box, pending, since=1))
+        got = decoded(await drain(box, lambda m: len(m) >= 4))
+        await completing
+        assert [(m["type"], m["version"], m.get("entity_id")) for m in got] == [
+            ("state_update", 2, "a/1"),
+            ("state_update", 3, "a/2"),
+            ("subscribed", 3, None),
+            ("state_update", 4, "a/9"),
+        ]
+
+    run(main)
+
+
+def test_a_paced_snapshot_sends_no_change_twice_when_the_state_moves_on(tmp_path: Path) -> None:
+    """A snapshot goes out as the client reads, so entities change while it is under way. A
+    change to an entity not yet sent arrives in its snapshot and is not sent again; a change to
+    one already sent follows `subscribed`. Either way the client ends with the current state."""
+
+    async def main() -> None:
+        service = Service(tmp_path, limit=2)
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
+        service.commit(*[service.record(f"a/{n}", n=n) for n in range(6)])
+        box = live.connect()
+        subscribing = asyncio.create_task(live.subscribe(box, Filter(prefix="a/"), snapshot=True))
+        first = decoded(await box.take())  # two snapshots, the snapshot waits for room
+        sent = {m["entity_id"] for m in first}
+        unsent = sorted({f"a/{n}" for n in range(6)} - sent)
+        service.commit(service.record(unsent[-1], n=100), service.record(sorted(sent)[0], n=200))
+        got = first + decoded(await drain(box, lambda m: len(m) >= 6 + 1 + 1 - len(first)))
+        await subscribing
+        kinds = [m["type"] for m in got]
+        assert kinds == ["snapshot"] * 6 + ["subscribed", "state_update"], got
+        state = {m["entity_id"]: m["properties"]["n"] for m in got if m["type"] == "snapshot"}
+        assert state[unsent[-1]] == 100  # in its snapshot, and not sent again
+        assert got[-1]["entity_id"] == sorted(sent)[0] and got[-1]["value"] == 200
+        assert got[6]["version"] == 6
+
+    run(main)
+
+
+def test_the_watchdog_ends_an_outbox_whose_send_makes_no_progress(tmp_path: Path) -> None:
+    async def main() -> None:
+        service = Service(tmp_path)
+        service.settings = service.settings.replace(live_send_timeout_seconds=0.2)
+        live = Live(service, service.permissions)  # type: ignore[arg-type]
+        live.start()
+        try:
+            stuck, moving, idle = live.connect(), live.connect(), live.connect()
+            stuck.busy = moving.busy = True
+            for _ in range(10):
+                moving.sent += 1
+                await asyncio.sleep(0.05)
+            assert stuck.overflowed and "a send took more than 0.2 s" in stuck.reason
+            assert not moving.overflowed and not idle.overflowed
+            assert live.connections == 2  # the stalled one left the hub
+        finally:
+            await live.stop()
+
+    run(main)

@@ -308,8 +308,26 @@ class Settings:
         "FLUX_WS_QUEUE_LIMIT",
         10_000,
         parse.positive_int,
-        "Messages a live (WebSocket or SSE) connection may have waiting; past it the server "
-        "closes the connection with code 1013 (the client resumes with `since`).",
+        "Messages a live (WebSocket or SSE) connection may have waiting; past it (or past "
+        "`FLUX_LIVE_OUTBOX_BYTES`) the server closes the connection as a slow consumer: "
+        "WebSocket code 1013, an SSE `error` event (the client resumes with `since`). See "
+        "[websocket.md](websocket.md#slow-consumers).",
+    )
+    live_outbox_bytes: int = setting(
+        "FLUX_LIVE_OUTBOX_BYTES",
+        4_194_304,
+        parse.positive_int,
+        "Bytes (of JSON text) a live connection may have waiting, snapshot and replay included "
+        "(they are produced as the client reads). One change always fits a connection that had "
+        "taken what it was sent, however many properties it has.",
+    )
+    live_send_timeout_seconds: float = setting(
+        "FLUX_LIVE_SEND_TIMEOUT_SECONDS",
+        30.0,
+        parse.positive_float,
+        "Time one send to a live connection may take without progress (a client that stopped "
+        "reading); past it the server closes the connection as a slow consumer, and aborts it "
+        "if the client does not take the close either.",
     )
     ws_max_subscriptions: int = setting(
         "FLUX_WS_MAX_SUBSCRIPTIONS",

@@ -1,15 +1,21 @@
 """Live state: fan committed changes out to WebSocket and SSE connections.
 
-Each connection has an `Outbox`: a bounded queue of encoded messages and a wake-up event, drained
+Each connection has an `Outbox` (flux.outbox): a queue bounded by messages and by bytes, drained
 by the connection's own sender task. The service calls `Live.on_changes` on the event loop after
-each commit; it encodes every message once and puts it on each matching outbox, never awaiting a
-socket, so a slow client cannot slow ingestion or the other clients. An outbox that overflows
-drops its messages and leaves the hub at once; its connection is then closed with a reason.
+each commit; it encodes every message once and puts each change's messages on each matching
+outbox, never awaiting a socket, so a slow client cannot slow ingestion or the other clients. An
+outbox that overflows drops its messages and leaves the hub at once; its connection is then closed
+with a reason. A watchdog closes the connections whose send has made no progress for
+`live_send_timeout_seconds` (a client that stopped reading, with nothing new to overflow it).
 
-A subscription with `since` replays the log from that version up to the sequence the state had
-when the subscription was registered, while live messages for the connection wait in a staging
-list; then the staged messages follow. So the client sees every change once, in order. The
-replay waits for the sender to drain the queue, so it is bounded by the queue, not the log.
+A subscription is registered first (`register`: the filter is in the hub and the connection's
+live messages wait in a staging list), then completed (`complete`): a replay from the log of the
+changes after `since` up to the sequence the state had at registration, or a snapshot of the
+matching entities, then `subscribed`, then the staged messages. So the client sees every change
+once, in order. Replays and snapshots are produced as the client reads (the outbox is fed from
+an iterator), so they are bounded by the outbox, not by the log or the state. SSE streams and
+WebSockets subscribed in their URL are registered as they connect, so they never receive a
+message their subscription would not send, nor one out of order.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,126 +37,17 @@ from flux.events import DELETED, entity_of, format_time, now_us
 from flux.hub import WILDCARD, Hub
 from flux.log import Record
 from flux.metrics import EventMetrics
+from flux.outbox import Message, Outbox, size_of
 from flux.permissions import Permissions
 from flux.service import FluxService
 
+__all__ = ["Filter", "Live", "Message", "Outbox", "Pending", "change_messages", "encode"]
+
 logger = logging.getLogger("flux.live")
 
-# A queued message: (resume version or None, type, JSON text). Encoded once, shared by every
-# outbox. The resume version is set only on a message after which a client has everything up to
-# that version: the last message of a change (an update sends one message per property) and
-# `subscribed`. SSE turns it into the event `id`, so a Last-Event-ID resume never skips the rest
-# of a half-received change.
-Message = tuple[int | None, str, str]
-
-
-class Outbox:
-    """One live connection's outgoing side: a bounded queue drained by the connection's sender.
-
-    `push` never waits: past `limit` queued messages the outbox overflows (it drops everything,
-    calls `on_overflow`, and its sender closes the connection). While a subscription replays,
-    live messages wait in `staging` (bounded by `limit` too) and the replay `feed`s the queue,
-    waiting for room as the sender drains it, so a long replay needs no large queue."""
-
-    __slots__ = (
-        "messages",
-        "limit",
-        "wake",
-        "room",
-        "overflowed",
-        "staging",
-        "closed",
-        "on_overflow",
-        "credential",
-    )
-
-    def __init__(self, limit: int, credential: Credential = ANONYMOUS) -> None:
-        self.credential = credential  # whose private namespaces this connection may read
-        self.messages: deque[Message] = deque()
-        self.limit = limit
-        self.wake = asyncio.Event()  # set when there is something for the sender
-        self.room = asyncio.Event()  # set when the sender took messages (or the outbox ended)
-        self.overflowed = False
-        self.staging: list[Message] | None = None
-        self.closed = False
-        self.on_overflow: Callable[[], None] | None = None
-
-    @property
-    def ended(self) -> bool:
-        return self.overflowed or self.closed
-
-    def push(self, message: Message) -> None:
-        if self.overflowed or self.closed:
-            return
-        if self.staging is not None:
-            self.staging.append(message)
-            if len(self.staging) > self.limit:
-                self._overflow()
-            return
-        self.messages.append(message)
-        if len(self.messages) > self.limit:
-            self._overflow()
-        self.wake.set()
-
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self.messages.clear()
-        self.staging = None
-        self.wake.set()
-        self.room.set()
-        if self.on_overflow is not None:
-            self.on_overflow()
-
-    def close(self) -> None:
-        self.closed = True
-        self.messages.clear()
-        self.staging = None
-        self.wake.set()
-        self.room.set()
-
-    def begin_staging(self) -> None:
-        if self.staging is None:
-            self.staging = []
-
-    def end_staging(self, first: Message | None = None) -> None:
-        """Queue `first`, then the staged live messages, and go back to queueing directly."""
-        staged, self.staging = self.staging, None
-        if self.ended:
-            return
-        if first is not None:
-            self.messages.append(first)
-        self.messages.extend(staged or ())
-        self.wake.set()
-
-    async def feed(self, groups: Iterable[list[Message]]) -> bool:
-        """Queue groups of messages (a group stays whole: one change's messages), bypassing the
-        staging list and waiting for room whenever the queue is full. False once it ended."""
-        for group in groups:
-            if len(self.messages) >= self.limit:
-                await self.wait_for_room(self.limit)
-            if self.ended:
-                return False
-            self.messages.extend(group)
-            self.wake.set()
-        return not self.ended
-
-    async def wait_for_room(self, below: int) -> None:
-        """Wait until fewer than `below` messages are queued (or the outbox ended)."""
-        while not self.ended and len(self.messages) >= max(below, 1):
-            self.room.clear()
-            await self.room.wait()
-
-    async def take(self) -> list[Message]:
-        """Wait for messages and take them all (empty when the outbox overflowed or closed)."""
-        while not self.messages and not self.ended:
-            self.wake.clear()
-            await self.wake.wait()
-        if self.ended:
-            return []
-        taken = list(self.messages)
-        self.messages.clear()
-        self.room.set()
-        return taken
+CHANGE_TYPES = ("state_update", "entity_deleted")
+TRANSPORTS = ("ws", "sse")
+CLOSE_WAIT_SECONDS = 10.0  # how long a slow consumer's close may wait (at most the send timeout)
 
 
 @dataclass(frozen=True)
@@ -240,10 +137,30 @@ def snapshot_message(entity: Entity) -> Message:
 
 def _about(message: Message, flt: Filter) -> bool:
     """Whether a queued message is a change to an entity `flt` matches (decodes it: rare path)."""
-    if message[1] not in ("state_update", "entity_deleted"):
+    if message[1] not in CHANGE_TYPES:
         return False
     entity_id = orjson.loads(message[2]).get("entity_id")
     return type(entity_id) is str and flt.matches(entity_id)
+
+
+def _covered(covered: dict[str, int], message: Message) -> bool:
+    """Whether a queued message is a change a snapshot already sent holds: `covered` maps the
+    entities whose snapshot was newer than the subscription's version to that snapshot's
+    version (decodes the message: rare path)."""
+    if message[1] not in CHANGE_TYPES:
+        return False
+    data = orjson.loads(message[2])
+    version = covered.get(data.get("entity_id"))
+    return version is not None and data.get("version", 0) <= version
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A registered subscription that `Live.complete` has still to bring up to date: changes up
+    to `upto` come from the replay or the snapshot, later ones are staged on the outbox."""
+
+    flt: Filter
+    upto: int
 
 
 class Live:
@@ -253,19 +170,25 @@ class Live:
         self.settings = service.settings
         self.hub: Hub[Outbox] = Hub()
         self.metrics = EventMetrics()
-        self._ticker: asyncio.Task[None] | None = None
+        self.slow_closes = dict.fromkeys(TRANSPORTS, 0)  # slow consumers closed, by transport
+        self._round = 0  # fan-out rounds (see Outbox.push_change)
+        self._tasks: list[asyncio.Task[None]] = []
         service.listeners.append(self.on_changes)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._ticker = asyncio.create_task(self._metrics_ticker(), name="flux-metrics")
+        self._tasks = [
+            asyncio.create_task(self._metrics_ticker(), name="flux-metrics"),
+            asyncio.create_task(self._watchdog(), name="flux-live-watchdog"),
+        ]
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+                await task
         self.close_all()
 
     def close_all(self) -> None:
@@ -274,10 +197,20 @@ class Live:
             self.disconnect(outbox)
 
     def connect(self, credential: Credential = ANONYMOUS) -> Outbox:
-        outbox = Outbox(self.settings.ws_queue_limit, credential)
+        """A new connection: until it subscribes, it receives every change (the original's
+        rule for WebSockets)."""
+        outbox = Outbox(self.settings.ws_queue_limit, credential, self.settings.live_outbox_bytes)
         outbox.on_overflow = functools.partial(self.hub.remove, outbox)
         self.hub.add(outbox)
         return outbox
+
+    def open(self, credential: Credential, flt: Filter) -> tuple[Outbox, Pending]:
+        """A new connection with its subscription registered at once, so it never receives a
+        message the subscription would not send (SSE streams, WebSockets subscribed in their
+        URL). Raises AuthError or Forbidden (nothing is connected then)."""
+        self.check(credential, flt)
+        outbox = self.connect(credential)
+        return outbox, self.register(outbox, flt)
 
     def disconnect(self, outbox: Outbox) -> None:
         outbox.close()
@@ -287,12 +220,24 @@ class Live:
     def connections(self) -> int:
         return len(self.hub)
 
+    def slow_consumer(self, transport: str) -> None:
+        """Count one connection closed because its client did not keep up."""
+        self.slow_closes[transport] += 1
+
+    @property
+    def close_wait(self) -> float:
+        """How long a slow consumer's close (frame, or final event) may wait for socket room
+        before the connection is aborted."""
+        return min(CLOSE_WAIT_SECONDS, self.settings.live_send_timeout_seconds)
+
     # -- fan-out ---------------------------------------------------------------------------
 
     def on_changes(self, changes: list[Change], records: list[Record]) -> None:
         self.metrics.record(len(records), (r.event["source"] for r in records))
         if not len(self.hub):
             return
+        self._round += 1
+        round = self._round
         match = self.hub.match
         is_public = self.permissions.is_public
         can_read = self.permissions.can_read
@@ -302,9 +247,16 @@ class Live:
                 continue
             if not is_public(change.entity_id):
                 targets = {o for o in targets if can_read(o.credential, change.entity_id)}
-            for message in change_messages(change):
+            messages = change_messages(change)
+            if len(messages) == 1:
+                message = messages[0]
+                size = len(message[2])
                 for outbox in targets:
-                    outbox.push(message)
+                    outbox.push_one(message, size, round)
+            else:
+                size = size_of(messages)
+                for outbox in targets:
+                    outbox.push_change(messages, size, round)
 
     def metrics_message(self) -> Message:
         service = self.service
@@ -330,48 +282,86 @@ class Live:
                     outbox.push(message)
             await asyncio.sleep(self.settings.metrics_interval_seconds)
 
+    async def _watchdog(self) -> None:
+        """Every quarter of the send timeout (at most 5 s), end the outboxes whose sender has
+        been in one send, without progress, for the whole timeout."""
+        timeout = self.settings.live_send_timeout_seconds
+        interval = min(max(timeout / 4, 0.05), 5.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for outbox in self.hub.connections():
+                if not outbox.busy or outbox.sent != outbox.mark:
+                    outbox.mark = outbox.sent
+                    outbox.since = now
+                elif now - outbox.since >= timeout:
+                    outbox.stall(timeout)
+
     # -- subscriptions ---------------------------------------------------------------------
+
+    def check(self, credential: Credential, flt: Filter) -> None:
+        """Raises AuthError or Forbidden when the filter names an entity the credential may
+        not read (wider filters leave such entities out instead)."""
+        if flt.entity_id is not None and flt.entity_id != WILDCARD:
+            self.permissions.check_read(credential, flt.entity_id)
+
+    def register(self, outbox: Outbox, flt: Filter) -> Pending:
+        """Install a subscription: from now on its live messages are staged on the outbox, after
+        whatever else it has queued, until `complete` releases them. Raises AuthError or
+        Forbidden. Awaits nothing: the state at `upto` is what the subscription starts after."""
+        self.check(outbox.credential, flt)
+        upto = self.service.engine.last_seq
+        self.hub.subscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)
+        outbox.begin_staging()
+        return Pending(flt, upto)
 
     async def subscribe(
         self, outbox: Outbox, flt: Filter, *, snapshot: bool = False, since: int | None = None
     ) -> None:
-        """Register a subscription and end with `subscribed` (version V: everything up to V has
-        been sent, everything after it follows live).
+        """Register a subscription and complete it (see `complete`). Raises AuthError,
+        Forbidden, or LogError when the log cannot be read."""
+        if outbox.ended:
+            return
+        await self.complete(outbox, self.register(outbox, flt), snapshot=snapshot, since=since)
+
+    async def complete(
+        self, outbox: Outbox, pending: Pending, *, snapshot: bool = False, since: int | None = None
+    ) -> None:
+        """Bring a registered subscription up to date and end with `subscribed` (version V:
+        everything up to V has been sent, everything after it follows live).
 
         With `since`, first replay from the log every matching change after that version (and
         ignore `snapshot`). When the log no longer holds them all (retention), or `since` is
         ahead of the log, send `resync` and the matching entities' current state instead. With
-        `snapshot` alone, first send the matching entities' current state. Live messages for
-        the connection wait in the outbox's staging list meanwhile, so nothing is missed or
-        sent twice. Raises LogError when the log cannot be read."""
-        if outbox.ended:
-            return
-        if flt.entity_id is not None and flt.entity_id != WILDCARD:
-            self.permissions.check_read(outbox.credential, flt.entity_id)
-        engine = self.service.engine
-        # From here to begin_staging() nothing awaits: the state at `upto` is what the hub
-        # subscription starts after.
-        upto = engine.last_seq
-        self.hub.subscribe(outbox, entity_id=flt.entity_id, prefix=flt.prefix)
-        outbox.begin_staging()
+        `snapshot` alone, first send the matching entities' current state. Then the staged live
+        messages follow, less the changes a snapshot already held, so nothing is missed or sent
+        twice. Raises LogError when the log cannot be read."""
+        flt, upto = pending.flt, pending.upto
+        covered: dict[str, int] = {}  # entities whose snapshot is newer than `upto`
         subscribed = False
         try:
+            if outbox.ended:
+                return
             if since is None:
                 if snapshot:
-                    selected = self._select(flt, outbox.credential)
-                    messages = [snapshot_message(entity) for entity in selected]
-                    await outbox.feed([m] for m in messages)
+                    await outbox.feed(self._snapshot(outbox, flt, upto, covered))
             elif since > upto:
                 upto = await self._resync(
-                    outbox, flt, f"version {since} is ahead of this server's log (at {upto})"
+                    outbox,
+                    flt,
+                    f"version {since} is ahead of this server's log (at {upto})",
+                    covered,
                 )
             elif since < upto:
                 refused = await self._replay(outbox, flt, since, upto)
                 if refused is not None:
-                    upto = await self._resync(outbox, flt, refused)
+                    upto = await self._resync(outbox, flt, refused, covered)
             if outbox.ended:
                 return
-            await outbox.wait_for_room(1)  # the staged messages are at most `limit`
+            if covered:
+                outbox.drop_staged(functools.partial(_covered, covered))
+            await outbox.wait_for_room(1)  # the staged messages are bounded like the queue
             outbox.end_staging(
                 encode({"type": "subscribed", **flt.describe(), "version": upto}, upto)
             )
@@ -380,39 +370,59 @@ class Live:
             if not subscribed:
                 outbox.end_staging()
 
-    async def _resync(self, outbox: Outbox, flt: Filter, reason: str) -> int:
+    async def _resync(
+        self, outbox: Outbox, flt: Filter, reason: str, covered: dict[str, int]
+    ) -> int:
         """Send `resync` and the current state of the matching entities; returns its version.
         Staged changes to those entities are dropped: the snapshot already holds them."""
         if outbox.ended:
             return 0
         now = self.service.engine.last_seq
-        if outbox.staging:
-            outbox.staging = [m for m in outbox.staging if not _about(m, flt)]
-        messages = [
-            encode(
-                {
-                    "type": "resync",
-                    "reason": f"{reason}; sending the current state instead",
-                    "version": now,
-                }
-            )
-        ]
-        messages += [snapshot_message(e) for e in self._select(flt, outbox.credential)]
-        await outbox.feed([m] for m in messages)
+        outbox.drop_staged(functools.partial(_about, flt=flt))
+        message = encode(
+            {
+                "type": "resync",
+                "reason": f"{reason}; sending the current state instead",
+                "version": now,
+            }
+        )
+        await outbox.feed(itertools.chain([[message]], self._snapshot(outbox, flt, now, covered)))
         return now
 
-    def _select(self, flt: Filter, credential: Credential) -> list[Entity]:
-        """The matching entities the credential may read."""
+    def _snapshot(
+        self, outbox: Outbox, flt: Filter, version: int, covered: dict[str, int]
+    ) -> Iterator[list[Message]]:
+        """The matching entities the connection may read, one `snapshot` message each, encoded
+        as they are taken (the outbox takes them as the client reads). Holds only a list of
+        references to the entities that matched at the start; one deleted since is skipped
+        (its deletion is staged). An entity changed after `version` is sent as it is now and
+        noted in `covered`, so that its staged changes up to that state are not sent again."""
         engine = self.service.engine
         if flt.prefix is not None:
-            found: Iterable[Entity] = engine.select(prefix=flt.prefix)
+            found: list[Entity] = list(engine.select(prefix=flt.prefix))
         elif flt.entity_id == WILDCARD:
-            found = engine.entities.values()
+            found = list(engine.entities.values())
         else:
             entity = engine.get(flt.entity_id or "")
             found = [entity] if entity is not None else []
+        current = engine.entities
         can_read = self.permissions.can_read
-        return [e for e in found if can_read(credential, e.id)]
+        credential = outbox.credential
+        for entity in found:
+            if current.get(entity.id) is not entity or not can_read(credential, entity.id):
+                continue
+            if entity.version > version:
+                covered[entity.id] = entity.version
+            yield [snapshot_message(entity)]
+
+    def _readable(self, changes: list[Change], credential: Credential) -> Iterator[list[Message]]:
+        """The messages of the changes the credential may read (asked as each is taken, so a
+        namespace made private meanwhile is respected), one group per change, encoded as the
+        outbox takes them."""
+        can_read = self.permissions.can_read
+        for change in changes:
+            if can_read(credential, change.entity_id):
+                yield change_messages(change)
 
     async def _replay(self, outbox: Outbox, flt: Filter, since: int, upto: int) -> str | None:
         """Queue the logged changes in (since, upto] that match, in order; None when done. Else
@@ -421,13 +431,12 @@ class Live:
         deleted namespace's past: see `Permissions.history_floor`; skipping it silently would
         leave the client holding entities that are gone), or the outbox ended."""
         expected = since + 1
-        can_read = self.permissions.can_read
         floor_of = self.permissions.history_floor
         gone = f"the log no longer reaches back to version {since}"
         batches = self.service.log.read(since)
         try:
             async for batch in batches:
-                groups = []
+                changes: list[Change] = []
                 for record in batch:
                     if record.seq > upto:
                         break
@@ -442,9 +451,8 @@ class Live:
                             f"the changes after version {since} include a deleted namespace's "
                             "past, which is not replayed"
                         )
-                    if can_read(outbox.credential, change.entity_id):
-                        groups.append(change_messages(change))
-                if not await outbox.feed(groups):
+                    changes.append(change)
+                if not await outbox.feed(self._readable(changes, outbox.credential)):
                     return "the connection ended"
                 if expected > upto:
                     return None

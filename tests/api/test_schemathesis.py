@@ -11,6 +11,7 @@ is not installed.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,24 +163,30 @@ CHECKS = [
 ]
 
 
-@pytest.fixture
-def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServer]:
-    env = {
-        "FLUX_AUTH_ENABLED": "true",
-        "FLUX_ADMIN_TOKEN": ADMIN,
-        "FLUX_DIRECTORY_INTERVAL_SECONDS": "0.2",
-        "FLUX_SNAPSHOT_EVERY_EVENTS": "200",
-        # a credential store, so that storing a connector token is not a documented 500
-        "FLUX_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        # OAuth apps for every connector, so that starting a sign-in is not a documented 500
-        # (a callback cannot get past the state check: no exchange is ever attempted)
-        **{
-            f"FLUX_OAUTH_{name}_CLIENT_{part}": f"{name.lower()}-{part.lower()}"
-            for name in ("GITHUB", "GMAIL", "LINKEDIN", "CALENDAR")
-            for part in ("ID", "SECRET")
-        },
-    }
-    server = server_factory(tmp_path / "data", env=env).start()
+ENV = {
+    "FLUX_AUTH_ENABLED": "true",
+    "FLUX_ADMIN_TOKEN": ADMIN,
+    "FLUX_DIRECTORY_INTERVAL_SECONDS": "0.2",
+    "FLUX_SNAPSHOT_EVERY_EVENTS": "200",
+    # a credential store, so that storing a connector token is not a documented 500
+    "FLUX_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    # OAuth apps for every connector, so that starting a sign-in is not a documented 500
+    # (a callback cannot get past the state check: no exchange is ever attempted)
+    **{
+        f"FLUX_OAUTH_{name}_CLIENT_{part}": f"{name.lower()}-{part.lower()}"
+        for name in ("GITHUB", "GMAIL", "LINKEDIN", "CALENDAR")
+        for part in ("ID", "SECRET")
+    },
+}
+
+
+def start_flux(
+    server_factory: type[FluxServer], data_dir: Path, port: int | None = None
+) -> FluxServer:
+    """A server with an empty data dir and the namespaces alpha and beta; the oracle's tokens
+    start over with them."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    server = server_factory(data_dir, env=ENV, port=port).start()
     TOKENS.__init__()  # type: ignore[misc]
     with httpx.Client(base_url=server.url, headers={"content-type": "application/json"}) as http:
         for name in ("alpha", "beta"):
@@ -187,12 +194,23 @@ def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServe
                 "/api/namespaces", json={"name": name}, headers={"authorization": f"Bearer {ADMIN}"}
             )
             TOKENS.current[name] = answer.json()["token"]
-    yield server
+    return server
+
+
+def stop_flux(server: FluxServer) -> None:
+    """Stop the server; its log has no traceback and no token."""
     server.stop()
     logs = server.logs()
     assert "Traceback" not in logs, logs[-5000:]
     for token in [ADMIN, *TOKENS.current.values(), *TOKENS.revoked]:
         assert token not in logs
+
+
+@pytest.fixture
+def flux(server_factory: type[FluxServer], tmp_path: Path) -> Iterator[FluxServer]:
+    server = start_flux(server_factory, tmp_path / "data")
+    yield server
+    stop_flux(server)
 
 
 def load_schema(url: str) -> Any:
@@ -266,10 +284,25 @@ def test_every_operation_with_auth_on(flux: FluxServer) -> None:
         call()
 
 
-def test_stateful_with_auth_on(flux: FluxServer) -> None:
-    schema = load_schema(flux.url)
+def test_stateful_with_auth_on(server_factory: type[FluxServer], tmp_path: Path) -> None:
+    """Sequences of linked calls. Each example starts on a fresh server (same port, empty data
+    dir): the rules a step may take depend on earlier answers, so a server that kept the state
+    of earlier examples made Hypothesis see the same choices lead to different rules
+    (FlakyStrategyDefinition) instead of judging the answers."""
+    data_dir = tmp_path / "data"
+    first = start_flux(server_factory, data_dir)
+    schema = load_schema(first.url)
+    servers = [first]
 
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            if servers[-1].proc is None:
+                servers.append(start_flux(server_factory, data_dir, port=first.port))
+
+        def teardown(self) -> None:
+            stop_flux(servers[-1])
+            servers[-1].proc = None
+
         def before_call(self, case: Any) -> None:
             TOKENS.before = dict(TOKENS.current)
 
@@ -284,4 +317,9 @@ def test_stateful_with_auth_on(flux: FluxServer) -> None:
                 response, checks=CHECKS, transport_kwargs=kwargs or None, recorder=self.recorder
             )
 
-    Workflow.run(settings=SETTINGS)
+    try:
+        Workflow.run(settings=SETTINGS)
+    finally:
+        if servers[-1].proc is not None:
+            stop_flux(servers[-1])
+    assert len(servers) >= 2  # every example after the first had a server of its own

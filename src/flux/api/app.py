@@ -23,8 +23,9 @@ from flux.api.hosts import host_check
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
+from flux.api.sse import sse_endpoint
 from flux.api.writes import EventWrites
-from flux.api.ws import LiveSocketRoute, sse_endpoint
+from flux.api.ws import LiveSocketRoute
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
 from flux.errors import FluxError

@@ -18,6 +18,12 @@ WebSocket); then the server stops reading, half-closes and closes the connection
 (a linger, so that the answer is not lost to a reset when the client is still sending). If the
 application was already handling the request, it sees the client as gone.
 
+Both protocols also put an `ABORT` hook in the scope's extensions, for live connections closed
+as slow consumers: asyncio's `transport.close()` waits until everything written has been sent,
+so a connection whose client stopped reading would be held until the client read again (for
+ever). `scope["extensions"][ABORT](delay)` aborts the connection after `delay` seconds if the
+transport still holds unsent data then (and the request is still the current one).
+
 `raise_open_file_limit()` lifts the process's soft limit on open files to its hard limit.
 """
 
@@ -32,6 +38,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from flux.api.errors import status_of
 from flux.config import Settings
@@ -40,6 +47,7 @@ from flux.errors import FluxError, RequestTimeout, TooManyConnections
 logger = logging.getLogger("flux.api")
 
 LINGER_SECONDS = 0.5  # between an error answer (and half-close) and the close
+ABORT = "flux.abort_if_stalled"  # the scope extension (see the module's doc)
 
 
 class ClientCounts:
@@ -115,6 +123,23 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         self._arm(self.header_timeout)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ABORT] = self.abort_if_stalled  # type: ignore[assignment]
+
+    def abort_if_stalled(self, delay: float) -> None:
+        """In `delay` seconds (at once for 0), abort the connection if it still holds unsent
+        data and still serves the request that asked."""
+        if delay > 0:
+            self.loop.call_later(delay, self._abort_if_stalled, self.cycle)
+        else:
+            self._abort_if_stalled(self.cycle)
+
+    def _abort_if_stalled(self, cycle: object) -> None:
+        if self.cycle is cycle and self.transport.get_write_buffer_size():
+            self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if not self.upgraded:
@@ -188,6 +213,24 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol, counting its connection out of the per-client count."""
 
     counts: ClientCounts
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # accepted: the application's task has not run yet
+            scope["extensions"][ABORT] = self.abort_if_stalled
+
+    def abort_if_stalled(self, delay: float) -> None:
+        """In `delay` seconds (at once for 0), abort the connection if it still holds unsent
+        data."""
+        if delay > 0:
+            self.loop.call_later(delay, self._abort_if_stalled)
+        else:
+            self._abort_if_stalled()
+
+    def _abort_if_stalled(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.counts.release(self.transport)

@@ -54,6 +54,13 @@ def render(live: Live, histograms: Histograms) -> str:
         "# HELP flux_publishers_active Distinct event sources in the last 10 seconds.",
         "# TYPE flux_publishers_active gauge",
         f"flux_publishers_active {live.metrics.active_publishers()}",
+        "# HELP flux_live_slow_consumer_closes_total Live connections closed because their "
+        "client did not keep up (outbox over its bound, or a send past the send timeout).",
+        "# TYPE flux_live_slow_consumer_closes_total counter",
+        *(
+            f'flux_live_slow_consumer_closes_total{{transport="{transport}"}} {count}'
+            for transport, count in live.slow_closes.items()
+        ),
     ]
     if histograms:
         lines += [

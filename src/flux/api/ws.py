@@ -1,32 +1,35 @@
-"""GET /api/ws: the WebSocket protocol (docs/websocket.md). GET /api/events/stream: the same
-changes as Server-Sent Events."""
+"""GET /api/ws: the WebSocket protocol (docs/websocket.md). SSE is in flux.api.sse.
+
+A connection may name its subscription in its URL (`?entity_id=…` or `?prefix=…`, with `since`
+or `snapshot`): it is then registered as the connection opens, so the connection never receives
+a message the subscription would not send, nor one out of order (a connection that subscribes
+with a frame receives every change until the frame is processed, as in the original)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from flux.api.connections import ABORT
+from flux.api.errors import response_for
 from flux.api.identity import credential_of
 from flux.auth import Credential
 from flux.errors import FluxError, ValidationError
 from flux.events import check_id_part
 from flux.hub import WILDCARD
-from flux.live import Filter, Live, Message, Outbox, encode
+from flux.live import Filter, Live, Message, Outbox, Pending, encode
 
 logger = logging.getLogger("flux.ws")
 
 CLOSE_SLOW_CONSUMER = 1013  # "try again later"
-CLOSE_WAIT_SECONDS = 10.0  # how long a slow consumer's close frame may wait for socket room
-SSE_KEEPALIVE_SECONDS = 15.0
 
 
 def live_of(scope_holder: WebSocket | Request) -> Live:
@@ -107,19 +110,30 @@ async def _send_loop(send: Send, outbox: Outbox) -> None:
     """Send what the outbox holds until it ends, each message straight to the server's ASGI
     `send` (Starlette's `send_text` adds two calls and a state check per message: about 8% of
     the server's time with 100 subscribers). May block on a client that does not read (the
-    server stops writing once the socket's buffer is full); the endpoint then cancels it. A
-    client gone away ends it with the server's error (an OSError)."""
+    server stops writing once the socket's buffer is full): `busy` and `sent` let the live
+    watchdog see that. A client gone away ends it with the server's error (an OSError)."""
     while True:
         batch = await outbox.take()
         if not batch:
             return
+        outbox.busy = True
         for _, _, text in batch:
             await send({"type": "websocket.send", "text": text})
+            outbox.sent += 1
+        outbox.busy = False
 
 
-async def _receive_loop(websocket: WebSocket, live: Live, outbox: Outbox) -> None:
-    """Handle client frames one at a time (a subscription's replay included) until the client
-    goes away."""
+async def _receive_loop(
+    websocket: WebSocket, live: Live, outbox: Outbox, subscription: Subscription | None
+) -> None:
+    """Complete the URL's subscription, if any, then handle client frames one at a time (a
+    subscription's replay included) until the client goes away."""
+    if subscription is not None:
+        pending, since, snapshot = subscription
+        try:
+            await live.complete(outbox, pending, since=since, snapshot=snapshot)
+        except FluxError as exc:  # the log failing under the replay
+            outbox.push(error_message(exc.message))
     while True:
         frame = await websocket.receive()
         if frame["type"] == "websocket.disconnect":
@@ -131,20 +145,70 @@ async def _receive_loop(websocket: WebSocket, live: Live, outbox: Outbox) -> Non
         await handle(live, outbox, text)
 
 
-async def _ended(outbox: Outbox) -> None:
+async def ended(outbox: Outbox) -> None:
+    """Return once the outbox has ended (overflow, a stalled send, or server shutdown)."""
     while not outbox.ended:
         outbox.room.clear()
         await outbox.room.wait()
 
 
-def _quiet(task: asyncio.Task[None]) -> None:
+def quiet(task: asyncio.Task[None]) -> None:
     """Collect a finished task's outcome: a client going away is normal; anything else is a
     bug worth a traceback in the log."""
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError | FluxError):
-        logger.error("WebSocket task %s failed", task.get_name(), exc_info=exc)
+        logger.error("live connection task %s failed", task.get_name(), exc_info=exc)
+
+
+def abort_if_stalled(scope: Scope, delay: float) -> None:
+    """Have the server abort the connection in `delay` seconds if it still holds data the
+    client has not taken by then (flux.api.connections; nothing under other servers)."""
+    hook = scope.get("extensions", {}).get(ABORT)
+    if hook is not None:
+        hook(delay)
+
+
+# A URL subscription once registered: the registration, `since` and `snapshot`.
+Subscription = tuple[Pending, int | None, bool]
+
+
+def parse_url_subscription(
+    params: QueryParams, max_id_length: int
+) -> tuple[Filter, int | None, bool] | None:
+    """The subscription a WebSocket URL names (`entity_id` or `prefix`, `since`, `snapshot`),
+    or None when it names none. Raises ValidationError (an id or prefix longer than
+    `max_id_length` included)."""
+    if not any(key in params for key in ("entity_id", "entityId", "prefix", "since", "snapshot")):
+        return None
+    entity_id = params.get("entity_id", params.get("entityId"))
+    prefix = params.get("prefix")
+    if entity_id is not None and prefix is not None:
+        raise ValidationError("give `entity_id` or `prefix`, not both")
+    if prefix is not None:
+        flt = Filter(prefix=check_id_part(prefix, "prefix", max_id_length))
+    else:
+        flt = Filter(entity_id=check_id_part(entity_id or WILDCARD, "entity_id", max_id_length))
+    since = None
+    since_text = params.get("since")
+    if since_text is not None:
+        if not since_text.isascii() or not since_text.isdigit():
+            raise ValidationError("`since` must be a version number")
+        since = int(since_text)
+    snapshot_text = params.get("snapshot", "false")
+    if snapshot_text not in ("true", "false"):
+        raise ValidationError("`snapshot` must be true or false")
+    return flt, since, snapshot_text == "true"
+
+
+async def _deny(websocket: WebSocket, refusal: FluxError) -> None:
+    """Refuse the handshake with the error's status and JSON body (a plain refusal where the
+    server cannot send one)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response_for(refusal, "GET", "/api/ws"))
+    else:
+        await websocket.close(code=1008, reason=refusal.message)
 
 
 class LiveSocketRoute:
@@ -157,20 +221,43 @@ class LiveSocketRoute:
 
 async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
     """One connection: a receiver task (client frames), a sender task (the outbox) and a
-    watcher for the outbox ending (overflow, or server shutdown). When any of them finishes,
-    all three are cancelled and awaited, so no task outlives the connection. A slow consumer
-    is then closed with 1013 and a reason; the close frame waits behind what the socket already
-    holds, so the client sees it after reading that (or never, if it never reads again)."""
+    watcher for the outbox ending (overflow, a stalled send, or server shutdown). When any of
+    them finishes, all three are cancelled and awaited, so no task outlives the connection. A
+    slow consumer is then closed with 1013 and a reason; the close frame waits behind what the
+    socket already holds, so the client sees it after reading that. A client that does not read
+    it within the close wait has its connection aborted."""
     live = live_of(websocket)
+    credential = credential_of(websocket.scope)
+    try:
+        wanted = parse_url_subscription(websocket.query_params, live.settings.max_entity_id_length)
+        if wanted is not None:
+            live.check(credential, wanted[0])
+    except FluxError as exc:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await _deny(websocket, exc)
+        return
     try:
         await websocket.accept()
     except (WebSocketDisconnect, OSError):  # gone before the handshake completed
         return
-    outbox = live.connect(credential_of(websocket.scope))
+    subscription: Subscription | None = None
+    if wanted is None:
+        outbox = live.connect(credential)
+    else:
+        flt, since, snapshot = wanted
+        try:
+            outbox, pending = live.open(credential, flt)
+        except FluxError as exc:  # the token lost its access since the check above
+            with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+                await websocket.close(1008, exc.message[:120])
+            return
+        subscription = (pending, since, snapshot)
     tasks = [
         asyncio.create_task(_send_loop(send, outbox), name="flux-ws-send"),
-        asyncio.create_task(_receive_loop(websocket, live, outbox), name="flux-ws-receive"),
-        asyncio.create_task(_ended(outbox), name="flux-ws-ended"),
+        asyncio.create_task(
+            _receive_loop(websocket, live, outbox, subscription), name="flux-ws-receive"
+        ),
+        asyncio.create_task(ended(outbox), name="flux-ws-ended"),
     ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -181,86 +268,14 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
             task.cancel()
         await asyncio.wait(tasks)
         for task in tasks:
-            _quiet(task)
+            quiet(task)
     if overflowed:
-        logger.warning("closing a slow WebSocket consumer (queue over %d)", outbox.limit)
-        reason = (
-            f"slow consumer: more than {outbox.limit} messages queued; "
-            "reconnect and subscribe with since"
-        )
-        with contextlib.suppress(TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
-            await asyncio.wait_for(websocket.close(CLOSE_SLOW_CONSUMER, reason), CLOSE_WAIT_SECONDS)
-
-
-def parse_sse(request: Request) -> tuple[Filter, int | None]:
-    """The filter (`entity_id`, `prefix`, or everything) and the resume version (the
-    Last-Event-ID header, else `since`) of an SSE request. Raises ValidationError."""
-    params = request.query_params
-    max_length = live_of(request).settings.max_entity_id_length
-    if "prefix" in params:
-        flt = Filter(prefix=check_id_part(params["prefix"], "prefix", max_length))
-    else:
-        entity_id = params.get("entity_id") or WILDCARD
-        flt = Filter(entity_id=check_id_part(entity_id, "entity_id", max_length))
-    since_text = request.headers.get("last-event-id") or params.get("since")
-    since = None
-    if since_text:
-        if not since_text.isascii() or not since_text.isdigit():
-            raise ValidationError("`since` (or Last-Event-ID) must be a version number")
-        since = int(since_text)
-    return flt, since
-
-
-def sse_frame(message: Message) -> str:
-    """One Server-Sent Event; the `id` is the message's resume version when it has one."""
-    version, kind, text = message
-    head = f"id: {version}\n" if version is not None else ""
-    return f"{head}event: {kind}\ndata: {text}\n\n"
-
-
-async def _subscribe_or_error(live: Live, outbox: Outbox, flt: Filter, since: int | None) -> None:
-    try:
-        await live.subscribe(outbox, flt, since=since)
-    except FluxError as exc:
-        outbox.push(error_message(exc.message))
-
-
-async def sse_endpoint(request: Request) -> Response:
-    """The same changes as the WebSocket, one subscription per stream. The subscription (and
-    its replay) runs beside the stream, which drains the outbox meanwhile. An `error` event
-    ends the stream (the browser reconnects with Last-Event-ID)."""
-    live = live_of(request)
-    flt, since = parse_sse(request)
-    credential = credential_of(request.scope)
-
-    async def stream() -> AsyncIterator[bytes]:
-        # Connected here, not in the endpoint: this `finally` runs only once iteration began.
-        outbox = live.connect(credential)
-        task = asyncio.create_task(_subscribe_or_error(live, outbox, flt, since))
-        task.add_done_callback(_quiet)
+        live.slow_consumer("ws")
+        logger.warning("closing a slow WebSocket consumer (%s)", outbox.reason)
+        reason = f"slow consumer: {outbox.reason}; reconnect and subscribe with since"
+        wait = live.close_wait
         try:
-            yield b"retry: 1000\n\n"
-            while True:
-                try:
-                    batch = await asyncio.wait_for(outbox.take(), SSE_KEEPALIVE_SECONDS)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                if outbox.overflowed:
-                    error = error_message("slow consumer: queue overflow; reconnect to resume")
-                    yield sse_frame(error).encode()
-                    return
-                if not batch:
-                    return
-                yield "".join(map(sse_frame, batch)).encode()
-                if any(kind == "error" for _, kind, _ in batch):
-                    return
-        finally:
-            task.cancel()
-            live.disconnect(outbox)
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+            await asyncio.wait_for(websocket.close(CLOSE_SLOW_CONSUMER, reason), wait)
+        except (TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
+            wait = 0  # the close frame never made it into the socket: abort now
+        abort_if_stalled(websocket.scope, wait)
