@@ -104,3 +104,11 @@ def test_the_layer_table_is_the_contract() -> None:
     documented = [re.findall(r"`(\w+)`", names) for _, names in rows]
     assert [int(n) for n, _ in rows] == list(range(1, len(rows) + 1))
     assert documented == _contract_layers()
+
+
+def test_security_page_names_only_real_settings() -> None:
+    """Every setting docs/security.md names exists, so its table of limits cannot drift."""
+    text = (REPO / "docs" / "security.md").read_text()
+    named = set(re.findall(r"\bFLUX_[A-Z_]+[A-Z]\b", text))
+    assert len(named) >= 20
+    assert named <= {s.env for s in SETTINGS}, named - {s.env for s in SETTINGS}
