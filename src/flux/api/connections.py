@@ -12,6 +12,11 @@ its connection forever, and a few hundred such clients use up the server's file 
 - per client: one client address holds at most `max_connections_per_client` connections at once
   (HTTP, SSE and WebSocket alike: an upgraded connection stays counted until it closes).
 
+The deadlines are times kept on each connection and checked by one sweep per server, a few
+times a second (`Deadlines`), not a timer per request: arming and cancelling an event-loop timer
+for every request cost about a tenth of a small request's time (measured with `bench/run`). A
+deadline therefore fires up to a quarter of its length late, at most a second.
+
 Past a timeout the answer is `408 {"error": "request timeout"}`, past the limit
 `429 {"error": "too many connections from this client"}` (a handshake refused so is a refused
 WebSocket); then the server stops reading, half-closes and closes the connection shortly after
@@ -80,6 +85,37 @@ class ClientCounts:
             del self.counts[address]
 
 
+class Deadlines:
+    """The HTTP connections of one server with a deadline, and the one sweep that checks them:
+    it runs every `interval` seconds while any connection is open and calls `_expired` on
+    those whose `deadline_at` (event-loop time) has passed."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.connections: set[GuardedHttpProtocol] = set()
+        self.sweeping: asyncio.TimerHandle | None = None
+
+    def add(self, connection: GuardedHttpProtocol) -> None:
+        self.connections.add(connection)
+        if self.sweeping is None:
+            self.sweeping = connection.loop.call_later(self.interval, self.sweep, connection.loop)
+
+    def discard(self, connection: GuardedHttpProtocol) -> None:
+        self.connections.discard(connection)
+
+    def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.sweeping = None
+        now = loop.time()
+        for connection in [c for c in self.connections if c.due(now)]:
+            connection.deadline_at = None
+            try:
+                connection._expired()
+            except Exception:  # one connection's failure must not stop the sweep
+                logger.exception("closing a connection past its deadline failed")
+        if self.connections:
+            self.sweeping = loop.call_later(self.interval, self.sweep, loop)
+
+
 def error_bytes(error: FluxError) -> bytes:
     """A whole HTTP/1.1 error answer that closes the connection, in the usual JSON shape."""
     status = status_of(error)
@@ -104,14 +140,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     (`protocols()` makes a subclass bound to one server's settings and counts)."""
 
     counts: ClientCounts
+    deadlines: Deadlines
     header_timeout: float
     body_timeout: float
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline_at: float | None = None  # event-loop time; None: no deadline running
         self.refused = False
         self.upgraded = False
+        self.abort_hook = self.abort_if_stalled  # bound once: it goes in every request's scope
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -121,12 +159,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             )
             self._refuse(TOO_MANY)
             return
+        self.deadlines.add(self)
         self._arm(self.header_timeout)
 
+    # The callbacks below run for every request: they call the base class directly (cheaper
+    # than `super()`) and do no more than set an attribute.
+
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         extensions = self.scope.setdefault("extensions", {})
-        extensions[ABORT] = self.abort_if_stalled  # type: ignore[assignment]
+        extensions[ABORT] = self.abort_hook  # type: ignore[assignment]
 
     def abort_if_stalled(self, delay: float) -> None:
         """In `delay` seconds (at once for 0), abort the connection if it still holds unsent
@@ -141,7 +183,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self.deadline_at = None
+        self.deadlines.discard(self)
         if not self.upgraded:
             self.counts.release(self.transport)
         super().connection_lost(exc)
@@ -149,44 +192,43 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return  # answered already: what else comes is not read
-        super().data_received(data)
-        if self.deadline is None and not self.upgraded and not self.pipeline:
+        HttpToolsProtocol.data_received(self, data)
+        if self.deadline_at is None and not self.upgraded and not self.pipeline:
             cycle = self.cycle
             if cycle is not None and cycle.more_body and not cycle.response_complete:
                 self._arm(self.body_timeout)  # the body did not come with the headers
 
     def on_headers_complete(self) -> None:
-        self._disarm()
-        super().on_headers_complete()
+        self.deadline_at = None
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
-        self._disarm()
-        super().on_message_complete()
+        self.deadline_at = None
+        HttpToolsProtocol.on_message_complete(self)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        HttpToolsProtocol.on_response_complete(self)
         if self.transport.is_closing() or self.refused:
             return
         cycle = self.cycle
         if cycle is None or cycle.response_complete:  # no pipelined request started
-            self._disarm()
             self._arm(self.header_timeout)
 
     def handle_websocket_upgrade(self) -> None:
-        self._disarm()
+        self.deadline_at = None
+        self.deadlines.discard(self)
         self.upgraded = True  # the WebSocket protocol releases the count
         super().handle_websocket_upgrade()
 
     def _arm(self, seconds: float) -> None:
-        self.deadline = self.loop.call_later(seconds, self._expired)
+        self.deadline_at = self.loop.time() + seconds
 
-    def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+    def due(self, now: float) -> bool:
+        deadline = self.deadline_at
+        return deadline is not None and now >= deadline
 
     def _expired(self) -> None:
-        self.deadline = None
+        self.deadline_at = None
         if self.transport.is_closing() or self.upgraded:
             return
         cycle = self.cycle
@@ -250,6 +292,9 @@ def protocols(
         pass
 
     Http.counts = WebSocket.counts = counts
+    Http.deadlines = Deadlines(
+        min(1.0, settings.header_timeout_seconds / 4, settings.body_timeout_seconds / 4)
+    )
     Http.header_timeout = settings.header_timeout_seconds
     Http.body_timeout = settings.body_timeout_seconds
     return Http, WebSocket

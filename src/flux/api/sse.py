@@ -23,7 +23,13 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flux.api.identity import credential_of
-from flux.api.ws import abort_if_stalled, ended, error_message, live_of, quiet
+from flux.api.ws import (
+    abort_if_stalled,
+    end_connection,
+    ended,
+    error_message,
+    live_of,
+)
 from flux.auth import Credential
 from flux.errors import FluxError, ValidationError
 from flux.events import check_id_part
@@ -143,16 +149,11 @@ class EventStream(Response):
             asyncio.create_task(ended(outbox), name="flux-sse-ended"),
             asyncio.create_task(_disconnected(receive), name="flux-sse-disconnected"),
         ]
+        slow = False
         try:
             await asyncio.wait([tasks[0], *tasks[2:]], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            slow = outbox.overflowed
-            live.disconnect(outbox)
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks)
-            for task in tasks:
-                quiet(task)
+            slow = await end_connection(live, outbox, tasks)
         if not slow:
             with contextlib.suppress(OSError):
                 await send(_chunk(b"", more=False))  # a no-op once the client has gone

@@ -162,6 +162,19 @@ def quiet(task: asyncio.Task[None]) -> None:
         logger.error("live connection task %s failed", task.get_name(), exc_info=exc)
 
 
+async def end_connection(live: Live, outbox: Outbox, tasks: list[asyncio.Task[None]]) -> bool:
+    """Take the connection out of the live layer, then cancel and collect its tasks. Returns
+    whether it ended as a slow consumer."""
+    slow = outbox.overflowed
+    live.disconnect(outbox)
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+    for task in tasks:
+        quiet(task)
+    return slow
+
+
 def abort_if_stalled(scope: Scope, delay: float) -> None:
     """Have the server abort the connection in `delay` seconds if it still holds data the
     client has not taken by then (flux.api.connections; nothing under other servers)."""
@@ -259,16 +272,11 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
         ),
         asyncio.create_task(ended(outbox), name="flux-ws-ended"),
     ]
+    overflowed = False
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        overflowed = outbox.overflowed
-        live.disconnect(outbox)
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
-        for task in tasks:
-            quiet(task)
+        overflowed = await end_connection(live, outbox, tasks)
     if overflowed:
         live.slow_consumer("ws")
         logger.warning("closing a slow WebSocket consumer (%s)", outbox.reason)
