@@ -162,14 +162,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadlines.add(self)
         self._arm(self.header_timeout)
 
-    # The callbacks below run for every request: they call the base class directly (cheaper
-    # than `super()`) and do no more than set an attribute.
-
-    def on_message_begin(self) -> None:
-        HttpToolsProtocol.on_message_begin(self)
-        extensions = self.scope.setdefault("extensions", {})
-        extensions[ABORT] = self.abort_hook  # type: ignore[assignment]
-
     def abort_if_stalled(self, delay: float) -> None:
         """In `delay` seconds (at once for 0), abort the connection if it still holds unsent
         data and still serves the request that asked."""
@@ -199,12 +191,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._arm(self.body_timeout)  # the body did not come with the headers
 
     def on_headers_complete(self) -> None:
+        # The headers are in: their deadline is over, and the request's scope (made in
+        # `on_message_begin`, handed to the application here) gets the abort hook. A body
+        # deadline armed later is over once the body is in, which the sweep sees
+        # (`_expired`): no `on_message_complete` of our own.
         self.deadline_at = None
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ABORT] = self.abort_hook  # type: ignore[assignment]
         HttpToolsProtocol.on_headers_complete(self)
-
-    def on_message_complete(self) -> None:
-        self.deadline_at = None
-        HttpToolsProtocol.on_message_complete(self)
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
@@ -232,6 +226,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self.upgraded:
             return
         cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            return  # a body deadline, but the body is in: the application has the request
         if cycle is not None and not cycle.response_complete:
             # The application is handling this request: to it, the client is gone.
             cycle.disconnected = True
