@@ -30,7 +30,10 @@ class RuntimeFile:
         if not path.exists():
             return
         try:
-            self.config.update(orjson.loads(path.read_bytes()))
+            values = orjson.loads(path.read_bytes())
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            self.config.update(values)
         except (OSError, ValueError) as exc:
             logger.error("ignoring %s: %s", path, exc)
             return
