@@ -155,7 +155,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.deadline_at: float | None = None  # event-loop time; None: no deadline running
         self.refused = False
         self.upgraded = False
-        self.abort_hook = self.abort_if_stalled  # bound once: it goes in every request's scope
+        # Every request's scope gets these extensions (the abort hook), one dict per
+        # connection: made once, not per request.
+        self.extensions = {ABORT: self.abort_if_stalled}
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -187,23 +189,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.counts.release(self.transport)
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return  # answered already: what else comes is not read
-        HttpToolsProtocol.data_received(self, data)
-        if self.deadline_at is None and not self.upgraded and not self.pipeline:
-            cycle = self.cycle
-            if cycle is not None and cycle.more_body and not cycle.response_complete:
-                self._arm(self.body_timeout)  # the body did not come with the headers
-
     def on_headers_complete(self) -> None:
-        # The headers are in: their deadline is over, and the request's scope (made in
-        # `on_message_begin`, handed to the application here) gets the abort hook. A body
-        # deadline armed later is over once the body is in, which the sweep sees
-        # (`_expired`): no `on_message_complete` of our own.
-        self.deadline_at = None
-        extensions = self.scope.setdefault("extensions", {})
-        extensions[ABORT] = self.abort_hook  # type: ignore[assignment]
+        # The headers are in: their deadline is over and the body's begins (`_arm`, inlined,
+        # with the sweep's clock: this runs once per request). A body that came with the
+        # headers is in once this call returns; the sweep then sees that (`_expired`), so no
+        # `data_received` or `on_message_complete` of our own. The request's scope (made in
+        # `on_message_begin`, handed to the application here) gets the abort hook.
+        self.deadline_at = self.deadlines.soon + self.body_timeout
+        self.scope["extensions"] = self.extensions  # type: ignore[typeddict-item]
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_response_complete(self) -> None:
@@ -248,6 +241,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Send `answer`, stop reading, half-close, and close after a short linger."""
         self.refused = True
         transport = self.transport
+        transport.pause_reading()  # what else comes is not read
         transport.write(answer)
         if transport.can_write_eof():
             transport.write_eof()
