@@ -331,13 +331,13 @@ async def test_a_delete_waiting_on_a_failed_tombstone_checks_again(
         real_append = service.log.append
         calls = 0
 
-        async def first_fails(entries: Any) -> Any:
+        async def first_fails(entries: Any, **options: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
                 await anyio.sleep(0.05)
                 raise LogUnavailable("event log unavailable: disk full")
-            return await real_append(entries)
+            return await real_append(entries, **options)
 
         monkeypatch.setattr(service.log, "append", first_fails)
         outcomes: dict[str, Any] = {}

@@ -195,6 +195,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
         # Each message is encoded once for every subscriber; per-connection compression would
         # redo the work for each one.
         ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        ws_ping_timeout=settings.ws_ping_timeout_seconds,
     )
     # The log writer thread releases the GIL while SQLite works; a short switch interval lets it
     # take the GIL back quickly while the event loop is busy (the default 5 ms stalls commits).

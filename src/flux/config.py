@@ -231,6 +231,28 @@ class Settings:
         parse.non_negative_int,
         "Keep at most this many logged events (same rule); `0` means no cap.",
     )
+    tombstones_kept: int = setting(
+        "FLUX_TOMBSTONES_KEPT",
+        100_000,
+        parse.positive_int,
+        "How many of the newest deletions `GET /api/state/changes` remembers (kept in snapshots"
+        " too). A cursor older than the oldest forgotten one is answered `410` with "
+        '`"resync": true` (read the whole state again, then follow changes from its version).',
+    )
+    changes_page_limit: int = setting(
+        "FLUX_CHANGES_PAGE_LIMIT",
+        1000,
+        parse.positive_int,
+        "Most changes one `GET /api/state/changes` page returns (its `limit` may ask for fewer);"
+        " `more: true` and `next` say where the next page starts.",
+    )
+    lease_max_ttl_ms: int = setting(
+        "FLUX_LEASE_MAX_TTL_MS",
+        3_600_000,
+        parse.positive_int,
+        "Longest lease a client may take or renew, in milliseconds (one hour by default); a "
+        "longer `ttl_ms` is a `400`.",
+    )
     log_check_after_start: bool = setting(
         "FLUX_LOG_CHECK_AFTER_START",
         True,
@@ -303,6 +325,19 @@ class Settings:
         " (`prefix is too long: …` for a prefix). Ids stored before the limit existed stay in "
         "the state; list them with `?namespace=` and delete them with a batch delete by "
         "namespace or prefix.",
+    )
+    ws_ping_interval_seconds: float = setting(
+        "FLUX_WS_PING_INTERVAL_SECONDS",
+        20.0,
+        parse.positive_float,
+        "How often the server pings each WebSocket client.",
+    )
+    ws_ping_timeout_seconds: float = setting(
+        "FLUX_WS_PING_TIMEOUT_SECONDS",
+        20.0,
+        parse.positive_float,
+        "A WebSocket client that does not answer a ping within this is disconnected (its "
+        "presence, if it declared one, is removed then).",
     )
     ws_queue_limit: int = setting(
         "FLUX_WS_QUEUE_LIMIT",

@@ -8,7 +8,7 @@ the entity's last change). Deletion is an event too: a `properties.__deleted__ =
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -16,8 +16,10 @@ import orjson
 
 from flux.events import DELETED, Event
 
-SNAPSHOT_FORMAT = 3  # entities as [id, properties, last_updated, version] arrays
+SNAPSHOT_FORMAT = 4  # format 3 plus the kept deletions (`deleted`, `deleted_floor`)
+_ARRAY_FORMAT = 3  # entities as [id, properties, last_updated, version] arrays; still read
 _OBJECT_FORMAT = 2  # entities as objects; still read
+TOMBSTONES_KEPT = 100_000  # deletions remembered for `changes_since` (FLUX_TOMBSTONES_KEPT)
 SNAPSHOT_CHUNK = 5_000  # entities per piece of `snapshot_parts` (a few ms of encoding)
 
 
@@ -49,11 +51,30 @@ def _head(entity_id: str) -> str:
     return entity_id.partition("/")[0]
 
 
+class Changed(NamedTuple):
+    """One page of `StateEngine.changes_since`: the entities changed after the cursor (as they
+    are now, oldest change first), the deletions after it (id, sequence), the cursor to ask
+    from next, and whether more changes wait past it."""
+
+    entities: list[Entity]
+    deleted: list[tuple[str, int]]
+    next: int
+    more: bool
+
+
 class StateEngine:
-    def __init__(self) -> None:
+    """The state. `entities` is kept in the order of their versions (a changed entity moves to
+    the end), so the changes after a version are a walk back from the end; `deleted` keeps
+    the newest deletions (entity id -> sequence, oldest first, at most `tombstones_kept`);
+    `deleted_floor` is the newest sequence whose deletion may have been forgotten."""
+
+    def __init__(self, tombstones_kept: int = TOMBSTONES_KEPT) -> None:
         self.entities: dict[str, Entity] = {}
         self.last_seq = 0
         self._by_head: dict[str, dict[str, Entity]] = {}
+        self.deleted: dict[str, int] = {}
+        self.deleted_floor = 0
+        self.tombstones_kept = tombstones_kept
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -64,6 +85,8 @@ class StateEngine:
         self.entities, other.entities = other.entities, {}
         self._by_head, other._by_head = other._by_head, {}
         self.last_seq, other.last_seq = other.last_seq, 0
+        self.deleted, other.deleted = other.deleted, {}
+        self.deleted_floor, other.deleted_floor = other.deleted_floor, 0
 
     def apply(self, event: Event, seq: int, at: int) -> Change | None:
         """Merge one event (logged at sequence `seq`, time `at` in µs) and return its change."""
@@ -79,20 +102,23 @@ class StateEngine:
             return self._delete(entity_id, seq, at)
         if not props:
             return None
-        entity = self.entities.get(entity_id)
+        entities = self.entities
+        entity = entities.pop(entity_id, None)
         if entity is None:
             entity = Entity(entity_id, dict(props), at, seq)
-            self.entities[entity_id] = entity
             head = _head(entity_id)
             bucket = self._by_head.get(head)
             if bucket is None:
                 self._by_head[head] = {entity_id: entity}
             else:
                 bucket[entity_id] = entity
+            if self.deleted:
+                self.deleted.pop(entity_id, None)
         else:
             entity.properties.update(props)
             entity.last_updated = at
             entity.version = seq
+        entities[entity_id] = entity  # at the end: the newest version
         return _new_change(Change, ("update", entity_id, props, seq, at))
 
     def _delete(self, entity_id: str, seq: int, at: int) -> Change | None:
@@ -104,6 +130,11 @@ class StateEngine:
         del bucket[entity_id]
         if not bucket:
             del self._by_head[head]
+        deleted = self.deleted
+        deleted[entity_id] = seq
+        if len(deleted) > self.tombstones_kept:
+            oldest = next(iter(deleted))
+            self.deleted_floor = deleted.pop(oldest)
         return _new_change(Change, ("delete", entity_id, None, seq, at))
 
     def apply_all(self, records: Iterable[tuple[int, int, Event]]) -> list[Change]:
@@ -114,19 +145,21 @@ class StateEngine:
         changes: list[Change] = []
         append = changes.append
         entities = self.entities
-        get = entities.get
+        pop = entities.pop
         seq = self.last_seq
         for seq, at, event in records:
             props = event["payload"].get("properties")
             entity_id = event["payload"].get("entity_id")
             if type(props) is dict and props and type(entity_id) is str:
-                entity = get(entity_id)
-                if entity is not None and props.get(DELETED) is not True:
-                    entity.properties.update(props)
-                    entity.last_updated = at
-                    entity.version = seq
-                    append(_new_change(Change, ("update", entity_id, props, seq, at)))
-                    continue
+                entity = pop(entity_id, None)
+                if entity is not None:
+                    entities[entity_id] = entity  # back, at the end: the newest version
+                    if props.get(DELETED) is not True:
+                        entity.properties.update(props)
+                        entity.last_updated = at
+                        entity.version = seq
+                        append(_new_change(Change, ("update", entity_id, props, seq, at)))
+                        continue
             change = self.apply(event, seq, at)
             if change is not None:
                 append(change)
@@ -135,6 +168,49 @@ class StateEngine:
 
     def get(self, entity_id: str) -> Entity | None:
         return self.entities.get(entity_id)
+
+    def changes_since(
+        self,
+        since: int,
+        limit: int,
+        keep: Callable[[str], bool] | None = None,
+    ) -> Changed:
+        """The entities changed after version `since` and the deletions after it, oldest first,
+        at most `limit` of both together, only those whose id `keep` accepts (all when None).
+        Costs a walk over the changes after `since`, not over every entity. The caller checks
+        `since` against `deleted_floor` first (older deletions may be forgotten)."""
+        changed: list[Entity] = []
+        for entity in reversed(self.entities.values()):
+            if entity.version <= since:
+                break
+            changed.append(entity)
+        changed.reverse()
+        gone: list[tuple[str, int]] = []
+        for entity_id, seq in reversed(self.deleted.items()):
+            if seq <= since:
+                break
+            gone.append((entity_id, seq))
+        gone.reverse()
+        if keep is not None:
+            changed = [e for e in changed if keep(e.id)]
+            gone = [g for g in gone if keep(g[0])]
+        if len(changed) + len(gone) <= limit:
+            return Changed(changed, gone, max(self.last_seq, since), False)
+        # Merge by version and cut after `limit` items; the cursor is the last one taken.
+        page_entities: list[Entity] = []
+        page_deleted: list[tuple[str, int]] = []
+        i = j = 0
+        cursor = since
+        for _ in range(limit):
+            if j >= len(gone) or (i < len(changed) and changed[i].version < gone[j][1]):
+                cursor = changed[i].version
+                page_entities.append(changed[i])
+                i += 1
+            else:
+                cursor = gone[j][1]
+                page_deleted.append(gone[j])
+                j += 1
+        return Changed(page_entities, page_deleted, cursor, True)
 
     def select(self, prefix: str = "", namespace: str | None = None) -> Iterator[Entity]:
         """Entities whose id starts with `prefix` and, if given, whose namespace (the part before
@@ -179,11 +255,15 @@ class StateEngine:
         onto it gives exactly the state replay gives onto a snapshot taken at once, because
         the merge is last-writer-wins per property: an event that a piece already reflects is
         applied again, in order, followed by every event after it."""
-        entities = list(self.entities.values())
-        yield b'{"snapshot_format":%d,"sequence_number":%d,"entities":[' % (
+        entities = list(self.entities.values())  # in version order (see the class)
+        yield b'{"snapshot_format":%d,"sequence_number":%d,"deleted_floor":%d,"deleted":%s,' % (
             SNAPSHOT_FORMAT,
             self.last_seq,
+            self.deleted_floor,
+            orjson.dumps(list(self.deleted.items())),
         )
+        yield b'"entities":['
+
         for start in range(0, len(entities), chunk):
             part = orjson.dumps(
                 [
@@ -199,18 +279,26 @@ class StateEngine:
         return b"".join(self.snapshot_parts())
 
     @classmethod
-    def restore(cls, data: bytes) -> StateEngine:
+    def restore(cls, data: bytes, tombstones_kept: int = TOMBSTONES_KEPT) -> StateEngine:
         """Rebuild an engine from `snapshot()` bytes (or an object-format snapshot of an older
         Flux). Raises ValueError on a malformed snapshot."""
         try:
             doc = orjson.loads(data)
             kind = doc.get("snapshot_format")
-            if kind not in (SNAPSHOT_FORMAT, _OBJECT_FORMAT):
+            if kind not in (SNAPSHOT_FORMAT, _ARRAY_FORMAT, _OBJECT_FORMAT):
                 raise ValueError(f"unknown snapshot format {kind!r}")
-            engine = cls()
+            engine = cls(tombstones_kept)
             engine.last_seq = int(doc["sequence_number"])
+            if kind == SNAPSHOT_FORMAT:
+                engine.deleted_floor = int(doc["deleted_floor"])
+                for entity_id, seq in doc["deleted"]:
+                    if type(entity_id) is not str or type(seq) is not int:
+                        raise ValueError("malformed snapshot: bad deletion")
+                    engine.deleted[entity_id] = seq
+            else:  # an older snapshot kept no deletions: none before it can be listed
+                engine.deleted_floor = engine.last_seq
             for item in doc["entities"]:
-                if kind == SNAPSHOT_FORMAT:
+                if kind != _OBJECT_FORMAT:
                     if type(item) is not list or len(item) != 4:
                         raise ValueError(f"malformed snapshot: bad entity {str(item)[:200]}")
                     entity = Entity(*item)
@@ -229,7 +317,21 @@ class StateEngine:
                 engine._by_head.setdefault(_head(entity.id), {})[entity.id] = entity
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed snapshot: {exc}") from exc
+        engine._order_by_version()
         return engine
+
+    def _order_by_version(self) -> None:
+        """Put `entities` in version order when it is not (a snapshot of an older Flux, or
+        a fuzzy one: replay moves the entities changed after it to the end anyway)."""
+        entities = self.entities
+        last = 0
+        for entity in entities.values():
+            if entity.version < last:
+                break
+            last = entity.version
+        else:
+            return
+        self.entities = dict(sorted(entities.items(), key=lambda item: item[1].version))
 
     def state(self) -> dict[str, tuple[dict[str, Any], int, int]]:
         """A plain comparable view: id -> (properties, last_updated, version). For tests."""

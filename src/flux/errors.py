@@ -55,6 +55,16 @@ class Conflict(FluxError):
     """The request clashes with what exists (409)."""
 
 
+class ConditionFailed(Conflict):
+    """A conditional write (or a lease operation) found the entity not as it expected; nothing
+    was stored (409). `details` is what the answer adds to `error`: the entity, what was
+    expected, its current version and state, and who changed it last."""
+
+    def __init__(self, message: str, details: dict[str, object]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class MisdirectedRequest(FluxError):
     """The `Host` header names a host this server does not answer for (421): a guard against
     DNS rebinding (`FLUX_ALLOWED_HOSTS`)."""

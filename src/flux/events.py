@@ -24,6 +24,15 @@ Event = dict[str, Any]
 STREAM_RE = re.compile(r"[a-z0-9]+(?:\.[a-z0-9]+)*")
 DELETION_STREAM = "flux.events.deletions"
 DELETED = "__deleted__"
+# Properties only Flux sets (docs/coordination.md): an entity's lease, its presence holder, its
+# time to live, and the reason on a tombstone Flux logged itself. Events may not set them.
+LEASE = "__lease__"
+PRESENCE = "__presence__"
+TTL = "__ttl_ms__"
+EXPIRED = "__expired__"
+RESERVED = frozenset((LEASE, PRESENCE, TTL, EXPIRED))
+CONDITION_FIELDS = ("expected_version", "expected_properties", "fencing_token")
+MAX_TTL_MS = 10 * 365 * 24 * 3600 * 1000  # ten years
 I64_MIN = -(2**63)
 I64_MAX = 2**63 - 1
 
@@ -265,6 +274,14 @@ def validate_event(obj: Any, max_id_length: int = MAX_ENTITY_ID_LENGTH) -> Event
         if "\x00" in entity_id:
             raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
 
+    props = payload.get("properties")
+    if type(props) is dict and (
+        LEASE in props or PRESENCE in props or TTL in props or EXPIRED in props
+    ):
+        raise ValidationError(
+            f"properties {', '.join(sorted(RESERVED & props.keys()))} are set by Flux itself "
+            "(leases, presence, `ttl_ms`), not by events"
+        )
     event: Event = {
         "eventId": event_id or uuid7(),
         "stream": stream,
@@ -276,7 +293,63 @@ def validate_event(obj: Any, max_id_length: int = MAX_ENTITY_ID_LENGTH) -> Event
     if schema is not None:
         event["schema"] = schema
     event["payload"] = payload
+    # An event with only the envelope's fields (the common case) has nothing more to check.
+    if len(obj) > 4 + (event_id is not None) + (key is not None) + (schema is not None):
+        _coordination_fields(obj, event)
     return event
+
+
+def _coordination_fields(obj: dict[str, Any], event: Event) -> None:
+    """Copy and check the optional coordination fields (docs/coordination.md): the conditions
+    `expected_version`, `expected_properties` and `fencing_token`, and `ttl_ms`, which becomes
+    the entity's `__ttl_ms__` property (0 or null: no time to live any more)."""
+    conditions = [name for name in CONDITION_FIELDS if obj.get(name) is not None]
+    ttl = obj.get("ttl_ms")
+    if not conditions and "ttl_ms" not in obj:
+        return
+    payload = event["payload"]
+    entity_id = payload.get("entity_id")
+    props = payload.get("properties")
+    if type(entity_id) is not str or type(props) is not dict:
+        field = conditions[0] if conditions else "ttl_ms"
+        raise ValidationError(
+            f"`{field}` needs `payload.entity_id` (a string) and `payload.properties` (an object)"
+        )
+    version = obj.get("expected_version")
+    if version is not None:
+        if type(version) is not int or version < 0:
+            raise ValidationError(
+                "`expected_version` must be a non-negative integer (0: the entity must not exist)"
+            )
+        event["expected_version"] = version
+    expected = obj.get("expected_properties")
+    if expected is not None:
+        if type(expected) is not dict:
+            raise ValidationError(
+                "`expected_properties` must be an object of property values (null: absent)"
+            )
+        event["expected_properties"] = expected
+    token = obj.get("fencing_token")
+    if token is not None:
+        if type(token) is not int or token < 1:
+            raise ValidationError("`fencing_token` must be a positive integer (a lease's token)")
+        event["fencing_token"] = token
+    if "ttl_ms" in obj:
+        if ttl is not None and (type(ttl) is not int or not 0 <= ttl <= MAX_TTL_MS):
+            raise ValidationError(
+                f"`ttl_ms` must be an integer from 0 (no time to live) to {MAX_TTL_MS}"
+            )
+        if props.get(DELETED) is True:
+            raise ValidationError("`ttl_ms` cannot be given with a deletion")
+        payload["properties"] = {**props, TTL: ttl or None}
+
+
+def conditions_of(event: Event) -> bool:
+    """Whether a validated event carries a condition (`expected_version`,
+    `expected_properties` or `fencing_token`). One `len` for an event without any."""
+    return len(event) > 5 and (
+        "expected_version" in event or "expected_properties" in event or "fencing_token" in event
+    )
 
 
 def check_entity_id(entity_id: str, max_length: int = MAX_ENTITY_ID_LENGTH) -> str:

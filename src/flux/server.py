@@ -15,6 +15,8 @@ pyproject.toml, `[tool.importlinter]`, and checked by `scripts/test`); the HTTP 
     connectors   connectors and generic sources, publishing through `publish_as`
     directory    the `flux-core/directory` entity
     live         WebSocket and SSE fan-out of committed changes
+    expiries     TTL and lease expiries, logged as events
+    presence     WebSocket presence, removed by a logged event when the connection ends
 
 `start` runs in that order's dependencies: the runtime file, the credential store and the
 registry, then the service (snapshot, replay), then the directory, the connectors and live
@@ -32,10 +34,12 @@ from flux.connectors.base import EventDict
 from flux.connectors.manager import ConnectorManager
 from flux.credentials import CredentialStore
 from flux.directory import Directory
+from flux.expiry import Expiries
 from flux.live import Live
 from flux.log import Appended, EventLog
 from flux.namespaces import NamespaceAdmin, NamespaceRegistry
 from flux.permissions import Permissions
+from flux.presence import Presence
 from flux.runtime import RuntimeFile
 from flux.service import FluxService
 from flux.snapshots import SnapshotStore
@@ -86,6 +90,8 @@ class Server:
             access=self.access if settings.auth_enabled else None,
         )
         self.live = Live(self.service, self.permissions)
+        self.expiries = Expiries(self.service)
+        self.presence = Presence(self.service, self.permissions)
 
     # -- the functions the parts are handed ----------------------------------------------------
 
@@ -119,10 +125,13 @@ class Server:
         self.directory.start()
         await self.connectors.start()
         self.live.start()
+        self.expiries.start()
+        await self.presence.start()
 
     async def stop(self) -> None:
         """End live delivery, stop the connectors and the directory, stop the service (final
         snapshot, log closed), then close the registry and the credential store."""
+        await self.expiries.stop()
         await self.live.stop()
         await self.connectors.stop()
         await self.directory.stop()

@@ -27,16 +27,29 @@ from typing import NamedTuple
 
 import orjson
 
+from flux.conditions import Check, Failure, LeaseOp, Verdict, check_of, evaluate
 from flux.config import Settings
 from flux.engine import Change, StateEngine
-from flux.errors import LogCorrupt, LogError, ValidationError
-from flux.events import Event, now_us, tombstone
+from flux.errors import ConditionFailed, LogCorrupt, LogError, ValidationError
+from flux.events import (
+    EXPIRED,
+    LEASE,
+    Event,
+    conditions_of,
+    format_time,
+    now_ms,
+    now_us,
+    tombstone,
+    uuid7,
+)
 from flux.log import Appended, Entry, EventLog, Record, open_log
 from flux.snapshots import SnapshotStore
 
 logger = logging.getLogger("flux.service")
 
 Listener = Callable[[list[Change], list[Record]], None]
+
+LEASE_STREAM = "flux.leases"
 
 # A NamedTuple's own constructor is a Python-level __new__; the C one skips it (once per event).
 _new_tuple = tuple.__new__
@@ -66,7 +79,7 @@ class FluxService:
         )
         # One engine for the server's life: start-up restores into it (`StateEngine.replace`),
         # so the parts handed it at construction keep the right one.
-        self.engine = StateEngine()
+        self.engine = StateEngine(settings.tombstones_kept)
         self.listeners: list[Listener] = []
         self.events_total = 0  # events applied since start (replay excluded)
         self.started_at = time.monotonic()
@@ -80,6 +93,8 @@ class FluxService:
         # entity id, and entity id -> a future done once that tombstone is applied (or failed).
         self._tombstones: dict[str, str] = {}
         self._deleting: dict[str, asyncio.Future[bool]] = {}
+        # Events whose stored form a caller waits to see (a lease the log's check filled in).
+        self._captures: dict[str, Event | None] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -108,7 +123,9 @@ class FluxService:
         self._snapshot_seq = self.engine.last_seq
         # New events must get sequences above the state's, even when the log is behind the
         # snapshot (the log file was lost or replaced): else a later replay would skip them.
-        await self.log.start(self._on_records, after_seq=max(self.engine.last_seq, floor))
+        await self.log.start(
+            self._on_records, after_seq=max(self.engine.last_seq, floor), checker=self._check
+        )
         first = await self.log.first_seq()
         if first > self.engine.last_seq + 1:
             logger.error(
@@ -119,6 +136,8 @@ class FluxService:
                 self.engine.last_seq + 1,
                 first - 1,
             )
+        if first - 1 > self.engine.last_seq:  # deletions before the log's start are unknown
+            self.engine.deleted_floor = max(self.engine.deleted_floor, first - 1)
         replayed = 0
         async for batch in self.log.read(self.engine.last_seq):
             self.engine.apply_all(batch)  # its changes go nowhere: nobody listens yet
@@ -156,7 +175,9 @@ class FluxService:
     def _restore_snapshot(self) -> StateEngine:
         for path in self.snapshots.paths():
             try:
-                engine = StateEngine.restore(self.snapshots.load(path))
+                engine = StateEngine.restore(
+                    self.snapshots.load(path), self.settings.tombstones_kept
+                )
             except (OSError, ValueError) as exc:
                 logger.warning("snapshot %s is unusable (%s); trying an older one", path, exc)
                 continue
@@ -169,7 +190,7 @@ class FluxService:
             return engine
         if self.snapshots.paths():
             logger.warning("no usable snapshot; rebuilding state from the whole log")
-        return StateEngine()
+        return StateEngine(self.settings.tombstones_kept)
 
     async def stop(self) -> None:
         """Write a final snapshot and close the log."""
@@ -196,17 +217,112 @@ class FluxService:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def publish(self, events: Sequence[Event]) -> list[Appended]:
-        """Append validated events durably; returns after the state has them."""
+    async def publish(self, events: Sequence[Event], *, atomic: bool = False) -> list[Appended]:
+        """Append validated events durably; returns after the state has them. An event with
+        conditions (`expected_version`, `expected_properties`, `fencing_token`) is stored only
+        if they hold where the log orders it; otherwise its result carries the `Failure`
+        (`failure`, sequence 0). `atomic`: all of them are stored, in consecutive sequences,
+        or none (each refused one's result says why)."""
         datas = encode_events(events)
         entries: list[Entry] = []
         append = entries.append
+        checked = False
         for event, data in zip(events, datas, strict=True):
             entity_id = event["payload"].get("entity_id")  # entity_of, inlined: per event
             if type(entity_id) is not str:
                 entity_id = None
-            append(_new_tuple(Entry, (event, event["eventId"], entity_id, data)))
-        return await self.log.append(entries)
+            check = None
+            if len(event) > 5 and conditions_of(event):
+                check = check_of(event)
+                checked = True
+            append(_new_tuple(Entry, (event, event["eventId"], entity_id, data, check)))
+        return await self.log.append(entries, checked=checked, atomic=atomic)
+
+    async def publish_checked(self, event: Event, check: Check) -> Appended:
+        """Append one event that Flux made, with a check of Flux's own (leases, expiries,
+        presence); its result carries the `Failure` when the check did not hold."""
+        entity_id = event["payload"]["entity_id"]
+        data = orjson.dumps(event)
+        (done,) = await self.log.append(
+            [Entry(event, event["eventId"], entity_id, data, check)], checked=True
+        )
+        return done
+
+    @staticmethod
+    def lease_event(owner: str | None, entity_id: str, expired: bool = False) -> Event:
+        """The event of a lease operation; the log's check writes the lease into it."""
+        props: dict[str, object] = {LEASE: None}
+        if expired:
+            props[EXPIRED] = "lease"
+        return {
+            "eventId": uuid7(),
+            "stream": LEASE_STREAM,
+            "source": owner or "flux",
+            "timestamp": now_ms(),
+            "payload": {"entity_id": entity_id, "properties": props},
+        }
+
+    async def lease(self, op: LeaseOp, entity_id: str) -> tuple[dict[str, object], Appended]:
+        """Acquire, renew or release a lease on an entity (docs/coordination.md); returns the
+        lease as stored (empty after a release) and the append's result. Raises
+        ConditionFailed when the lease is not the caller's to take or keep."""
+        event = self.lease_event(op.owner, entity_id)
+        event_id = event["eventId"]
+        self._captures[event_id] = None  # `_on_records` keeps the event as it was stored
+        try:
+            done = await self.publish_checked(event, Check(lease=op))
+            stored = self._captures[event_id]
+        finally:
+            del self._captures[event_id]
+        if done.failure is not None:
+            raise await self.condition_failed(done.failure)
+        lease = stored["payload"]["properties"].get(LEASE) if stored is not None else None
+        return (lease if isinstance(lease, dict) else {}), done
+
+    def _check(
+        self, groups: list[tuple[list[tuple[Event, Check | None]], bool]], first_seq: int
+    ) -> list[list[Verdict]]:
+        """The log's checker (see `flux.log`): conditions against the state, which holds every
+        event sequenced before `first_seq` when the log asks."""
+        return evaluate(self.engine, groups, first_seq, now_ms())
+
+    async def condition_failed(self, failure: Failure, index: int | None = None) -> ConditionFailed:
+        """The 409 for a failed condition: what was expected, the entity as it is now and the
+        source and timestamp of the event that last changed it (from the log)."""
+        details = await self.conflict_details(failure)
+        if index is not None:
+            details = {"index": index, **details}
+        return ConditionFailed(f"condition failed: {failure.reason}", details)
+
+    async def conflict_details(self, failure: Failure) -> dict[str, object]:
+        """The entity as the condition found it (version 0 and `current` null: it did not
+        exist), and the source and timestamp of the newest event the log holds for it."""
+        last_source = last_timestamp = None
+        current: dict[str, object] | None = None
+        if failure.current_properties is not None:
+            current = {
+                "id": failure.entity_id,
+                "properties": failure.current_properties,
+                "version": failure.current_version,
+            }
+            entity = self.engine.get(failure.entity_id)
+            if entity is not None and entity.version == failure.current_version:
+                current["lastUpdated"] = format_time(entity.last_updated)
+            try:
+                newest = await self.log.history(failure.entity_id, 0, 1)
+            except LogError:
+                newest = []
+            if newest:
+                last = orjson.loads(newest[0])
+                last_source, last_timestamp = last.get("source"), last.get("timestamp")
+        return {
+            "entity_id": failure.entity_id,
+            "expected": failure.expected,
+            "current_version": failure.current_version,
+            "current": current,
+            "last_source": last_source,
+            "last_timestamp": last_timestamp,
+        }
 
     async def delete(self, entity_ids: Sequence[str]) -> Deletion:
         """Delete the entities that exist: one tombstone each, none for an id whose entity does
@@ -278,6 +394,11 @@ class FluxService:
     def _on_records(self, records: list[Record]) -> None:
         changes = self.engine.apply_all(records)
         self.events_total += len(records)
+        if self._captures:
+            captures = self._captures
+            for record in records:
+                if record.event["eventId"] in captures:
+                    captures[record.event["eventId"]] = record.event
         if self._tombstones:
             pop = self._tombstones.pop
             for record in records:

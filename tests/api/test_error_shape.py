@@ -150,7 +150,7 @@ def test_log_failures(
     kept = orjson.dumps(new_event("ns/kept"))
     assert client.post("/api/events", content=kept).status_code == 200
 
-    async def failing(entries: Any) -> Any:
+    async def failing(entries: Any, **options: Any) -> Any:
         raise error
 
     monkeypatch.setattr(service.log, "append", failing)

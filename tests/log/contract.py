@@ -17,6 +17,8 @@ import anyio
 import orjson
 import pytest
 
+from flux.conditions import Check, LeaseOp, Verdict, evaluate
+from flux.engine import StateEngine
 from flux.errors import LogError, LogUnavailable
 from flux.events import Event, entity_of, uuid7
 from flux.log import Appended, Entry, EventLog, Record
@@ -39,8 +41,8 @@ def make_event(entity_id: str | None = "ns/a", **properties: Any) -> Event:
     }
 
 
-def entry(event: Event) -> Entry:
-    return Entry(event, event["eventId"], entity_of(event), orjson.dumps(event))
+def entry(event: Event, check: Check | None = None) -> Entry:
+    return Entry(event, event["eventId"], entity_of(event), orjson.dumps(event), check)
 
 
 def entries(*events: Event) -> list[Entry]:
@@ -48,14 +50,30 @@ def entries(*events: Event) -> list[Entry]:
 
 
 class Opened:
-    """A started log plus every record its `on_records` callback received, call by call."""
+    """A started log plus every record its `on_records` callback received, call by call, and
+    a state engine those records are applied to (what the checker decides conditions on)."""
 
     def __init__(self, log: EventLog) -> None:
         self.log = log
         self.calls: list[list[Record]] = []
+        self.engine = StateEngine()
 
     def on_records(self, records: list[Record]) -> None:
         self.calls.append(list(records))
+        self.engine.apply_all(records)
+
+    def checker(
+        self, groups: list[tuple[list[tuple[Event, Check | None]], bool]], first_seq: int
+    ) -> list[list[Verdict]]:
+        return evaluate(self.engine, groups, first_seq, int(time.time() * 1000))
+
+    async def append_checked(
+        self, pairs: Sequence[tuple[Event, Check | None]], atomic: bool = False
+    ) -> list[Appended]:
+        with anyio.fail_after(TIMEOUT):
+            return await self.log.append(
+                [entry(e, c) for e, c in pairs], checked=True, atomic=atomic
+            )
 
     @property
     def seen(self) -> list[Record]:
@@ -370,6 +388,94 @@ class LogContract:
 
     # -- errors ----------------------------------------------------------------------------
 
+    # -- conditions (flux.conditions), decided where the log orders events -------------------
+
+    async def test_concurrent_writes_against_one_version_pass_once(self, opened: Opened) -> None:
+        (created,) = await opened.append(make_event("ns/c", n=0))
+        racing = [
+            opened.append_checked([(make_event("ns/c", n=i), Check(expected_version=created.seq))])
+            for i in range(1, 21)
+        ]
+        results = [r for (r,) in await asyncio.gather(*racing)]
+        passed = [r for r in results if r.failure is None]
+        assert len(passed) == 1
+        refused = [r for r in results if r.failure is not None]
+        assert all(r.seq == 0 for r in refused)
+        assert {r.failure.current_version for r in refused if r.failure} == {passed[0].seq}
+        stored = await opened.all()
+        assert [r.seq for r in stored] == [1, 2], "a refused write takes no sequence"
+
+    async def test_conditions_count_writes_in_flight_in_the_same_group(
+        self, opened: Opened
+    ) -> None:
+        (created,) = await opened.append(make_event("ns/c", n=0))
+        plain = opened.append(make_event("ns/c", n=1))
+        checked = opened.append_checked(
+            [(make_event("ns/c", n=2), Check(expected_version=created.seq))]
+        )
+        (plain_done,), (checked_done,) = await asyncio.gather(plain, checked)
+        # One order or the other, never a lost update: if the conditional write passed, it
+        # was stored right after the version it expected.
+        if checked_done.failure is None:
+            assert checked_done.seq == created.seq + 1
+            assert plain_done.seq == created.seq + 2
+        else:
+            assert checked_done.failure.current_version == plain_done.seq
+
+    async def test_an_atomic_append_is_stored_whole_in_consecutive_sequences_or_not_at_all(
+        self, opened: Opened
+    ) -> None:
+        (a,) = await opened.append(make_event("ns/a", s="open"))
+        (b,) = await opened.append(make_event("ns/b", busy=False))
+        refused = await opened.append_checked(
+            [
+                (make_event("ns/a", s="taken"), Check(expected_version=a.seq)),
+                (make_event("ns/b", busy=True), Check(expected_version=a.seq)),  # wrong
+            ],
+            atomic=True,
+        )
+        assert all(r.failure is not None for r in refused)
+        assert len(await opened.all()) == 2
+        done = await opened.append_checked(
+            [
+                (make_event("ns/a", s="taken"), Check(expected_version=a.seq)),
+                (make_event("ns/x", note=1), None),
+                (make_event("ns/b", busy=True), Check(expected_version=b.seq)),
+            ],
+            atomic=True,
+        )
+        assert [r.seq for r in done] == [3, 4, 5]
+        assert opened.engine.entities["ns/a"].properties == {"s": "taken"}
+
+    async def test_a_retried_conditional_write_is_a_duplicate_not_a_conflict(
+        self, opened: Opened
+    ) -> None:
+        event = make_event("ns/d", n=1)
+        (first,) = await opened.append_checked([(event, Check(expected_version=0))])
+        (again,) = await opened.append_checked([(event, Check(expected_version=0))])
+        assert first.failure is None and again.failure is None
+        assert again.duplicate and again.seq == first.seq
+
+    async def test_a_lease_token_is_the_acquiring_events_sequence(self, opened: Opened) -> None:
+        await opened.append(make_event("ns/other", n=1))
+        lease_event = make_event("ns/t", **{"__lease__": None})
+        (done,) = await opened.append_checked(
+            [(lease_event, Check(lease=LeaseOp("acquire", "w1", None, 60_000)))]
+        )
+        assert done.failure is None
+        stored = (await opened.all())[-1]
+        assert stored.seq == done.seq
+        assert stored.event["payload"]["properties"]["__lease__"]["token"] == done.seq
+        (second,) = await opened.append_checked(
+            [
+                (
+                    make_event("ns/t", **{"__lease__": None}),
+                    Check(lease=LeaseOp("acquire", "w2", None, 60_000)),
+                )
+            ]
+        )
+        assert second.failure is not None and "held by 'w1'" in second.failure.reason
+
     async def test_a_closed_log_refuses_work_with_log_unavailable(self, make_log: MakeLog) -> None:
         async with self.open(make_log) as log:
             await log.append(make_event())
@@ -424,7 +530,9 @@ class _Open:
 
     async def __aenter__(self) -> Opened:
         with anyio.fail_after(TIMEOUT):
-            await self.opened.log.start(self.opened.on_records, after_seq=self.after_seq)
+            await self.opened.log.start(
+                self.opened.on_records, after_seq=self.after_seq, checker=self.opened.checker
+            )
         return self.opened
 
     async def __aexit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from flux.api import connectors, errors, http, namespaces, oauth, sources
+from flux.api import connectors, coordination, errors, http, namespaces, oauth, sources
 from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
 from flux.api.hosts import host_check
@@ -76,6 +76,10 @@ def routes() -> list[BaseRoute]:
         _route("/api/events/batch", POST=http.publish_batch),
         _route("/api/state/entities", GET=http.list_entities),
         _route("/api/state/entities/delete", POST=http.batch_delete),
+        _route("/api/state/changes", GET=coordination.changes),
+        _route("/api/leases/acquire", POST=coordination.acquire),
+        _route("/api/leases/renew", POST=coordination.renew),
+        _route("/api/leases/release", POST=coordination.release),
         _route(
             "/api/state/entities/{entity_id:fullpath}",
             GET=http.get_entity,

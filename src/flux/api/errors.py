@@ -24,6 +24,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.NotFound: 404,
     errors.RequestTimeout: 408,
     errors.Conflict: 409,
+    errors.ConditionFailed: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.MisdirectedRequest: 421,
@@ -69,6 +70,12 @@ def response_for(exc: errors.FluxError, method: str, path: str) -> Response:
     status = status_of(exc)
     if status >= 500:
         logger.error("%s %s failed: %s", method, path, exc.message)
+    if isinstance(exc, errors.ConditionFailed):
+        return Response(
+            orjson.dumps({"error": exc.message, **exc.details}),
+            status_code=status,
+            media_type="application/json",
+        )
     return error_response(status, exc.message, headers)
 
 

@@ -12,6 +12,7 @@ from flux import __version__
 from flux.api.body import read_body, read_json_object, require_json_content_type
 from flux.api.identity import credential_of
 from flux.auth import HIDE_ALL
+from flux.conditions import SIBLING
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
 from flux.events import (
@@ -62,11 +63,49 @@ async def publish_event(request: Request) -> Response:
     require_json_content_type(request)
     body = await read_body(request, server.runtime.current.body_size_limit_single_bytes)
     event = validate_event(decode_json(body), server.settings.max_entity_id_length)
+    _version_from_headers(request, event)
     server.permissions.admit(credential_of(request.scope), event)
     (appended,) = await server.service.publish([event])
+    if appended.failure is not None:
+        raise await server.service.condition_failed(appended.failure)
     return json_response(
         {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
     )
+
+
+def _version_from_headers(request: Request, event: dict[str, Any]) -> None:
+    """`If-Match: "<version>"` and `If-None-Match: *` as the event's `expected_version` (the
+    version and 0: create only). Raises ValidationError for another form, or when the event
+    names a different `expected_version` itself."""
+    headers = request.headers
+    match = headers.get("if-match")
+    none_match = headers.get("if-none-match")
+    if match is None and none_match is None:
+        return
+    if match is not None and none_match is not None:
+        raise ValidationError("give `If-Match` or `If-None-Match`, not both")
+    if none_match is not None:
+        if none_match.strip() != "*":
+            raise ValidationError("`If-None-Match` takes only `*` (the entity must not exist)")
+        version = 0
+    else:
+        text = (match or "").strip()
+        if text.startswith("W/"):
+            text = text[2:]
+        text = text.strip('"')
+        if not (text.isascii() and text.isdigit()) or len(text) > 18:
+            raise ValidationError('`If-Match` takes an entity version, e.g. `If-Match: "12"`')
+        version = int(text)
+    if "payload" not in event or type(event["payload"].get("entity_id")) is not str:
+        raise ValidationError("a conditional write needs `payload.entity_id` (a string)")
+    if type(event["payload"].get("properties")) is not dict:
+        raise ValidationError("a conditional write needs `payload.properties` (an object)")
+    given = event.get("expected_version")
+    if given is not None and given != version:
+        raise ValidationError(
+            f"the header expects version {version} but `expected_version` is {given}"
+        )
+    event["expected_version"] = version
 
 
 async def publish_batch(request: Request) -> Response:
@@ -74,12 +113,16 @@ async def publish_batch(request: Request) -> Response:
     require_json_content_type(request)
     body = await read_body(request, server.runtime.current.body_size_limit_batch_bytes)
     doc = decode_json(body)
+    atomic = False
     if type(doc) is dict:
         if "events" not in doc:
             raise ValidationError("missing field `events`")
         items = doc["events"]
         if type(items) is not list:
             raise ValidationError(f"invalid type: {describe(items)}, expected a sequence")
+        atomic = doc.get("atomic", False)
+        if type(atomic) is not bool:
+            raise ValidationError("`atomic` must be true or false")
     elif type(doc) is list:
         items = doc
     else:
@@ -88,6 +131,8 @@ async def publish_batch(request: Request) -> Response:
         )
     if not items:
         raise ValidationError("Batch request must contain at least one event")
+    if atomic:
+        return await _publish_atomic(server, request, items)
     credential = credential_of(request.scope)
     admit = server.permissions.admit
     results: list[dict[str, Any] | None] = [None] * len(items)  # each index is set below
@@ -123,18 +168,61 @@ async def publish_batch(request: Request) -> Response:
             "error": error,
         }
     appended = await server.service.publish([event for _, event in valid]) if valid else []
+    stored = 0
     for (index, event), done in zip(valid, appended, strict=True):
-        results[index] = {
+        result: dict[str, Any] = {
             "index": index,
             "eventId": event["eventId"],
             "stream": event["stream"],
             "error": None,
             "sequence": done.seq,
         }
+        if done.failure is not None:
+            result["error"] = f"condition failed: {done.failure.reason}"
+            result["sequence"] = None
+            result["conflict"] = await server.service.conflict_details(done.failure)
+        else:
+            stored += 1
+        results[index] = result
     return json_response(
-        {"successful": len(valid), "failed": len(items) - len(valid), "results": results},
+        {"successful": stored, "failed": len(items) - stored, "results": results},
         headers={"Retry-After": str(wait)} if wait else None,
     )
+
+
+async def _publish_atomic(server: Server, request: Request, items: list[Any]) -> Response:
+    """`{"events": [...], "atomic": true}`: every event valid and admitted, every condition
+    holding where the log orders them, then all stored in consecutive sequences; else nothing
+    is stored and the answer is the first problem's error (400, 401, 403, 429 or 409) with its
+    `index`."""
+    credential = credential_of(request.scope)
+    admit = server.permissions.admit
+    max_id_length = server.settings.max_entity_id_length
+    events = []
+    for index, item in enumerate(items):
+        try:
+            event = validate_event(item, max_id_length)
+            admit(credential, event)
+        except FluxError as exc:
+            exc.message = f"event {index}: {exc.message}; nothing was stored (atomic batch)"
+            raise
+        events.append(event)
+    appended = await server.service.publish(events, atomic=True)
+    for index, done in enumerate(appended):
+        failure = done.failure
+        if failure is not None and not failure.reason.startswith(SIBLING):
+            raise await server.service.condition_failed(failure, index)
+    results = [
+        {
+            "index": index,
+            "eventId": event["eventId"],
+            "stream": event["stream"],
+            "error": None,
+            "sequence": done.seq,
+        }
+        for index, (event, done) in enumerate(zip(events, appended, strict=True))
+    ]
+    return json_response({"successful": len(events), "failed": 0, "results": results})
 
 
 async def history(request: Request) -> Response:

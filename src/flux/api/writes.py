@@ -6,7 +6,8 @@ a `Request`, a `Response`, two more layers of `send` wrappers) was about as larg
 takes the success path directly: the whole body within its limit, a valid event, admitted, then
 stored. Whatever else happens before the event is handed to the log (a body not typed as JSON,
 a body over its limit, a client gone mid-body, bad JSON, a failed check, a refused token, a rate
-limit) is passed to the router with the body read so far replayed, so
+limit) or a conditional write (conditions in the event or `If-Match`/`If-None-Match`, answered
+409 with details when they fail) is passed to the router with the body read so far replayed, so
 `flux.api.http.publish_event` answers it exactly as it answers every request when this layer is
 absent; the tests run both paths. An error from the log itself (the event may not be published
 twice) is answered here, by the same mapping (`flux.api.errors.response_for`).
@@ -22,8 +23,8 @@ from flux.api.edge import RouteLabel
 from flux.api.errors import response_for
 from flux.api.identity import credential_of
 from flux.auth import ANONYMOUS
-from flux.errors import FluxError
-from flux.events import decode_json, validate_event
+from flux.errors import Conflict, FluxError
+from flux.events import conditions_of, decode_json, validate_event
 from flux.server import Server
 
 PATH = "/api/events"
@@ -32,6 +33,7 @@ _JSON = (b"content-type", b"application/json")
 _CONTENT_LENGTH = b"content-length"
 _CONTENT_TYPE = b"content-type"
 _APPLICATION_JSON = b"application/json"
+_CONDITIONAL = (b"if-match", b"if-none-match")
 
 
 class EventWrites:
@@ -61,8 +63,11 @@ class EventWrites:
                     return
             elif name == _CONTENT_TYPE:
                 json = value == _APPLICATION_JSON or is_json_type(value.decode("latin-1"))
+            elif name in _CONDITIONAL:
+                json = False  # a conditional write: the handler's
+                break
         if not json:
-            await self.app(scope, receive, send)  # the handler's 415
+            await self.app(scope, receive, send)  # the handler's 415, or a conditional write
             return
         received: list[Message] = []
         size = 0
@@ -83,6 +88,8 @@ class EventWrites:
         )
         try:
             event = validate_event(decode_json(body), self.max_id_length)
+            if len(event) > 5 and conditions_of(event):
+                raise Conflict("a conditional write: the handler answers it")
             # With auth off admission looks at no credential.
             self.admit(credential_of(scope) if self.auth_enabled else ANONYMOUS, event)
         except FluxError:

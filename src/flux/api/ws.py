@@ -26,6 +26,7 @@ from flux.errors import FluxError, ValidationError
 from flux.events import check_id_part
 from flux.hub import WILDCARD
 from flux.live import Filter, Live, Message, Outbox, Pending, encode
+from flux.presence import Presence
 
 logger = logging.getLogger("flux.ws")
 
@@ -35,6 +36,11 @@ CLOSE_SLOW_CONSUMER = 1013  # "try again later"
 def live_of(scope_holder: WebSocket | Request) -> Live:
     live: Live = scope_holder.app.state.live
     return live
+
+
+def presence_of(websocket: WebSocket) -> Presence:
+    presence: Presence = websocket.app.state.server.presence
+    return presence
 
 
 def parse_filter(message: dict[str, Any], max_id_length: int) -> Filter:
@@ -65,7 +71,7 @@ def error_message(text: str) -> Message:
     return encode({"type": "error", "error": text})
 
 
-async def handle(live: Live, outbox: Outbox, text: str) -> None:
+async def handle(live: Live, outbox: Outbox, text: str, presence: Presence) -> None:
     """Act on one client frame; problems become an `error` message, never a closed socket."""
     try:
         try:
@@ -96,11 +102,29 @@ async def handle(live: Live, outbox: Outbox, text: str) -> None:
             outbox.push(encode({"type": "authenticated"}))
         elif kind == "ping":
             outbox.push(encode({"type": "pong"}))
+        elif kind == "presence":
+            done = await presence.declare(
+                outbox,
+                outbox.credential,
+                message.get("entity_id", message.get("entityId")),
+                message.get("properties"),
+                message.get("source"),
+            )
+            outbox.push(
+                encode(
+                    {
+                        "type": "presence",
+                        "entity_id": message.get("entity_id", message.get("entityId")),
+                        "version": done.seq,
+                    }
+                )
+            )
         elif kind is None:
             raise ValidationError("missing field `type`")
         else:
             raise ValidationError(
-                f"unknown message type {kind!r}; expected subscribe, unsubscribe or ping"
+                f"unknown message type {kind!r}; expected subscribe, unsubscribe, presence, "
+                "auth or ping"
             )
     except FluxError as exc:  # a bad message, or the log failing under a replay
         outbox.push(error_message(exc.message))
@@ -142,7 +166,7 @@ async def _receive_loop(
         if text is None:
             outbox.push(error_message("binary frames are not supported; send JSON text"))
             continue
-        await handle(live, outbox, text)
+        await handle(live, outbox, text, presence_of(websocket))
 
 
 async def ended(outbox: Outbox) -> None:
@@ -277,6 +301,8 @@ async def websocket_endpoint(websocket: WebSocket, send: Send) -> None:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
         overflowed = await end_connection(live, outbox, tasks)
+        # Shielded: a presence is removed even when this task is cancelled (server shutdown).
+        await asyncio.shield(presence_of(websocket).leave(outbox))
     if overflowed:
         live.slow_consumer("ws")
         logger.warning("closing a slow WebSocket consumer (%s)", outbox.reason)

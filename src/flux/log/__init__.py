@@ -7,6 +7,15 @@ Contract (tests/log/contract.py runs it against every backend):
 - `append(entries)` makes the entries durable and returns after `on_records` has seen them, with
   their sequence numbers. An entry whose `eventId` is already in the log (or earlier in the same
   group) is not appended again: its result points at the stored record and says `duplicate`.
+- Conditions (`append(..., checked=True)`: some entries carry a `flux.conditions.Check`) are
+  decided where the log gives the entries their sequences, by the `checker` given to `start`,
+  with every record sequenced before them already handed to `on_records`: so two appends can
+  never both pass against the same state. An entry that fails is not stored; its result
+  carries the `Failure` (and sequence 0). A duplicate is reported as a duplicate before any
+  condition is looked at (a retried conditional write is not refused by its own first
+  success). With `atomic=True` an append's entries are stored all, in consecutive sequences,
+  or none. The SQLite log asks the checker on the event loop between two commits; a
+  distributed log must enforce the same with its own ordering (docs/architecture.md).
 - Sequences increase by one per stored record (a rejected duplicate takes no number) and never go
   back: not after `prune` removed every record, nor below `start(..., after_seq=N)` (the state's
   sequence, when a snapshot is ahead of the log).
@@ -26,6 +35,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from flux.conditions import Check, Failure, Verdict
 from flux.events import Event
 
 
@@ -36,6 +46,7 @@ class Entry(NamedTuple):
     event_id: str
     entity_id: str | None
     data: bytes  # the compact JSON of `event`
+    check: Check | None = None  # conditions decided where the log orders it
 
 
 class Record(NamedTuple):
@@ -47,18 +58,29 @@ class Record(NamedTuple):
 
 
 class Appended(NamedTuple):
-    seq: int
+    seq: int  # 0 when refused
     at: int
     duplicate: bool
+    failure: Failure | None = None  # why a checked entry was not stored
+
+
+# The checker the log asks about checked entries (see the contract above): `groups` holds each
+# checked append's (entries, atomic) in log order; the entries that pass will be stored in that
+# order from `first_seq` on. Returns a verdict per entry (`flux.conditions.evaluate`).
+Checker = Callable[[list[tuple[list[tuple[Event, Check | None]], bool]], int], list[list[Verdict]]]
 
 
 OnRecords = Callable[[list[Record]], None]
 
 
 class EventLog(Protocol):
-    async def start(self, on_records: OnRecords, *, after_seq: int = 0) -> None: ...
+    async def start(
+        self, on_records: OnRecords, *, after_seq: int = 0, checker: Checker | None = None
+    ) -> None: ...
 
-    async def append(self, entries: Sequence[Entry]) -> list[Appended]: ...
+    async def append(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> list[Appended]: ...
 
     def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]: ...
 

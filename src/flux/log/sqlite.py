@@ -27,6 +27,7 @@ newest row against `meta`); `verify()` runs SQLite's `quick_check` over the whol
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -41,9 +42,10 @@ from typing import Any
 
 import orjson
 
+from flux.conditions import Check, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable
-from flux.events import now_us
-from flux.log import Appended, Entry, OnRecords, Record
+from flux.events import Event, now_us
+from flux.log import Appended, Checker, Entry, OnRecords, Record
 
 logger = logging.getLogger("flux.log")
 
@@ -125,6 +127,7 @@ _CHECKPOINT_BYTES = 4 << 20  # committed event bytes between two checkpoints
 _MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
 _PRUNE_CHUNK = 20_000
 _LOOKUP_CHUNK = 500
+_CHECK_TIMEOUT = 60.0  # seconds the writer waits for the event loop to decide conditions
 # A hole the log made on purpose: when the state (a snapshot) was ahead of the log at start,
 # new sequences continue above the state's, and `meta` records `gap:<last stored seq>` ->
 # <the state's seq>, so that readers and `flux check` tell it from rows gone missing.
@@ -177,11 +180,19 @@ def translate(exc: BaseException) -> LogError:
 
 
 class _Append:
-    __slots__ = ("entries", "future", "results")
+    __slots__ = ("atomic", "checked", "entries", "future", "results")
 
-    def __init__(self, entries: Sequence[Entry], future: asyncio.Future[list[Appended]]) -> None:
+    def __init__(
+        self,
+        entries: Sequence[Entry],
+        future: asyncio.Future[list[Appended]],
+        checked: bool = False,
+        atomic: bool = False,
+    ) -> None:
         self.entries = entries
         self.future = future
+        self.checked = checked
+        self.atomic = atomic
         self.results: list[Appended] | BaseException | None = None
 
 
@@ -207,6 +218,7 @@ class SQLiteLog:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_records: OnRecords | None = None
+        self._checker: Checker | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-log-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -224,11 +236,14 @@ class SQLiteLog:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, on_records: OnRecords, *, after_seq: int = 0) -> None:
+    async def start(
+        self, on_records: OnRecords, *, after_seq: int = 0, checker: Checker | None = None
+    ) -> None:
         """Open the log. New records get sequences above every stored one and above
         `after_seq`. Raises LogUnavailable when the database cannot be opened."""
         self._loop = asyncio.get_running_loop()
         self._on_records = on_records
+        self._checker = checker
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
@@ -320,15 +335,19 @@ class SQLiteLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def append(self, entries: Sequence[Entry]) -> list[Appended]:
+    async def append(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> list[Appended]:
         error = self._unavailable()
         if error is not None:
             raise error
         if not entries:
             return []
         assert self._loop is not None
+        if checked and self._checker is None:
+            raise LogUnavailable("event log unavailable: conditions need a checker")
         future: asyncio.Future[list[Appended]] = self._loop.create_future()
-        self._queue.put(_Append(entries, future))
+        self._queue.put(_Append(entries, future, checked, atomic))
         if self._broken is not None:  # the writer died after the check: it may not see this one
             _settle(future, None, self._unavailable())
         return await future
@@ -502,7 +521,10 @@ class SQLiteLog:
             jobs = [i for i in taken if isinstance(i, _Job)]
             stop = any(i is _STOP for i in taken)
             if appends:
-                records = self._commit(conn, appends)
+                if any(a.checked for a in appends):
+                    records = self._commit_checked(conn, loop, appends)
+                else:
+                    records = self._commit(conn, appends)
                 loop.call_soon_threadsafe(self._deliver, appends, records)
             for job in jobs:
                 try:
@@ -588,6 +610,151 @@ class SQLiteLog:
         conn.execute(_INSERT_GROUP, (first, at, rows, blob))
         conn.execute("COMMIT")
         return outcome, len(fresh)
+
+    def _commit_checked(
+        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, appends: list[_Append]
+    ) -> list[Record]:
+        """A group with checked appends. Their entries go first, each decided by the checker
+        on the event loop (which by then has applied every earlier group: those records were
+        handed to the loop before this question), then the plain appends' entries, all in one
+        transaction. Checked appends were concurrent with the plain ones of the group (neither
+        was answered), so storing them first is an order the clients may see. Duplicates of
+        stored events are found first and answered as duplicates, never checked."""
+        checked = [a for a in appends if a.checked]
+        plain = [a for a in appends if not a.checked]
+        try:
+            known = _lookup(conn, list({e.event_id for a in checked for e in a.entries}))
+        except Exception as exc:
+            error = self._translate(exc)
+            for append in appends:
+                append.results = error
+            return []
+        # Per checked append: for each entry, the (seq, at) of the stored event it repeats, or
+        # the index of the earlier entry of this group it repeats, or None (to be checked).
+        repeats: list[list[tuple[int, int] | int | None]] = []
+        first_index: dict[str, int] = {}
+        groups: list[tuple[list[tuple[Event, Check | None]], bool]] = []
+        position = 0
+        for append in checked:
+            marks: list[tuple[int, int] | int | None] = []
+            asked: list[tuple[Event, Check | None]] = []
+            for entry in append.entries:
+                stored = known.get(entry.event_id)
+                if stored is not None:
+                    marks.append(stored)
+                elif entry.event_id in first_index:
+                    marks.append(first_index[entry.event_id])
+                else:
+                    first_index[entry.event_id] = position
+                    marks.append(None)
+                    asked.append((entry.event, entry.check))
+                position += 1
+            repeats.append(marks)
+            groups.append((asked, append.atomic))
+        first = self._next_seq
+        try:
+            verdicts = self._ask(loop, groups, first)
+        except Exception as exc:
+            error = LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}")
+            for append in appends:
+                append.results = error
+            return []
+        # The entries to store: the checked ones that passed (as the checker rewrote them),
+        # in order, then every plain entry.
+        stored_entries: list[Entry] = []
+        for marks, asked_verdicts, append in zip(repeats, verdicts, checked, strict=True):
+            it = iter(asked_verdicts)
+            for mark, entry in zip(marks, append.entries, strict=True):
+                if mark is not None:
+                    continue
+                verdict = next(it)
+                if isinstance(verdict, Failure):
+                    continue
+                if verdict.event is not None:
+                    event = verdict.event
+                    entry = Entry(event, entry.event_id, entry.entity_id, orjson.dumps(event))
+                stored_entries.append(entry)
+        n_checked = len(stored_entries)
+        for append in plain:
+            stored_entries.extend(append.entries)
+        at = max(now_us(), self._last_at)
+        try:
+            outcome: list[Appended] | None = None
+            count = len(stored_entries)
+            if stored_entries:
+                rows, blob = _group_params(stored_entries)
+                try:
+                    conn.execute(_INSERT_GROUP, (first, at, rows, blob))
+                except sqlite3.IntegrityError:
+                    outcome, count = self._insert_new(conn, stored_entries, first, at)
+        except Exception as exc:
+            _rollback(conn)
+            error = self._translate(exc)
+            logger.error("append of %d events failed: %s", len(stored_entries), exc)
+            for append in appends:
+                append.results = error
+            return []
+        self._next_seq = first + count
+        self._last_at = at
+        if outcome is None:
+            outcome = [Appended(first + i, at, False) for i in range(count)]
+        records: list[Record] = []
+        for done, entry in zip(outcome, stored_entries, strict=True):
+            if not done.duplicate:
+                records.append(Record(done.seq, at, entry.event))
+        # Each append's results, entry by entry.
+        slot = 0
+        flat: list[Appended] = []
+        for marks, asked_verdicts, append in zip(repeats, verdicts, checked, strict=True):
+            it = iter(asked_verdicts)
+            results: list[Appended] = []
+            for mark in marks:
+                if mark is None:
+                    verdict = next(it)
+                    if isinstance(verdict, Failure):
+                        results.append(Appended(0, at, False, verdict))
+                    else:
+                        results.append(outcome[slot])
+                        slot += 1
+                elif isinstance(mark, int):
+                    earlier = flat[mark]
+                    results.append(
+                        Appended(earlier.seq, earlier.at, True, earlier.failure)
+                        if earlier.failure is None
+                        else earlier
+                    )
+                else:
+                    results.append(Appended(mark[0], mark[1], True))
+                flat.append(results[-1])
+            append.results = results
+        assert slot == n_checked
+        for append in plain:
+            append.results = outcome[slot : slot + len(append.entries)]
+            slot += len(append.entries)
+        return records
+
+    def _ask(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        groups: list[tuple[list[tuple[Event, Check | None]], bool]],
+        first_seq: int,
+    ) -> list[list[Verdict]]:
+        """The checker's verdicts, asked on the event loop; this thread waits for them. The
+        question is queued behind the records of every earlier group (`_deliver`), so the
+        checker sees them applied."""
+        checker = self._checker
+        assert checker is not None
+        answer: concurrent.futures.Future[list[list[Verdict]]] = concurrent.futures.Future()
+
+        def ask() -> None:
+            if answer.set_running_or_notify_cancel():
+                try:
+                    answer.set_result(checker(groups, first_seq))
+                except BaseException as exc:
+                    answer.set_exception(exc)
+
+        loop.call_soon_threadsafe(ask)
+        return answer.result(timeout=_CHECK_TIMEOUT)
 
     def _deliver(self, appends: list[_Append], records: list[Record]) -> None:
         """On the loop: hand the committed records on, then wake the appenders."""
@@ -813,7 +980,9 @@ def _results_in_order(appends: list[_Append], first: int, at: int) -> list[Recor
     seq = first
     for append in appends:
         end = seq + len(append.entries)
-        append.results = list(map(new, zip(range(seq, end), repeat(at), repeat(False))))
+        append.results = list(
+            map(new, zip(range(seq, end), repeat(at), repeat(False), repeat(None)))
+        )
         events = [entry.event for entry in append.entries]
         records.extend(map(new_record, zip(range(seq, end), repeat(at), events)))
         seq = end
