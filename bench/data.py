@@ -57,6 +57,17 @@ def single_bodies(entities: int, count: int) -> list[bytes]:
     return [orjson.dumps(event(rng.randrange(entities), k)) for k in range(count)]
 
 
+def conditional_bodies(entities: int, count: int) -> list[bytes]:
+    """`single_bodies`, each event with a condition that holds (`expected_properties`: a
+    property no event sets is absent): every request takes the conditional path, decided by
+    the log's writer, and is stored."""
+    rng = random.Random(2)
+    return [
+        orjson.dumps({**event(rng.randrange(entities), k), "expected_properties": {"claim": None}})
+        for k in range(count)
+    ]
+
+
 def get_paths(entities: int, count: int) -> list[bytes]:
     """`count` GET paths of random existing entities (the `/` in the id sent as %2F)."""
     rng = random.Random(3)

@@ -289,6 +289,12 @@ def scenario_single(ctx: Context) -> list[Row]:
         f"single-{cfg.entities}x{cfg.single_bodies}.ndjson",
         lambda: data.single_bodies(cfg.entities, cfg.single_bodies),
     )
+    conditional_file = request_file(
+        ctx,
+        f"conditional-{cfg.entities}x{cfg.single_bodies}.ndjson",
+        lambda: data.conditional_bodies(cfg.entities, cfg.single_bodies),
+    )
+    conditional: list[Load] = []  # Flux with conditional events, right after each plain run
     path = "/api/events"
     bodies = read_lines(file)
     taking_part = [p for p in [*ctx.everyone, *ctx.stacks] if "single" in p.scenarios]
@@ -328,6 +334,22 @@ def scenario_single(ctx: Context) -> list[Row]:
                 seconds=duration_of(ctx, label),
             )
             sent = load.requests
+            if peer is ctx.subject:
+                checked = wrk_load(
+                    ctx,
+                    server,
+                    label=label + "-conditional",
+                    method="POST",
+                    mode="body",
+                    file=conditional_file,
+                    path=path,
+                    threads=cfg.threads,
+                    connections=cfg.connections,
+                    seconds=duration_of(ctx, label),
+                )
+                sent += checked.requests
+                if not label.endswith("-warmup"):
+                    conditional.append(checked)
         else:
             load = peer_load(ctx, server, label, redis_run if peer.kind == "redis" else nats_run)
             sent = load.requests
@@ -337,15 +359,41 @@ def scenario_single(ctx: Context) -> list[Row]:
         return load
 
     loads = interleaved(ctx, "single", measure, unit="events/s")
-    runs = (1 + cfg.repeats) * cfg.connections
+    runs = 2 * (1 + cfg.repeats) * cfg.connections
     check_stored(ctx, "single", counts, loads, slack=runs)
+    plain = figures(ctx, loads, lambda x: x.rps)
+    subject = ctx.subject.name
+    checked_rps = median([x.rps for x in conditional]) if conditional else None
     return [
         Row(
             f"single-event publish ({cfg.connections} concurrent clients)",
             "events/s",
-            figures(ctx, loads, lambda x: x.rps),
+            plain,
         ),
         *latency_rows(ctx, loads, "publish"),
+        # Each Flux run above is followed at once by a run of conditional events: same server,
+        # same clients, every event `expected_properties: {"claim": null}` (a condition that
+        # holds), so each one is decided by the log's writer before it is stored.
+        Row(
+            "single-event publish, conditional (expected_properties)",
+            "events/s",
+            {
+                **{name: None for name in plain},
+                subject: checked_rps,
+                "ceiling": plain.get("ceiling"),
+            },
+        ),
+        Row(
+            "  conditional / plain publish (Flux, same runs)",
+            "ratio",
+            {
+                **{name: None for name in plain},
+                subject: checked_rps / plain[subject]
+                if checked_rps and plain.get(subject)
+                else None,
+            },
+            decimals=2,
+        ),
         *stack_rows(ctx, loads, "events/s"),
     ]
 

@@ -139,12 +139,23 @@ def evaluate(
     groups: Sequence[tuple[Sequence[tuple[Event, Check | None]], bool]],
     first_seq: int,
     now_ms: int,
+    unapplied: Sequence[tuple[int, int, Event]] = (),
 ) -> list[list[Verdict]]:
     """Decide each entry of each group, in order: `groups` holds (entries, atomic) with each
     entry an (event, check) pair; the entries that pass will be stored in this order from
     `first_seq` on (a lease acquired gets its own sequence as its fencing token: greater
-    than every token issued before, for any entity)."""
+    than every token issued before, for any entity).
+
+    `unapplied` are records (seq, at, event) sequenced before `first_seq` that the engine may
+    not have applied yet: they are laid over it first. The log calls this on its writer thread
+    while the event loop may be applying exactly those records; that is safe because the loop
+    changes only entities those records name, which the overlay answers for, and because
+    laying a record over a state that already has it (and what follows it, laid over in
+    order) gives the same result: the merge is last-writer-wins per property and a deletion
+    resets the entity."""
     view = _View(engine)
+    for seq, _, event in unapplied:
+        view.apply(event, seq, view.overlay)
     seq = first_seq
     verdicts: list[list[Verdict]] = []
     for entries, atomic in groups:

@@ -63,9 +63,12 @@ class Opened:
         self.engine.apply_all(records)
 
     def checker(
-        self, groups: list[tuple[list[tuple[Event, Check | None]], bool]], first_seq: int
+        self,
+        groups: list[tuple[list[tuple[Event, Check | None]], bool]],
+        first_seq: int,
+        unapplied: list[Record],
     ) -> list[list[Verdict]]:
-        return evaluate(self.engine, groups, first_seq, int(time.time() * 1000))
+        return evaluate(self.engine, groups, first_seq, int(time.time() * 1000), unapplied)
 
     async def append_checked(
         self, pairs: Sequence[tuple[Event, Check | None]], atomic: bool = False

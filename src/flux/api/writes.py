@@ -6,11 +6,11 @@ a `Request`, a `Response`, two more layers of `send` wrappers) was about as larg
 takes the success path directly: the whole body within its limit, a valid event, admitted, then
 stored. Whatever else happens before the event is handed to the log (a body not typed as JSON,
 a body over its limit, a client gone mid-body, bad JSON, a failed check, a refused token, a rate
-limit) or a conditional write (conditions in the event or `If-Match`/`If-None-Match`, answered
-409 with details when they fail) is passed to the router with the body read so far replayed, so
-`flux.api.http.publish_event` answers it exactly as it answers every request when this layer is
-absent; the tests run both paths. An error from the log itself (the event may not be published
-twice) is answered here, by the same mapping (`flux.api.errors.response_for`).
+limit, or `If-Match`/`If-None-Match` headers) is passed to the router with the body read so far
+replayed, so `flux.api.http.publish_event` answers it exactly as it answers every request when
+this layer is absent; the tests run both paths. An error from the log itself (the event may not
+be published twice) and a condition that failed (a 409 with what an agent needs to retry) are
+answered here, by the same mapping (`flux.api.errors.response_for`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from flux.api.edge import RouteLabel
 from flux.api.errors import response_for
 from flux.api.identity import credential_of
 from flux.auth import ANONYMOUS
-from flux.errors import Conflict, FluxError
-from flux.events import conditions_of, decode_json, validate_event
+from flux.errors import FluxError
+from flux.events import decode_json, validate_event
 from flux.server import Server
 
 PATH = "/api/events"
@@ -45,6 +45,7 @@ class EventWrites:
         self.max_id_length = server.settings.max_entity_id_length
         self.admit = server.permissions.admit
         self.publish = server.service.publish
+        self.condition_failed = server.service.condition_failed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == PATH:
@@ -88,8 +89,6 @@ class EventWrites:
         )
         try:
             event = validate_event(decode_json(body), self.max_id_length)
-            if len(event) > 5 and conditions_of(event):
-                raise Conflict("a conditional write: the handler answers it")
             # With auth off admission looks at no credential.
             self.admit(credential_of(scope) if self.auth_enabled else ANONYMOUS, event)
         except FluxError:
@@ -97,6 +96,8 @@ class EventWrites:
         scope["route"] = _ROUTE
         try:
             (appended,) = await self.publish([event])
+            if appended.failure is not None:
+                raise await self.condition_failed(appended.failure)
         except FluxError as exc:
             await response_for(exc, "POST", PATH)(scope, receive, send)
             return

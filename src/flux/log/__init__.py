@@ -8,14 +8,16 @@ Contract (tests/log/contract.py runs it against every backend):
   their sequence numbers. An entry whose `eventId` is already in the log (or earlier in the same
   group) is not appended again: its result points at the stored record and says `duplicate`.
 - Conditions (`append(..., checked=True)`: some entries carry a `flux.conditions.Check`) are
-  decided where the log gives the entries their sequences, by the `checker` given to `start`,
-  with every record sequenced before them already handed to `on_records`: so two appends can
-  never both pass against the same state. An entry that fails is not stored; its result
-  carries the `Failure` (and sequence 0). A duplicate is reported as a duplicate before any
-  condition is looked at (a retried conditional write is not refused by its own first
-  success). With `atomic=True` an append's entries are stored all, in consecutive sequences,
-  or none. The SQLite log asks the checker on the event loop between two commits; a
-  distributed log must enforce the same with its own ordering (docs/architecture.md).
+  decided where the log gives the entries their sequences, by the `checker` given to `start`:
+  so two appends can never both pass against the same state. The checker reads the state
+  `on_records` builds, and is handed the records sequenced before the entries that
+  `on_records` has not seen yet, to count as applied. An entry that fails is not stored; its
+  result carries the `Failure` (and sequence 0). A duplicate is reported as a duplicate
+  before any condition is looked at (a retried conditional write is not refused by its own
+  first success). With `atomic=True` an append's entries are stored all, in consecutive
+  sequences, or none. The SQLite log calls the checker on its writer thread, between two
+  commits; a distributed log must enforce the same with its own ordering
+  (docs/architecture.md).
 - Sequences increase by one per stored record (a rejected duplicate takes no number) and never go
   back: not after `prune` removed every record, nor below `start(..., after_seq=N)` (the state's
   sequence, when a snapshot is ahead of the log).
@@ -66,8 +68,12 @@ class Appended(NamedTuple):
 
 # The checker the log asks about checked entries (see the contract above): `groups` holds each
 # checked append's (entries, atomic) in log order; the entries that pass will be stored in that
-# order from `first_seq` on. Returns a verdict per entry (`flux.conditions.evaluate`).
-Checker = Callable[[list[tuple[list[tuple[Event, Check | None]], bool]], int], list[list[Verdict]]]
+# order from `first_seq` on; `unapplied` are the records sequenced before them that
+# `on_records` has not seen yet. Returns a verdict per entry (`flux.conditions.evaluate`).
+Checker = Callable[
+    [list[tuple[list[tuple[Event, Check | None]], bool]], int, list["Record"]],
+    list[list[Verdict]],
+]
 
 
 OnRecords = Callable[[list[Record]], None]

@@ -27,7 +27,7 @@ newest row against `meta`); `verify()` runs SQLite's `quick_check` over the whol
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
 import functools
 import logging
@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from flux.conditions import Check, Failure, Verdict
+from flux.conditions import Check, Failure
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import Event, now_us
 from flux.log import Appended, Checker, Entry, OnRecords, Record
@@ -127,7 +127,6 @@ _CHECKPOINT_BYTES = 4 << 20  # committed event bytes between two checkpoints
 _MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
 _PRUNE_CHUNK = 20_000
 _LOOKUP_CHUNK = 500
-_CHECK_TIMEOUT = 60.0  # seconds the writer waits for the event loop to decide conditions
 # A hole the log made on purpose: when the state (a snapshot) was ahead of the log at start,
 # new sequences continue above the state's, and `meta` records `gap:<last stored seq>` ->
 # <the state's seq>, so that readers and `flux check` tell it from rows gone missing.
@@ -219,6 +218,10 @@ class SQLiteLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_records: OnRecords | None = None
         self._checker: Checker | None = None
+        # Committed groups' records not yet handed to `on_records` (the writer's, for the
+        # checker), and the newest sequence `on_records` has seen (written on the loop).
+        self._unapplied: collections.deque[list[Record]] = collections.deque()
+        self._applied_seq = 0
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-log-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -522,9 +525,12 @@ class SQLiteLog:
             stop = any(i is _STOP for i in taken)
             if appends:
                 if any(a.checked for a in appends):
-                    records = self._commit_checked(conn, loop, appends)
+                    records = self._commit_checked(conn, appends)
                 else:
                     records = self._commit(conn, appends)
+                if records:
+                    self._unapplied.append(records)
+                    self._forget_applied()
                 loop.call_soon_threadsafe(self._deliver, appends, records)
             for job in jobs:
                 try:
@@ -611,15 +617,21 @@ class SQLiteLog:
         conn.execute("COMMIT")
         return outcome, len(fresh)
 
-    def _commit_checked(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, appends: list[_Append]
-    ) -> list[Record]:
+    def _forget_applied(self) -> None:
+        """Drop the committed groups `on_records` has seen (`_applied_seq`, set on the loop)."""
+        unapplied = self._unapplied
+        applied = self._applied_seq
+        while unapplied and unapplied[0][-1].seq <= applied:
+            unapplied.popleft()
+
+    def _commit_checked(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[Record]:
         """A group with checked appends. Their entries go first, each decided by the checker
-        on the event loop (which by then has applied every earlier group: those records were
-        handed to the loop before this question), then the plain appends' entries, all in one
-        transaction. Checked appends were concurrent with the plain ones of the group (neither
-        was answered), so storing them first is an order the clients may see. Duplicates of
-        stored events are found first and answered as duplicates, never checked."""
+        on this thread, against the state `on_records` has built plus the committed records it
+        has not seen yet (`_unapplied`: the checker counts them as applied), then the plain
+        appends' entries, all in one transaction. Checked appends were concurrent with the
+        plain ones of the group (neither was answered), so storing them first is an order the
+        clients may see. Duplicates of stored events are found first and answered as
+        duplicates, never checked."""
         checked = [a for a in appends if a.checked]
         plain = [a for a in appends if not a.checked]
         try:
@@ -652,9 +664,14 @@ class SQLiteLog:
             repeats.append(marks)
             groups.append((asked, append.atomic))
         first = self._next_seq
+        checker = self._checker
+        assert checker is not None
+        self._forget_applied()
+        unapplied = [record for records in self._unapplied for record in records]
         try:
-            verdicts = self._ask(loop, groups, first)
+            verdicts = checker(groups, first, unapplied)
         except Exception as exc:
+            logger.exception("deciding the conditions of %d appends failed", len(checked))
             error = LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}")
             for append in appends:
                 append.results = error
@@ -733,29 +750,6 @@ class SQLiteLog:
             slot += len(append.entries)
         return records
 
-    def _ask(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        groups: list[tuple[list[tuple[Event, Check | None]], bool]],
-        first_seq: int,
-    ) -> list[list[Verdict]]:
-        """The checker's verdicts, asked on the event loop; this thread waits for them. The
-        question is queued behind the records of every earlier group (`_deliver`), so the
-        checker sees them applied."""
-        checker = self._checker
-        assert checker is not None
-        answer: concurrent.futures.Future[list[list[Verdict]]] = concurrent.futures.Future()
-
-        def ask() -> None:
-            if answer.set_running_or_notify_cancel():
-                try:
-                    answer.set_result(checker(groups, first_seq))
-                except BaseException as exc:
-                    answer.set_exception(exc)
-
-        loop.call_soon_threadsafe(ask)
-        return answer.result(timeout=_CHECK_TIMEOUT)
-
     def _deliver(self, appends: list[_Append], records: list[Record]) -> None:
         """On the loop: hand the committed records on, then wake the appenders."""
         if records and self._on_records is not None:
@@ -763,6 +757,7 @@ class SQLiteLog:
                 self._on_records(records)
             except Exception:  # the log stays correct; state is the caller's to fix
                 logger.exception("applying %d committed records failed", len(records))
+            self._applied_seq = records[-1].seq
         for append in appends:
             results = append.results
             if isinstance(results, BaseException):
