@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from flux.engine import StateEngine
-from flux.events import DELETED, LEASE, Event
+from flux.events import DELETED, DELETION_STREAM, EXPIRED, LEASE, Event
 
 
 class LeaseOp(NamedTuple):
@@ -29,6 +29,7 @@ class LeaseOp(NamedTuple):
     owner: str | None
     token: int | None  # renew, release and expire: the lease's token
     ttl_ms: int | None  # acquire and renew: how long the lease lasts from now
+    presence: bool = False  # acquire: the entity is deleted when the lease ends
 
 
 class Check(NamedTuple):
@@ -290,6 +291,8 @@ def _lease(
                 "acquired_at": now_ms,
                 "expires_at": now_ms + op.ttl_ms,
             }
+            if op.presence:
+                new["presence"] = True
         return Passed(_with_lease(event, new))
     if op.op == "renew":
         if held is None or held.get("owner") != op.owner or held.get("token") != op.token:
@@ -301,13 +304,33 @@ def _lease(
             return fail("no lease is held on this entity")
         if lease.get("owner") != op.owner or lease.get("token") != op.token:
             return fail("the lease is not this owner's (or its token is not this one)")
-        return Passed(_with_lease(event, None))
+        return Passed(_ended(event, lease))
     # expire: only the lease that fell due, and only once
     if type(lease) is not dict or lease.get("token") != op.token or held is not None:
         return fail("the lease is no longer due to expire")
     if lease.get("owner") is None:
         return fail("the lease was released")
-    return Passed(_with_lease(event, None))
+    return Passed(_ended(event, lease))
+
+
+def _ended(event: Event, lease: dict[str, Any]) -> Event:
+    """The event that ends a lease: the lease cleared, or for a presence lease the entity
+    deleted (its holder is gone)."""
+    if not lease.get("presence"):
+        return _with_lease(event, None)
+    payload = event["payload"]
+    return {
+        **event,
+        "stream": DELETION_STREAM,
+        "payload": {
+            **payload,
+            "properties": {
+                DELETED: True,
+                "__deleted_at__": event["timestamp"],
+                EXPIRED: "presence",
+            },
+        },
+    }
 
 
 def _with_lease(event: Event, lease: dict[str, Any] | None) -> Event:

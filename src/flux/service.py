@@ -249,9 +249,15 @@ class FluxService:
         return done
 
     @staticmethod
-    def lease_event(owner: str | None, entity_id: str, expired: bool = False) -> Event:
-        """The event of a lease operation; the log's check writes the lease into it."""
-        props: dict[str, object] = {LEASE: None}
+    def lease_event(
+        owner: str | None,
+        entity_id: str,
+        expired: bool = False,
+        properties: dict[str, object] | None = None,
+    ) -> Event:
+        """The event of a lease operation (with `properties` to set with it); the log's check
+        writes the lease into it."""
+        props: dict[str, object] = {**(properties or {}), LEASE: None}
         if expired:
             props[EXPIRED] = "lease"
         return {
@@ -262,11 +268,13 @@ class FluxService:
             "payload": {"entity_id": entity_id, "properties": props},
         }
 
-    async def lease(self, op: LeaseOp, entity_id: str) -> tuple[dict[str, object], Appended]:
+    async def lease(
+        self, op: LeaseOp, entity_id: str, properties: dict[str, object] | None = None
+    ) -> tuple[dict[str, object], Appended]:
         """Acquire, renew or release a lease on an entity (docs/coordination.md); returns the
         lease as stored (empty after a release) and the append's result. Raises
         ConditionFailed when the lease is not the caller's to take or keep."""
-        event = self.lease_event(op.owner, entity_id)
+        event = self.lease_event(op.owner, entity_id, properties=properties)
         event_id = event["eventId"]
         self._captures[event_id] = None  # `_on_records` keeps the event as it was stored
         try:

@@ -171,3 +171,22 @@ def test_must_exist() -> None:
     engine = engine_with(event("t/1", a=1))
     assert isinstance(one(engine, event("t/1", **{DELETED: True}), Check(must_exist=True)), Passed)
     assert isinstance(one(engine, event("t/2", **{DELETED: True}), Check(must_exist=True)), Failure)
+
+
+def test_a_presence_lease_deletes_its_entity_when_it_ends() -> None:
+    engine = StateEngine()
+    acquire = Check(lease=LeaseOp("acquire", "a7", None, 100, presence=True))
+    passed = one(engine, event("agents/7", online=True, **{LEASE: None}), acquire, first=5)
+    assert isinstance(passed, Passed) and passed.event is not None
+    assert passed.event["payload"]["properties"][LEASE]["presence"] is True
+    engine.apply_all([(5, 1, passed.event)])
+    for op in (LeaseOp("expire", None, 5, None), LeaseOp("release", "a7", 5, None)):
+        ended = evaluate(
+            engine,
+            [([(event("agents/7", **{LEASE: None}), Check(lease=op))], False)],
+            6,
+            NOW + 1000,
+        )[0][0]
+        assert isinstance(ended, Passed) and ended.event is not None
+        assert ended.event["payload"]["properties"][DELETED] is True
+        assert ended.event["payload"]["properties"]["__expired__"] == "presence"

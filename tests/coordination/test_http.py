@@ -281,3 +281,47 @@ def test_changes_since_a_forgotten_deletion_says_resync(http: httpx.Client) -> N
     answer = http.get("/api/state/changes", params={"since": cursor})
     assert answer.status_code == 410
     assert answer.json()["resync"] is True and answer.json()["oldest"] > cursor
+
+
+def test_http_presence_is_a_lease_its_holder_renews(http: httpx.Client) -> None:
+    """An agent that only speaks HTTP holds a presence lease: the entity, with the properties
+    given at acquire, lives while the lease is renewed and is deleted when it is not."""
+    body = {
+        "entity_id": "c12/agent-7",
+        "owner": "agent-7",
+        "ttl_ms": 400,
+        "presence": True,
+        "properties": {"online": True, "skills": ["search"]},
+    }
+    lease = http.post("/api/leases/acquire", json=body).json()
+    assert http.get("/api/state/entities/c12/agent-7").json()["properties"]["skills"] == ["search"]
+    for _ in range(3):
+        time.sleep(0.2)
+        renewed = http.post(
+            "/api/leases/renew",
+            json={
+                "entity_id": "c12/agent-7",
+                "owner": "agent-7",
+                "token": lease["token"],
+                "ttl_ms": 400,
+            },
+        )
+        assert renewed.status_code == 200, renewed.text
+    wait_for(
+        lambda: http.get("/api/state/entities/c12/agent-7").status_code == 404,
+        "the presence lease to end",
+        timeout=10,
+    )
+    gone = http.get("/api/events", params={"entity": "c12/agent-7"}).json()[0]
+    assert gone["payload"]["properties"]["__deleted__"] is True
+    assert gone["payload"]["properties"]["__expired__"] == "presence"
+    # released by its holder: deleted at once
+    again = http.post("/api/leases/acquire", json=body).json()
+    released = http.post(
+        "/api/leases/release",
+        json={"entity_id": "c12/agent-7", "owner": "agent-7", "token": again["token"]},
+    )
+    assert released.status_code == 200
+    assert http.get("/api/state/entities/c12/agent-7").status_code == 404
+    bad = http.post("/api/leases/renew", json={**body, "token": 1})
+    assert bad.status_code == 400 and "acquire" in bad.json()["error"]

@@ -13,7 +13,7 @@ from flux.api.http import entity_json, json_response, server_of
 from flux.api.identity import credential_of
 from flux.conditions import LeaseOp
 from flux.errors import ValidationError
-from flux.events import check_entity_id, check_id_part
+from flux.events import DELETED, RESERVED, check_entity_id, check_id_part
 
 LEASE_BODY_LIMIT = 16 * 1024
 
@@ -36,7 +36,9 @@ async def release(request: Request) -> Response:
 async def _lease(request: Request, op: str) -> Response:
     """Take, extend or give back a lease on an entity. 200 with the lease (its `token` is the
     fencing token); 409 with the holder and the entity's state when it is not the caller's to
-    take or keep."""
+    take or keep. `acquire` may set `properties` with the lease, and `presence: true` makes it
+    a presence for HTTP clients: the entity is deleted when the lease ends (released, or not
+    renewed in time), as a WebSocket presence is when its connection ends."""
     server = server_of(request)
     doc = await read_json_object(request, LEASE_BODY_LIMIT)
     entity_id = doc.get("entity_id")
@@ -55,12 +57,26 @@ async def _lease(request: Request, op: str) -> Response:
         raise ValidationError(
             f"`ttl_ms` must be an integer from 1 to {max_ttl} (FLUX_LEASE_MAX_TTL_MS)"
         )
+    presence = doc.get("presence", False)
+    properties = doc.get("properties")
+    if op != "acquire" and (presence or properties is not None):
+        raise ValidationError("`presence` and `properties` are given with `acquire` only")
+    if type(presence) is not bool:
+        raise ValidationError("`presence` must be true or false")
+    if properties is not None:
+        if type(properties) is not dict:
+            raise ValidationError("`properties` must be an object")
+        reserved = RESERVED & properties.keys() | ({DELETED} & properties.keys())
+        if reserved:
+            raise ValidationError(f"properties {', '.join(sorted(reserved))} are set by Flux")
     permissions = server.permissions
     namespace = permissions.authorize_write(credential_of(request.scope), entity_id)
     if namespace is not None:
         permissions.rate_limit(namespace)
     held, done = await server.service.lease(
-        LeaseOp(op, owner, token if op != "acquire" else None, ttl), entity_id
+        LeaseOp(op, owner, token if op != "acquire" else None, ttl, presence),
+        entity_id,
+        properties,
     )
     answer: dict[str, Any] = {"entity_id": entity_id, "version": done.seq}
     if op == "release":
