@@ -574,10 +574,7 @@ class SQLiteLog:
             return []
         self._next_seq = first + count
         self._last_at = at
-        self._unchecked_bytes += sum(len(entry.data) for entry in entries)
-        if self._unchecked_bytes >= _CHECKPOINT_BYTES:
-            self._unchecked_bytes = 0
-            self._checkpoint_wake.set()
+        self._count_for_checkpoint(entries)
         if outcome is None:
             return _results_in_order(appends, first, at)
         records: list[Record] = []
@@ -616,6 +613,13 @@ class SQLiteLog:
         conn.execute(_INSERT_GROUP, (first, at, rows, blob))
         conn.execute("COMMIT")
         return outcome, len(fresh)
+
+    def _count_for_checkpoint(self, entries: list[Entry]) -> None:
+        """Wake the checkpointer once `_CHECKPOINT_BYTES` more have been committed."""
+        self._unchecked_bytes += sum(len(entry.data) for entry in entries)
+        if self._unchecked_bytes >= _CHECKPOINT_BYTES:
+            self._unchecked_bytes = 0
+            self._checkpoint_wake.set()
 
     def _forget_applied(self) -> None:
         """Drop the committed groups `on_records` has seen (`_applied_seq`, set on the loop)."""
@@ -713,6 +717,7 @@ class SQLiteLog:
             return []
         self._next_seq = first + count
         self._last_at = at
+        self._count_for_checkpoint(stored_entries)
         if outcome is None:
             outcome = [Appended(first + i, at, False) for i in range(count)]
         records: list[Record] = []
