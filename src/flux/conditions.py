@@ -149,11 +149,22 @@ def evaluate(
 
     `unapplied` are records (seq, at, event) sequenced before `first_seq` that the engine may
     not have applied yet: they are laid over it first. The log calls this on its writer thread
-    while the event loop may be applying exactly those records; that is safe because the loop
-    changes only entities those records name, which the overlay answers for, and because
-    laying a record over a state that already has it (and what follows it, laid over in
-    order) gives the same result: the merge is last-writer-wins per property and a deletion
-    resets the entity."""
+    while the event loop may be applying exactly those records (between two `apply_all`
+    calls: the engine's `lock`, held here, keeps them out while the state is read). Some of
+    them may be applied already: laying a record over a state that has it (and what follows
+    it, laid over in order) gives the same result, since the merge is last-writer-wins per
+    property and a deletion resets the entity."""
+    with engine.lock:
+        return _evaluate(engine, groups, first_seq, now_ms, unapplied)
+
+
+def _evaluate(
+    engine: StateEngine,
+    groups: Sequence[tuple[Sequence[tuple[Event, Check | None]], bool]],
+    first_seq: int,
+    now_ms: int,
+    unapplied: Sequence[tuple[int, int, Event]],
+) -> list[list[Verdict]]:
     view = _View(engine)
     for seq, _, event in unapplied:
         view.apply(event, seq, view.overlay)

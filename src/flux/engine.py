@@ -8,6 +8,7 @@ the entity's last change). Deletion is an event too: a `properties.__deleted__ =
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -66,7 +67,8 @@ class StateEngine:
     """The state. `entities` is kept in the order of their versions (a changed entity moves to
     the end), so the changes after a version are a walk back from the end; `deleted` keeps
     the newest deletions (entity id -> sequence, oldest first, at most `tombstones_kept`);
-    `deleted_floor` is the newest sequence whose deletion may have been forgotten."""
+    `deleted_floor` is the newest sequence whose deletion may have been forgotten. Only the
+    event loop changes it (`apply_all`, under `lock`)."""
 
     def __init__(self, tombstones_kept: int = TOMBSTONES_KEPT) -> None:
         self.entities: dict[str, Entity] = {}
@@ -75,6 +77,10 @@ class StateEngine:
         self.deleted: dict[str, int] = {}
         self.deleted_floor = 0
         self.tombstones_kept = tombstones_kept
+        # Held while events are applied, and by whoever reads the state from another thread
+        # (`flux.conditions.evaluate` on the log's writer thread): an entity being applied is
+        # briefly out of `entities` (moved to the end), which such a reader must not see.
+        self.lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -138,10 +144,15 @@ class StateEngine:
         return _new_change(Change, ("delete", entity_id, None, seq, at))
 
     def apply_all(self, records: Iterable[tuple[int, int, Event]]) -> list[Change]:
-        """Apply (seq, at, event) records in order; returns the changes made.
+        """Apply (seq, at, event) records in order; returns the changes made. Holds `lock`
+        meanwhile (the log's writer thread reads the state under it to decide conditions).
 
         The common case (an update of an existing entity) is inlined here: this loop runs for
         every committed event, and a method call per event was a fifth of its cost."""
+        with self.lock:
+            return self._apply_all(records)
+
+    def _apply_all(self, records: Iterable[tuple[int, int, Event]]) -> list[Change]:
         changes: list[Change] = []
         append = changes.append
         entities = self.entities
