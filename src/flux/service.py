@@ -292,11 +292,12 @@ class FluxService:
         groups: list[tuple[list[tuple[Event, Check | None]], bool]],
         first_seq: int,
         unapplied: list[Record],
+        now_ms: int,
     ) -> list[list[Verdict]]:
         """The log's checker (see `flux.log`): conditions against the state plus the records
         sequenced but not applied yet. Called on the log's writer thread (see
         `flux.conditions.evaluate` for why reading the engine there is safe)."""
-        return evaluate(self.engine, groups, first_seq, now_ms(), unapplied)
+        return evaluate(self.engine, groups, first_seq, now_ms, unapplied)
 
     async def condition_failed(self, failure: Failure, index: int | None = None) -> ConditionFailed:
         """The 409 for a failed condition: what was expected, the entity as it is now and the

@@ -57,6 +57,7 @@ class Opened:
         self.log = log
         self.calls: list[list[Record]] = []
         self.engine = StateEngine()
+        self.decided_at: list[int] = []  # the checker's clock, call by call
 
     def on_records(self, records: list[Record]) -> None:
         self.calls.append(list(records))
@@ -67,8 +68,10 @@ class Opened:
         groups: list[tuple[list[tuple[Event, Check | None]], bool]],
         first_seq: int,
         unapplied: list[Record],
+        now_ms: int,
     ) -> list[list[Verdict]]:
-        return evaluate(self.engine, groups, first_seq, int(time.time() * 1000), unapplied)
+        self.decided_at.append(now_ms)
+        return evaluate(self.engine, groups, first_seq, now_ms, unapplied)
 
     async def append_checked(
         self, pairs: Sequence[tuple[Event, Check | None]], atomic: bool = False
@@ -458,6 +461,14 @@ class LogContract:
         (again,) = await opened.append_checked([(event, Check(expected_version=0))])
         assert first.failure is None and again.failure is None
         assert again.duplicate and again.seq == first.seq
+
+    async def test_conditions_are_decided_at_the_time_the_entries_are_stored_with(
+        self, opened: Opened
+    ) -> None:
+        (done,) = await opened.append_checked(
+            [(make_event("ns/t", n=1), Check(expected_version=0))]
+        )
+        assert opened.decided_at == [done.at // 1000]
 
     async def test_a_lease_token_is_the_acquiring_events_sequence(self, opened: Opened) -> None:
         await opened.append(make_event("ns/other", n=1))

@@ -69,9 +69,11 @@ class Appended(NamedTuple):
 # The checker the log asks about checked entries (see the contract above): `groups` holds each
 # checked append's (entries, atomic) in log order; the entries that pass will be stored in that
 # order from `first_seq` on; `unapplied` are the records sequenced before them that
-# `on_records` has not seen yet. Returns a verdict per entry (`flux.conditions.evaluate`).
+# `on_records` has not seen yet; `now_ms` is the time to decide at: the log time (in ms) the
+# entries will be stored with, so that a lease a write passed under covers its stored time.
+# Returns a verdict per entry (`flux.conditions.evaluate`).
 Checker = Callable[
-    [list[tuple[list[tuple[Event, Check | None]], bool]], int, list["Record"]],
+    [list[tuple[list[tuple[Event, Check | None]], bool]], int, list["Record"], int],
     list[list[Verdict]],
 ]
 

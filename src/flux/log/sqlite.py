@@ -668,12 +668,15 @@ class SQLiteLog:
             repeats.append(marks)
             groups.append((asked, append.atomic))
         first = self._next_seq
+        # The group's log time, taken before the conditions are decided and given to the
+        # checker as its clock: a write a lease allows is stored with a time the lease covers.
+        at = max(now_us(), self._last_at)
         checker = self._checker
         assert checker is not None
         self._forget_applied()
         unapplied = [record for records in self._unapplied for record in records]
         try:
-            verdicts = checker(groups, first, unapplied)
+            verdicts = checker(groups, first, unapplied, at // 1000)
         except Exception as exc:
             logger.exception("deciding the conditions of %d appends failed", len(checked))
             error = LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}")
@@ -698,7 +701,6 @@ class SQLiteLog:
         n_checked = len(stored_entries)
         for append in plain:
             stored_entries.extend(append.entries)
-        at = max(now_us(), self._last_at)
         try:
             outcome: list[Appended] | None = None
             count = len(stored_entries)
