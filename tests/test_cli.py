@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ from click.testing import CliRunner, Result
 from conftest import FluxServer, free_port, module_server
 from flux import _output
 from flux.cli import ClientOptions, main
+from flux.client import FluxClient
 from flux.config import SETTINGS, shown_default
 
 ADMIN_TOKEN = "cli-admin-secret"
@@ -28,11 +32,19 @@ SEED_BATCH = """[
 ]"""
 
 
+TOMBSTONES_KEPT = 4
+
+
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
     """One server for the module; it has an admin token (which only admin writes need). The
-    directory is off: its entity appearing mid-test would change the counts tests compare."""
-    env = {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN, "FLUX_DIRECTORY_INTERVAL_SECONDS": "0"}
+    directory is off: its entity appearing mid-test would change the counts tests compare. It
+    remembers only a few deletions (so a changes cursor can grow too old)."""
+    env = {
+        "FLUX_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FLUX_DIRECTORY_INTERVAL_SECONDS": "0",
+        "FLUX_TOMBSTONES_KEPT": str(TOMBSTONES_KEPT),
+    }
     yield from module_server(tmp_path_factory, "cli", env)
 
 
@@ -208,6 +220,238 @@ def test_health(url: str) -> None:
     assert result.stderr == f"Testing Flux connection at {url}...\n"
 
 
+# -- coordination ------------------------------------------------------------------------------
+
+
+def conflict(result: Result) -> Any:
+    """The 409 answer a failed condition prints on stdout (exit status 3)."""
+    assert result.exit_code == 3, result.output
+    return json.loads(result.stdout)
+
+
+def test_publish_if_absent_and_the_conflict_it_explains(url: str) -> None:
+    args = ("publish", "tasks", "planner", "cli-c/task", '{"status":"open"}', "--if-absent")
+    created = ok_json(flux(url, *args))
+    again = flux(url, "publish", "tasks", "late", "cli-c/task", '{"status":"x"}', "--if-absent")
+    answer = conflict(again)
+    assert answer["current_version"] == created["sequence"]
+    assert answer["current"]["properties"] == {"status": "open"}
+    assert answer["expected"] == {"version": 0}
+    lines = again.stderr.splitlines()
+    assert lines[0] == "Publishing event to Flux..."
+    assert lines[1] == (
+        f"Error: condition failed: the entity exists (version {created['sequence']}); "
+        "expected it not to (HTTP 409)"
+    )
+    assert re.fullmatch(
+        rf"  entity cli-c/task: version {created['sequence']}, last changed by planner at "
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",
+        lines[2],
+    ), lines[2]
+    assert len(lines) == 3
+    assert ok_json(flux(url, "get", "cli-c/task"))["properties"] == {"status": "open"}
+
+
+def test_publish_expect_version_and_properties(url: str) -> None:
+    base = ("publish", "tasks", "w1", "cli-c/job")
+    version = ok_json(flux(url, *base, '{"status":"open"}'))["sequence"]
+    taken = flux(url, *base, '{"status":"taken"}', "--expect", 'status="open"')
+    taken_version = ok_json(taken)["sequence"]
+    lost = flux(url, *base, '{"status":"mine"}', "--expect", 'status="open"')
+    assert conflict(lost)["expected"] == {"properties": {"status": "open"}}
+    assert "expected property 'status' to be 'open', it is 'taken'" in lost.stderr
+    stale = flux(url, *base, '{"n":1}', "--expect-version", str(version))
+    assert conflict(stale)["current_version"] == taken_version
+    both = ("--expect-version", str(taken_version), "--expect", "owner=null", "--expect", "n=null")
+    ok_json(flux(url, *base, '{"owner":"w1"}', *both))
+    assert ok_json(flux(url, "get", "cli-c/job"))["properties"] == {
+        "status": "taken",
+        "owner": "w1",
+    }
+    missing = flux(url, "publish", "tasks", "w1", "cli-c/none", "{}", "--expect-version", "5")
+    assert conflict(missing)["current"] is None
+    assert "  entity cli-c/none does not exist (version 0)\n" in missing.stderr
+
+
+def test_publish_ttl_ms(url: str) -> None:
+    base = ("publish", "agents", "a", "cli-c/beat", '{"alive":true}')
+    ok_json(flux(url, *base, "--ttl-ms", "60000"))
+    assert ok_json(flux(url, "get", "cli-c/beat"))["properties"]["__ttl_ms__"] == 60000
+    ok_json(flux(url, *base, "--ttl-ms", "0"))
+    assert ok_json(flux(url, "get", "cli-c/beat"))["properties"]["__ttl_ms__"] is None
+
+
+def test_leases_and_fenced_publish(url: str) -> None:
+    lease = ok_json(
+        flux(url, "lease", "acquire", "cli-c/lock", "--owner", "w1", "--ttl-ms", "60000")
+    )
+    token = lease["token"]
+    assert (lease["entity_id"], lease["owner"]) == ("cli-c/lock", "w1")
+    taken = flux(url, "lease", "acquire", "cli-c/lock", "--owner", "w2", "--ttl-ms", "60000")
+    answer = conflict(taken)
+    assert answer["current"]["properties"]["__lease__"]["owner"] == "w1"
+    assert "Error: condition failed: the lease is held by 'w1' until" in taken.stderr
+    assert re.search(
+        rf'\n  lease: held by "w1" \(token {token}\) until \d{{4}}-\d\d-\d\dT[\d:.]+Z\n$',
+        taken.stderr,
+    ), taken.stderr
+
+    fenced = ("publish", "tasks", "w1", "cli-c/lock", '{"step":1}', "--fencing-token", str(token))
+    ok_json(flux(url, *fenced))
+    renew = ("lease", "renew", "cli-c/lock", "--owner", "w1", "--token", str(token))
+    assert ok_json(flux(url, *renew, "--ttl-ms", "30000"))["token"] == token
+    wrong = ("lease", "release", "cli-c/lock", "--owner", "w2", "--token", str(token))
+    conflict(flux(url, *wrong))
+    release = ("lease", "release", "cli-c/lock", "--owner", "w1", "--token", str(token))
+    released = ok_json(flux(url, *release))
+    assert (released["entity_id"], released["released"]) == ("cli-c/lock", True)
+    assert released["version"] > token
+    assert ok_json(flux(url, "get", "cli-c/lock"))["properties"]["__lease__"] is None
+    conflict(flux(url, *renew, "--ttl-ms", "30000"))  # lost: stop acting on its behalf
+    newer = flux(url, "lease", "acquire", "cli-c/lock", "--owner", "w2", "--ttl-ms", "60000")
+    assert ok_json(newer)["token"] > token
+    stale = flux(url, *fenced)
+    assert "fencing token" in stale.stderr and "stale" in stale.stderr
+    assert conflict(stale)["expected"] == {"fencing_token": token}
+
+
+def test_a_presence_lease_with_properties(url: str) -> None:
+    acquire = ("lease", "acquire", "cli-c/agent-7", "--owner", "agent-7", "--ttl-ms", "60000")
+    lease = ok_json(flux(url, *acquire, "--presence", "--properties", '{"skills":["scrape"]}'))
+    entity = ok_json(flux(url, "get", "cli-c/agent-7"))
+    assert entity["properties"]["skills"] == ["scrape"]
+    assert entity["properties"]["__lease__"]["presence"] is True
+    token = str(lease["token"])
+    release = ("lease", "release", "cli-c/agent-7", "--owner", "agent-7", "--token", token)
+    ok_json(flux(url, *release))
+    assert flux(url, "get", "cli-c/agent-7").exit_code == 1
+
+
+def claim_events(task_version: int, worker_version: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "stream": "tasks",
+            "source": "w1",
+            "expected_version": task_version,
+            "payload": {"entity_id": "cli-c/b-task", "properties": {"status": "taken"}},
+        },
+        {
+            "stream": "tasks",
+            "source": "w1",
+            "expected_version": worker_version,
+            "payload": {"entity_id": "cli-c/b-worker", "properties": {"busy": True}},
+        },
+    ]
+
+
+def test_batch_atomic(url: str) -> None:
+    task = ok_json(flux(url, "publish", "tasks", "p", "cli-c/b-task", '{"status":"open"}'))
+    worker = ok_json(flux(url, "publish", "tasks", "p", "cli-c/b-worker", '{"busy":false}'))
+    wrong = json.dumps(claim_events(task["sequence"], worker["sequence"] + 50))
+    refused = flux(url, "batch", "--atomic", wrong)
+    answer = conflict(refused)
+    assert (answer["index"], answer["entity_id"]) == (1, "cli-c/b-worker")
+    assert (
+        f"\n  event 1 of the atomic batch: entity cli-c/b-worker: version {worker['sequence']}, "
+        "last changed by p at " in refused.stderr
+    )
+    assert ok_json(flux(url, "get", "cli-c/b-task"))["properties"] == {"status": "open"}
+    # "atomic": true in the object does the same
+    wrapped = json.dumps({"events": json.loads(wrong), "atomic": True})
+    assert conflict(flux(url, "batch", wrapped))["index"] == 1
+
+    right = json.dumps(claim_events(task["sequence"], worker["sequence"]))
+    done = ok_json(flux(url, "batch", right, "--atomic"))
+    sequences = [r["sequence"] for r in done["results"]]
+    assert sequences[1] == sequences[0] + 1
+
+
+def test_a_batch_whose_only_rejections_are_conditions_exits_3(url: str) -> None:
+    version = ok_json(flux(url, "publish", "tasks", "p", "cli-c/nb", '{"n":0}'))["sequence"]
+    stale = {
+        "stream": "tasks",
+        "source": "a",
+        "expected_version": version + 100,
+        "payload": {"entity_id": "cli-c/nb", "properties": {"n": 1}},
+    }
+    fine = {
+        "stream": "tasks",
+        "source": "a",
+        "payload": {"entity_id": "cli-c/nb2", "properties": {"n": 1}},
+    }
+    result = flux(url, "batch", json.dumps([stale, fine]))
+    assert result.exit_code == 3, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["successful"], summary["failed"]) == (1, 1)
+    assert result.stderr.endswith(
+        "Error: 1 of 2 event(s) rejected (see results)\n"
+        f"  event 0: condition failed: expected version {version + 100}, "
+        f"current version is {version}\n"
+    )
+    bad = {**fine, "stream": "Bad"}
+    mixed = flux(url, "batch", json.dumps([stale, bad]))
+    assert mixed.exit_code == 1
+    assert "Error: 2 of 2 event(s) rejected (see results)" in mixed.stderr
+
+
+def test_changes_one_page_at_a_time(url: str) -> None:
+    cursor = ok_json(flux(url, "publish", "feed", "p", "cli-feed/zero", '{"i":-1}'))["sequence"]
+    for i in range(3):
+        ok_json(flux(url, "publish", "feed", "p", f"cli-feed/e{i}", json.dumps({"i": i})))
+    ok_json(flux(url, "delete", "cli-feed/e1"))
+    first = flux(url, "changes", "--since", str(cursor), "--prefix", "cli-feed/", "--limit", "1")
+    page = ok_json(first)
+    assert [e["id"] for e in page["changes"]] == ["cli-feed/e0"]
+    assert page["more"] is True
+    assert first.stderr == f"More changes are waiting: flux changes --since {page['next']}\n"
+    rest = flux(url, "changes", "--since", str(page["next"]), "--namespace", "cli-feed")
+    last = ok_json(rest)
+    assert [e["id"] for e in last["changes"]] == ["cli-feed/e2"]
+    assert last["deleted"] == [{"id": "cli-feed/e1", "version": last["next"]}]
+    assert last["more"] is False and rest.stderr == ""
+
+
+def test_changes_follow_prints_each_new_page(url: str) -> None:
+    cursor = ok_json(flux(url, "publish", "feed", "p", "cli-follow/a", '{"n":1}'))["sequence"]
+
+    def later() -> None:
+        time.sleep(0.4)
+        with FluxClient(url) as writer:
+            writer.publish("feed", "p", "cli-follow/b", {"n": 2})
+            writer.delete("cli-follow/a")
+
+    writer = threading.Thread(target=later)
+    writer.start()
+    follow = ("changes", "--since", str(cursor - 1), "--prefix", "cli-follow/", "--follow")
+    result = flux(url, *follow, "--interval", "0.05", "--timeout", "3")
+    writer.join()
+    assert result.exit_code == 0, result.output
+    pages = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(pages) >= 2  # what was there, then what came later; no empty pages
+    assert all(p["changes"] or p["deleted"] for p in pages)
+    assert pages[0]["changes"][0]["id"] == "cli-follow/a"
+    later_ids = [e["id"] for p in pages[1:] for e in p["changes"]]
+    assert "cli-follow/b" in later_ids
+    assert pages[-1]["deleted"][-1]["id"] == "cli-follow/a"
+    assert result.stderr == (
+        f"Following changes after version {cursor - 1} at {url} (Ctrl-C stops)...\n"
+    )
+
+
+def test_changes_from_a_forgotten_version_exits_4(url: str) -> None:
+    cursor = ok_json(flux(url, "publish", "feed", "p", "cli-old/first", '{"n":1}'))["sequence"]
+    for i in range(TOMBSTONES_KEPT + 1):
+        ok_json(flux(url, "publish", "feed", "p", f"cli-old/d{i}", '{"n":1}'))
+        ok_json(flux(url, "delete", f"cli-old/d{i}"))
+    result = flux(url, "changes", "--since", str(cursor))
+    assert result.exit_code == 4, result.output
+    assert result.stdout == ""
+    assert "(FLUX_TOMBSTONES_KEPT)" in result.stderr and "(HTTP 410)" in result.stderr
+    version = re.search(r"flux changes --since (\d+)\)\n$", result.stderr)
+    assert version is not None, result.stderr
+    ok_json(flux(url, "changes", "--since", version.group(1)))
+
+
 # -- output ------------------------------------------------------------------------------------
 
 
@@ -271,6 +515,25 @@ def test_server_error_prints_message_and_status(url: str) -> None:
         (("batch-delete", "[]"), "expected an object, got an array"),
         (("admin-config", "5"), "expected an object, got a number"),
         (("history", "cli/x", "--limit", "0"), "0 is not in the range 1<=x<=500"),
+        (("publish", "s", "a", "cli/x", "{}", "--expect", "status=open"), "'open' is not JSON"),
+        (("publish", "s", "a", "cli/x", "{}", "--expect", "status"), "expected KEY=JSON"),
+        (("publish", "s", "a", "cli/x", "{}", "--expect", "=1"), "expected KEY=JSON"),
+        (
+            ("publish", "s", "a", "cli/x", "{}", "--if-absent", "--expect-version", "3"),
+            "--if-absent means --expect-version 0",
+        ),
+        (("publish", "s", "a", "cli/x", "{}", "--expect-version", "-1"), "x>=0"),
+        (("publish", "s", "a", "cli/x", "{}", "--fencing-token", "0"), "x>=1"),
+        (("lease", "acquire", "cli/x", "--ttl-ms", "5"), "Missing option '--owner'"),
+        (("lease", "acquire", "cli/x", "--owner", "o"), "Missing option '--ttl-ms'"),
+        (("lease", "renew", "cli/x", "--owner", "o", "--ttl-ms", "5"), "Missing option '--token'"),
+        (("lease", "release", "cli/x", "--owner", "o", "--token", "0"), "x>=1"),
+        (
+            ("lease", "acquire", "cli/x", "--owner", "o", "--ttl-ms", "5", "--properties", "[]"),
+            "expected an object, got an array",
+        ),
+        (("changes", "--timeout", "1"), "--timeout goes with --follow"),
+        (("changes", "--since", "-1"), "x>=0"),
         (("get",), "Missing argument 'ENTITY_ID'"),
         (("nope",), "No such command 'nope'"),
     ],
@@ -331,6 +594,8 @@ COMMANDS = [
     "delete",
     "batch-delete",
     "history",
+    "changes",
+    "lease",
     "connectors",
     "admin-config",
     "health",
@@ -348,6 +613,15 @@ def test_every_command_has_help_with_an_example(command: str) -> None:
     assert f"flux {command}" in result.stdout
 
 
+@pytest.mark.parametrize("command", ["acquire", "renew", "release"])
+def test_every_lease_command_has_help_with_an_example(command: str) -> None:
+    result = CliRunner().invoke(main, ["lease", command, "--help"], prog_name="flux")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"Usage: flux lease {command} [OPTIONS] ENTITY_ID")
+    assert "Example" in result.stdout
+    assert f"flux lease {command} dawn-coral/" in result.stdout
+
+
 def test_group_help_lists_commands_and_environment() -> None:
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
@@ -355,6 +629,8 @@ def test_group_help_lists_commands_and_environment() -> None:
         assert f"  {command} " in result.stdout
     for variable in ("FLUX_URL", "FLUX_TOKEN", "FLUX_ADMIN_TOKEN"):
         assert variable in result.stdout
+    assert "3 condition failed (409" in result.stdout
+    assert "4 changes cursor too old (410" in result.stdout
 
 
 def test_serve_help_shows_every_setting_with_its_declared_default() -> None:

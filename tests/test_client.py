@@ -14,18 +14,26 @@ from conftest import FluxServer, free_port, module_server
 from flux.client import (
     FluxClient,
     FluxClientError,
+    FluxConflict,
     FluxConnectionError,
+    FluxResync,
     FluxTimeoutError,
     entity_path,
+    make_event,
 )
 
 ADMIN_TOKEN = "admin-secret"
 
 
+TOMBSTONES_KEPT = 4
+
+
 @pytest.fixture(scope="module")
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
-    """One server for the module; it has an admin token (which only admin writes need)."""
-    yield from module_server(tmp_path_factory, "client", {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN})
+    """One server for the module; it has an admin token (which only admin writes need) and
+    remembers only a few deletions (so a changes cursor can grow too old)."""
+    env = {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN, "FLUX_TOMBSTONES_KEPT": str(TOMBSTONES_KEPT)}
+    yield from module_server(tmp_path_factory, "client", env)
 
 
 @pytest.fixture
@@ -193,6 +201,214 @@ def test_admin_config_update_needs_the_admin_token(flux_server: FluxServer) -> N
         assert (caught.value.status, caught.value.message) == (401, "Unauthorized")
 
 
+# -- coordination against a real server ---------------------------------------------------
+
+
+def test_a_failed_condition_raises_a_conflict_with_the_current_state(flux: FluxClient) -> None:
+    created = flux.publish("tasks", "planner", "coord/task", {"status": "open"}, if_absent=True)
+    with pytest.raises(FluxConflict) as caught:
+        flux.publish("tasks", "late", "coord/task", {"status": "open"}, if_absent=True)
+    conflict = caught.value
+    assert isinstance(conflict, FluxClientError)
+    assert conflict.status == 409
+    assert conflict.message == (
+        f"condition failed: the entity exists (version {created['sequence']}); expected it not to"
+    )
+    assert conflict.entity_id == "coord/task"
+    assert conflict.expected == {"version": 0}
+    assert conflict.current_version == created["sequence"]
+    assert conflict.current is not None
+    assert conflict.current["properties"] == {"status": "open"}
+    assert conflict.last_source == "planner"
+    assert isinstance(conflict.last_timestamp, int)
+    assert conflict.index is None and conflict.lease is None
+    assert conflict.details["error"] == conflict.message
+
+    # a read-modify-write retried from the conflict's version
+    taken = flux.publish(
+        "tasks",
+        "w1",
+        "coord/task",
+        {"status": "taken"},
+        expected_version=conflict.current_version,
+    )
+    with pytest.raises(FluxConflict) as stale:
+        flux.publish(
+            "tasks", "w2", "coord/task", {"status": "x"}, expected_version=created["sequence"]
+        )
+    assert stale.value.current_version == taken["sequence"]
+    assert flux.get("coord/task")["properties"] == {"status": "taken"}
+
+
+def test_expected_properties_and_absent_ones(flux: FluxClient) -> None:
+    flux.publish("tasks", "p", "coord/job", {"status": "open"})
+    flux.publish(
+        "tasks", "w1", "coord/job", {"status": "taken"}, expected_properties={"status": "open"}
+    )
+    with pytest.raises(FluxConflict) as caught:
+        flux.publish(
+            "tasks", "w2", "coord/job", {"status": "taken"}, expected_properties={"status": "open"}
+        )
+    assert caught.value.expected == {"properties": {"status": "open"}}
+    flux.publish("tasks", "w1", "coord/job", {"owner": "w1"}, expected_properties={"owner": None})
+    with pytest.raises(FluxConflict):
+        flux.publish(
+            "tasks", "w2", "coord/job", {"owner": "w2"}, expected_properties={"owner": None}
+        )
+    assert flux.get("coord/job")["properties"] == {"status": "taken", "owner": "w1"}
+    with pytest.raises(FluxConflict) as missing:
+        flux.publish("tasks", "w1", "coord/nothing", {"n": 1}, expected_version=3)
+    assert missing.value.current_version == 0 and missing.value.current is None
+
+
+def test_ttl_ms_sets_and_clears_the_time_to_live(flux: FluxClient) -> None:
+    flux.publish("agents", "a", "coord/beat", {"alive": True}, ttl_ms=60_000)
+    assert flux.get("coord/beat")["properties"]["__ttl_ms__"] == 60_000
+    flux.publish("agents", "a", "coord/beat", {"alive": True}, ttl_ms=0)
+    assert flux.get("coord/beat")["properties"]["__ttl_ms__"] is None
+
+
+def test_leases_and_fenced_writes(flux: FluxClient) -> None:
+    lease = flux.lease_acquire("coord/lock", "w1", 60_000)
+    assert lease["entity_id"] == "coord/lock" and lease["owner"] == "w1"
+    token = lease["token"]
+    assert lease["expires_at"] - lease["acquired_at"] == 60_000
+    with pytest.raises(FluxConflict) as caught:
+        flux.lease_acquire("coord/lock", "w2", 60_000)
+    assert caught.value.message.startswith("condition failed: the lease is held by 'w1'")
+    assert caught.value.lease is not None
+    assert (caught.value.lease["owner"], caught.value.lease["token"]) == ("w1", token)
+
+    flux.publish("tasks", "w1", "coord/lock", {"step": 1}, fencing_token=token)
+    renewed = flux.lease_renew("coord/lock", "w1", token, 30_000)
+    assert renewed["token"] == token
+    with pytest.raises(FluxConflict):
+        flux.lease_renew("coord/lock", "w2", token, 30_000)
+    with pytest.raises(FluxConflict):
+        flux.lease_release("coord/lock", "w1", token + 1)
+    released = flux.lease_release("coord/lock", "w1", token)
+    assert released["released"] is True and released["entity_id"] == "coord/lock"
+    assert flux.get("coord/lock")["properties"]["__lease__"] is None
+
+    newer = flux.lease_acquire("coord/lock", "w2", 60_000)
+    assert newer["token"] > token
+    with pytest.raises(FluxConflict) as stale:
+        flux.publish("tasks", "w1", "coord/lock", {"step": 2}, fencing_token=token)
+    assert "stale" in stale.value.message
+    assert stale.value.expected == {"fencing_token": token}
+    assert flux.get("coord/lock")["properties"]["step"] == 1
+
+
+def test_a_presence_lease_sets_properties_and_deletes_its_entity_when_released(
+    flux: FluxClient,
+) -> None:
+    lease = flux.lease_acquire(
+        "coord/agent-7", "agent-7", 60_000, properties={"skills": ["scrape"]}, presence=True
+    )
+    entity = flux.get("coord/agent-7")
+    assert entity["properties"]["skills"] == ["scrape"]
+    assert entity["properties"]["__lease__"]["presence"] is True
+    flux.lease_release("coord/agent-7", "agent-7", lease["token"])
+    with pytest.raises(FluxClientError) as caught:
+        flux.get("coord/agent-7")
+    assert caught.value.status == 404
+
+
+def test_an_atomic_batch_stores_all_or_raises_a_conflict_naming_the_event(
+    flux: FluxClient,
+) -> None:
+    task = flux.publish("tasks", "p", "coord/a-task", {"status": "open"})["sequence"]
+    worker = flux.publish("tasks", "p", "coord/a-worker", {"busy": False})["sequence"]
+    claim = make_event("tasks", "w1", "coord/a-task", {"status": "taken"}, expected_version=task)
+    busy = make_event("tasks", "w1", "coord/a-worker", {"busy": True}, expected_version=task)
+    with pytest.raises(FluxConflict) as caught:
+        flux.batch([claim, busy], atomic=True)
+    assert caught.value.index == 1
+    assert caught.value.entity_id == "coord/a-worker"
+    assert caught.value.current_version == worker
+    assert flux.get("coord/a-task")["properties"] == {"status": "open"}
+
+    busy["expected_version"] = worker
+    done = flux.batch([claim, busy], atomic=True)
+    sequences = [r["sequence"] for r in done["results"]]
+    assert sequences == [sequences[0], sequences[0] + 1]
+
+    # not atomic: the failed condition is reported in its result, the rest is stored
+    again = make_event("tasks", "w2", "coord/a-task", {"status": "x"}, expected_version=task)
+    other = make_event("tasks", "w2", "coord/a-other", {"n": 1})
+    result = flux.batch([again, other])
+    assert (result["successful"], result["failed"]) == (1, 1)
+    first, second = result["results"]
+    assert first["error"].startswith("condition failed: expected version")
+    assert first["sequence"] is None
+    assert first["conflict"]["current_version"] == sequences[0]
+    assert second["error"] is None
+
+
+def test_changes_pages_and_the_iterator(flux: FluxClient) -> None:
+    cursor = flux.publish("tasks", "p", "coord-feed/zero", {"i": -1})["sequence"]
+    for i in range(4):
+        flux.publish("tasks", "p", f"coord-feed/e{i}", {"i": i})
+    flux.publish("tasks", "p", "coord-feed/e1", {"i": 10})
+    flux.delete("coord-feed/e2")
+
+    first = flux.changes(cursor, prefix="coord-feed/", limit=2)
+    assert [e["id"] for e in first["changes"]] == ["coord-feed/e0", "coord-feed/e3"]
+    assert first["more"] is True and first["next"] > cursor
+
+    pages = list(flux.iter_changes(cursor, prefix="coord-feed/", limit=2))
+    assert pages[0] == first
+    assert [p["more"] for p in pages] == [True] * (len(pages) - 1) + [False]
+    changed = {e["id"]: e["properties"]["i"] for p in pages for e in p["changes"]}
+    assert changed == {"coord-feed/e0": 0, "coord-feed/e3": 3, "coord-feed/e1": 10}
+    assert [d["id"] for p in pages for d in p["deleted"]] == ["coord-feed/e2"]
+
+    last = pages[-1]["next"]
+    assert flux.changes(last, prefix="coord-feed/") == {
+        "changes": [],
+        "deleted": [],
+        "next": last,
+        "more": False,
+    }
+    by_namespace = flux.changes(cursor, namespace="coord-feed")
+    assert {e["id"] for e in by_namespace["changes"]} == set(changed)
+
+
+def test_iter_changes_follows_new_changes(flux: FluxClient, flux_server: FluxServer) -> None:
+    cursor = flux.publish("tasks", "p", "coord-follow/start", {"n": 0})["sequence"]
+    polls = 0
+    seen: list[str] = []
+    with FluxClient(flux_server.url) as writer:
+        for page in flux.iter_changes(cursor, prefix="coord-follow/", follow=True, interval=0.05):
+            polls += 1
+            seen += [e["id"] for e in page["changes"]]
+            if polls == 2:  # the follower has caught up and polls again: now something happens
+                writer.publish("tasks", "p", "coord-follow/later", {"n": 1})
+            if seen:
+                break
+            assert polls < 200, "the change never showed"
+    assert seen == ["coord-follow/later"]
+    assert polls >= 3
+
+
+def test_a_cursor_older_than_the_remembered_deletions_raises_resync(flux: FluxClient) -> None:
+    cursor = flux.publish("tasks", "p", "coord-old/first", {"n": 1})["sequence"]
+    for i in range(TOMBSTONES_KEPT + 1):
+        flux.publish("tasks", "p", f"coord-old/d{i}", {"n": i})
+        flux.delete(f"coord-old/d{i}")
+    with pytest.raises(FluxResync) as caught:
+        flux.changes(cursor)
+    assert caught.value.status == 410
+    assert caught.value.oldest > cursor
+    # the server's version when it answered (a background write may follow it)
+    assert cursor + 2 * (TOMBSTONES_KEPT + 1) <= caught.value.version
+    assert caught.value.version <= flux.health()["lastSequence"]
+    assert "no longer known" in caught.value.message
+    with pytest.raises(FluxResync):
+        next(flux.iter_changes(cursor))
+    assert flux.changes(caught.value.version)["changes"] == []
+
+
 def test_unreachable_server_is_a_connection_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with FluxClient(url) as flux, pytest.raises(FluxConnectionError) as caught:
@@ -259,6 +475,98 @@ def test_request_bodies_are_json() -> None:
         },
         {"events": [{"stream": "s"}]},
     ]
+
+
+def test_coordination_request_bodies() -> None:
+    sent: list[tuple[str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json={})
+
+    with mock_client(handler) as flux:
+        flux.publish(
+            "tasks",
+            "w1",
+            "ns/t",
+            {"s": 1},
+            timestamp=7,
+            expected_version=3,
+            expected_properties={"s": None},
+            fencing_token=9,
+            ttl_ms=0,
+        )
+        flux.publish("tasks", "w1", "ns/t", {}, timestamp=7, if_absent=True)
+        flux.batch([{"stream": "s"}], atomic=True)
+        flux.lease_acquire("ns/l", "w1", 500)
+        flux.lease_acquire("ns/p", "w1", 500, properties={"on": True}, presence=True)
+        flux.lease_renew("ns/l", "w1", 4, 600)
+        flux.lease_release("ns/l", "w1", 4)
+    event = {"stream": "tasks", "source": "w1", "timestamp": 7}
+    assert sent == [
+        (
+            "/api/events",
+            {
+                **event,
+                "payload": {"entity_id": "ns/t", "properties": {"s": 1}},
+                "expected_version": 3,
+                "expected_properties": {"s": None},
+                "fencing_token": 9,
+                "ttl_ms": 0,
+            },
+        ),
+        (
+            "/api/events",
+            {**event, "payload": {"entity_id": "ns/t", "properties": {}}, "expected_version": 0},
+        ),
+        ("/api/events/batch", {"events": [{"stream": "s"}], "atomic": True}),
+        ("/api/leases/acquire", {"entity_id": "ns/l", "owner": "w1", "ttl_ms": 500}),
+        (
+            "/api/leases/acquire",
+            {
+                "entity_id": "ns/p",
+                "owner": "w1",
+                "ttl_ms": 500,
+                "properties": {"on": True},
+                "presence": True,
+            },
+        ),
+        ("/api/leases/renew", {"entity_id": "ns/l", "owner": "w1", "token": 4, "ttl_ms": 600}),
+        ("/api/leases/release", {"entity_id": "ns/l", "owner": "w1", "token": 4}),
+    ]
+
+
+def test_if_absent_with_another_expected_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="if_absent expects version 0"):
+        make_event("s", "a", "ns/x", {}, expected_version=2, if_absent=True)
+    assert (
+        make_event("s", "a", "ns/x", {}, expected_version=0, if_absent=True)["expected_version"]
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("response", "kind"),
+    [
+        (httpx.Response(409, json={"error": "Namespace name already exists"}), FluxClientError),
+        (
+            httpx.Response(409, json={"error": "condition failed: x", "current_version": 2}),
+            FluxConflict,
+        ),
+        (httpx.Response(410, json={"error": "gone"}), FluxClientError),
+        (
+            httpx.Response(410, json={"error": "old", "resync": True, "oldest": 5, "version": 9}),
+            FluxResync,
+        ),
+    ],
+)
+def test_only_coordination_answers_become_conflict_and_resync(
+    response: httpx.Response, kind: type[FluxClientError]
+) -> None:
+    with mock_client(lambda request: response) as flux, pytest.raises(FluxClientError) as caught:
+        flux.get("x")
+    assert type(caught.value) is kind
+    assert caught.value.status == response.status_code
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,16 @@
 Results go to stdout as JSON: indented when stdout is a terminal, compact (one line) when it is
 piped, unless `--pretty`/`--compact` says otherwise. Progress lines go to stderr, so piped stdout
 stays pure JSON. `flux watch` prints one readable line per change on a terminal (`change_line`)
-and the server's messages as JSON lines otherwise.
+and the server's messages as JSON lines otherwise. A failed condition (409) is explained on
+stderr (`conflict_lines`), its JSON answer on stdout.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -189,6 +191,49 @@ def connector_table(connectors: list[dict[str, Any]]) -> str:
         "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
         for row in rows
     )
+
+
+# -- a failed condition (409) ------------------------------------------------------------------
+
+
+def epoch_ms_text(ms: Any) -> str:
+    """Epoch milliseconds as ISO 8601 UTC (`2026-01-02T03:04:05.678Z`); other values as JSON."""
+    if type(ms) is not int:
+        return _text(ms)
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def conflict_lines(details: Mapping[str, Any]) -> list[str]:
+    """What a 409's answer says about the entity, for people: its version now (or that it
+    does not exist), who changed it last and when, and who holds its lease until when.
+
+      entity dawn-coral/task-7: version 12, last changed by agent-02 at 2026-01-02T03:04:05.678Z
+      lease: held by "worker-3" (token 11) until 2026-01-02T03:05:05.678Z
+    """
+    entity = _name(details.get("entity_id"))
+    index = details.get("index")
+    where = f"event {index} of the atomic batch: " if type(index) is int else ""
+    current = details.get("current")
+    if not isinstance(current, dict):
+        return [f"{where}entity {entity} does not exist (version 0)"]
+    line = f"{where}entity {entity}: version {details.get('current_version')}"
+    source = details.get("last_source")
+    if source is not None:
+        line += (
+            f", last changed by {_name(source)} at {epoch_ms_text(details.get('last_timestamp'))}"
+        )
+    lines = [line]
+    lease = (current.get("properties") or {}).get("__lease__")
+    if isinstance(lease, dict) and lease.get("owner") is not None:
+        lines.append(
+            f"lease: held by {_text(lease.get('owner'))} (token {lease.get('token')}) "
+            f"until {epoch_ms_text(lease.get('expires_at'))}"
+        )
+    return lines
 
 
 def stdin_is_terminal() -> bool:

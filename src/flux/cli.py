@@ -3,7 +3,8 @@ mirroring scripts/flux.sh, and `flux watch` follows its live changes over the We
 docs/cli.md).
 
 Exit codes: 0 success, 1 the request failed (server error, unreachable server, missing admin
-token), 2 usage error (bad arguments, invalid JSON).
+token), 2 usage error (bad arguments, invalid JSON), 3 a condition failed (409: nothing stored;
+the conflict on stdout), 4 a changes cursor too old (410: read the whole state again).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from flux import __version__
 from flux._output import (
     JsonArgument,
     change_line,
+    conflict_lines,
     connector_table,
     echo_json,
+    parse_json,
     progress,
     read_secret,
     source_table,
@@ -38,7 +41,9 @@ from flux.client import (
     DEFAULT_URL,
     FluxClient,
     FluxClientError,
+    FluxConflict,
     FluxConnectionError,
+    FluxResync,
     LiveWatch,
 )
 from flux.config import SETTINGS, ConfigError, Settings, plain, shown_default
@@ -95,7 +100,9 @@ Environment:
   FLUX_PRETTY       1: always indent JSON output, 0: always compact
 
 \b
-Exit codes: 0 success, 1 request failed or server unreachable, 2 usage error."""
+Exit codes: 0 success, 1 request failed or server unreachable, 2 usage error,
+  3 condition failed (409: nothing was stored; the conflict's JSON is on stdout:
+    read .current_version and retry), 4 changes cursor too old (410: resync)."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=ENV_HELP)
@@ -261,13 +268,39 @@ def _options() -> ClientOptions:
     return click.get_current_context().ensure_object(ClientOptions)
 
 
+EXIT_CONFLICT = 3  # a condition failed (409): nothing was stored, retry against the current state
+EXIT_RESYNC = 4  # a changes cursor older than the deletions the server remembers (410)
+
+
+class ConflictExit(click.ClickException):
+    """`Error: <message>` on stderr and exit status 3: a condition failed."""
+
+    exit_code = EXIT_CONFLICT
+
+
+class ResyncExit(click.ClickException):
+    """`Error: <message>` on stderr and exit status 4: a changes cursor too old."""
+
+    exit_code = EXIT_RESYNC
+
+
 @contextlib.contextmanager
 def _flux() -> Iterator[FluxClient]:
     """A client for the current command; a failed request becomes `Error: <message> (HTTP n)`
-    on stderr and exit status 1."""
+    on stderr and exit status 1. A failed condition exits 3 with the conflict explained on
+    stderr and the server's answer on stdout (for scripts: its `current_version`), a changes
+    cursor that is too old exits 4."""
     try:
         with _options().client() as client:
             yield client
+    except FluxConflict as exc:
+        _show(exc.details)
+        raise ConflictExit("\n  ".join([str(exc), *conflict_lines(exc.details)])) from None
+    except FluxResync as exc:
+        raise ResyncExit(
+            f"{exc}\n  the server is at version {exc.version}: read the state (flux list), "
+            f"then follow from there (flux changes --since {exc.version})"
+        ) from None
     except FluxClientError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -286,6 +319,28 @@ def _with_timestamps(events: list[Any], timestamp: int) -> list[Any]:
     ]
 
 
+def _expected(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    """`--expect KEY=JSON` pairs as `expected_properties` (None when there are none)."""
+    if not pairs:
+        return None
+    expected: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(
+                f"{pair!r}: expected KEY=JSON, e.g. status='\"open\"' or owner=null",
+                param_hint="--expect",
+            )
+        try:
+            expected[key] = parse_json(text)
+        except ValueError:
+            raise click.BadParameter(
+                f"{pair!r}: {text!r} is not JSON (a string needs quotes: {key}='\"{text}\"')",
+                param_hint="--expect",
+            ) from None
+    return expected
+
+
 @main.command()
 @click.argument("stream")
 @click.argument("source")
@@ -294,16 +349,53 @@ def _with_timestamps(events: list[Any], timestamp: int) -> list[Any]:
 @click.option(
     "--timestamp", type=click.IntRange(min=1), help="Event time in epoch ms [default: now]."
 )
+@click.option(
+    "--expect-version",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Store only if the entity's version is N (0: only if it does not exist).",
+)
+@click.option("--if-absent", is_flag=True, help="Store only if the entity does not exist yet.")
+@click.option(
+    "--expect",
+    "expect",
+    multiple=True,
+    metavar="KEY=JSON",
+    help="Store only if property KEY is JSON now (null: absent). Repeatable.",
+)
+@click.option(
+    "--fencing-token",
+    type=click.IntRange(min=1),
+    metavar="T",
+    help="The entity's lease token (flux lease acquire); refused once a newer one was issued.",
+)
+@click.option(
+    "--ttl-ms",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Delete the entity if it is not updated within N ms (0: no time to live any more).",
+)
 def publish(
     stream: str,
     source: str,
     entity_id: str,
     properties_json: dict[str, Any],
     timestamp: int | None,
+    expect_version: int | None,
+    if_absent: bool,
+    expect: tuple[str, ...],
+    fencing_token: int | None,
+    ttl_ms: int | None,
 ) -> None:
     """Publish an event that sets properties on an entity.
 
     Only the properties given change; the entity's other properties are kept.
+
+    With a condition (--expect-version, --if-absent, --expect, --fencing-token) the event
+    is stored only if it holds when the server orders the event, so two agents can never
+    both win. If it does not hold, nothing is stored and the command exits 3: stderr says
+    why (the version now, who changed it last, who holds its lease) and stdout holds the
+    server's JSON answer (`current_version`, `current`), to retry from.
 
     \b
     STREAM           event stream: lowercase letters, digits and dots (sensors, system)
@@ -312,43 +404,89 @@ def publish(
     PROPERTIES_JSON  JSON object of properties to set ('-' reads it from stdin)
 
     \b
-    Example:
+    Examples:
       flux publish sensors agent-01 dawn-coral/sensor-01 '{"temperature":22.5,"unit":"C"}'
+      flux publish tasks agent-01 dawn-coral/task-7 '{"status":"open"}' --if-absent
+      flux publish tasks agent-01 dawn-coral/task-7 '{"status":"taken","by":"agent-01"}' \\
+          --expect status='"open"'
+      flux publish tasks agent-01 dawn-coral/counter '{"n":8}' --expect-version 41
+      flux publish agents agent-01 dawn-coral/agent-01 '{"alive":true}' --ttl-ms 30000
     """
+    if if_absent and expect_version not in (None, 0):
+        raise click.UsageError("--if-absent means --expect-version 0; give one of them")
+    expected = _expected(expect)
     progress("Publishing event to Flux...")
     with _flux() as flux:
-        _show(flux.publish(stream, source, entity_id, properties_json, timestamp))
+        _show(
+            flux.publish(
+                stream,
+                source,
+                entity_id,
+                properties_json,
+                timestamp,
+                expected_version=expect_version,
+                expected_properties=expected,
+                fencing_token=fencing_token,
+                ttl_ms=ttl_ms,
+                if_absent=if_absent,
+            )
+        )
 
 
 @main.command()
 @click.argument("events_json", type=JsonArgument(list, dict))
-def batch(events_json: list[Any] | dict[str, Any]) -> None:
+@click.option(
+    "--atomic",
+    is_flag=True,
+    help='All events or none (also {"events": [...], "atomic": true}).',
+)
+def batch(events_json: list[Any] | dict[str, Any], atomic: bool) -> None:
     """Publish several events in one request.
 
-    Events without a `timestamp` get the current time. Exits 1 if any event was
-    rejected; the others are stored all the same (see `results`).
+    Events without a `timestamp` get the current time. Events may carry conditions
+    (`expected_version`, `expected_properties`, `fencing_token`) and `ttl_ms`, as in
+    `flux publish`. Exits 1 if any event was rejected; the others are stored all the same
+    (see `results`). Exits 3 instead when the only rejections are failed conditions.
+
+    With --atomic every event is stored, in consecutive versions, or none is: a failed
+    condition exits 3 with the conflict (its `index` names the event), any other bad event
+    exits 1.
 
     \b
     EVENTS_JSON  JSON array of events, or {"events": [...]} ('-' reads stdin); each event
                  is {"stream", "source", "payload": {"entity_id", "properties"}}
 
     \b
-    Example:
+    Examples:
       flux batch '[{"stream":"sensors","source":"agent-01",
                     "payload":{"entity_id":"dawn-coral/sensor-01","properties":{"temp":22}}}]'
+      flux batch --atomic '[
+        {"stream":"tasks","source":"w1","expected_properties":{"status":"open"},
+         "payload":{"entity_id":"dawn-coral/task-7","properties":{"status":"taken"}}},
+        {"stream":"tasks","source":"w1","expected_properties":{"busy":false},
+         "payload":{"entity_id":"dawn-coral/w1","properties":{"busy":true}}}]'
     """
     events = events_json.get("events") if isinstance(events_json, dict) else events_json
     if not isinstance(events, list):
         raise click.BadParameter(
             'expected an array of events or {"events": [...]}', param_hint="EVENTS_JSON"
         )
+    if isinstance(events_json, dict) and events_json.get("atomic") is True:
+        atomic = True
     progress("Publishing batch to Flux...")
     with _flux() as flux:
-        result = flux.batch(_with_timestamps(events, now_ms()))
+        result = flux.batch(_with_timestamps(events, now_ms()), atomic=atomic)
     _show(result)
     failed = result.get("failed", 0)
-    if failed:
-        raise click.ClickException(f"{failed} of {len(events)} event(s) rejected (see results)")
+    if not failed:
+        return
+    results = [r for r in result.get("results", []) if isinstance(r, dict) and r.get("error")]
+    conflicts = [r for r in results if "conflict" in r]
+    lines = [f"{failed} of {len(events)} event(s) rejected (see results)"]
+    lines += [f"event {r.get('index')}: {r.get('error')}" for r in conflicts]
+    if len(conflicts) == failed:
+        raise ConflictExit("\n  ".join(lines))
+    raise click.ClickException("\n  ".join(lines))
 
 
 @main.command()
@@ -442,6 +580,222 @@ def history(entity: str, since: str | None, limit: int | None) -> None:
     """
     with _flux() as flux:
         _show(flux.history(entity, since=since, limit=limit))
+
+
+@main.command()
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="V",
+    help="Changes after version V (a page's `next`) [default: 0, everything].",
+)
+@click.option("--prefix", metavar="P", help="Only ids starting with P.")
+@click.option("--namespace", metavar="NS", help="Only ids in namespace NS.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="At most N changes per page [default and maximum: the server's FLUX_CHANGES_PAGE_LIMIT].",
+)
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep polling from each page's `next` until Ctrl-C; prints the pages that hold something.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --follow: the wait between polls once caught up.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="With --follow: stop after this many seconds (checked at each poll).",
+)
+def changes(
+    since: int,
+    prefix: str | None,
+    namespace: str | None,
+    limit: int | None,
+    follow: bool,
+    interval: float,
+    timeout: float | None,
+) -> None:
+    """Show what changed after a version: cheap polling without a WebSocket.
+
+    Prints one page of GET /api/state/changes: {"changes": [entity, ...], "deleted":
+    [{"id", "version"}, ...], "next": V, "more": bool}, oldest first, each changed entity as
+    it is now. Ask again with --since V (the page's `next`) for what follows; `more: true`
+    means a page is already waiting. With --follow it does that by itself, one JSON page per
+    line when piped. Exits 4 when the server no longer remembers the deletions since
+    --since (FLUX_TOMBSTONES_KEPT): read the whole state again (flux list), then follow
+    from the version the error names.
+
+    \b
+    Examples:
+      flux changes --prefix dawn-coral/
+      flux changes --since 1200 | jq -r '.changes[].id'
+      flux changes --since 1200 --follow --interval 2 | jq -c '.deleted[]'
+    """
+    if not follow and timeout is not None:
+        raise click.UsageError("--timeout goes with --follow")
+    with _flux() as flux:
+        if not follow:
+            page = flux.changes(since, prefix=prefix, namespace=namespace, limit=limit)
+            _show(page)
+            if page.get("more"):
+                progress(f"More changes are waiting: flux changes --since {page.get('next')}")
+            return
+        progress(f"Following changes after version {since} at {_options().url} (Ctrl-C stops)...")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pages = flux.iter_changes(
+            since, prefix=prefix, namespace=namespace, limit=limit, follow=True, interval=interval
+        )
+        with _stopping_quietly():
+            for page in pages:
+                if page["changes"] or page["deleted"]:
+                    _show(page)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+
+
+@contextlib.contextmanager
+def _stopping_quietly() -> Iterator[None]:
+    """For commands that run until stopped: Ctrl-C ends them with status 0, and so does a
+    reader that went away (`... | head`), without Python complaining again when it flushes
+    stdout on exit."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+_OWNER = click.option(
+    "--owner", required=True, metavar="O", help="Who holds the lease (a worker's id)."
+)
+_TOKEN = click.option(
+    "--token",
+    required=True,
+    type=click.IntRange(min=1),
+    metavar="T",
+    help="The lease's token (from flux lease acquire).",
+)
+
+
+_TTL = click.option(
+    "--ttl-ms",
+    required=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="How long the lease lasts from now, unless renewed (at most the server's "
+    "FLUX_LEASE_MAX_TTL_MS).",
+)
+
+
+@main.group()
+def lease() -> None:
+    """Leases: one owner at a time holds an entity, for a while.
+
+    A lease is taken for a time to live and must be renewed before that runs out, else it
+    ends by itself through a logged event that every subscriber sees. The lease shows in
+    the entity's state (`__lease__`: owner, token, expires_at). Its token fences writes:
+    `flux publish --fencing-token T` is refused once a newer lease was issued, so a holder
+    that lost its lease cannot overwrite its successor's work. When the lease is not yours
+    to take, renew or release, the command exits 3 and names the holder.
+
+    \b
+    Examples:
+      flux lease acquire dawn-coral/leader --owner node-1 --ttl-ms 10000
+      flux lease renew dawn-coral/leader --owner node-1 --token 42 --ttl-ms 10000
+      flux lease release dawn-coral/leader --owner node-1 --token 42
+    """
+
+
+@lease.command(name="acquire")
+@click.argument("entity_id")
+@_OWNER
+@_TTL
+@click.option(
+    "--presence",
+    is_flag=True,
+    help="Delete the entity when the lease ends (released or not renewed in time).",
+)
+@click.option(
+    "--properties",
+    "properties_json",
+    type=JsonArgument(dict),
+    metavar="JSON",
+    help="Properties to set on the entity with the lease ('-' reads stdin).",
+)
+def lease_acquire(
+    entity_id: str,
+    owner: str,
+    ttl_ms: int,
+    presence: bool,
+    properties_json: dict[str, Any] | None,
+) -> None:
+    """Take the lease on ENTITY_ID (or extend it, when you hold it).
+
+    Prints {"entity_id", "version", "owner", "token", "acquired_at", "expires_at"}; keep the
+    token for renew, release and fenced writes (it only ever grows). With --presence the
+    entity is an agent's presence: it lives while the lease is renewed.
+
+    \b
+    Examples:
+      flux lease acquire dawn-coral/task-7 --owner worker-3 --ttl-ms 30000
+      flux lease acquire dawn-coral/agents/worker-3 --owner worker-3 --ttl-ms 15000 \\
+          --presence --properties '{"skills":["scrape"]}'
+    """
+    with _flux() as flux:
+        _show(
+            flux.lease_acquire(
+                entity_id, owner, ttl_ms, properties=properties_json, presence=presence
+            )
+        )
+
+
+@lease.command(name="renew")
+@click.argument("entity_id")
+@_OWNER
+@_TOKEN
+@_TTL
+def lease_renew(entity_id: str, owner: str, token: int, ttl_ms: int) -> None:
+    """Extend the lease you hold on ENTITY_ID.
+
+    Exits 3 when the lease was lost (it expired, was released or another owner took it):
+    stop acting on its behalf.
+
+    \b
+    Example:
+      flux lease renew dawn-coral/task-7 --owner worker-3 --token 42 --ttl-ms 30000
+    """
+    with _flux() as flux:
+        _show(flux.lease_renew(entity_id, owner, token, ttl_ms))
+
+
+@lease.command(name="release")
+@click.argument("entity_id")
+@_OWNER
+@_TOKEN
+def lease_release(entity_id: str, owner: str, token: int) -> None:
+    """Give back the lease you hold on ENTITY_ID.
+
+    Prints {"entity_id", "version", "released": true}. A presence lease's entity is deleted.
+
+    \b
+    Example:
+      flux lease release dawn-coral/task-7 --owner worker-3 --token 42
+    """
+    with _flux() as flux:
+        _show(flux.lease_release(entity_id, owner, token))
 
 
 @main.command()
@@ -935,16 +1289,10 @@ def watch(
     what = f"prefix {prefix!r}" if prefix is not None else entity or "every entity"
     progress(f"Watching {what} at {options.url}...")
     try:
-        asyncio.run(_watch(live, text_mode, metrics, max_messages, timeout))
-    except KeyboardInterrupt:
-        pass
+        with _stopping_quietly():
+            asyncio.run(_watch(live, text_mode, metrics, max_messages, timeout))
     except FluxClientError as exc:
         raise click.ClickException(str(exc)) from None
-    except BrokenPipeError:
-        # The reader went away (`flux watch | head`): stop quietly, and keep Python from
-        # complaining again when it flushes stdout on exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
 
 
 WATCHED_TYPES = frozenset({"state_update", "entity_deleted", "snapshot"})  # --max-messages

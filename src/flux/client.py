@@ -5,9 +5,26 @@
         flux.get("dawn-coral/sensor-01")["properties"]   # {'temperature': 22.5}
 
 Every failure raises `FluxClientError`: `status` is the HTTP status and `message` the server's
-`{"error": ...}` text; `FluxConnectionError` (status None) means no answer came back. Pass an
-`httpx` transport (e.g. `httpx.ASGITransport(app)` or `httpx.MockTransport`) to test without
-sockets.
+`{"error": ...}` text; `FluxConnectionError` (status None) means no answer came back,
+`FluxConflict` (409) that a write's condition failed or a lease is not the caller's, with the
+entity as it is now, and `FluxResync` (410) that a changes cursor is too old. Pass an `httpx`
+transport (e.g. `httpx.ASGITransport(app)` or `httpx.MockTransport`) to test without sockets.
+
+Coordination (docs/coordination.md): conditional writes and retries on conflict,
+
+    while True:
+        entity = flux.get("dawn-coral/counter")
+        try:
+            flux.publish("counters", "agent-01", "dawn-coral/counter",
+                         {"n": entity["properties"]["n"] + 1},
+                         expected_version=entity["version"])
+            break
+        except FluxConflict:
+            continue  # someone else wrote first: read again
+
+leases (`lease_acquire`, `lease_renew`, `lease_release`) whose token fences writes
+(`publish(..., fencing_token=token)`), atomic batches (`batch(events, atomic=True)`) and the
+changes feed (`changes`, `iter_changes`).
 
 `LiveWatch` follows the live changes over the WebSocket (docs/websocket.md), reconnecting and
 resuming by itself:
@@ -21,7 +38,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -65,6 +83,51 @@ class FluxTimeoutError(FluxConnectionError, TimeoutError):
     """The server did not answer in time (a write may still have been stored)."""
 
 
+class FluxConflict(FluxClientError):
+    """A 409 for a failed condition: a conditional write found the entity not as expected, or a
+    lease is not the caller's to take, renew or release. Nothing was stored. The fields are the
+    server's answer, so an agent can act without reading the entity again:
+
+    - `entity_id`; `expected`: what the request expected (`{"version": 3}`, `{"properties":
+      {...}}`, `{"fencing_token": 7}`, `{"lease": {...}}`);
+    - `current_version`: the entity's version now (0: it does not exist) and `current`: the
+      entity now (`{"id", "properties", "version", ...}`, None when it does not exist);
+    - `last_source`, `last_timestamp` (epoch ms): the event that last changed it;
+    - `index`: the refused event of an atomic batch (None for other requests);
+    - `lease`: the entity's lease as found (`{"owner", "token", "expires_at", ...}`), None when
+      nobody holds one; `details`: the whole answer.
+    """
+
+    def __init__(self, message: str, details: Mapping[str, Any]) -> None:
+        super().__init__(409, message)
+        self.details = dict(details)
+        self.entity_id: str | None = self.details.get("entity_id")
+        self.expected: JSONObject = self.details.get("expected") or {}
+        self.current_version: int = self.details.get("current_version") or 0
+        self.current: JSONObject | None = self.details.get("current")
+        self.last_source: str | None = self.details.get("last_source")
+        self.last_timestamp: int | None = self.details.get("last_timestamp")
+        self.index: int | None = self.details.get("index")
+
+    @property
+    def lease(self) -> JSONObject | None:
+        properties = (self.current or {}).get("properties") or {}
+        lease = properties.get("__lease__")
+        return lease if isinstance(lease, dict) and lease.get("owner") is not None else None
+
+
+class FluxResync(FluxClientError):
+    """A 410 from the changes feed: deletions after the cursor may have been forgotten
+    (FLUX_TOMBSTONES_KEPT), so the changes since it cannot be told. Read the whole state again
+    (`list`), then follow the changes from `version` (the server's version when it answered);
+    `oldest` is the oldest cursor it still answers for."""
+
+    def __init__(self, message: str, oldest: int, version: int) -> None:
+        super().__init__(410, message)
+        self.oldest = oldest
+        self.version = version
+
+
 def path_segment(text: str) -> str:
     """`text` as one URL path segment: `/` is sent as `%2F` and every other reserved character
     is percent-encoded too (and `.`/`..`, which URL normalization would otherwise resolve
@@ -82,15 +145,86 @@ def entity_path(entity_id: str) -> str:
 
 def error_message(response: httpx.Response) -> str:
     """The server's `{"error": ...}` text, else the status reason and the start of the body."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = _json_or_none(response)
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return str(body["error"])
     text = response.text.strip()[:200]
     reason = response.reason_phrase or "HTTP error"
     return f"{reason}: {text}" if text else reason
+
+
+def error_of(response: httpx.Response) -> FluxClientError:
+    """The error for an answer of status 400 or more: `FluxConflict` for a 409 that carries a
+    conflict (other 409s, such as a namespace that exists, are plain), `FluxResync` for a 410
+    with `"resync": true`, else `FluxClientError`."""
+    status = response.status_code
+    message = error_message(response)
+    if status in (409, 410):
+        body = _json_or_none(response)
+        if status == 409 and isinstance(body, dict) and "current_version" in body:
+            return FluxConflict(message, body)
+        if status == 410 and isinstance(body, dict) and body.get("resync") is True:
+            oldest, version = body.get("oldest"), body.get("version")
+            return FluxResync(
+                message,
+                oldest if type(oldest) is int else 0,
+                version if type(version) is int else 0,
+            )
+    return FluxClientError(status, message)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def make_event(
+    stream: str,
+    source: str,
+    entity_id: str,
+    properties: Mapping[str, Any],
+    *,
+    timestamp: int | None = None,
+    expected_version: int | None = None,
+    expected_properties: Mapping[str, Any] | None = None,
+    fencing_token: int | None = None,
+    ttl_ms: int | None = None,
+    if_absent: bool = False,
+) -> JSONObject:
+    """One event as `POST /api/events` and the batch take it, with the conditions it carries
+    (docs/coordination.md); `publish` sends one, `batch` a list of them.
+
+    - `expected_version`: the entity's `version` must be this (0: it must not exist);
+      `if_absent=True` is `expected_version=0` (create only, a claim).
+    - `expected_properties`: these property values must hold now (None as a value: absent).
+    - `fencing_token`: the token of the entity's lease; refused once a newer lease was issued.
+    - `ttl_ms`: the entity is deleted when not updated within it (0: no time to live any more).
+    - `timestamp`: epoch ms, now when omitted.
+
+    Raises ValueError when `if_absent` is given with a non-zero `expected_version`."""
+    if if_absent:
+        if expected_version not in (None, 0):
+            raise ValueError(
+                f"if_absent expects version 0, not expected_version={expected_version}"
+            )
+        expected_version = 0
+    event: JSONObject = {
+        "stream": stream,
+        "source": source,
+        "timestamp": now_ms() if timestamp is None else timestamp,
+        "payload": {"entity_id": entity_id, "properties": dict(properties)},
+    }
+    if expected_version is not None:
+        event["expected_version"] = expected_version
+    if expected_properties is not None:
+        event["expected_properties"] = dict(expected_properties)
+    if fencing_token is not None:
+        event["fencing_token"] = fencing_token
+    if ttl_ms is not None:
+        event["ttl_ms"] = ttl_ms
+    return event
 
 
 class FluxClient:
@@ -149,7 +283,7 @@ class FluxClient:
         except httpx.TransportError as exc:
             raise FluxConnectionError(self.base_url, str(exc) or type(exc).__name__) from exc
         if response.status_code >= 400:
-            raise FluxClientError(response.status_code, error_message(response))
+            raise error_of(response)
         return response
 
     def _request(
@@ -185,24 +319,45 @@ class FluxClient:
         entity_id: str,
         properties: Mapping[str, Any],
         timestamp: int | None = None,
+        *,
+        expected_version: int | None = None,
+        expected_properties: Mapping[str, Any] | None = None,
+        fencing_token: int | None = None,
+        ttl_ms: int | None = None,
+        if_absent: bool = False,
     ) -> JSONObject:
         """POST /api/events: merge `properties` into the entity. `timestamp` is epoch ms (now
-        when omitted). Returns `{"eventId", "stream", ...}`."""
-        event = {
-            "stream": stream,
-            "source": source,
-            "timestamp": now_ms() if timestamp is None else timestamp,
-            "payload": {"entity_id": entity_id, "properties": dict(properties)},
-        }
+        when omitted); the conditions and `ttl_ms` are `make_event`'s. Returns `{"eventId",
+        "stream", "sequence"}` (`sequence`: the entity's new version). Raises FluxConflict when
+        a condition fails (nothing stored)."""
+        event = make_event(
+            stream,
+            source,
+            entity_id,
+            properties,
+            timestamp=timestamp,
+            expected_version=expected_version,
+            expected_properties=expected_properties,
+            fencing_token=fencing_token,
+            ttl_ms=ttl_ms,
+            if_absent=if_absent,
+        )
         result: JSONObject = self._request("POST", "/api/events", json_body=event)
         return result
 
-    def batch(self, events: Sequence[Mapping[str, Any]]) -> JSONObject:
-        """POST /api/events/batch with full event envelopes (each needs its own `timestamp`).
-        Returns `{"successful", "failed", "results"}`; one bad event does not fail the others."""
-        result: JSONObject = self._request(
-            "POST", "/api/events/batch", json_body={"events": [dict(e) for e in events]}
-        )
+    def batch(self, events: Sequence[Mapping[str, Any]], atomic: bool = False) -> JSONObject:
+        """POST /api/events/batch with full event envelopes (each needs its own `timestamp`;
+        `make_event` builds them). Returns `{"successful", "failed", "results"}`.
+
+        By default one bad event does not fail the others: a failed condition shows in its
+        result as `"error": "condition failed: ..."`, `"sequence": null` and `"conflict"`.
+        `atomic=True` stores every event, in consecutive sequences, or none: an event whose
+        condition fails raises FluxConflict (its `index` names it), any other bad event
+        FluxClientError."""
+        body: JSONObject = {"events": [dict(e) for e in events]}
+        if atomic:
+            body["atomic"] = True
+        result: JSONObject = self._request("POST", "/api/events/batch", json_body=body)
         return result
 
     def history(
@@ -251,6 +406,96 @@ class FluxClient:
         result: JSONObject = self._request(
             "POST", "/api/state/entities/delete", json_body=dict(filter)
         )
+        return result
+
+    def changes(
+        self,
+        since: int = 0,
+        *,
+        prefix: str | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+    ) -> JSONObject:
+        """GET /api/state/changes: one page of what changed after version `since`, oldest first:
+        `{"changes": [entity, ...], "deleted": [{"id", "version"}, ...], "next", "more"}`, each
+        changed entity as it is now. Ask from `next` for the following page (`more` says
+        whether one is waiting). `limit` caps the page (the server caps it at
+        FLUX_CHANGES_PAGE_LIMIT). Raises FluxResync when `since` is older than the deletions
+        the server remembers."""
+        params: dict[str, str | int] = {"since": since}
+        if prefix:
+            params["prefix"] = prefix
+        if namespace:
+            params["namespace"] = namespace
+        if limit is not None:
+            params["limit"] = limit
+        result: JSONObject = self._request("GET", "/api/state/changes", params=params)
+        return result
+
+    def iter_changes(
+        self,
+        since: int = 0,
+        *,
+        prefix: str | None = None,
+        namespace: str | None = None,
+        limit: int | None = None,
+        follow: bool = False,
+        interval: float = 1.0,
+    ) -> Iterator[JSONObject]:
+        """Every page of changes after `since` (see `changes`), each asked from the previous
+        page's `next`, until the last one (`more` false). With `follow`, it then goes on
+        polling every `interval` seconds, forever (stop iterating to stop): the pages that find
+        nothing are yielded too, empty, so the caller gets control back at every poll. Save a
+        page's `next` to resume later. Raises FluxResync (see `changes`)."""
+        cursor = since
+        while True:
+            page = self.changes(cursor, prefix=prefix, namespace=namespace, limit=limit)
+            yield page
+            cursor = page["next"]
+            if page["more"]:
+                continue
+            if not follow:
+                return
+            time.sleep(interval)
+
+    # -- leases ------------------------------------------------------------------------------
+
+    def lease_acquire(
+        self,
+        entity_id: str,
+        owner: str,
+        ttl_ms: int,
+        *,
+        properties: Mapping[str, Any] | None = None,
+        presence: bool = False,
+    ) -> JSONObject:
+        """POST /api/leases/acquire: take the lease on the entity for `owner`, for `ttl_ms`
+        (its holder acquiring again extends it). Returns `{"entity_id", "version", "owner",
+        "token", "acquired_at", "expires_at"}`; `token` is the fencing token for writes (it
+        only grows). `properties` are set on the entity with the lease; `presence=True`
+        deletes the entity when the lease ends (released, or not renewed in time). Raises
+        FluxConflict while another owner holds it (`lease` names the holder)."""
+        body: JSONObject = {"entity_id": entity_id, "owner": owner, "ttl_ms": ttl_ms}
+        if properties is not None:
+            body["properties"] = dict(properties)
+        if presence:
+            body["presence"] = True
+        result: JSONObject = self._request("POST", "/api/leases/acquire", json_body=body)
+        return result
+
+    def lease_renew(self, entity_id: str, owner: str, token: int, ttl_ms: int) -> JSONObject:
+        """POST /api/leases/renew: the lease lasts `ttl_ms` from now. Returns the lease as
+        `lease_acquire` does. Raises FluxConflict when it was lost (expired, released or taken
+        by another): stop working on its behalf."""
+        body = {"entity_id": entity_id, "owner": owner, "token": token, "ttl_ms": ttl_ms}
+        result: JSONObject = self._request("POST", "/api/leases/renew", json_body=body)
+        return result
+
+    def lease_release(self, entity_id: str, owner: str, token: int) -> JSONObject:
+        """POST /api/leases/release: give the lease back. Returns `{"entity_id", "version",
+        "released": true}`. Raises FluxConflict when it is not this owner's lease or token."""
+        body = {"entity_id": entity_id, "owner": owner, "token": token}
+        result: JSONObject = self._request("POST", "/api/leases/release", json_body=body)
         return result
 
     # -- server ------------------------------------------------------------------------------
