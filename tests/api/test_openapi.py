@@ -147,7 +147,9 @@ def test_real_coordination_responses_match_the_schemas(make_client: ClientFactor
     absent = client.post("/api/events", json=new_event("ns/none", expected_version=3))
     assert absent.status_code == 409 and absent.json()["current"] is None
     assert conforms("Error", absent.json()) == []
-    header = client.post("/api/events", json=new_event("ns/t"), headers={"If-Match": f'"{version}"'})
+    header = client.post(
+        "/api/events", json=new_event("ns/t"), headers={"If-Match": f'"{version}"'}
+    )
     assert header.status_code == 200 and conforms("EventAccepted", header.json()) == []
     batch = client.post(
         "/api/events/batch",
@@ -170,7 +172,9 @@ def test_real_coordination_responses_match_the_schemas(make_client: ClientFactor
     )
     assert lease.status_code == 200 and conforms("Lease", lease.json()) == []
     token = lease.json()["token"]
-    taken = client.post("/api/leases/acquire", json={"entity_id": "ns/l", "owner": "b", "ttl_ms": 9})
+    taken = client.post(
+        "/api/leases/acquire", json={"entity_id": "ns/l", "owner": "b", "ttl_ms": 9}
+    )
     assert taken.status_code == 409 and conforms("Error", taken.json()) == []
     renewed = client.post(
         "/api/leases/renew", json={"entity_id": "ns/l", "owner": "a", "token": token, "ttl_ms": 9}
