@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 import flux
 from flux.api.app import routes
+from flux.api.coordination import LEASE_BODY_LIMIT
 from flux.api.http import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, HISTORY_WINDOW_US
 from flux.api.openapi import DATA_FILE, DOCUMENT, FACTS, PLACEHOLDER, char_class, fill, template
 from flux.auth import NAME_CHARS, NAME_MAX, NAME_MIN
@@ -28,8 +29,9 @@ from flux.connectors.base import KNOWN
 from flux.connectors.oauth import STATE_TTL_SECONDS
 from flux.connectors.source_config import MAX_NAME_LENGTH, MAX_POLL_INTERVAL
 from flux.errors import ValidationError
-from flux.events import MAX_PAYLOAD_DEPTH, STREAM_RE, validate_event
+from flux.events import MAX_PAYLOAD_DEPTH, MAX_TTL_MS, STREAM_RE, validate_event
 
+from .conftest import ClientFactory
 from .helpers import dumps, encode_id, new_event
 from .strategies import event_like
 
@@ -131,6 +133,76 @@ def test_real_responses_match_the_schemas(client: TestClient) -> None:
     assert conforms("Error", client.get("/api/state/entities/nope").json()) == []
 
 
+def test_real_coordination_responses_match_the_schemas(make_client: ClientFactory) -> None:
+    """Conditional writes, batches, leases and the changes feed, each answer (the 409 and 410
+    bodies included) against its schema."""
+    client = make_client(tombstones_kept=1)
+    created = client.post("/api/events", json=new_event("ns/t", {"s": "open"}, expected_version=0))
+    assert conforms("EventAccepted", created.json()) == []
+    version = created.json()["sequence"]
+    refused = client.post("/api/events", json=new_event("ns/t", expected_version=0))
+    assert refused.status_code == 409
+    assert conforms("Error", refused.json()) == []
+    assert conforms("Conflict", {k: v for k, v in refused.json().items() if k != "error"}) == []
+    absent = client.post("/api/events", json=new_event("ns/none", expected_version=3))
+    assert absent.status_code == 409 and absent.json()["current"] is None
+    assert conforms("Error", absent.json()) == []
+    header = client.post(
+        "/api/events", json=new_event("ns/t"), headers={"If-Match": f'"{version}"'}
+    )
+    assert header.status_code == 200 and conforms("EventAccepted", header.json()) == []
+    batch = client.post(
+        "/api/events/batch",
+        json={"events": [new_event("ns/t", expected_properties={"s": "x"}), new_event("ns/u")]},
+    )
+    results = batch.json()["results"]
+    assert results[0]["sequence"] is None and "conflict" in results[0]
+    assert conforms("BatchResult", batch.json()) == []
+    atomic = client.post(
+        "/api/events/batch",
+        json={"atomic": True, "events": [new_event("ns/u"), new_event("ns/t", expected_version=1)]},
+    )
+    assert atomic.status_code == 409 and atomic.json()["index"] == 1
+    assert conforms("Error", atomic.json()) == []
+    stored = client.post("/api/events/batch", json={"atomic": True, "events": [new_event("ns/v")]})
+    assert conforms("BatchResult", stored.json()) == []
+    lease = client.post(
+        "/api/leases/acquire",
+        json={"entity_id": "ns/l", "owner": "a", "ttl_ms": 60_000, "presence": True},
+    )
+    assert lease.status_code == 200 and conforms("Lease", lease.json()) == []
+    token = lease.json()["token"]
+    taken = client.post(
+        "/api/leases/acquire", json={"entity_id": "ns/l", "owner": "b", "ttl_ms": 9}
+    )
+    assert taken.status_code == 409 and conforms("Error", taken.json()) == []
+    renewed = client.post(
+        "/api/leases/renew", json={"entity_id": "ns/l", "owner": "a", "token": token, "ttl_ms": 9}
+    )
+    assert conforms("Lease", renewed.json()) == []
+    released = client.post(
+        "/api/leases/release", json={"entity_id": "ns/l", "owner": "a", "token": token}
+    )
+    assert conforms("LeaseReleased", released.json()) == []
+    changes = client.get("/api/state/changes", params={"since": 0, "limit": 2})
+    assert changes.json()["more"] is True and conforms("Changes", changes.json()) == []
+    assert client.delete("/api/state/entities/ns%2Fu").json()["deleted"] is True
+    assert client.delete("/api/state/entities/ns%2Fv").json()["deleted"] is True
+    resync = client.get("/api/state/changes", params={"since": 0})
+    assert resync.status_code == 410 and conforms("Error", resync.json()) == []
+    everything = client.get("/api/state/changes", params={"since": resync.json()["oldest"]})
+    assert everything.json()["deleted"] and conforms("Changes", everything.json()) == []
+
+
+def test_the_lease_owner_length_is_what_the_server_accepts(client: TestClient) -> None:
+    longest = DOCUMENT["components"]["schemas"]["LeaseAcquire"]["properties"]["owner"]["maxLength"]
+    for owner, status in (("o" * longest, 200), ("o" * (longest + 1), 400)):
+        answer = client.post(
+            "/api/leases/acquire", json={"entity_id": "ns/o", "owner": owner, "ttl_ms": 1000}
+        )
+        assert answer.status_code == status, answer.text
+
+
 def test_admin_config_schema_names_every_runtime_setting(client: TestClient) -> None:
     config = client.get("/api/admin/config").json()
     assert set(DOCUMENT["components"]["schemas"]["AdminConfig"]["properties"]) == set(config)
@@ -201,6 +273,17 @@ def test_every_fact_in_the_served_document_is_the_codes(document: dict[str, Any]
     source = schemas["SourceInput"]["properties"]
     assert source["name"]["maxLength"] == MAX_NAME_LENGTH
     assert source["poll_interval_secs"]["maximum"] == MAX_POLL_INTERVAL
+    assert schemas["Event"]["properties"]["ttl_ms"]["maximum"] == MAX_TTL_MS
+    defaults = Settings()
+    lease_ttl = schemas["LeaseAcquire"]["properties"]["ttl_ms"]["description"]
+    assert f"({defaults.lease_max_ttl_ms} by default)" in lease_ttl
+    for route in ("acquire", "renew", "release"):
+        too_large = paths[f"/api/leases/{route}"]["post"]["responses"]["413"]["description"]
+        assert too_large == f"Body over {LEASE_BODY_LIMIT} bytes"
+    changes = paths["/api/state/changes"]["get"]
+    assert f"({defaults.tombstones_kept} by default)" in changes["description"]
+    limit = next(p for p in changes["parameters"] if p["name"] == "limit")
+    assert f"({defaults.changes_page_limit} by default)" in limit["description"]
 
 
 @pytest.mark.parametrize(

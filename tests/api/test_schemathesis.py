@@ -2,8 +2,9 @@
 
 Every request carries one of: no token, a junk one, the admin token, a namespace's current token
 or a revoked one (drawn per request). The checks: no 500, every status, content type, header and
-body as documented, and no write that succeeds without the right token (`authorized_writes_only`,
-an oracle that tracks the tokens from the responses: registrations, rotations, deletions).
+body as documented, and no write (events, leases, deletes) that succeeds without the right token
+(`authorized_writes_only`, an oracle that tracks the tokens from the responses: registrations,
+rotations, deletions).
 
 Bounded (a few dozen short scenarios) so that it stays a few seconds; skipped when schemathesis
 is not installed.
@@ -67,6 +68,8 @@ def aim(case: Any, target: str) -> None:
         params["name"] = namespace_of(target) or target
     body = case.body
     if isinstance(body, dict):
+        if isinstance(body.get("entity_id"), str):  # a lease
+            body["entity_id"] = target
         payload = body.get("payload")
         if isinstance(payload, dict):
             payload["entity_id"] = target
@@ -129,6 +132,8 @@ def authorized_writes_only(ctx: CheckContext, response: Any, case: Any) -> bool 
             if result["error"] is None:
                 event = events[result["index"]]
                 assert may_write(token, entity_of(event)), f"batch item written with {token!r}"
+    elif method == "POST" and path.startswith("/api/leases/"):
+        assert may_write(token, body["entity_id"]), f"lease taken or kept with {token!r}"
     elif (method, path) == ("DELETE", "/api/state/entities/{entity_id}"):
         assert may_write(token, case.path_parameters["entity_id"]), "delete without the token"
     elif (method, path) == ("POST", "/api/state/entities/delete"):

@@ -28,13 +28,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from flux import __version__
+from flux.api.coordination import LEASE_BODY_LIMIT
 from flux.api.http import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, HISTORY_WINDOW_US
 from flux.auth import NAME_CHARS, NAME_MAX, NAME_MIN
 from flux.config import SETTINGS
 from flux.connectors.base import KNOWN
 from flux.connectors.oauth import STATE_TTL_SECONDS
 from flux.connectors.source_config import MAX_NAME_LENGTH, MAX_POLL_INTERVAL
-from flux.events import MAX_PAYLOAD_DEPTH, STREAM_RE
+from flux.events import MAX_PAYLOAD_DEPTH, MAX_TTL_MS, STREAM_RE
 
 DOCS_STATIC: str = swagger_ui_bundle.swagger_ui_path
 
@@ -70,6 +71,12 @@ def _or_list(names: Iterable[str]) -> str:
 
 _NAME_CHARS = char_class(NAME_CHARS)
 
+
+def _default(name: str) -> Any:
+    """A setting's default (the document describes a server with its defaults)."""
+    return next(s.default for s in SETTINGS if s.name == name)
+
+
 FACTS: dict[str, Any] = {
     "version": __version__,
     "stream_pattern": f"^{STREAM_RE.pattern}$",
@@ -83,7 +90,7 @@ FACTS: dict[str, Any] = {
         for s in SETTINGS
         if s.runtime
     },
-    "max_entity_id_length": next(s.default for s in SETTINGS if s.name == "max_entity_id_length"),
+    "max_entity_id_length": _default("max_entity_id_length"),
     "max_payload_depth": MAX_PAYLOAD_DEPTH,
     "history_default_limit": HISTORY_DEFAULT_LIMIT,
     "history_max_limit": HISTORY_MAX_LIMIT,
@@ -91,6 +98,11 @@ FACTS: dict[str, Any] = {
     "oauth_state_ttl_seconds": int(STATE_TTL_SECONDS),
     "source_name_max_length": MAX_NAME_LENGTH,
     "source_max_poll_interval_secs": MAX_POLL_INTERVAL,
+    "max_ttl_ms": MAX_TTL_MS,
+    "lease_max_ttl_ms": _default("lease_max_ttl_ms"),
+    "lease_body_limit": LEASE_BODY_LIMIT,
+    "tombstones_kept": _default("tombstones_kept"),
+    "changes_page_limit": _default("changes_page_limit"),
 }
 
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
