@@ -88,7 +88,9 @@ def expectation(check: Check) -> dict[str, Any]:
         out["fencing_token"] = check.fencing_token
     if check.lease is not None:
         out["lease"] = {
-            k: v for k, v in check.lease._asdict().items() if v is not None and k != "ttl_ms"
+            k: v
+            for k, v in check.lease._asdict().items()
+            if v is not None and v is not False and k != "ttl_ms"
         }
     if check.must_exist:
         out["exists"] = True
@@ -245,7 +247,7 @@ def _decide(
     if check.expected_properties is not None:
         current = props or {}
         for name, value in check.expected_properties.items():
-            if current.get(name) != value:
+            if not same_json(current.get(name), value):
                 return fail(
                     f"expected property {name!r} to be {_show(value)}, "
                     f"it is {_show(current.get(name))}"
@@ -267,6 +269,18 @@ def _decide(
     if op is None:
         return KEEP
     return _lease(op, lease if held else None, lease, event, seq, now_ms, fail)
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """JSON equality: Python's `==` takes `true` for `1` and `1` for `1.0`; JSON does not."""
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if kind is list:
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _held(lease: Any, now_ms: int) -> bool:

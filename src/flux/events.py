@@ -328,6 +328,11 @@ def _coordination_fields(obj: dict[str, Any], event: Event) -> None:
             raise ValidationError(
                 "`expected_properties` must be an object of property values (null: absent)"
             )
+        if _too_deep(expected, MAX_PAYLOAD_DEPTH):
+            raise ValidationError(
+                f"recursion limit exceeded: `expected_properties` nests deeper than "
+                f"{MAX_PAYLOAD_DEPTH} levels"
+            )
         event["expected_properties"] = expected
     token = obj.get("fencing_token")
     if token is not None:

@@ -32,7 +32,6 @@ from flux.config import Settings
 from flux.engine import Change, StateEngine
 from flux.errors import ConditionFailed, LogCorrupt, LogError, ValidationError
 from flux.events import (
-    EXPIRED,
     LEASE,
     Event,
     conditions_of,
@@ -50,6 +49,9 @@ logger = logging.getLogger("flux.service")
 Listener = Callable[[list[Change], list[Record]], None]
 
 LEASE_STREAM = "flux.leases"
+# A lease that ran out is ended by an event of its own stream: the reason is in the event,
+# not left in the entity's state.
+LEASE_EXPIRED_STREAM = "flux.leases.expired"
 
 # A NamedTuple's own constructor is a Python-level __new__; the C one skips it (once per event).
 _new_tuple = tuple.__new__
@@ -258,11 +260,9 @@ class FluxService:
         """The event of a lease operation (with `properties` to set with it); the log's check
         writes the lease into it."""
         props: dict[str, object] = {**(properties or {}), LEASE: None}
-        if expired:
-            props[EXPIRED] = "lease"
         return {
             "eventId": uuid7(),
-            "stream": LEASE_STREAM,
+            "stream": LEASE_EXPIRED_STREAM if expired else LEASE_STREAM,
             "source": owner or "flux",
             "timestamp": now_ms(),
             "payload": {"entity_id": entity_id, "properties": props},

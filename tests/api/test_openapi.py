@@ -188,7 +188,7 @@ def test_real_coordination_responses_match_the_schemas(make_client: ClientFactor
     assert changes.json()["more"] is True and conforms("Changes", changes.json()) == []
     assert client.delete("/api/state/entities/ns%2Fu").json()["deleted"] is True
     assert client.delete("/api/state/entities/ns%2Fv").json()["deleted"] is True
-    resync = client.get("/api/state/changes", params={"since": 0})
+    resync = client.get("/api/state/changes", params={"since": 1})
     assert resync.status_code == 410 and conforms("Error", resync.json()) == []
     everything = client.get("/api/state/changes", params={"since": resync.json()["oldest"]})
     assert everything.json()["deleted"] and conforms("Changes", everything.json()) == []

@@ -217,8 +217,9 @@ def test_a_lease_that_expires_frees_itself_through_a_logged_event(http: httpx.Cl
 
     wait_for(freed, "the lease to expire", timeout=10)
     history = http.get("/api/events", params={"entity": "c8/lock"}).json()
-    assert history[0]["payload"]["properties"] == {"__lease__": None, "__expired__": "lease"}
-    assert history[0]["stream"] == "flux.leases"
+    assert history[0]["payload"]["properties"] == {"__lease__": None}
+    assert history[0]["stream"] == "flux.leases.expired"
+    assert history[0]["source"] == "flux"
     taken = http.post(
         "/api/leases/acquire", json={"entity_id": "c8/lock", "owner": "w2", "ttl_ms": 60_000}
     )
@@ -325,3 +326,35 @@ def test_http_presence_is_a_lease_its_holder_renews(http: httpx.Client) -> None:
     assert http.get("/api/state/entities/c12/agent-7").status_code == 404
     bad = http.post("/api/leases/renew", json={**body, "token": 1})
     assert bad.status_code == 400 and "acquire" in bad.json()["error"]
+
+
+def test_bad_lease_properties_and_deep_conditions_are_400(http: httpx.Client) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"d": deep}
+    acquire = {"entity_id": "c13/x", "owner": "o", "ttl_ms": 1000, "properties": deep}
+    answer = http.post("/api/leases/acquire", json=acquire)
+    assert answer.status_code == 400 and "recursion limit" in answer.json()["error"]
+    reserved = {**acquire, "properties": {"__ttl_ms__": 5}}
+    assert http.post("/api/leases/acquire", json=reserved).status_code == 400
+    probe = publish(http, event("c13/y", expected_properties=deep))
+    assert probe.status_code == 400 and "expected_properties" in probe.json()["error"]
+
+
+def test_expected_properties_compare_as_json(http: httpx.Client) -> None:
+    assert publish(http, event("c14/f", props={"flag": True, "n": 1})).status_code == 200
+    assert publish(http, event("c14/f", expected_properties={"flag": 1})).status_code == 409
+    assert publish(http, event("c14/f", expected_properties={"n": 1.0})).status_code == 409
+    assert publish(http, event("c14/f", expected_properties={"n": True})).status_code == 409
+    ok = event("c14/f", expected_properties={"flag": True, "n": 1})
+    assert publish(http, ok).status_code == 200
+
+
+def test_changes_from_zero_never_need_a_resync(http: httpx.Client) -> None:
+    for i in range(7):  # more deletions than the server keeps
+        publish(http, event(f"c15/d{i}"))
+        http.delete(f"/api/state/entities/c15/d{i}")
+    publish(http, event("c15/kept"))
+    page = http.get("/api/state/changes", params={"since": 0, "prefix": "c15/"})
+    assert page.status_code == 200
+    assert [e["id"] for e in page.json()["changes"]] == ["c15/kept"]

@@ -102,5 +102,5 @@ def test_what_fell_due_while_the_server_was_down_is_logged_at_start(
         beat = http.get("/api/events", params={"entity": "r/beat"}).json()
         assert beat[0]["payload"]["properties"]["__expired__"] == "ttl"
         lock = http.get("/api/events", params={"entity": "r/lock"}).json()
-        assert lock[0]["payload"]["properties"]["__expired__"] == "lease"
+        assert lock[0]["stream"] == "flux.leases.expired"
     srv.stop()

@@ -35,9 +35,9 @@ import httpx
 import pytest
 
 from conftest import FluxServer, wait_for
-from flux.events import EXPIRED, LEASE
+from flux.events import LEASE
 from flux.log import Record
-from flux.service import LEASE_STREAM
+from flux.service import LEASE_EXPIRED_STREAM, LEASE_STREAM
 
 from .test_concurrency import read_log
 
@@ -250,7 +250,7 @@ def check_history(records: list[Record], task_ids: list[str]) -> History:
             continue
         props = payload["properties"]
         where = f"{payload['entity_id']} at {record.seq} ({event['source']})"
-        if event["stream"] == LEASE_STREAM:
+        if event["stream"] in (LEASE_STREAM, LEASE_EXPIRED_STREAM):
             _lease_event(history, task, record, where)
         elif "fencing_token" in event:
             _fenced_write(history, task, record, where)
@@ -298,7 +298,7 @@ def _lease_event(history: History, task: Task, record: Record, where: str) -> No
     else:  # ended
         assert _held(before), f"a lease ended that nobody held: {where}"
         lease = task.leases[-1]
-        if props.get(EXPIRED) == "lease":
+        if event["stream"] == LEASE_EXPIRED_STREAM:
             assert event["source"] == "flux", f"an expiry not made by the server: {where}"
             assert record.at >= lease.end * 1000, f"expired before its time: {where}"
             lease.ended = "expired"
@@ -411,7 +411,9 @@ def test_workers_killed_at_random_finish_every_task_without_sharing_a_lease(
 
 
 def record(seq: int, at_ms: int, source: str, props: dict[str, Any], **fields: Any) -> Record:
-    stream = LEASE_STREAM if LEASE in props else "sim"
+    stream = "sim"
+    if LEASE in props:
+        stream = LEASE_EXPIRED_STREAM if props is EXPIRY else LEASE_STREAM
     event = {"stream": stream, "source": source, "payload": {"entity_id": "t", "properties": props}}
     return Record(seq, at_ms * 1000, {**event, **fields})
 
@@ -427,7 +429,7 @@ def leased(owner: str, token: int, acquired_at: int, expires_at: int) -> dict[st
     }
 
 
-EXPIRY = {LEASE: None, EXPIRED: "lease"}
+EXPIRY = {LEASE: None}  # the event of stream flux.leases.expired
 GOOD = [
     record(1, 1000, "planner", {"status": "open"}),
     record(2, 1000, "a", leased("a", 2, 1000, 1000 + TTL_MS)),

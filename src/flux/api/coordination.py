@@ -13,7 +13,7 @@ from flux.api.http import entity_json, json_response, server_of
 from flux.api.identity import credential_of
 from flux.conditions import LeaseOp
 from flux.errors import ValidationError
-from flux.events import DELETED, RESERVED, check_entity_id, check_id_part
+from flux.events import DELETED, check_entity_id, check_id_part, validate_event
 
 LEASE_BODY_LIMIT = 16 * 1024
 
@@ -66,9 +66,18 @@ async def _lease(request: Request, op: str) -> Response:
     if properties is not None:
         if type(properties) is not dict:
             raise ValidationError("`properties` must be an object")
-        reserved = RESERVED & properties.keys() | ({DELETED} & properties.keys())
-        if reserved:
-            raise ValidationError(f"properties {', '.join(sorted(reserved))} are set by Flux")
+        if DELETED in properties:
+            raise ValidationError(f"property {DELETED} is set by Flux")
+        # The checks an event's properties get (depth, Flux's own properties).
+        validate_event(
+            {
+                "stream": "flux.leases",
+                "source": owner,
+                "timestamp": 1,
+                "payload": {"entity_id": entity_id, "properties": properties},
+            },
+            server.settings.max_entity_id_length,
+        )
     permissions = server.permissions
     namespace = permissions.authorize_write(credential_of(request.scope), entity_id)
     if namespace is not None:
@@ -105,7 +114,9 @@ async def changes(request: Request) -> Response:
     if namespace is not None:
         check_id_part(namespace, "namespace", max_length)
     engine = server.engine
-    if since < engine.deleted_floor:
+    # From 0 a client holds nothing, so the deletions forgotten before the floor are nothing
+    # it needs: it gets every entity there is.
+    if 0 < since < engine.deleted_floor:
         return json_response(
             {
                 "error": (
