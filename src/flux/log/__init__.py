@@ -127,7 +127,11 @@ class EventLog(Protocol):
 
 
 def open_log(url: str) -> EventLog:
-    """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default)."""
+    """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default), or
+    `nats://host:port[,host2:port2][?stream=S&subject=P&replicas=N&dedupe_window=SECONDS]`
+    (NATS JetStream; parameters not given take the defaults of FLUX_NATS_STREAM,
+    FLUX_NATS_SUBJECT, FLUX_NATS_REPLICAS and FLUX_DEDUPE_WINDOW_SECONDS). Raises ValueError
+    for a URL it cannot use."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"event log URL {url!r} has no scheme; expected sqlite:///PATH")
@@ -135,4 +139,9 @@ def open_log(url: str) -> EventLog:
         from flux.log.sqlite import SQLiteLog
 
         return SQLiteLog(rest[1:] if rest.startswith("/") else rest)
-    raise ValueError(f"unknown event log scheme {scheme!r} in {url!r}; known: sqlite")
+    if scheme == "nats":
+        from flux.config import Settings
+        from flux.log.jetstream import from_url
+
+        return from_url(url, Settings().nats_parameters())
+    raise ValueError(f"unknown event log scheme {scheme!r} in {url!r}; known: sqlite, nats")
