@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
+import httpx
 import nats
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import free_port
+from conftest import FluxServer, free_port
 from flux.conditions import Check
 from flux.config import Settings
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.log import EventLog, open_log
-from flux.log.jetstream import JetStreamLog, entity_subject, translate
+from flux.log.jetstream import JetStreamLog, entity_subject, message_id, translate
 from natsserver import NatsServer
+from test_restart import ENV, check_after_restart, observe, replayed, write_some
 
 from .contract import TIMEOUT, LogContract, MakeLog, Opened, make_event
 
@@ -282,3 +286,148 @@ def test_nats_errors_translate_to_log_errors() -> None:
     assert type(translate(RuntimeError("bug"))) is LogError
     corrupt = LogCorrupt("x")
     assert translate(corrupt) is corrupt
+
+
+@given(st.text(max_size=300))
+def test_every_event_id_has_a_message_id_nats_keeps_as_it_is(event_id: str) -> None:
+    msg_id = message_id(event_id)
+    assert 0 < len(msg_id) <= 128
+    assert msg_id.isascii() and msg_id.isprintable() and " " not in msg_id
+
+
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_different_event_ids_get_different_message_ids(a: str, b: str) -> None:
+    if a != b:
+        assert message_id(a) != message_id(b)
+
+
+def test_plain_event_ids_are_their_own_message_ids() -> None:
+    assert message_id("0190a3c4-7b1e-7c2d-8e9f-0a1b2c3d4e5f") == (
+        "0190a3c4-7b1e-7c2d-8e9f-0a1b2c3d4e5f"
+    )
+    for odd in (" a", "a ", "a\nb", "é", "~x", "x" * 129, ""):
+        assert message_id(odd).startswith("~")
+
+
+@pytest.mark.anyio
+async def test_event_ids_that_are_not_plain_header_values_deduplicate_exactly(
+    make_log: MakeLog,
+) -> None:
+    """NATS trims and folds header values; ids it would change (or that are too long) go as
+    hashes, so `a`, ` a` and `a\\nb` stay three events, each stored once."""
+    opened = await _start(_open(make_log))
+    try:
+        events = [make_event("ns/a", i=i) for i in range(5)]
+        for event, event_id in zip(events, ["a", " a", "a\nb", "é" * 50, "x" * 5000], strict=True):
+            event["eventId"] = event_id
+        done = await opened.append(*events)
+        assert [(d.seq, d.duplicate) for d in done] == [(i, False) for i in range(1, 6)]
+        again = await opened.append(*events[::-1])
+        assert [(d.seq, d.duplicate) for d in again] == [(i, True) for i in range(5, 0, -1)]
+        checked = await opened.append_checked([(events[1], Check(expected_version=0))])
+        assert checked == [done[1]._replace(duplicate=True)]
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_a_checked_append_sends_its_unchecked_entries_together(make_log: MakeLog) -> None:
+    """Entries without a check between checked ones go as one plain append (consecutive
+    sequences, one log time); each checked one sees the state with everything before it."""
+    opened = await _start(_open(make_log))
+    try:
+        a, b, c, d = (make_event("ns/x", n=i) for i in range(4))
+        done = await opened.append_checked(
+            [
+                (a, None),
+                (b, None),
+                (c, Check(expected_version=2)),  # b's sequence: b is applied before c is decided
+                (a, None),  # a repeat in the same append
+                (d, Check(expected_version=2)),  # c moved it to 3
+            ]
+        )
+        assert [(r.seq, r.duplicate, r.failure is None) for r in done] == [
+            (1, False, True),
+            (2, False, True),
+            (3, False, True),
+            (1, True, True),
+            (0, False, False),
+        ]
+        assert done[0].at == done[1].at
+        assert done[4].failure is not None and done[4].failure.current_version == 3
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_history_finds_a_sparse_entity_across_growing_windows(make_log: MakeLog) -> None:
+    opened = await _start(_open(make_log))
+    try:
+        mine = []
+        for i in range(4):
+            (done,) = await opened.append(make_event("ns/rare", i=i))
+            mine.append(done)
+            await opened.append(*(make_event(f"ns/busy{n % 7}", n=n) for n in range(150)))
+
+        def xs(events: list[dict[str, object]]) -> list[object]:
+            return [e["payload"]["properties"]["i"] for e in events]  # type: ignore[index]
+
+        assert xs(await opened.history("ns/rare")) == [3, 2, 1, 0]
+        assert xs(await opened.history("ns/rare", limit=3)) == [3, 2, 1]
+        assert xs(await opened.history("ns/rare", after_seq=mine[1].seq)) == [3, 2]
+        assert xs(await opened.history("ns/rare", since_us=mine[2].at)) == [3, 2]
+        assert len(await opened.history("ns/busy3", limit=500)) == 4 * len(range(3, 150, 7))
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_verify_reports_a_stream_changed_behind_the_logs_back(
+    make_log: MakeLog, nats_url: str, stream: tuple[str, str]
+) -> None:
+    opened = await _start(_open(make_log))
+    try:
+        await opened.log.verify()
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        config = (await js.stream_info(stream[0])).config
+        config.duplicate_window = 5
+        await js.update_stream(config)
+        await nc.close()
+        with pytest.raises(LogError, match="was changed: duplicate_window is 5, Flux needs 120"):
+            await opened.log.verify()
+    finally:
+        await opened.log.close()
+
+
+def test_flux_serve_on_jetstream_restarts_from_the_stream(
+    server_factory: type[FluxServer], data_dir: Path, nats_url: str, stream: tuple[str, str]
+) -> None:
+    """`flux serve` with FLUX_NATS_URL: writes, then SIGKILL (no snapshot) and a restart that
+    replays the stream into the same state; then a clean stop and a start from the snapshot."""
+    name, subject = stream
+    env = {**ENV, "FLUX_NATS_URL": nats_url, "FLUX_NATS_STREAM": name, "FLUX_NATS_SUBJECT": subject}
+    server = server_factory(data_dir, env=env).start()
+    assert not (data_dir / "events.db").exists()
+    with httpx.Client(
+        base_url=server.url, headers={"content-type": "application/json"}, timeout=10
+    ) as client:
+        write_some(client)
+        before = observe(client)
+    server.kill()
+
+    restarted = server_factory(data_dir, env=env).start()
+    assert replayed(restarted) == before["lastSequence"]
+    with httpx.Client(base_url=restarted.url, timeout=10) as client:
+        check_after_restart(client, before)
+        again = observe(client)
+    assert restarted.stop() in (0, -signal.SIGTERM)
+    assert f"snapshot-{again['lastSequence']:020d}.json.gz written" in restarted.logs()
+
+    third = server_factory(data_dir, env=env).start()
+    assert replayed(third) == 0
+    with httpx.Client(base_url=third.url, timeout=10) as client:
+        assert observe(client) == again
+        assert client.get("/api/health").json()["status"] == "ok"
+    third.stop()
+    assert not (data_dir / "events.db").exists()

@@ -79,6 +79,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -115,10 +116,8 @@ _FILLERS_AT_ONCE = 1_000
 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
 _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
-_WRONG_LAST_SEQUENCE_BUSY = 10164  # a write to the subject is in progress (clustered)
-_BATCH_INCOMPLETE = 10176
 _BATCH_HAS_DUPLICATE = 10201
-_BATCH_TOO_MANY = 10210
+_BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
 _UNAVAILABLE_CODES = frozenset({10008, 10039, 10059, 10076})  # no JetStream, no stream
 
@@ -165,6 +164,18 @@ def entity_subject(prefix: str, entity_id: str | None) -> str:
     if 0 < len(raw) <= _PLAIN_ID_BYTES:
         return f"{prefix}.r.e.{_b64(raw)}"
     return f"{prefix}.r.h.{_b64(hashlib.sha256(raw).digest())}"
+
+
+def message_id(event_id: str) -> str:
+    """The `Nats-Msg-Id` of an event: its id when that is a plain header value (up to 128
+    printable ASCII characters, no space: NATS would trim or fold others), else `~` and the
+    SHA-256 of its UTF-8 (`~` is not in the plain set, so the two forms never meet)."""
+    if _PLAIN_MSG_ID.fullmatch(event_id):
+        return event_id
+    return "~" + _b64(hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).digest())
+
+
+_PLAIN_MSG_ID = re.compile(r"[!-}]{1,128}")  # printable ASCII without space, `~` and DEL
 
 
 def _b64(raw: bytes) -> str:
@@ -301,6 +312,12 @@ class JetStreamLog:
             self._sub = await self._js.subscribe(
                 self._all, stream=self.stream, cb=self._take, ordered_consumer=True, config=config
             )
+            # nats-py re-creates an ordered consumer (after a lost heartbeat, a reconnect) from
+            # the sequence after the last one it delivered, 0 before the first: it would send
+            # the whole stream again. It starts from the end instead.
+            jsi = self._sub._sub._jsi
+            if jsi is not None and jsi._sseq < last:
+                jsi._sseq = last
         except Exception as exc:
             error = translate(exc)
             self._broken = error
@@ -445,7 +462,7 @@ class JetStreamLog:
         error = LogCorrupt(f"event log is damaged: {detail} (JetStream stream {self.stream})")
         if self._damage is None:
             self._damage = error.message
-            logger.critical("the event log is damaged: %s", error.message)
+            logger.critical("%s", error.message)
         return error
 
     async def verify(self) -> None:
@@ -471,7 +488,7 @@ class JetStreamLog:
         if self._closed:
             raise LogUnavailable("event log unavailable: the log is closed")
         if not self._started:
-            raise LogUnavailable("event log unavailable: the log is not started")
+            raise self._broken or LogUnavailable("event log unavailable: the log is not started")
 
     def _sendable(self) -> None:
         if self._closed:
@@ -594,7 +611,7 @@ class JetStreamLog:
         try:
             order, unique = _unique(entries)
             messages = [
-                (self._subject_of(e.entity_id), bytes(e.data), {MSG_ID: str(e.event_id)})
+                (self._subject_of(e.entity_id), bytes(e.data), {MSG_ID: message_id(e.event_id)})
                 for e in unique
             ]
         except Exception as exc:  # not an Entry: nothing was sent
@@ -611,17 +628,21 @@ class JetStreamLog:
         return _in_order(order, results)
 
     async def _append_checked(self, entries: Sequence[Entry]) -> list[Appended]:
-        """Entry by entry, each decided on the state that has the ones before it."""
+        """Each checked entry decided on the state that has the entries before it; the entries
+        without a check between them go together, as a plain append."""
+        order, unique = _unique(entries)
         results: list[Appended] = []
-        first: dict[str, int] = {}
-        for entry in entries:
-            earlier = first.get(entry.event_id)
-            if earlier is not None:
-                results.append(_repeat(results[earlier]))
-                continue
-            first[entry.event_id] = len(results)
-            results.extend(await self._decide([entry], atomic=False))
-        return results
+        start = 0
+        while start < len(unique):
+            end = start + 1
+            if unique[start].check is None:
+                while end < len(unique) and unique[end].check is None:
+                    end += 1
+                results.extend(await self._append_plain(unique[start:end]))
+            else:
+                results.extend(await self._decide([unique[start]], atomic=False))
+            start = end
+        return _in_order(order, results)
 
     async def _decide(self, entries: list[Entry], *, atomic: bool) -> list[Appended]:
         """One checked entry, or an atomic append: decide the conditions, publish what passed
@@ -629,7 +650,7 @@ class JetStreamLog:
         an entity moved. Returns a result per entry of `entries`."""
         order, unique = _unique(entries)
         subjects = [self._subject_of(e.entity_id) for e in unique]
-        guarded = sorted({s for s, e in zip(subjects, unique, strict=True) if e.check})
+        guarded = sorted({s for s, e in zip(subjects, unique, strict=True) if e.check is not None})
         stored: dict[int, Appended] = {}  # index in `unique` -> its result
         async with self._locked(guarded):
             for _ in range(_RETRIES):
@@ -657,7 +678,7 @@ class JetStreamLog:
                     entry, subject = unique[i], subjects[i]
                     assert not isinstance(verdict, Failure)
                     event = verdict.event
-                    headers = {MSG_ID: entry.event_id}
+                    headers = {MSG_ID: message_id(entry.event_id)}
                     if subject in expected and subject not in marked:
                         headers[EXPECTED] = str(expected[subject])
                         marked.add(subject)
@@ -673,10 +694,11 @@ class JetStreamLog:
                                 "it has stored, and the log did not find which"
                             )
                         stored.update(found)
-                    elif outcome.err_code in (_WRONG_LAST_SEQUENCE, _WRONG_LAST_SEQUENCE_BUSY):
+                    elif outcome.err_code == _WRONG_LAST_SEQUENCE:
                         await self._learn(guarded, refresh=True)
-                    elif outcome.err_code in (_BATCH_INCOMPLETE, _BATCH_TOO_MANY):
-                        await asyncio.sleep(0.05)
+                    elif outcome.err_code in _BUSY:  # another write is under way: wait a little
+                        await asyncio.sleep(0.02)
+                        await self._learn(guarded, refresh=True)
                     else:
                         raise translate(outcome)
                     continue
@@ -690,13 +712,13 @@ class JetStreamLog:
                 await self._until_applied(max(seq for _, seq, _ in acks))
                 return _in_order(order, [stored[i] for i in range(len(unique))])
         raise LogUnavailable(
-            f"event log unavailable: the entities of this write changed {_RETRIES} times while "
-            "its conditions were being decided; try again"
+            f"event log unavailable: this write was refused {_RETRIES} times (its entities kept "
+            "changing while its conditions were decided, or JetStream was busy); try again"
         )
 
     def _verdicts(self, entries: list[Entry], atomic: bool) -> list[Verdict]:
         """The checker's verdicts for one group (every entry passes when none has a check)."""
-        if not any(e.check for e in entries):
+        if all(e.check is None for e in entries):
             return [KEEP] * len(entries)
         checker = self._checker
         assert checker is not None
@@ -844,7 +866,7 @@ class JetStreamLog:
         start (JetStream keeps no index by message id that a client could ask)."""
         wanted: dict[str, dict[str, int]] = {}
         for index, subject, entry in items:
-            wanted.setdefault(subject, {})[entry.event_id] = index
+            wanted.setdefault(subject, {})[message_id(entry.event_id)] = index
         since = now_us() - int(self.dedupe_window * 1e6) - _SCAN_MARGIN_US
         found: dict[int, Appended] = {}
         for subject, ids in wanted.items():
@@ -875,18 +897,20 @@ class JetStreamLog:
     @contextlib.asynccontextmanager
     async def _locked(self, subjects: list[str]) -> AsyncIterator[None]:
         """Hold the locks of `subjects` (sorted, so two holders cannot wait on each other)."""
+        counted: list[str] = []
         held: list[asyncio.Lock] = []
         try:
             for subject in subjects:
                 self._lock_users[subject] = self._lock_users.get(subject, 0) + 1
+                counted.append(subject)
                 lock = self._locks.setdefault(subject, asyncio.Lock())
-                held.append(lock)
                 await lock.acquire()
+                held.append(lock)
             yield
         finally:
-            for subject, lock in zip(subjects, held, strict=False):
-                if lock.locked():
-                    lock.release()
+            for lock in held:
+                lock.release()
+            for subject in counted:
                 self._lock_users[subject] -= 1
                 if not self._lock_users[subject]:
                     del self._lock_users[subject], self._locks[subject]
