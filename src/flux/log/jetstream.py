@@ -272,8 +272,8 @@ class JetStreamLog:
         self._applied = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._waiter_ids = itertools.count()
-        # Per entity subject: its newest sequence that the state includes (0: none), for the
-        # subjects this node has written with conditions or seen since start.
+        # Per entity subject that this node has written with conditions: its newest sequence
+        # that the state includes (0: none); kept up to date as records are handed on.
         self._subject_seq: dict[str, int] = {}
         self._last_at = 0
         self._acked = 0  # the highest sequence JetStream acknowledged to this log
@@ -533,13 +533,14 @@ class JetStreamLog:
 
     def _hand_on(self) -> None:
         """Hand what the consumer took to `on_records` (one call), then wake the appends that
-        wait for it. The entity subjects' newest sequences move with the state, here."""
+        wait for it. The newest sequences of the subjects written with conditions move with
+        the state, here."""
         self._flush = None
         pending, self._pending = self._pending, []
         subject_seq = self._subject_seq
         records = []
         for subject, record in pending:
-            if subject is not None:
+            if subject in subject_seq:
                 subject_seq[subject] = record.seq
             records.append(record)
         if records and self._on_records is not None:
@@ -880,7 +881,10 @@ class JetStreamLog:
     async def _learn(self, subjects: list[str], *, refresh: bool) -> None:
         """Know, for each of `subjects` (whose locks this task holds), the newest sequence on
         it that the state includes: asked of JetStream when not known yet or when `refresh`
-        (after JetStream said the subject moved, or purged its newest message)."""
+        (after JetStream said the subject moved, or purged its newest message). An answer at
+        or below the applied sequence is in the state; if a newer event comes meanwhile, the
+        next publish is refused and the subject asked again, so the expected sequence is never
+        ahead of what the checker saw."""
         for subject in subjects:
             before = self._subject_seq.get(subject)
             if before is not None and not refresh:
