@@ -209,7 +209,7 @@ class Settings:
     nats_url: str = setting(
         "FLUX_NATS_URL",
         "",
-        parse.text,
+        parse.nats_servers,
         "NATS servers for the JetStream event log, `nats://host:port`, several comma-separated "
         "(`nats://a:4222,nats://b:4222`). Empty (the default): the embedded SQLite log, no NATS "
         "needed. Set: the events live in the stream `FLUX_NATS_STREAM`, created at start when "
@@ -220,13 +220,13 @@ class Settings:
     nats_stream: str = setting(
         "FLUX_NATS_STREAM",
         "FLUX",
-        parse.text,
+        parse.stream_name,
         "Name of the JetStream stream that holds the events (with `FLUX_NATS_URL`).",
     )
     nats_subject: str = setting(
         "FLUX_NATS_SUBJECT",
         "flux.events",
-        parse.text,
+        parse.subject_prefix,
         "Subject prefix of that stream: it takes `<prefix>.>`, an entity's events on a subject "
         "made from its id (see `flux/log/jetstream.py`). No other stream may take these "
         "subjects.",
@@ -235,8 +235,8 @@ class Settings:
         "FLUX_NATS_REPLICAS",
         1,
         parse.positive_int,
-        "Copies of the stream JetStream keeps (1, or 3 or 5 in a NATS cluster), when Flux "
-        "creates it.",
+        "Copies of the stream JetStream keeps: 1, or 3 or 5 in a NATS cluster (an existing "
+        "stream must have as many).",
     )
     dedupe_window_seconds: int = setting(
         "FLUX_DEDUPE_WINDOW_SECONDS",

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import FluxServer, free_port
 from flux.conditions import Check
-from flux.config import Settings
+from flux.config import ConfigError, Settings
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.log import EventLog, open_log
 from flux.log.jetstream import JetStreamLog, entity_subject, message_id, translate
@@ -240,6 +240,15 @@ def test_the_settings_make_the_jetstream_url() -> None:
     log = open_log(url)
     assert isinstance(log, JetStreamLog)
     assert (log.stream, log.replicas, log.dedupe_window) == ("EV", 3, 300.0)
+    for name, value in (
+        ("FLUX_NATS_URL", "nats://a"),
+        ("FLUX_NATS_URL", "http://a:80"),
+        ("FLUX_NATS_STREAM", "a.b"),
+        ("FLUX_NATS_SUBJECT", "flux.>"),
+        ("FLUX_NATS_REPLICAS", "0"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
     explicit = Settings(event_log="nats://c:4222?stream=X", nats_url="nats://a:4222")
     assert explicit.event_log_url().startswith("nats://c:4222?stream=X&subject=flux.events")
 

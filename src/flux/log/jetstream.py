@@ -93,6 +93,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import now_us
@@ -185,11 +186,8 @@ def _b64(raw: bytes) -> str:
 def check_names(stream: str, subject: str) -> None:
     """Raise ValueError unless `stream` is a valid stream name and `subject` a subject prefix
     of literal tokens."""
-    if not stream or any(c in stream for c in ".*> \t\r\n/\\"):
-        raise ValueError(f"{stream!r} is not a JetStream stream name")
-    tokens = subject.split(".")
-    if not all(tokens) or any(c in subject for c in "*> \t\r\n"):
-        raise ValueError(f"{subject!r} is not a subject prefix (dot-separated literal tokens)")
+    parse.stream_name(stream)
+    parse.subject_prefix(subject)
 
 
 def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
