@@ -22,7 +22,16 @@ from flux.conditions import Check
 from flux.config import ConfigError, Settings
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.log import EventLog, open_log
-from flux.log.jetstream import JetStreamLog, entity_subject, message_id, translate
+from flux.log.jetstream import JetStreamLog
+from flux.log.natswire import (
+    Ack,
+    answer_of,
+    differences,
+    entity_subject,
+    message_id,
+    stream_config,
+    translate,
+)
 from natsserver import NatsServer
 from test_restart import ENV, check_after_restart, observe, replayed, write_some
 
@@ -440,3 +449,31 @@ def test_flux_serve_on_jetstream_restarts_from_the_stream(
         assert client.get("/api/health").json()["status"] == "ok"
     third.stop()
     assert not (data_dir / "events.db").exists()
+
+
+def test_publish_answers_decode_to_acks_or_refusals() -> None:
+    assert answer_of(b'{"stream":"S","seq":7}') == Ack(7, False, 0)
+    assert answer_of(b'{"stream":"S","seq":3,"duplicate":true}') == Ack(3, True, 0)
+    assert answer_of(b'{"stream":"S","seq":9,"batch":"b","count":4}') == Ack(9, False, 4)
+    refused = answer_of(
+        b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 2"}}'
+    )
+    assert isinstance(refused, nats.js.errors.APIError) and refused.err_code == 10071
+    for bad in (b"", b"[]", b'{"stream":"S"}', b'{"seq":"x"}'):
+        with pytest.raises(LogError, match="JetStream answered"):
+            answer_of(bad)
+
+
+def test_a_stream_is_compared_on_the_settings_flux_depends_on() -> None:
+    wanted = stream_config("S", "p.>", 1, 120.0)
+    assert differences(wanted, wanted) == []
+    other = stream_config("S", "q.>", 3, 60.0)
+    other.deny_delete = False
+    other.max_age = 3600.0
+    assert differences(other, wanted) == [
+        "subjects is ['q.>'], Flux needs ['p.>']",
+        "num_replicas is 3, Flux needs 1",
+        "max_age is 3600, Flux needs 0",
+        "duplicate_window is 60, Flux needs 120",
+        "deny_delete is false, Flux needs true",
+    ]

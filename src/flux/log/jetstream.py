@@ -72,17 +72,13 @@ lost or deleted messages that stream info reports, are damage: `LogCorrupt`, kep
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import datetime
-import hashlib
 import heapq
 import itertools
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qsl
 
 import nats.errors
@@ -93,22 +89,36 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
-from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import now_us
 from flux.log import Appended, Checker, Entry, OnRecords, Record
+from flux.log.natswire import (
+    AT,
+    BATCH_COMMIT,
+    BATCH_ID,
+    BATCH_SEQ,
+    EXPECTED,
+    MSG_ID,
+    Ack,
+    Answer,
+    Damaged,
+    answer_of,
+    check_names,
+    check_owner,
+    decode,
+    differences,
+    entity_subject,
+    log_time,
+    message_id,
+    rfc3339,
+    sequence_of,
+    stream_config,
+    translate,
+)
 
 logger = logging.getLogger("flux.log")
 
-AT = "Flux-At"
-MSG_ID = "Nats-Msg-Id"
-EXPECTED = "Nats-Expected-Last-Subject-Sequence"
-BATCH_ID = "Nats-Batch-Id"
-BATCH_SEQ = "Nats-Batch-Sequence"
-BATCH_COMMIT = "Nats-Batch-Commit"
-
-_PLAIN_ID_BYTES = 192  # longer ids are hashed: 256 characters of base64url at most
 _RETRIES = 10  # decisions per conditional write before it gives up (the entity kept changing)
 _PAGE = 1_000  # messages per direct-get request
 _PAGE_BYTES = 8 << 20
@@ -120,74 +130,7 @@ _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
 _BATCH_HAS_DUPLICATE = 10201
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
-_UNAVAILABLE_CODES = frozenset({10008, 10039, 10059, 10076})  # no JetStream, no stream
-
 URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
-
-
-class _Ack(NamedTuple):
-    """JetStream's acknowledgement of a publish: the stored sequence (of the original, for a
-    duplicate), and how many messages an atomic batch stored."""
-
-    seq: int
-    duplicate: bool
-    stored: int
-
-
-_Answer = _Ack | nats.js.errors.APIError
-
-
-class Damaged(Exception):
-    """Damage found while decoding what the stream returned (see the module docstring)."""
-
-
-def translate(exc: BaseException) -> LogError:
-    """Map a NATS error (or an unexpected one) to the Flux error tree."""
-    if isinstance(exc, LogError):
-        return exc
-    if isinstance(exc, nats.js.errors.APIError):
-        description = exc.description or "no description"
-        if exc.code == 503 or exc.err_code in _UNAVAILABLE_CODES:
-            return LogUnavailable(f"event log unavailable: JetStream: {description}")
-        return LogError(f"event log error: JetStream refused: {description} (error {exc.err_code})")
-    if isinstance(exc, TimeoutError | nats.errors.TimeoutError):
-        return LogUnavailable("event log unavailable: JetStream did not answer in time")
-    if isinstance(exc, nats.errors.Error | OSError):
-        return LogUnavailable(f"event log unavailable: NATS: {exc}")
-    return LogError(f"event log error: {exc!r}")
-
-
-def entity_subject(prefix: str, entity_id: str | None) -> str:
-    """The subject of an entity's events (see the module docstring)."""
-    if entity_id is None:
-        return f"{prefix}.r.n"
-    raw = entity_id.encode("utf-8", "surrogatepass")
-    if 0 < len(raw) <= _PLAIN_ID_BYTES:
-        return f"{prefix}.r.e.{_b64(raw)}"
-    return f"{prefix}.r.h.{_b64(hashlib.sha256(raw).digest())}"
-
-
-def message_id(event_id: str) -> str:
-    """The `Nats-Msg-Id` of an event: its id when that is a plain header value (up to 128
-    printable ASCII characters, no space: NATS would trim or fold others), else `~` and the
-    SHA-256 of its UTF-8 (`~` is not in the plain set, so the two forms never meet)."""
-    if _PLAIN_MSG_ID.fullmatch(event_id):
-        return event_id
-    return "~" + _b64(hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).digest())
-
-
-_PLAIN_MSG_ID = re.compile(r"[!-}]{1,128}")  # printable ASCII without space, `~` and DEL
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def check_names(stream: str, subject: str) -> None:
-    """Raise ValueError unless `stream` is a valid stream name and `subject` a subject prefix
-    of literal tokens."""
-    parse.stream_name(stream)
-    parse.subject_prefix(subject)
 
 
 def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
@@ -281,7 +224,7 @@ class JetStreamLog:
         self._inflight: set[asyncio.Future[None]] = set()
         # Publishes waiting for JetStream's answer, by the last token of their reply subject.
         self._reply_prefix = ""
-        self._answers: dict[str, asyncio.Future[_Answer]] = {}
+        self._answers: dict[str, asyncio.Future[Answer]] = {}
         self._tokens = itertools.count()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -362,31 +305,11 @@ class JetStreamLog:
     async def _reconnected(self) -> None:
         logger.info("reconnected to NATS")
 
-    def _stream_config(self) -> api.StreamConfig:
-        return api.StreamConfig(
-            name=self.stream,
-            description="Flux events",
-            subjects=[self._all],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=self.replicas,
-            discard=api.DiscardPolicy.OLD,
-            max_msgs=-1,
-            max_bytes=-1,
-            max_age=0,
-            max_msgs_per_subject=-1,
-            duplicate_window=self.dedupe_window,
-            allow_direct=True,
-            allow_atomic=True,
-            deny_delete=True,
-            deny_purge=False,
-        )
-
     async def _ensure_stream(self) -> api.StreamState:
         """Create the stream, or check the one there: a stream with other settings is an
         error, not reused (it would break deduplication, retention or the subjects)."""
         assert self._js is not None
-        wanted = self._stream_config()
+        wanted = stream_config(self.stream, self._all, self.replicas, self.dedupe_window)
         try:
             info = await self._js.stream_info(self.stream)
         except nats.js.errors.NotFoundError:
@@ -469,7 +392,10 @@ class JetStreamLog:
         self._usable()
         with self._translated():
             info = await self._info()
-            problems = differences(info.config, self._stream_config())
+            problems = differences(
+                info.config,
+                stream_config(self.stream, self._all, self.replicas, self.dedupe_window),
+            )
             if problems:
                 raise LogError(
                     f"event log error: the JetStream stream {self.stream!r} was changed: "
@@ -753,7 +679,7 @@ class JetStreamLog:
 
     async def _publish(
         self, messages: list[tuple[str, bytes, dict[str, str]]]
-    ) -> tuple[list[asyncio.Future[_Answer]], int]:
+    ) -> tuple[list[asyncio.Future[Answer]], int]:
         """Send `messages` back to back with one log time; returns their acknowledgements to
         come, and that time. Nothing is sent once the log is closed."""
         async with self._publishing:
@@ -773,7 +699,7 @@ class JetStreamLog:
 
     async def _publish_batch(
         self, messages: list[tuple[str, bytes, dict[str, str]]]
-    ) -> tuple[asyncio.Future[_Answer], int]:
+    ) -> tuple[asyncio.Future[Answer], int]:
         """Send `messages` as one atomic batch; only its commit is acknowledged."""
         batch = uuid.uuid4().hex
         last = len(messages)
@@ -790,14 +716,14 @@ class JetStreamLog:
 
     async def _send(
         self, subject: str, data: bytes, headers: dict[str, str], *, acked: bool
-    ) -> asyncio.Future[_Answer]:
+    ) -> asyncio.Future[Answer]:
         """Publish one message; the future gets JetStream's answer when `acked` (else it is
         done at once: a staged message of an atomic batch, answered with its commit)."""
         assert self._nc is not None and self._loop is not None
-        future: asyncio.Future[_Answer] = self._loop.create_future()
+        future: asyncio.Future[Answer] = self._loop.create_future()
         if not acked:
             await self._nc.publish(subject, data, headers=headers)
-            future.set_result(_Ack(0, False, 0))
+            future.set_result(Ack(0, False, 0))
             return future
         token = str(next(self._tokens))
         self._answers[token] = future
@@ -816,33 +742,20 @@ class JetStreamLog:
             )
             return
         try:
-            answer = orjson.loads(msg.data)
-            error = answer.get("error")
-            if error is not None:
-                future.set_result(
-                    nats.js.errors.APIError(
-                        code=error.get("code"),
-                        description=error.get("description"),
-                        err_code=error.get("err_code"),
-                    )
-                )
-            else:
-                future.set_result(
-                    _Ack(int(answer["seq"]), bool(answer.get("duplicate")), answer.get("count", 0))
-                )
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
-            future.set_exception(LogError(f"event log error: JetStream answered {msg.data!r:.200}"))
+            future.set_result(answer_of(msg.data))
+        except LogError as exc:
+            future.set_exception(exc)
 
     def _stamp(self) -> int:
         at = max(now_us(), self._last_at)
         self._last_at = at
         return at
 
-    async def _acks(self, futures: Sequence[asyncio.Future[_Answer]]) -> list[_Answer]:
+    async def _acks(self, futures: Sequence[asyncio.Future[Answer]]) -> list[Answer]:
         """The acknowledgements (or refusals) of published messages, waited for `timeout`.
         Raises LogUnavailable when one did not come, or the first error of the transport."""
         try:
-            answers: Sequence[_Answer | BaseException] = await asyncio.wait_for(
+            answers: Sequence[Answer | BaseException] = await asyncio.wait_for(
                 asyncio.gather(*futures, return_exceptions=True), self.timeout
             )
         except TimeoutError:
@@ -850,9 +763,9 @@ class JetStreamLog:
                 f"event log unavailable: JetStream did not acknowledge within {self.timeout:g}s;"
                 " the events may be stored (sending them again with the same eventId is safe)"
             ) from None
-        acks: list[_Answer] = []
+        acks: list[Answer] = []
         for answer in answers:
-            if isinstance(answer, _Ack):
+            if isinstance(answer, Ack):
                 self._acked = max(self._acked, answer.seq)
             elif not isinstance(answer, nats.js.errors.APIError):
                 raise translate(answer) from answer
@@ -873,7 +786,7 @@ class JetStreamLog:
                 headers = msg.headers or {}
                 match = ids.get(headers.get(MSG_ID, ""))
                 if match is not None:
-                    found[match] = Appended(seq, _at(seq, headers), True)
+                    found[match] = Appended(seq, log_time(seq, headers), True)
         return found
 
     async def _learn(self, subjects: list[str], *, refresh: bool) -> None:
@@ -888,7 +801,7 @@ class JetStreamLog:
             if before is not None and not refresh:
                 continue
             newest = await self._direct_one({"last_by_subj": subject})
-            seq = 0 if newest is None else _seq(newest)
+            seq = 0 if newest is None else sequence_of(newest)
             if self._subject_seq.get(subject) != before:
                 continue  # the consumer handed on a newer one meanwhile
             if seq > self._applied:
@@ -951,7 +864,7 @@ class JetStreamLog:
                 with self._translated():
                     msgs, pending = await self._direct_batch(request)
                     for msg in msgs:
-                        seq = _seq(msg)
+                        seq = sequence_of(msg)
                         if seq != prev + 1:
                             await self._check_jump(prev, seq)
                         prev = seq
@@ -984,16 +897,16 @@ class JetStreamLog:
             newest = await self._direct_one({"last_by_subj": subject})
             if newest is None:
                 return []
-            high = _seq(newest)
+            high = sequence_of(newest)
             width = max(2 * limit, 64)
             while high > after_seq:
                 low = max(after_seq + 1, high - width + 1)
                 window = [item async for item in self._scan(subject, start_seq=low, upto=high)]
                 for seq, msg in reversed(window):
                     headers = msg.headers or {}
-                    if _at(seq, headers) < since_us:
+                    if log_time(seq, headers) < since_us:
                         return found
-                    _check_owner(seq, entity_id, msg.data)
+                    check_owner(seq, entity_id, msg.data)
                     found.append(bytes(msg.data))
                     if len(found) == limit:
                         return found
@@ -1007,7 +920,7 @@ class JetStreamLog:
             first = await self._direct_one({"seq": 1, "next_by_subj": self._records})
             if first is None:
                 return (await self._info()).state.last_seq + 1
-            return _seq(first)
+            return sequence_of(first)
 
     async def last_seq(self) -> int:
         self._usable()
@@ -1046,8 +959,8 @@ class JetStreamLog:
             msg = await self._direct_one({"seq": seq, "next_by_subj": self._all})
             if msg is None:
                 return high + 1, 2**63
-            found = _seq(msg)
-            return found, _at(found, msg.headers or {})
+            found = sequence_of(msg)
+            return found, log_time(found, msg.headers or {})
 
         if (await first_from(high))[1] < at_us:
             return None
@@ -1076,7 +989,7 @@ class JetStreamLog:
     async def _at_of(self, seq: int) -> int:
         """The log time of the stored message `seq` (0 when it is gone)."""
         msg = await self._direct_one({"seq": seq})
-        return 0 if msg is None else _at(seq, msg.headers or {})
+        return 0 if msg is None else log_time(seq, msg.headers or {})
 
     async def _direct_one(self, request: dict[str, Any]) -> Msg | None:
         """One direct get: the message, or None when there is none."""
@@ -1127,95 +1040,20 @@ class JetStreamLog:
         on) up to `upto`, in order."""
         request: dict[str, Any] = {"next_by_subj": subject, "batch": _PAGE}
         if start_us is not None:
-            request["start_time"] = _rfc3339(start_us)
+            request["start_time"] = rfc3339(start_us)
         else:
             request["seq"] = start_seq
         while True:
             msgs, pending = await self._direct_batch(request)
             seq = 0
             for msg in msgs:
-                seq = _seq(msg)
+                seq = sequence_of(msg)
                 if upto is not None and seq > upto:
                     return
                 yield seq, msg
             if not msgs or pending == 0:
                 return
             request = {"next_by_subj": subject, "batch": _PAGE, "seq": seq + 1}
-
-
-def differences(actual: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:
-    """The settings of `actual` that differ from `wanted` where Flux depends on them."""
-    problems = []
-    for name in (
-        "subjects",
-        "retention",
-        "storage",
-        "num_replicas",
-        "discard",
-        "max_msgs",
-        "max_bytes",
-        "max_age",
-        "max_msgs_per_subject",
-        "duplicate_window",
-    ):
-        have, want = getattr(actual, name), getattr(wanted, name)
-        if isinstance(want, float):
-            same = have is not None and abs(float(have) - want) < 1e-6
-        else:
-            same = have == want
-        if not same:
-            problems.append(f"{name} is {_show(have)}, Flux needs {_show(want)}")
-    for name in ("allow_direct", "allow_atomic", "deny_delete", "deny_purge", "sealed"):
-        have, want = bool(getattr(actual, name)), bool(getattr(wanted, name))
-        if have != want:
-            problems.append(f"{name} is {str(have).lower()}, Flux needs {str(want).lower()}")
-    return problems
-
-
-def _show(value: Any) -> str:
-    if hasattr(value, "value"):  # an enum
-        return str(value.value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return repr(value)
-
-
-def decode(seq: int, headers: dict[str, str] | None, data: bytes) -> Record:
-    """The record stored as message `seq`; raises Damaged when it is not one."""
-    at = _at(seq, headers or {})
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise Damaged(f"stored event {seq} does not decode") from None
-    if type(event) is not dict:
-        raise Damaged(f"stored event {seq} is not a JSON object")
-    return Record(seq, at, event)
-
-
-def _at(seq: int, headers: dict[str, str]) -> int:
-    try:
-        return int(headers[AT])
-    except (KeyError, ValueError):
-        raise Damaged(f"stored message {seq} has no log time ({AT})") from None
-
-
-def _check_owner(seq: int, entity_id: str, data: bytes) -> None:
-    try:
-        event = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise Damaged(f"stored event {seq} does not decode") from None
-    payload = event.get("payload") if type(event) is dict else None
-    if type(payload) is not dict or payload.get("entity_id") != entity_id:
-        raise Damaged(f"event {seq} on the subject of {entity_id!r} belongs to another entity")
-
-
-def _seq(msg: Msg) -> int:
-    return int((msg.headers or {})["Nats-Sequence"])
-
-
-def _rfc3339(at_us: int) -> str:
-    moment = datetime.datetime.fromtimestamp(at_us / 1e6, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _unique(entries: Sequence[Entry]) -> tuple[list[int], list[Entry]]:
@@ -1249,9 +1087,9 @@ def _repeat(result: Appended) -> Appended:
     return result if result.failure is not None else Appended(result.seq, result.at, True)
 
 
-def _stored(answers: list[_Answer]) -> list[_Ack]:
+def _stored(answers: list[Answer]) -> list[Ack]:
     """The acknowledgements; raises the first refusal, translated."""
     for answer in answers:
         if isinstance(answer, nats.js.errors.APIError):
             raise translate(answer)
-    return [answer for answer in answers if isinstance(answer, _Ack)]
+    return [answer for answer in answers if isinstance(answer, Ack)]
