@@ -16,7 +16,9 @@ consumer of the stream from the sequence it started at: it hands records to `on_
 stream order, on the event loop, in one call for each burst that arrived together. `append`
 publishes with many messages in flight, waits for JetStream's acknowledgements (stored and, with
 `sync_interval: always` on the server, on disk), then for its own consumer to have delivered
-them (read-your-writes). One node publishes one append's messages back to back on its one
+them (read-your-writes). An acknowledgement that does not come within `timeout` fails the
+append with LogUnavailable: the events may be stored, and sending them again with the same
+eventIds is safe. One node publishes one append's messages back to back on its one
 connection, so they get consecutive sequences unless another node's writes fall between them
 (only `atomic` appends are consecutive whatever happens).
 
@@ -53,8 +55,8 @@ entity, which is what that guarantees; tokens of different entities are not orde
 
 Atomic appends are JetStream atomic batches (nats-server 2.12 or later, the stream created with
 `allow_atomic`): stored whole in consecutive sequences, or not at all. The server caps a batch
-(1,000 messages unless its `jetstream.limits.batch.max_size` says otherwise); a larger atomic
-append is refused with the server's reason.
+(1,000 messages unless its `jetstream { limits { batch { max_msgs } } }` says otherwise); a
+larger atomic append is refused with the server's reason.
 
 Reading uses direct gets (`allow_direct`): `read` walks the stream in batches, `history` walks
 an entity's subject backwards in growing windows, `prune` purges a prefix of the stream.
@@ -67,6 +69,8 @@ missing number. Neither is a record.
 Damage: the stream is created with `deny_delete`, and Flux only removes a prefix (purge), so a
 sequence missing inside a range, a stored event that does not decode or has no `Flux-At`, and
 lost or deleted messages that stream info reports, are damage: `LogCorrupt`, kept in `damage`.
+A record this node's consumer cannot decode also stops its writes (its state cannot go past
+that record); reads go on.
 """
 
 from __future__ import annotations
