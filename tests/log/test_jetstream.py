@@ -224,6 +224,8 @@ def test_open_log_picks_jetstream_by_url() -> None:
         open_log("nats://127.0.0.1:4222?streams=S")
     with pytest.raises(ValueError, match="names no NATS server"):
         open_log("nats://?stream=S")
+    with pytest.raises(ValueError, match="'h' is not a NATS server"):
+        open_log("nats://h?stream=S")
     with pytest.raises(ValueError, match="not a JetStream stream name"):
         open_log("nats://127.0.0.1:4222?stream=a.b")
     with pytest.raises(ValueError, match="not a subject prefix"):

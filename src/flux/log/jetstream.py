@@ -93,6 +93,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.client import JetStreamContext
 
+from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import now_us
@@ -141,11 +142,7 @@ def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
     """The log for `nats://host:port[,host2:port2][?stream=..&subject=..&replicas=..&
     dedupe_window=..]`; parameters not given come from `defaults`. Raises ValueError."""
     hosts, _, query = url.partition("://")[2].partition("?")
-    servers = [
-        "nats://" + host.strip().removeprefix("nats://")
-        for host in hosts.split(",")
-        if host.strip()
-    ]
+    servers = [server for server in parse.nats_servers(hosts).split(",") if server]
     if not servers:
         raise ValueError(f"event log URL {url!r} names no NATS server")
     params = dict(defaults)
