@@ -128,3 +128,33 @@ def encryption_key(text: str) -> str | None:
     if len(key) != 32:
         raise ValueError(f"must be standard base64 of exactly 32 bytes (got {len(key)} bytes)")
     return text
+
+
+def nats_servers(text: str) -> str:
+    """A comma list of NATS servers, `nats://host:port` or `host:port`; returned as
+    `nats://host:port,…` (empty: none)."""
+    servers = []
+    for item in items(text):
+        hostport = item.removeprefix("nats://")
+        host, sep, number = hostport.rpartition(":")
+        if not (sep and host and number.isdigit() and 0 < int(number) <= 65535):
+            raise ValueError(f"{item!r} is not a NATS server (nats://host:port)")
+        if any(c in host for c in "/@?# "):
+            raise ValueError(f"{item!r} is not a NATS server (nats://host:port)")
+        servers.append(f"nats://{hostport}")
+    return ",".join(servers)
+
+
+def stream_name(text: str) -> str:
+    """A JetStream stream name: no dots, wildcards, whitespace or path separators."""
+    if not text or any(c in text for c in ".*> \t\r\n/\\"):
+        raise ValueError(f"{text!r} is not a JetStream stream name")
+    return text
+
+
+def subject_prefix(text: str) -> str:
+    """A NATS subject of literal tokens (`flux.events`): no wildcards, whitespace or empty
+    tokens."""
+    if not all(text.split(".")) or any(c in text for c in "*> \t\r\n"):
+        raise ValueError(f"{text!r} is not a subject prefix (dot-separated literal tokens)")
+    return text

@@ -18,6 +18,7 @@ import ipaddress
 import re
 import sys
 import types
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,52 @@ class Settings:
         "FLUX_EVENT_LOG",
         "",
         parse.text,
-        "Event log backend URL; empty means `sqlite:///<data dir>/events.db`.",
+        "Event log backend URL; empty means `sqlite:///<data dir>/events.db` (or JetStream, "
+        "with `FLUX_NATS_URL`). `nats://host:port[,host:port]?stream=…&subject=…&replicas=…&"
+        "dedupe_window=…` is the JetStream log too (parameters not given come from the "
+        "`FLUX_NATS_*` settings and `FLUX_DEDUPE_WINDOW_SECONDS`); this setting wins over "
+        "`FLUX_NATS_URL`.",
+    )
+    nats_url: str = setting(
+        "FLUX_NATS_URL",
+        "",
+        parse.nats_servers,
+        "NATS servers for the JetStream event log, `nats://host:port`, several comma-separated "
+        "(`nats://a:4222,nats://b:4222`). Empty (the default): the embedded SQLite log, no NATS "
+        "needed. Set: the events live in the stream `FLUX_NATS_STREAM`, created at start when "
+        "missing, checked when present (other settings there are a start-up error). Run the "
+        "servers with `sync_interval: always` where acknowledged writes must survive power "
+        "loss. One Flux node per stream for now.",
+    )
+    nats_stream: str = setting(
+        "FLUX_NATS_STREAM",
+        "FLUX",
+        parse.stream_name,
+        "Name of the JetStream stream that holds the events (with `FLUX_NATS_URL`).",
+    )
+    nats_subject: str = setting(
+        "FLUX_NATS_SUBJECT",
+        "flux.events",
+        parse.subject_prefix,
+        "Subject prefix of that stream: it takes `<prefix>.>`, an entity's events on a subject "
+        "made from its id (see `flux/log/jetstream.py`). No other stream may take these "
+        "subjects.",
+    )
+    nats_replicas: int = setting(
+        "FLUX_NATS_REPLICAS",
+        1,
+        parse.positive_int,
+        "Copies of the stream JetStream keeps: 1, or 3 or 5 in a NATS cluster (an existing "
+        "stream must have as many).",
+    )
+    dedupe_window_seconds: int = setting(
+        "FLUX_DEDUPE_WINDOW_SECONDS",
+        120,
+        parse.positive_int,
+        "How long an event's `eventId` is remembered, so that the same event sent again is "
+        "answered as a duplicate (its first sequence) instead of stored twice. JetStream "
+        "forgets an id after this window (its stream's duplicate window); the SQLite log "
+        "remembers every id it holds.",
     )
     snapshot_interval_seconds: int = setting(
         "FLUX_SNAPSHOT_INTERVAL_SECONDS",
@@ -569,7 +615,27 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def event_log_url(self) -> str:
-        return self.event_log or f"sqlite:///{self.data_dir}/events.db"
+        """FLUX_EVENT_LOG, else the JetStream URL that FLUX_NATS_URL makes, else the SQLite log
+        in the data dir. A `nats://` URL gets the FLUX_NATS_* parameters it does not name."""
+        url = self.event_log or self.nats_url
+        if not url:
+            return f"sqlite:///{self.data_dir}/events.db"
+        if not url.startswith("nats://"):
+            return url
+        hosts, _, query = url.removeprefix("nats://").partition("?")
+        servers = [host.strip().removeprefix("nats://") for host in hosts.split(",")]
+        params = self.nats_parameters()
+        params.update(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        return f"nats://{','.join(servers)}?{urllib.parse.urlencode(params)}"
+
+    def nats_parameters(self) -> dict[str, str]:
+        """The JetStream log's URL parameters these settings give (see `flux.log.open_log`)."""
+        return {
+            "stream": self.nats_stream,
+            "subject": self.nats_subject,
+            "replicas": str(self.nats_replicas),
+            "dedupe_window": str(self.dedupe_window_seconds),
+        }
 
     def runtime_values(self) -> dict[str, Any]:
         """The runtime settings and their values: what `GET /api/admin/config` answers and

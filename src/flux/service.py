@@ -295,8 +295,9 @@ class FluxService:
         now_ms: int,
     ) -> list[list[Verdict]]:
         """The log's checker (see `flux.log`): conditions against the state plus the records
-        sequenced but not applied yet. Called on the log's writer thread (see
-        `flux.conditions.evaluate` for why reading the engine there is safe)."""
+        sequenced but not applied yet. Called on the SQLite log's writer thread (see
+        `flux.conditions.evaluate` for why reading the engine there is safe), or on the event
+        loop by the JetStream log."""
         return evaluate(self.engine, groups, first_seq, now_ms, unapplied)
 
     async def condition_failed(self, failure: Failure, index: int | None = None) -> ConditionFailed:

@@ -7,6 +7,8 @@ Contract (tests/log/contract.py runs it against every backend):
 - `append(entries)` makes the entries durable and returns after `on_records` has seen them, with
   their sequence numbers. An entry whose `eventId` is already in the log (or earlier in the same
   group) is not appended again: its result points at the stored record and says `duplicate`.
+  Every backend remembers an id at least for the dedupe window (FLUX_DEDUPE_WINDOW_SECONDS):
+  the SQLite log as long as it holds the event, the JetStream log for the window only.
 - Conditions (`append(..., checked=True)`: some entries carry a `flux.conditions.Check`) are
   decided where the log gives the entries their sequences, by the `checker` given to `start`:
   so two appends can never both pass against the same state. The checker reads the state
@@ -16,8 +18,10 @@ Contract (tests/log/contract.py runs it against every backend):
   before any condition is looked at (a retried conditional write is not refused by its own
   first success). With `atomic=True` an append's entries are stored all, in consecutive
   sequences, or none. The SQLite log calls the checker on its writer thread, between two
-  commits; a distributed log must enforce the same with its own ordering
-  (docs/architecture.md).
+  commits; the JetStream log on the event loop, then has JetStream refuse the write if an
+  entity moved meanwhile (docs/architecture.md). A lease acquired gets the sequence the log
+  expects it to be stored at as its token: on SQLite its own; on JetStream its own unless
+  another write came first, and always above the entity's earlier tokens.
 - Sequences increase by one per stored record (a rejected duplicate takes no number) and never go
   back: not after `prune` removed every record, nor below `start(..., after_seq=N)` (the state's
   sequence, when a snapshot is ahead of the log).
@@ -129,7 +133,11 @@ class EventLog(Protocol):
 
 
 def open_log(url: str) -> EventLog:
-    """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default)."""
+    """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default), or
+    `nats://host:port[,host2:port2][?stream=S&subject=P&replicas=N&dedupe_window=SECONDS]`
+    (NATS JetStream; parameters not given take the defaults of FLUX_NATS_STREAM,
+    FLUX_NATS_SUBJECT, FLUX_NATS_REPLICAS and FLUX_DEDUPE_WINDOW_SECONDS). Raises ValueError
+    for a URL it cannot use."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ValueError(f"event log URL {url!r} has no scheme; expected sqlite:///PATH")
@@ -137,4 +145,9 @@ def open_log(url: str) -> EventLog:
         from flux.log.sqlite import SQLiteLog
 
         return SQLiteLog(rest[1:] if rest.startswith("/") else rest)
-    raise ValueError(f"unknown event log scheme {scheme!r} in {url!r}; known: sqlite")
+    if scheme == "nats":
+        from flux.config import Settings
+        from flux.log.jetstream import from_url
+
+        return from_url(url, Settings().nats_parameters())
+    raise ValueError(f"unknown event log scheme {scheme!r} in {url!r}; known: sqlite, nats")

@@ -1,0 +1,1104 @@
+"""The event log on NATS JetStream: one stream that every Flux node writes to and follows.
+
+Subjects. The stream (`stream`, FLUX_NATS_STREAM) takes `<prefix>.>` (`subject`,
+FLUX_NATS_SUBJECT). An entity's events go on `<prefix>.r.e.<token>`, the token being the id's
+UTF-8 bytes in unpadded base64url: its alphabet (letters, digits, `-`, `_`) is valid in a NATS
+subject token whatever the id holds (dots, `*`, `>`, spaces, any Unicode), it is reversible (the
+subjects in `nats stream subjects` decode back to ids) and a third shorter than base32. An id
+over 192 bytes goes on `<prefix>.r.h.<SHA-256 of the id, base64url>` instead: entity ids may be
+4 KiB of UTF-8, and a subject that long would not fit a NATS protocol line (4 KiB by default).
+Two ids sharing a hash would only share a subject (their conditional writes would conflict
+more often, and history checks each event's entity): never a wrong answer. Events without an
+entity go on `<prefix>.r.n`. `<prefix>.skip` holds numbers skipped on purpose (see below).
+
+Sequences are the stream's sequences, the same on every node. Each log instance is an ordered
+consumer of the stream from the sequence it started at: it hands records to `on_records` in
+stream order, on the event loop, in one call for each burst that arrived together. `append`
+publishes with many messages in flight, waits for JetStream's acknowledgements (stored and, with
+`sync_interval: always` on the server, on disk), then for its own consumer to have delivered
+them (read-your-writes). An acknowledgement that does not come within `timeout` fails the
+append with LogUnavailable: the events may be stored, and sending them again with the same
+eventIds is safe. One node publishes one append's messages back to back on its one
+connection, so they get consecutive sequences unless another node's writes fall between them
+(only `atomic` appends are consecutive whatever happens).
+
+Log time. `at` is a header (`Flux-At`, microseconds) set once per append from the publishing
+node's clock, never below any time that node has published or seen delivered. Replay, history
+and every node read it from the stored message, so all agree on it. Across nodes it may step
+back by their clock skew; nothing here depends on it never doing so, except `prune` by age,
+which bisects by it (off by at most that skew).
+
+Duplicates. `Nats-Msg-Id` is the event id: within the stream's duplicate window
+(`dedupe_window`, FLUX_DEDUPE_WINDOW_SECONDS) JetStream stores an id once and acknowledges a
+repeat as a duplicate of the stored sequence; after the window a repeat is stored again.
+JetStream checks the conditions below before the message id on a single server, so a refused
+conditional write, and an atomic batch that JetStream refused for a repeated id, are looked up
+by id on their entities' subjects within the window before they are answered: a retry is
+answered as the duplicate it is, never as a conflict with its own first success.
+
+Conditions. A checked entry is decided by the checker against this node's state, and published
+with `Nats-Expected-Last-Subject-Sequence` = the newest sequence on its entity's subject that
+this state includes (0: none). JetStream refuses the write if the entity got another event
+meanwhile, from any node: the log then waits until its state has that event and decides again
+(at most `_RETRIES` times). On one node, checked writes to one entity take turns (a lock per
+subject), so they do not refuse each other; nodes are kept apart by JetStream alone. The
+checker gets no unapplied records: it runs on the event loop, where the state is exactly what
+`on_records` has been handed.
+
+Lease tokens. The checker writes a lease's token when it decides the acquisition, before
+JetStream gives the event its sequence, so the token is the predicted sequence: one above
+the newest this node has applied or had acknowledged. It is the event's own sequence unless
+another write landed first, and it is always above every earlier token of the same entity:
+the expected-subject-sequence check proves this node had applied that entity's newest event,
+hence the previous acquisition (stored at or above its token). Fencing compares tokens of one
+entity, which is what that guarantees; tokens of different entities are not ordered.
+
+Atomic appends are JetStream atomic batches (nats-server 2.12 or later, the stream created with
+`allow_atomic`): stored whole in consecutive sequences, or not at all. The server caps a batch
+(1,000 messages unless its `jetstream { limits { batch { max_msgs } } }` says otherwise); a
+larger atomic append is refused with the server's reason.
+
+Reading uses direct gets (`allow_direct`): `read` walks the stream in batches, `history` walks
+an entity's subject backwards in growing windows, `prune` purges a prefix of the stream.
+
+Numbers skipped on purpose: when the state is ahead of the stream at start (`after_seq`), new
+records must get sequences above it. An empty stream is purged up to there (JetStream then
+continues above it); a stream that holds events gets one empty `<prefix>.skip` message per
+missing number. Neither is a record.
+
+Damage: the stream is created with `deny_delete`, and Flux only removes a prefix (purge), so a
+sequence missing inside a range, a stored event that does not decode or has no `Flux-At`, and
+lost or deleted messages that stream info reports, are damage: `LogCorrupt`, kept in `damage`.
+A record this node's consumer cannot decode also stops its writes (its state cannot go past
+that record); reads go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from flux import _parsers as parse
+from flux.conditions import KEEP, Failure, Verdict
+from flux.errors import LogCorrupt, LogError, LogUnavailable
+from flux.events import now_us
+from flux.log import Appended, Checker, Entry, OnRecords, Record
+from flux.log.natswire import (
+    AT,
+    BATCH_COMMIT,
+    BATCH_ID,
+    BATCH_SEQ,
+    EXPECTED,
+    MSG_ID,
+    Ack,
+    Answer,
+    Damaged,
+    answer_of,
+    check_names,
+    check_owner,
+    decode,
+    differences,
+    entity_subject,
+    log_time,
+    message_id,
+    rfc3339,
+    sequence_of,
+    stream_config,
+    translate,
+)
+
+logger = logging.getLogger("flux.log")
+
+_RETRIES = 10  # decisions per conditional write before it gives up (the entity kept changing)
+_PAGE = 1_000  # messages per direct-get request
+_PAGE_BYTES = 8 << 20
+_SCAN_MARGIN_US = 60_000_000  # clock skew allowed when looking for a stored event id
+_FILLERS_AT_ONCE = 1_000
+
+# JetStream's error codes (nats-server's errors.json) the log acts on.
+_WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
+_BATCH_HAS_DUPLICATE = 10201
+_BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
+_STREAM_NAME_IN_USE = 10058
+URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
+
+
+def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
+    """The log for `nats://host:port[,host2:port2][?stream=..&subject=..&replicas=..&
+    dedupe_window=..]`; parameters not given come from `defaults`. Raises ValueError."""
+    hosts, _, query = url.partition("://")[2].partition("?")
+    servers = [server for server in parse.nats_servers(hosts).split(",") if server]
+    if not servers:
+        raise ValueError(f"event log URL {url!r} names no NATS server")
+    params = dict(defaults)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in URL_PARAMETERS:
+            raise ValueError(
+                f"unknown parameter {key!r} in {url!r}; known: {', '.join(URL_PARAMETERS)}"
+            )
+        params[key] = value
+    try:
+        replicas = int(params["replicas"])
+        window = float(params["dedupe_window"])
+    except ValueError as exc:
+        raise ValueError(f"event log URL {url!r}: {exc}") from None
+    if replicas < 1 or window <= 0:
+        raise ValueError(f"event log URL {url!r}: replicas and dedupe_window must be positive")
+    return JetStreamLog(
+        servers,
+        stream=params["stream"],
+        subject=params["subject"],
+        replicas=replicas,
+        dedupe_window=window,
+    )
+
+
+class JetStreamLog:
+    def __init__(
+        self,
+        servers: Sequence[str],
+        *,
+        stream: str,
+        subject: str,
+        replicas: int = 1,
+        dedupe_window: float = 120.0,
+        timeout: float = 10.0,
+    ) -> None:
+        """A log on the JetStream stream `stream` (created at start when missing) with the
+        subjects `<subject>.>`, `replicas` copies, event ids remembered `dedupe_window` seconds.
+        `timeout` bounds each wait on the server: a request, an acknowledgement, and this
+        node's consumer delivering an acknowledged event. Raises ValueError for bad names."""
+        check_names(stream, subject)
+        self.servers = list(servers)
+        self.stream = stream
+        self.subject = subject
+        self.replicas = replicas
+        self.dedupe_window = float(dedupe_window)
+        self.timeout = timeout
+        self._all = f"{subject}.>"
+        self._records = f"{subject}.r.>"
+        self._none = f"{subject}.r.n"
+        self._skip = f"{subject}.skip"
+        self._direct = f"$JS.API.DIRECT.GET.{stream}"
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._sub: JetStreamContext.PushSubscription | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_records: OnRecords | None = None
+        self._checker: Checker | None = None
+        self._started = False
+        self._closed = False
+        self._broken: LogError | None = None
+        self._damage: str | None = None
+        # The consumer's progress: the newest stream sequence it took (records and skipped
+        # numbers), the records taken but not yet handed to `on_records` (with their entity
+        # subject), and the newest sequence handed on (the state includes everything up to it).
+        self._received = 0
+        self._pending: list[tuple[str | None, Record]] = []
+        self._flush: asyncio.Handle | None = None
+        self._applied = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiter_ids = itertools.count()
+        # Per entity subject that this node has written with conditions: its newest sequence
+        # that the state includes (0: none); kept up to date as records are handed on.
+        self._subject_seq: dict[str, int] = {}
+        self._last_at = 0
+        self._acked = 0  # the highest sequence JetStream acknowledged to this log
+        self._publishing = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: dict[str, int] = {}
+        self._inflight: set[asyncio.Future[None]] = set()
+        # Publishes waiting for JetStream's answer, by the last token of their reply subject.
+        self._reply_prefix = ""
+        self._answers: dict[str, asyncio.Future[Answer]] = {}
+        self._tokens = itertools.count()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(
+        self, on_records: OnRecords, *, after_seq: int = 0, checker: Checker | None = None
+    ) -> None:
+        """Connect, create or check the stream, and follow it from its end. New records get
+        sequences above every stored one and above `after_seq`. Raises LogUnavailable when
+        NATS cannot be reached, LogError when the stream exists with other settings."""
+        self._loop = asyncio.get_running_loop()
+        self._on_records = on_records
+        self._checker = checker
+        try:
+            self._nc = await self._connect()
+            self._js = self._nc.jetstream(timeout=self.timeout)
+            self._reply_prefix = self._nc.new_inbox() + "."
+            await self._nc.subscribe(self._reply_prefix + "*", cb=self._answer)
+            state = await self._ensure_stream()
+            last = await self._raise_floor(state, after_seq)
+            self._received = self._applied = last
+            self._last_at = await self._at_of(last) if last else 0
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
+            )
+            self._sub = await self._js.subscribe(
+                self._all, stream=self.stream, cb=self._take, ordered_consumer=True, config=config
+            )
+            # nats-py re-creates an ordered consumer (after a lost heartbeat, a reconnect) from
+            # the sequence after the last one it delivered, 0 before the first: it would send
+            # the whole stream again. It starts from the end instead.
+            jsi = self._sub._sub._jsi
+            if jsi is not None and jsi._sseq < last:
+                jsi._sseq = last
+        except Exception as exc:
+            error = translate(exc)
+            self._broken = error
+            logger.error("cannot open the JetStream event log %s: %s", self.stream, error.message)
+            await self._disconnect()
+            raise error from exc
+        self._started = True
+
+    async def _connect(self) -> NATS:
+        nc = NATS()
+        try:
+            # NATS reconnects by itself once connected; the first connect is bounded here.
+            await asyncio.wait_for(
+                nc.connect(
+                    servers=self.servers,
+                    name="flux",
+                    connect_timeout=max(1, min(int(self.timeout), 5)),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=self._nats_error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                ),
+                self.timeout,
+            )
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, Exception):
+                where = ", ".join(self.servers)
+                raise LogUnavailable(
+                    f"event log unavailable: cannot connect to NATS at {where}"
+                ) from exc
+            raise
+        return nc
+
+    async def _nats_error(self, exc: Exception) -> None:
+        logger.warning("NATS: %s", exc)
+
+    async def _disconnected(self) -> None:
+        if self._started and not self._closed:
+            logger.warning("disconnected from NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        logger.info("reconnected to NATS")
+
+    async def _ensure_stream(self) -> api.StreamState:
+        """Create the stream, or check the one there: a stream with other settings is an
+        error, not reused (it would break deduplication, retention or the subjects)."""
+        assert self._js is not None
+        wanted = stream_config(self.stream, self._all, self.replicas, self.dedupe_window)
+        try:
+            info = await self._js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            try:
+                info = await self._js.add_stream(wanted)
+                logger.info("created the JetStream stream %s (subjects %s)", self.stream, self._all)
+                return info.state
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:  # another node created it meanwhile
+                    raise
+            info = await self._js.stream_info(self.stream)
+        problems = differences(info.config, wanted)
+        if problems:
+            raise LogError(
+                f"event log unusable: the JetStream stream {self.stream!r} exists with other "
+                f"settings: {'; '.join(problems)}"
+            )
+        return info.state
+
+    async def _raise_floor(self, state: api.StreamState, after_seq: int) -> int:
+        """Make the stream's last sequence at least `after_seq`; returns it."""
+        last = state.last_seq
+        if after_seq <= last:
+            return last
+        logger.warning(
+            "the JetStream stream %s ends at sequence %d but the state is at %d (was the stream "
+            "replaced or lost?); new events get sequences from %d",
+            self.stream,
+            last,
+            after_seq,
+            after_seq + 1,
+        )
+        if state.messages == 0:
+            await self._api(f"$JS.API.STREAM.PURGE.{self.stream}", {"seq": after_seq + 1})
+            return (await self._info()).state.last_seq
+        while last < after_seq:
+            count = min(after_seq - last, _FILLERS_AT_ONCE)
+            futures, _ = await self._publish([(self._skip, b"", {}) for _ in range(count)])
+            acks = await self._acks(futures)
+            last = max(max(ack.seq for ack in _stored(acks)), last)
+        return last
+
+    async def close(self) -> None:
+        """Refuse new work, let the appends under way finish, then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._inflight:
+            await asyncio.wait(list(self._inflight))
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._fail_waiters(LogUnavailable("event log unavailable: the log is closed"))
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
+    @property
+    def damage(self) -> str | None:
+        """Why the log is known to be damaged (the first damage seen), or None."""
+        return self._damage
+
+    def _note(self, detail: str) -> LogCorrupt:
+        error = LogCorrupt(f"event log is damaged: {detail} (JetStream stream {self.stream})")
+        if self._damage is None:
+            self._damage = error.message
+            logger.critical("%s", error.message)
+        return error
+
+    async def verify(self) -> None:
+        """Stream info: the stream still has Flux's settings, and JetStream reports no message
+        lost or deleted inside it. Raises LogCorrupt (kept in `damage`) or LogError."""
+        self._usable()
+        with self._translated():
+            info = await self._info()
+            problems = differences(
+                info.config,
+                stream_config(self.stream, self._all, self.replicas, self.dedupe_window),
+            )
+            if problems:
+                raise LogError(
+                    f"event log error: the JetStream stream {self.stream!r} was changed: "
+                    f"{'; '.join(problems)}"
+                )
+            state = info.state
+            if state.num_deleted:
+                raise self._note(f"{state.num_deleted} messages inside the stream are missing")
+            if state.lost is not None and state.lost.msgs:
+                raise self._note(f"JetStream lost {len(state.lost.msgs)} messages")
+
+    def _usable(self) -> None:
+        """For reads: a log that cannot follow its stream any more still reads it."""
+        if self._closed:
+            raise LogUnavailable("event log unavailable: the log is closed")
+        if not self._started:
+            raise self._broken or LogUnavailable("event log unavailable: the log is not started")
+
+    def _sendable(self) -> None:
+        if self._closed:
+            raise LogUnavailable("event log unavailable: the log is closed")
+        if self._broken is not None:
+            raise self._broken
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        try:
+            yield
+        except LogError:
+            raise
+        except Damaged as exc:
+            raise self._note(str(exc)) from exc
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    # -- following the stream ---------------------------------------------------------------
+
+    async def _take(self, msg: Msg) -> None:
+        """The ordered consumer's callback: one message, in stream order."""
+        if self._broken is not None:
+            return
+        seq = msg.metadata.sequence.stream
+        if seq <= self._received:  # again, after the ordered consumer was re-created
+            return
+        subject = msg.subject
+        if subject != self._skip:
+            try:
+                record = decode(seq, msg.headers, msg.data)
+            except Damaged as exc:
+                self._break(self._note(str(exc)))
+                return
+            self._pending.append((subject if subject != self._none else None, record))
+            if record.at > self._last_at:
+                self._last_at = record.at
+        self._received = seq
+        if self._flush is None:
+            assert self._loop is not None
+            self._flush = self._loop.call_soon(self._hand_on)
+
+    def _hand_on(self) -> None:
+        """Hand what the consumer took to `on_records` (one call), then wake the appends that
+        wait for it. The newest sequences of the subjects written with conditions move with
+        the state, here."""
+        self._flush = None
+        pending, self._pending = self._pending, []
+        subject_seq = self._subject_seq
+        records = []
+        for subject, record in pending:
+            if subject in subject_seq:
+                subject_seq[subject] = record.seq
+            records.append(record)
+        if records and self._on_records is not None:
+            try:
+                self._on_records(records)
+            except Exception:  # the log stays correct; the state is the caller's to fix
+                logger.exception("applying %d records failed", len(records))
+        self._applied = self._received
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self._applied:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    def _break(self, error: LogError) -> None:
+        """The stream cannot be followed any more: every wait fails with `error`."""
+        self._broken = error
+        self._fail_waiters(error)
+
+    def _fail_waiters(self, error: LogError) -> None:
+        waiters, self._waiters = self._waiters, []
+        for _, _, future in waiters:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _until_applied(self, seq: int) -> None:
+        """Wait until `on_records` has been handed every record up to `seq`."""
+        if self._applied >= seq:
+            return
+        if self._broken is not None:
+            raise self._broken
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        heapq.heappush(self._waiters, (seq, next(self._waiter_ids), future))
+        try:
+            await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:
+            raise LogUnavailable(
+                f"event log unavailable: sequence {seq} is stored but this node did not get it "
+                f"back from the stream within {self.timeout:g}s"
+            ) from None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def append(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> list[Appended]:
+        self._usable()
+        self._sendable()
+        if not entries:
+            return []
+        if checked and self._checker is None:
+            raise LogUnavailable("event log unavailable: conditions need a checker")
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._inflight.add(done)
+        try:
+            with self._translated():
+                if atomic:
+                    return await self._decide(list(entries), atomic=True)
+                if checked:
+                    return await self._append_checked(entries)
+                return await self._append_plain(entries)
+        finally:
+            self._inflight.discard(done)
+            done.set_result(None)
+
+    async def _append_plain(self, entries: Sequence[Entry]) -> list[Appended]:
+        try:
+            order, unique = _unique(entries)
+            messages = [
+                (self._subject_of(e.entity_id), bytes(e.data), {MSG_ID: message_id(e.event_id)})
+                for e in unique
+            ]
+        except Exception as exc:  # not an Entry: nothing was sent
+            raise LogError(f"event log error: cannot append {entries!r:.200}: {exc!r}") from exc
+        futures, at = await self._publish(messages)
+        acks = _stored(await self._acks(futures))
+        results = [
+            Appended(ack.seq, await self._at_of(ack.seq), True)
+            if ack.duplicate
+            else Appended(ack.seq, at, False)
+            for ack in acks
+        ]
+        await self._until_applied(max(ack.seq for ack in acks))
+        return _in_order(order, results)
+
+    async def _append_checked(self, entries: Sequence[Entry]) -> list[Appended]:
+        """Each checked entry decided on the state that has the entries before it; the entries
+        without a check between them go together, as a plain append."""
+        order, unique = _unique(entries)
+        results: list[Appended] = []
+        start = 0
+        while start < len(unique):
+            end = start + 1
+            if unique[start].check is None:
+                while end < len(unique) and unique[end].check is None:
+                    end += 1
+                results.extend(await self._append_plain(unique[start:end]))
+            else:
+                results.extend(await self._decide([unique[start]], atomic=False))
+            start = end
+        return _in_order(order, results)
+
+    async def _decide(self, entries: list[Entry], *, atomic: bool) -> list[Appended]:
+        """One checked entry, or an atomic append: decide the conditions, publish what passed
+        with the expected subject sequences, and decide again when JetStream refuses because
+        an entity moved. Returns a result per entry of `entries`."""
+        order, unique = _unique(entries)
+        subjects = [self._subject_of(e.entity_id) for e in unique]
+        guarded = sorted({s for s, e in zip(subjects, unique, strict=True) if e.check is not None})
+        stored: dict[int, Appended] = {}  # index in `unique` -> its result
+        async with self._locked(guarded):
+            for _ in range(_RETRIES):
+                await self._learn(guarded, refresh=False)
+                todo = [i for i in range(len(unique)) if i not in stored]
+                if not todo:
+                    return _in_order(order, [stored[i] for i in range(len(unique))])
+                # From here to the publish nothing awaits: the expected sequences describe the
+                # state the checker decides on.
+                expected = {s: self._subject_seq[s] for s in guarded}
+                # The log time, taken before deciding and given to the checker as its clock:
+                # a write a lease allows is stored with a time the lease covers.
+                decided_at = self._stamp()
+                verdicts = self._verdicts([unique[i] for i in todo], atomic, decided_at)
+                if any(isinstance(v, Failure) for v in verdicts):
+                    found = await self._find_stored([(i, subjects[i], unique[i]) for i in todo])
+                    if found:  # repeats of stored events: decide again without them
+                        stored.update(found)
+                        continue
+                    at = decided_at
+                    for i, verdict in zip(todo, verdicts, strict=True):
+                        failure = verdict if isinstance(verdict, Failure) else None
+                        stored[i] = Appended(0, at, False, failure)
+                    return _in_order(order, [stored[i] for i in range(len(unique))])
+                messages = []
+                marked: set[str] = set()
+                for i, verdict in zip(todo, verdicts, strict=True):
+                    entry, subject = unique[i], subjects[i]
+                    assert not isinstance(verdict, Failure)
+                    event = verdict.event
+                    headers = {MSG_ID: message_id(entry.event_id)}
+                    if subject in expected and subject not in marked:
+                        headers[EXPECTED] = str(expected[subject])
+                        marked.add(subject)
+                    data = entry.data if event is None else orjson.dumps(event)
+                    messages.append((subject, data, headers))
+                outcome = await self._store(messages, atomic, decided_at)
+                if isinstance(outcome, nats.js.errors.APIError):
+                    if outcome.err_code == _BATCH_HAS_DUPLICATE:
+                        found = await self._find_stored([(i, subjects[i], unique[i]) for i in todo])
+                        if not found:
+                            raise LogError(
+                                "event log error: JetStream refused the batch for an event id "
+                                "it has stored, and the log did not find which"
+                            )
+                        stored.update(found)
+                    elif outcome.err_code == _WRONG_LAST_SEQUENCE:
+                        await self._learn(guarded, refresh=True)
+                    elif outcome.err_code in _BUSY:  # another write is under way: wait a little
+                        await asyncio.sleep(0.02)
+                        await self._learn(guarded, refresh=True)
+                    else:
+                        raise translate(outcome)
+                    continue
+                acks, at = outcome
+                for i, ack_seq, duplicate in acks:
+                    index = todo[i]
+                    if duplicate:
+                        stored[index] = Appended(ack_seq, await self._at_of(ack_seq), True)
+                    else:
+                        stored[index] = Appended(ack_seq, at, False)
+                await self._until_applied(max(seq for _, seq, _ in acks))
+                return _in_order(order, [stored[i] for i in range(len(unique))])
+        raise LogUnavailable(
+            f"event log unavailable: this write was refused {_RETRIES} times (its entities kept "
+            "changing while its conditions were decided, or JetStream was busy); try again"
+        )
+
+    def _verdicts(self, entries: list[Entry], atomic: bool, at: int) -> list[Verdict]:
+        """The checker's verdicts for one group (every entry passes when none has a check)."""
+        if all(e.check is None for e in entries):
+            return [KEEP] * len(entries)
+        checker = self._checker
+        assert checker is not None
+        first = max(self._applied, self._acked) + 1
+        pairs = [(e.event, e.check) for e in entries]
+        try:
+            (verdicts,) = checker([(pairs, atomic)], first, [], at // 1000)
+        except Exception as exc:
+            logger.exception("deciding the conditions of %d entries failed", len(entries))
+            raise LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}") from exc
+        return verdicts
+
+    async def _store(
+        self,
+        messages: list[tuple[str, bytes, dict[str, str]]],
+        atomic: bool,
+        at: int | None = None,
+    ) -> tuple[list[tuple[int, int, bool]], int] | nats.js.errors.APIError:
+        """Publish `messages` (one, or an atomic batch). Returns ((position, sequence,
+        duplicate) per message, at), or the APIError JetStream refused them with."""
+        if atomic:
+            future, at = await self._publish_batch(messages, at)
+            (ack,) = await self._acks([future])
+        else:
+            futures, at = await self._publish(messages, at)
+            (ack,) = await self._acks(futures)
+        if isinstance(ack, nats.js.errors.APIError):
+            return ack
+        if atomic:
+            count = len(messages)
+            if ack.stored != count:
+                raise LogError(f"event log error: JetStream stored {ack.stored} of {count}")
+            first = ack.seq - count + 1
+            return [(i, first + i, False) for i in range(count)], at
+        return [(0, ack.seq, ack.duplicate)], at
+
+    async def _publish(
+        self, messages: list[tuple[str, bytes, dict[str, str]]], at: int | None = None
+    ) -> tuple[list[asyncio.Future[Answer]], int]:
+        """Send `messages` back to back with one log time; returns their acknowledgements to
+        come, and that time. Nothing is sent once the log is closed."""
+        async with self._publishing:
+            self._sendable()
+            if at is None:  # else the time the conditions were decided at
+                at = self._stamp()
+            stamp = str(at)
+            futures = []
+            try:
+                for subject, data, headers in messages:
+                    headers[AT] = stamp
+                    futures.append(await self._send(subject, data, headers, acked=True))
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        return futures, at
+
+    async def _publish_batch(
+        self, messages: list[tuple[str, bytes, dict[str, str]]], at: int | None = None
+    ) -> tuple[asyncio.Future[Answer], int]:
+        """Send `messages` as one atomic batch; only its commit is acknowledged."""
+        batch = uuid.uuid4().hex
+        last = len(messages)
+        async with self._publishing:
+            self._sendable()
+            if at is None:  # else the time the conditions were decided at
+                at = self._stamp()
+            stamp = str(at)
+            for n, (subject, data, headers) in enumerate(messages, start=1):
+                headers.update({AT: stamp, BATCH_ID: batch, BATCH_SEQ: str(n)})
+                if n == last:
+                    headers[BATCH_COMMIT] = "1"
+                future = await self._send(subject, data, headers, acked=n == last)
+        return future, at
+
+    async def _send(
+        self, subject: str, data: bytes, headers: dict[str, str], *, acked: bool
+    ) -> asyncio.Future[Answer]:
+        """Publish one message; the future gets JetStream's answer when `acked` (else it is
+        done at once: a staged message of an atomic batch, answered with its commit)."""
+        assert self._nc is not None and self._loop is not None
+        future: asyncio.Future[Answer] = self._loop.create_future()
+        if not acked:
+            await self._nc.publish(subject, data, headers=headers)
+            future.set_result(Ack(0, False, 0))
+            return future
+        token = str(next(self._tokens))
+        self._answers[token] = future
+        future.add_done_callback(lambda _: self._answers.pop(token, None))
+        await self._nc.publish(subject, data, reply=self._reply_prefix + token, headers=headers)
+        return future
+
+    async def _answer(self, msg: Msg) -> None:
+        """JetStream's answer to a publish (the reply subscription's callback)."""
+        future = self._answers.pop(msg.subject[len(self._reply_prefix) :], None)
+        if future is None or future.done():
+            return
+        if (msg.headers or {}).get("Status") == "503":  # nobody takes the subject
+            future.set_exception(
+                LogUnavailable(f"event log unavailable: no JetStream stream for {self._all}")
+            )
+            return
+        try:
+            future.set_result(answer_of(msg.data))
+        except LogError as exc:
+            future.set_exception(exc)
+
+    def _stamp(self) -> int:
+        at = max(now_us(), self._last_at)
+        self._last_at = at
+        return at
+
+    async def _acks(self, futures: Sequence[asyncio.Future[Answer]]) -> list[Answer]:
+        """The acknowledgements (or refusals) of published messages, waited for `timeout`.
+        Raises LogUnavailable when one did not come, or the first error of the transport."""
+        try:
+            answers: Sequence[Answer | BaseException] = await asyncio.wait_for(
+                asyncio.gather(*futures, return_exceptions=True), self.timeout
+            )
+        except TimeoutError:
+            raise LogUnavailable(
+                f"event log unavailable: JetStream did not acknowledge within {self.timeout:g}s;"
+                " the events may be stored (sending them again with the same eventId is safe)"
+            ) from None
+        acks: list[Answer] = []
+        for answer in answers:
+            if isinstance(answer, Ack):
+                self._acked = max(self._acked, answer.seq)
+            elif not isinstance(answer, nats.js.errors.APIError):
+                raise translate(answer) from answer
+            acks.append(answer)
+        return acks
+
+    async def _find_stored(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended]:
+        """Which of `items` (index, subject, entry) are stored within the duplicate window:
+        their results as duplicates, by index. Reads the entities' subjects from the window's
+        start (JetStream keeps no index by message id that a client could ask)."""
+        wanted: dict[str, dict[str, int]] = {}
+        for index, subject, entry in items:
+            wanted.setdefault(subject, {})[message_id(entry.event_id)] = index
+        since = now_us() - int(self.dedupe_window * 1e6) - _SCAN_MARGIN_US
+        found: dict[int, Appended] = {}
+        for subject, ids in wanted.items():
+            async for seq, msg in self._scan(subject, start_us=since):
+                headers = msg.headers or {}
+                match = ids.get(headers.get(MSG_ID, ""))
+                if match is not None:
+                    found[match] = Appended(seq, log_time(seq, headers), True)
+        return found
+
+    async def _learn(self, subjects: list[str], *, refresh: bool) -> None:
+        """Know, for each of `subjects` (whose locks this task holds), the newest sequence on
+        it that the state includes: asked of JetStream when not known yet or when `refresh`
+        (after JetStream said the subject moved, or purged its newest message). An answer at
+        or below the applied sequence is in the state; if a newer event comes meanwhile, the
+        next publish is refused and the subject asked again, so the expected sequence is never
+        ahead of what the checker saw."""
+        for subject in subjects:
+            before = self._subject_seq.get(subject)
+            if before is not None and not refresh:
+                continue
+            newest = await self._direct_one({"last_by_subj": subject})
+            seq = 0 if newest is None else sequence_of(newest)
+            if self._subject_seq.get(subject) != before:
+                continue  # the consumer handed on a newer one meanwhile
+            if seq > self._applied:
+                await self._until_applied(seq)  # handing it on sets it
+            else:
+                self._subject_seq[subject] = seq
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, subjects: list[str]) -> AsyncIterator[None]:
+        """Hold the locks of `subjects` (sorted, so two holders cannot wait on each other)."""
+        counted: list[str] = []
+        held: list[asyncio.Lock] = []
+        try:
+            for subject in subjects:
+                self._lock_users[subject] = self._lock_users.get(subject, 0) + 1
+                counted.append(subject)
+                lock = self._locks.setdefault(subject, asyncio.Lock())
+                await lock.acquire()
+                held.append(lock)
+            yield
+        finally:
+            for lock in held:
+                lock.release()
+            for subject in counted:
+                self._lock_users[subject] -= 1
+                if not self._lock_users[subject]:
+                    del self._lock_users[subject], self._locks[subject]
+
+    def _subject_of(self, entity_id: str | None) -> str:
+        return entity_subject(self.subject, entity_id)
+
+    async def sync(self) -> int:
+        """Waits for the appends begun before it, then until `on_records` has been handed
+        everything up to the stream's last sequence, which it returns."""
+        self._usable()
+        pending = list(self._inflight)
+        if pending:
+            await asyncio.wait(pending)
+        with self._translated():
+            last = (await self._info()).state.last_seq
+            await self._until_applied(last)
+        return last
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Records above `after_seq`, in batches of `batch_size` (the last may be smaller)."""
+        self._usable()
+        prev = after_seq
+        done = False
+        while not done:
+            batch: list[Record] = []
+            while len(batch) < batch_size and not done:
+                request = {
+                    "seq": prev + 1,
+                    "next_by_subj": self._all,
+                    "batch": min(batch_size - len(batch), _PAGE),
+                    "max_bytes": _PAGE_BYTES,
+                }
+                with self._translated():
+                    msgs, pending = await self._direct_batch(request)
+                    for msg in msgs:
+                        seq = sequence_of(msg)
+                        if seq != prev + 1:
+                            await self._check_jump(prev, seq)
+                        prev = seq
+                        headers = msg.headers or {}
+                        if headers.get("Nats-Subject") != self._skip:
+                            batch.append(decode(seq, headers, msg.data))
+                done = not msgs or pending == 0
+            if batch:
+                yield batch
+
+    async def _check_jump(self, prev: int, seq: int) -> None:
+        """Sequences after `prev` up to `seq` are not stored: fine when retention removed them
+        (they are below the stream's first), damage otherwise."""
+        first = (await self._info()).state.first_seq
+        if seq > first:
+            raise Damaged(f"sequences {prev + 1}..{seq - 1} are missing from the stream")
+
+    async def history(
+        self, entity_id: str, since_us: int, limit: int, after_seq: int = 0
+    ) -> list[bytes]:
+        """The entity's subject, read backwards in windows of sequences that grow fourfold
+        until `limit` events are found or the events get older than `since_us` (log times
+        grow with the sequence, see the module docstring)."""
+        self._usable()
+        if limit <= 0:
+            return []
+        subject = self._subject_of(entity_id)
+        found: list[bytes] = []
+        with self._translated():
+            newest = await self._direct_one({"last_by_subj": subject})
+            if newest is None:
+                return []
+            high = sequence_of(newest)
+            width = max(2 * limit, 64)
+            while high > after_seq:
+                low = max(after_seq + 1, high - width + 1)
+                window = [item async for item in self._scan(subject, start_seq=low, upto=high)]
+                for seq, msg in reversed(window):
+                    headers = msg.headers or {}
+                    if log_time(seq, headers) < since_us:
+                        return found
+                    check_owner(seq, entity_id, msg.data)
+                    found.append(bytes(msg.data))
+                    if len(found) == limit:
+                        return found
+                high = low - 1
+                width *= 4
+        return found
+
+    async def first_seq(self) -> int:
+        self._usable()
+        with self._translated():
+            first = await self._direct_one({"seq": 1, "next_by_subj": self._records})
+            if first is None:
+                return (await self._info()).state.last_seq + 1
+            return sequence_of(first)
+
+    async def last_seq(self) -> int:
+        self._usable()
+        with self._translated():
+            return (await self._info()).state.last_seq
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def prune(self, upto_seq: int, before_us: int | None, keep_events: int | None) -> int:
+        """Purge the stream up to the bound SQLite's log would use (`keep_events` counts
+        messages: skipped numbers count as events)."""
+        self._usable()
+        if before_us is None and keep_events is None:
+            return 0
+        with self._translated():
+            state = (await self._info()).state
+            if state.messages == 0:
+                return 0
+            limits = []
+            if before_us is not None:
+                kept = await self._first_at_or_after(before_us, state.first_seq, state.last_seq)
+                limits.append(kept - 1 if kept is not None else upto_seq)
+            if keep_events is not None:
+                limits.append(state.last_seq - keep_events)
+            bound = min(upto_seq, max(limits))
+            if bound < state.first_seq:
+                return 0
+            done = await self._api(f"$JS.API.STREAM.PURGE.{self.stream}", {"seq": bound + 1})
+            return int(done.get("purged", 0))
+
+    async def _first_at_or_after(self, at_us: int, low: int, high: int) -> int | None:
+        """The lowest sequence logged at or after `at_us`, by bisection (see the module
+        docstring on log time)."""
+
+        async def first_from(seq: int) -> tuple[int, int]:
+            msg = await self._direct_one({"seq": seq, "next_by_subj": self._all})
+            if msg is None:
+                return high + 1, 2**63
+            found = sequence_of(msg)
+            return found, log_time(found, msg.headers or {})
+
+        if (await first_from(high))[1] < at_us:
+            return None
+        while low < high:
+            mid = (low + high) // 2
+            if (await first_from(mid))[1] >= at_us:
+                high = mid
+            else:
+                low = mid + 1
+        return (await first_from(low))[0]
+
+    # -- requests to JetStream ---------------------------------------------------------------
+
+    async def _info(self) -> api.StreamInfo:
+        assert self._js is not None
+        return await self._js.stream_info(self.stream)
+
+    async def _api(self, subject: str, request: dict[str, Any]) -> dict[str, Any]:
+        assert self._nc is not None
+        msg = await self._nc.request(subject, orjson.dumps(request), timeout=self.timeout)
+        answer: dict[str, Any] = orjson.loads(msg.data)
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises
+        return answer
+
+    async def _at_of(self, seq: int) -> int:
+        """The log time of the stored message `seq` (0 when it is gone)."""
+        msg = await self._direct_one({"seq": seq})
+        return 0 if msg is None else log_time(seq, msg.headers or {})
+
+    async def _direct_one(self, request: dict[str, Any]) -> Msg | None:
+        """One direct get: the message, or None when there is none."""
+        assert self._nc is not None
+        msg = await self._nc.request(self._direct, orjson.dumps(request), timeout=self.timeout)
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status is not None:
+            raise LogUnavailable(f"event log unavailable: JetStream direct get answered {status}")
+        return msg
+
+    async def _direct_batch(self, request: dict[str, Any]) -> tuple[list[Msg], int]:
+        """A batch direct get: the messages, and how many more match after them."""
+        assert self._nc is not None
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        try:
+            await self._nc.publish(self._direct, orjson.dumps(request), reply=inbox)
+            msgs: list[Msg] = []
+            while True:
+                msg = await sub.next_msg(timeout=self.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is None:
+                    msgs.append(msg)
+                elif status == "204":  # end of batch
+                    return msgs, int(headers.get("Nats-Num-Pending", "0"))
+                elif status == "404":
+                    return msgs, 0
+                else:
+                    raise LogUnavailable(
+                        f"event log unavailable: JetStream direct get answered {status}"
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _scan(
+        self,
+        subject: str,
+        *,
+        start_seq: int = 0,
+        start_us: int | None = None,
+        upto: int | None = None,
+    ) -> AsyncIterator[tuple[int, Msg]]:
+        """The messages on `subject` from `start_seq` (or logged by JetStream from `start_us`
+        on) up to `upto`, in order."""
+        request: dict[str, Any] = {"next_by_subj": subject, "batch": _PAGE}
+        if start_us is not None:
+            request["start_time"] = rfc3339(start_us)
+        else:
+            request["seq"] = start_seq
+        while True:
+            msgs, pending = await self._direct_batch(request)
+            seq = 0
+            for msg in msgs:
+                seq = sequence_of(msg)
+                if upto is not None and seq > upto:
+                    return
+                yield seq, msg
+            if not msgs or pending == 0:
+                return
+            request = {"next_by_subj": subject, "batch": _PAGE, "seq": seq + 1}
+
+
+def _unique(entries: Sequence[Entry]) -> tuple[list[int], list[Entry]]:
+    """The entries with each event id once (the first), and for each entry its index there."""
+    first: dict[str, int] = {}
+    order = []
+    unique: list[Entry] = []
+    for entry in entries:
+        index = first.setdefault(entry.event_id, len(unique))
+        if index == len(unique):
+            unique.append(entry)
+        order.append(index)
+    return order, unique
+
+
+def _in_order(order: list[int], results: list[Appended]) -> list[Appended]:
+    """Each entry's result: the first occurrence of an id gets its own, repeats a duplicate."""
+    seen: set[int] = set()
+    out = []
+    for index in order:
+        result = results[index]
+        if index in seen:
+            result = _repeat(result)
+        seen.add(index)
+        out.append(result)
+    return out
+
+
+def _repeat(result: Appended) -> Appended:
+    """The result of an entry that repeats an earlier one of the same append."""
+    return result if result.failure is not None else Appended(result.seq, result.at, True)
+
+
+def _stored(answers: list[Answer]) -> list[Ack]:
+    """The acknowledgements; raises the first refusal, translated."""
+    for answer in answers:
+        if isinstance(answer, nats.js.errors.APIError):
+            raise translate(answer)
+    return [answer for answer in answers if isinstance(answer, Ack)]
