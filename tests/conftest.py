@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin
@@ -95,9 +95,15 @@ class FluxServer:
     the port (a restart on the same address); a free one by default."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        args: Sequence[str] = (),
     ) -> None:
+        """`args`: more `flux serve` flags."""
         self.data_dir = data_dir
+        self.args = list(args)
         self.port = free_port() if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
@@ -120,6 +126,7 @@ class FluxServer:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -645,3 +645,16 @@ def test_serve_help_shows_every_setting_with_its_declared_default() -> None:
     for setting in SETTINGS:
         runtime = ", runtime" if setting.runtime else ""
         assert f"  {setting.env} [default: {shown_default(setting)}{runtime}]\n" in result.stdout
+
+
+def test_serve_nats_flag_is_checked_like_its_setting() -> None:
+    """`--nats` takes what FLUX_NATS_URL takes (tests/test_nodes.py runs a node started with
+    it beside nodes started with the variable, on one stream); a bad value is a usage error
+    before anything starts."""
+    flags = {p.name: getattr(p, "help", None) for p in main.commands["serve"].params}
+    assert flags["nats_url"] is not None
+    assert flags["nats_url"].endswith("[default: (empty), $FLUX_NATS_URL].")
+    result = CliRunner().invoke(main, ["serve", "--nats", "nats://host-without-port"])
+    assert result.exit_code == 2
+    assert "Invalid value for --nats:" in result.stderr
+    assert "'nats://host-without-port' is not a NATS server (nats://host:port)" in result.stderr

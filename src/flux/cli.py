@@ -148,15 +148,35 @@ def main(ctx: click.Context, url: str, pretty: bool | None) -> None:
     default=None,
     help=_flag_help("Where the event log and snapshots live", "data_dir"),
 )
-def serve(host: str | None, port: int | None, data_dir: str | None) -> None:
+@click.option(
+    "--nats",
+    "nats_url",
+    default=None,
+    metavar="nats://HOST:PORT[,...]",
+    help=_flag_help(
+        "Keep the events in NATS JetStream on these servers (comma-separated), shared by "
+        "every node on the same stream, instead of the SQLite log in the data dir",
+        "nats_url",
+    ),
+)
+def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: str | None) -> None:
     """Run the Flux server (SQLite event log and snapshots in the data dir by default)."""
     import uvicorn
 
+    from flux import _parsers as parse
     from flux.api.app import create_app
     from flux.api.connections import protocols, raise_open_file_limit
 
+    if nats_url is not None:
+        # Parsed as FLUX_NATS_URL is, so the flag and the variable give the same settings.
+        try:
+            nats_url = parse.nats_servers(nats_url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--nats") from None
     try:
-        settings = Settings.from_env(os.environ, host=host, port=port, data_dir=data_dir)
+        settings = Settings.from_env(
+            os.environ, host=host, port=port, data_dir=data_dir, nats_url=nats_url
+        )
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     level = settings.log_level.upper()

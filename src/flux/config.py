@@ -215,7 +215,7 @@ class Settings:
         "needed. Set: the events live in the stream `FLUX_NATS_STREAM`, created at start when "
         "missing, checked when present (other settings there are a start-up error). Run the "
         "servers with `sync_interval: always` where acknowledged writes must survive power "
-        "loss. One Flux node per stream for now.",
+        "loss. Several Flux nodes may share one stream. `flux serve --nats` sets it too.",
     )
     nats_stream: str = setting(
         "FLUX_NATS_STREAM",

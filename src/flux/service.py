@@ -7,7 +7,15 @@ root (`flux.server`), which hands them `publish`, `delete` and `engine` and adds
 
 Committed records reach `_on_records` on the event loop in sequence order (the log guarantees
 it); they are applied to the engine there, before the appends that wrote them return, so a
-client's read after its write's 200 sees the write. Snapshots are taken on the loop (one C call
+client's read after its write's 200 sees the write. On a shared log (several nodes on one JetStream
+stream) other nodes write while this one starts: the log delivers their records from the end
+it found at `start`, while `start` replays up to the end it finds when reading, which may be
+further. Until the replay is done `_on_records` only keeps what it is handed; then the replay's
+records and the kept ones are applied in sequence order, each once: whatever either path hands
+over at or below the state's sequence is already applied and is dropped (one comparison per
+delivery). This keeps the log contract as it is (deliveries from `start` on, `read` to the
+end) and needs nothing of the backend: the SQLite log, written only through this service,
+simply delivers nothing during the replay. Snapshots are taken on the loop (one C call
 to encode) and written in a thread.
 
 A delete writes a tombstone only for an entity that exists where the log orders it (see
@@ -97,6 +105,8 @@ class FluxService:
         self._deleting: dict[str, asyncio.Future[bool]] = {}
         # Events whose stored form a caller waits to see (a lease the log's check filled in).
         self._captures: dict[str, Event | None] = {}
+        # Records the log delivered while `start` was still replaying (a shared log).
+        self._early: list[Record] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -123,6 +133,7 @@ class FluxService:
         self.snapshots.clean_temp_files()
         self.engine.replace(await asyncio.to_thread(self._restore_snapshot))
         self._snapshot_seq = self.engine.last_seq
+        self._early = []
         # New events must get sequences above the state's, even when the log is behind the
         # snapshot (the log file was lost or replaced): else a later replay would skip them.
         await self.log.start(
@@ -144,6 +155,9 @@ class FluxService:
         async for batch in self.log.read(self.engine.last_seq):
             self.engine.apply_all(batch)  # its changes go nowhere: nobody listens yet
             replayed += len(batch)
+        early, self._early = self._early, None
+        if early:
+            self._on_records(early)
         self.ready = True
         logger.info(
             "state ready: %d entities at sequence %d (%d events replayed) in %.2fs",
@@ -406,6 +420,13 @@ class FluxService:
             future.set_result(failed)
 
     def _on_records(self, records: list[Record]) -> None:
+        if self._early is not None:  # still replaying: applied once the replay is done
+            self._early += records
+            return
+        if records[0].seq <= self.engine.last_seq:  # already replayed (a shared log)
+            records = [record for record in records if record.seq > self.engine.last_seq]
+            if not records:
+                return
         changes = self.engine.apply_all(records)
         self.events_total += len(records)
         if self._captures:
