@@ -96,7 +96,7 @@ def test_nodes_started_during_writes_converge_to_the_same_state(
 
             writers = [
                 asyncio.create_task(writer(n.url, name))
-                for n, name in ((a, "a"), (b, "b"), (a, "a2"), (b, "b2"))
+                for n, name in ((a, "a"), (b, "b"), (a, "a2"), (b, "b2"), (a, "a3"), (b, "b3"))
             ]
             await asyncio.to_thread(c.start)
             writers.append(asyncio.create_task(writer(c.url, "c")))
@@ -112,7 +112,7 @@ def test_nodes_started_during_writes_converge_to_the_same_state(
     assert logged[0] == logged[1] == logged[2] != []
     assert states[0] == states[1] == states[2]
     by_id = {entity["id"]: entity for entity in states[0]}
-    assert sum(1 for id_ in by_id if id_.startswith(("load/", "live/"))) == 500 + 5 * 7
+    assert sum(1 for id_ in by_id if id_.startswith(("load/", "live/"))) == 500 + 7 * 7
     for entity_id, value in acked.items():
         assert by_id[entity_id]["properties"]["v"] == value
     assert {by_id[f"load/{i}"]["properties"]["v"] for i in range(500)} == set(range(19_500, 20_000))
