@@ -549,20 +549,7 @@ class SQLiteLog:
         first = self._next_seq
         try:
             entries = [entry for append in appends for entry in append.entries]
-            outcome: list[Appended] | None = None  # None: every entry is new, in order
-            count = len(entries)
-            rows, blob = _group_params(entries)
-            try:
-                # Outside BEGIN ... COMMIT: the statement is its own transaction, so the whole
-                # commit (rows, history rows by trigger, fsync) is one call that releases the
-                # GIL once; each further call would wait up to a switch interval to take the
-                # GIL back from a busy event loop.
-                conn.execute(_INSERT_GROUP, (first, at, rows, blob))
-            except sqlite3.IntegrityError:
-                # Some ids are stored already or repeat within the group (the statement was
-                # undone whole): redo without them, so the new events keep consecutive
-                # sequences.
-                outcome, count = self._insert_new(conn, entries, first, at)
+            outcome, count = self._insert(conn, entries, first, at)
         except Exception as exc:
             _rollback(conn)
             error = self._translate(exc)
@@ -589,6 +576,26 @@ class SQLiteLog:
                 index += 1
             append.results = results
         return records
+
+    def _insert(
+        self, conn: sqlite3.Connection, entries: list[Entry], first: int, at: int
+    ) -> tuple[list[Appended] | None, int]:
+        """Store `entries` from sequence `first` in one transaction; returns (None, count) when
+        every entry was new, else (each entry's result, how many were new)."""
+        if not entries:
+            return None, 0
+        rows, blob = _group_params(entries)
+        try:
+            # Outside BEGIN ... COMMIT: the statement is its own transaction, so the whole
+            # commit (rows, history rows by trigger, fsync) is one call that releases the GIL
+            # once; each further call would wait up to a switch interval to take the GIL back
+            # from a busy event loop.
+            conn.execute(_INSERT_GROUP, (first, at, rows, blob))
+        except sqlite3.IntegrityError:
+            # Some ids are stored already or repeat within the group (the statement was undone
+            # whole): redo without them, so the new events keep consecutive sequences.
+            return self._insert_new(conn, entries, first, at)
+        return None, len(entries)
 
     def _insert_new(
         self, conn: sqlite3.Connection, entries: list[Entry], first: int, at: int
@@ -702,14 +709,7 @@ class SQLiteLog:
         for append in plain:
             stored_entries.extend(append.entries)
         try:
-            outcome: list[Appended] | None = None
-            count = len(stored_entries)
-            if stored_entries:
-                rows, blob = _group_params(stored_entries)
-                try:
-                    conn.execute(_INSERT_GROUP, (first, at, rows, blob))
-                except sqlite3.IntegrityError:
-                    outcome, count = self._insert_new(conn, stored_entries, first, at)
+            outcome, count = self._insert(conn, stored_entries, first, at)
         except Exception as exc:
             _rollback(conn)
             error = self._translate(exc)
