@@ -238,6 +238,14 @@ class Settings:
         "Copies of the stream JetStream keeps: 1, or 3 or 5 in a NATS cluster (an existing "
         "stream must have as many).",
     )
+    node_id: str = setting(
+        "FLUX_NODE_ID",
+        "",
+        parse.text,
+        "This node's name in a cluster (JetStream log): it marks the WebSocket presences the "
+        "node holds, and the single-runner jobs it runs. Empty: a random id made on first "
+        "start and kept in `<data dir>/node-id`, so one data dir is one node across restarts.",
+    )
     dedupe_window_seconds: int = setting(
         "FLUX_DEDUPE_WINDOW_SECONDS",
         120,
@@ -627,6 +635,11 @@ class Settings:
         params = self.nats_parameters()
         params.update(urllib.parse.parse_qsl(query, keep_blank_values=True))
         return f"nats://{','.join(servers)}?{urllib.parse.urlencode(params)}"
+
+    def cluster_url(self) -> str | None:
+        """The JetStream log's URL when the event log is one (cluster mode), else None."""
+        url = self.event_log_url()
+        return url if url.startswith("nats://") else None
 
     def nats_parameters(self) -> dict[str, str]:
         """The JetStream log's URL parameters these settings give (see `flux.log.open_log`)."""

@@ -17,6 +17,7 @@ pyproject.toml, `[tool.importlinter]`, and checked by `scripts/test`); the HTTP 
     live         WebSocket and SSE fan-out of committed changes
     expiries     TTL and lease expiries, logged as events
     presence     WebSocket presence, removed by a logged event when the connection ends
+    cluster      with a JetStream log: the NATS buckets the nodes share (None: embedded)
 
 `start` runs in that order's dependencies: the runtime file, the credential store and the
 registry, then the service (snapshot, replay), then the directory, the connectors and live
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flux.auth import Access
+from flux.cluster import Cluster
 from flux.config import RuntimeConfig, Settings
 from flux.connectors.base import EventDict
 from flux.connectors.manager import ConnectorManager
@@ -37,6 +39,7 @@ from flux.directory import Directory
 from flux.expiry import Expiries
 from flux.live import Live
 from flux.log import Appended, EventLog
+from flux.log.jetstream import JetStreamLog
 from flux.namespaces import NamespaceAdmin, NamespaceRegistry
 from flux.permissions import Permissions
 from flux.presence import Presence
@@ -62,6 +65,18 @@ class Server:
         self.service = FluxService(settings, log=log, snapshots=snapshots)
         self.engine = self.service.engine
         self.log = self.service.log
+        # Cluster mode (a JetStream log): what the nodes share besides the log.
+        self.cluster = (
+            Cluster(
+                self.log.servers,
+                stream=self.log.stream,
+                replicas=self.log.replicas,
+                node=settings.node_id,
+                data_dir=data_dir,
+            )
+            if isinstance(self.log, JetStreamLog)
+            else None
+        )
         self.runtime = RuntimeConfig.from_settings(settings)
         self.runtime_file = RuntimeFile(data_dir, self.runtime)
         self.access = Access(admin_token=settings.admin_token)
@@ -116,6 +131,8 @@ class Server:
         the service (restore, replay; raises LogCorrupt for a damaged log), then the directory,
         the connectors and live delivery."""
         settings = self.settings
+        if self.cluster is not None:
+            await self.cluster.start()
         self.runtime_file.load()
         if settings.encryption_key is not None and self.credentials is None:
             self.credentials = CredentialStore.open(settings.data_dir, settings.encryption_key)
@@ -142,3 +159,5 @@ class Server:
             if self.credentials is not None:
                 self.credentials.close()
                 self.credentials = None
+            if self.cluster is not None:
+                await self.cluster.close()
