@@ -13,6 +13,9 @@ A delete records the floor and removes the namespace's row in one transaction, s
 crash either the namespace is still there (with its privacy, and its token) or it is gone with
 its floor in place: never gone with its past readable.
 
+`Registry` is what the rest of Flux needs of a registry; `NamespaceRegistry` is the embedded
+one, `flux.shared.namespaces.SharedRegistry` the cluster's (a JetStream key-value bucket).
+
 `NamespaceAdmin` is what the namespace API does with the registry: register, show, change
 visibility, rotate a token and delete, each behind its check. Deleting a namespace also deletes
 its entities and its connectors: it is handed the functions that do those (the composition
@@ -27,7 +30,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flux.auth import (
     REGISTRATION_UNAVAILABLE,
@@ -60,6 +63,24 @@ CREATE TABLE IF NOT EXISTS history_floors (
     seq INTEGER NOT NULL
 );
 """
+
+
+class Registry(Protocol):
+    """Namespaces kept somewhere and indexed in `access`, changed together: the store first.
+    `lock` serialises this node's changes (`NamespaceAdmin.delete` holds it across its
+    steps)."""
+
+    access: Access
+    lock: asyncio.Lock
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def register(
+        self, name: str, private: bool, created_at: int
+    ) -> tuple[Namespace, str]: ...
+    async def rotate(self, name: str) -> tuple[Namespace, str]: ...
+    async def set_private(self, name: str, private: bool) -> Namespace: ...
+    async def delete(self, name: str, floor: int) -> None: ...
 
 
 class NamespaceStore:
@@ -214,7 +235,7 @@ class NamespaceAdmin:
 
     def __init__(
         self,
-        registry: NamespaceRegistry,
+        registry: Registry,
         engine: StateEngine,
         *,
         auth_enabled: bool,

@@ -397,7 +397,9 @@ async def health(request: Request) -> Response:
 
 
 async def get_admin_config(request: Request) -> Response:
-    return json_response(server_of(request).runtime.as_dict())
+    server = server_of(request)
+    await server.runtime_store.refresh()  # in a cluster: another node's change just made
+    return json_response(server.runtime.as_dict())
 
 
 async def put_admin_config(request: Request) -> Response:
@@ -405,7 +407,7 @@ async def put_admin_config(request: Request) -> Response:
     doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
     server.permissions.check_admin(credential_of(request.scope))
     try:
-        await server.runtime_file.update(doc)
+        await server.runtime_store.update(doc)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
     return json_response(server.runtime.as_dict())

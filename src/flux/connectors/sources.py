@@ -3,8 +3,11 @@
 `SourceStore` keeps each source's configuration in `<data_dir>/sources.db` (SQLite: id, owner,
 namespace, config JSON, created_at); its secret (the upstream `token`) is in the encrypted
 credential store under owner `generic` and connector `<source_id>`, as in the original, so no
-secret is on disk in the clear. `Sources` creates, lists and deletes them for an owner and runs
-each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
+secret is on disk in the clear. In a cluster the configurations are in a JetStream bucket
+instead (`flux.connectors.sharedsources`, behind the same `SourceStorage` interface), and
+`Sources.source_changed` follows what other nodes add and delete. `Sources` creates, lists and
+deletes them for an owner and runs each one on the connector scheduler under the key
+`source:<id>`; at start it reloads them all.
 
 Owners are the connector manager's (`flux.connectors.base.owner_key`): `default` with auth off,
 `namespace:<name>` with auth on.
@@ -41,7 +44,7 @@ from flux.connectors.runner import (
 )
 from flux.connectors.source_config import SourceConfig, config_from_json
 from flux.connectors.ssrf import GuardedTransport, Policy
-from flux.credentials import CredentialStore
+from flux.credentials import Credentials
 from flux.errors import CredentialError, FluxError, NotFound, QuotaExceeded, SourceStoreError
 from flux.sqlitedb import SQLiteDB
 
@@ -79,6 +82,16 @@ class StoredSource:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class SourceStorage(Protocol):
+    """Where source configurations are kept. Synchronous and may block (callers on the event
+    loop use `asyncio.to_thread`). Raises SourceStoreError."""
+
+    def add(self, source: StoredSource) -> None: ...
+    def delete(self, source_id: str) -> bool: ...
+    def all(self, owner: str | None = None) -> list[StoredSource]: ...
+    def close(self) -> None: ...
 
 
 class SourceStore:
@@ -137,7 +150,7 @@ class SourceStore:
 
 
 # The credential store, or None (no FLUX_ENCRYPTION_KEY, or the server has not started).
-CredentialSource = Callable[[], CredentialStore | None]
+CredentialSource = Callable[[], Credentials | None]
 
 
 class AddRunner(Protocol):
@@ -165,16 +178,22 @@ class Sources:
         scheduler: Scheduler,
         add_runner: AddRunner,
         credentials: CredentialSource,
+        shared: SourceStorage | None = None,
     ) -> None:
+        """`shared` is the cluster's store (None: `<data_dir>/sources.db`, opened on first
+        use)."""
         self._settings = settings
         self.scheduler = scheduler
         self._add_runner = add_runner
         self._credentials = credentials
+        self._shared = shared
         self.store: SourceStore | None = None
         self._sources: dict[str, StoredSource] = {}
         self._creating = asyncio.Lock()  # counting an owner's sources and adding one: atomic
 
-    def _store(self) -> SourceStore:
+    def _store(self) -> SourceStorage:
+        if self._shared is not None:
+            return self._shared
         if self.store is None:
             self.store = SourceStore(Path(self._settings.data_dir) / "sources.db")
         return self.store
@@ -208,6 +227,15 @@ class Sources:
             scheduled += 1
         if scheduled:
             logger.info("%d generic source(s) scheduled", scheduled)
+
+    async def source_changed(self, source_id: str, source: StoredSource | None) -> None:
+        """Another node added (`source`) or deleted (None) a source: list it and poll it, or
+        stop it. This node's own changes come back here too, and change nothing."""
+        if source is not None and source_id not in self._sources:
+            self._sources[source_id] = source
+            self._schedule(source)
+        elif source is None and self._sources.pop(source_id, None) is not None:
+            await self.scheduler.remove(KEY_PREFIX + source_id)
 
     def close(self) -> None:
         if self.store is not None:
