@@ -21,7 +21,7 @@ from flux.cluster import Cluster
 from flux.connectors.source_config import config_from_json
 from flux.connectors.sources import StoredSource
 from flux.errors import FluxError, LogUnavailable, SourceStoreError
-from flux.shared.mirror import BucketMirror
+from flux.mirror import BucketMirror
 
 logger = logging.getLogger("flux.connectors")
 

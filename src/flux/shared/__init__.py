@@ -5,7 +5,7 @@ registry (`namespaces`), the runtime config (`runtime`) and the connector creden
 drop-in for its embedded twin (the SQLite or JSON file of one node), chosen by the composition
 root (`flux.server`) when the log is JetStream.
 
-All of them follow one pattern (`mirror.BucketMirror`): a change made through this node is
+All of them follow one pattern (`flux.mirror.BucketMirror`): a change made through this node is
 written to the bucket first and applied to the in-memory index once JetStream has accepted it;
 a watcher applies every node's changes (this node's own come back as a harmless echo: each key
 remembers the revision it shows, and an older or equal one is ignored). A lookup that misses

@@ -28,9 +28,7 @@ import nats.errors
 import orjson
 
 from flux.cluster import Cluster
-from flux.config import ConfigError
 from flux.credentials import (
-    KEY_ENV,
     StoredCredential,
     decode_key,
     format_time,
@@ -39,7 +37,7 @@ from flux.credentials import (
     unseal,
 )
 from flux.errors import CredentialError, LogUnavailable
-from flux.shared.mirror import BucketMirror
+from flux.mirror import BucketMirror
 
 KIND = "credentials"
 PREFIX = "cred."
@@ -77,11 +75,8 @@ class SharedCredentialStore:
     def __init__(self, cluster: Cluster, key_text: str) -> None:
         """The store under the base64 key text (FLUX_ENCRYPTION_KEY). Raises ConfigError for a
         key that is not 32 bytes. Nothing connects until `open`."""
-        key = decode_key(key_text)
-        if len(key) != 32:
-            raise ConfigError(f"{KEY_ENV}: the key must be exactly 32 bytes")
         self.cluster = cluster
-        self._key = key
+        self._key = decode_key(key_text)
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
         self._mirror: BucketMirror | None = None
         self.on_change: OnChange | None = None

@@ -35,7 +35,7 @@ import orjson
 from flux.auth import HIDE_ALL, Access, Namespace, hash_token, new_namespace_id, new_token
 from flux.cluster import Cluster
 from flux.errors import Conflict, NotFound, StorageError
-from flux.shared.mirror import BucketMirror
+from flux.mirror import BucketMirror
 
 logger = logging.getLogger("flux.namespaces")
 

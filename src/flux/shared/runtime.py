@@ -18,7 +18,7 @@ import orjson
 from flux.cluster import Cluster
 from flux.config import RuntimeConfig
 from flux.errors import LogUnavailable
-from flux.shared.mirror import BucketMirror
+from flux.mirror import BucketMirror
 
 logger = logging.getLogger("flux.runtime")
 

@@ -1,4 +1,4 @@
-"""`flux.shared.mirror.BucketMirror` on a real nats-server: every change applied once, in
+"""`flux.mirror.BucketMirror` on a real nats-server: every change applied once, in
 order, an echo or a stale change ignored, and `catch_up` waiting for a watcher that lags."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from nats.js.kv import KeyValue
 
 from flux.cluster import Cluster
-from flux.shared.mirror import BucketMirror
+from flux.mirror import BucketMirror
 from natsserver import NatsServer
 
 _names = itertools.count()
