@@ -6,6 +6,7 @@ everything in the buckets."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import threading
 import time
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from api.authkit import open_client, server_of
 from conftest import FluxServer, wait_for
 from fakegithub import TOKEN as GITHUB_TOKEN
 from fakegithub import FakeGitHub, repo
+from flux.mirror import BucketMirror
 from jsonserver import JsonServer
 from natsserver import NatsServer
 
@@ -149,6 +152,49 @@ def test_a_namespace_registered_on_one_node_works_on_the_other_at_once(cluster: 
         assert response.status_code == 200, response.text
     shown = cluster.get(b, "/api/namespaces/reg-0").json()
     assert shown["name"] == "reg-0"
+
+
+def test_an_unknown_token_waits_for_a_node_whose_watcher_lags(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """In process, two nodes on one stream; b applies each change to the registry and the
+    config half a second late (the delay injected into its watchers). A token registered
+    through a is still accepted by b at once: b catches up before judging a token it does not
+    know; and b's admin config shows a change made through a at once."""
+    cluster = {"nats_url": nats_url, "nats_stream": "LAG", "nats_subject": "lag"}
+    a = open_client(tmp_path / "a", **cluster, admin_token=ADMIN)
+    b = open_client(tmp_path / "b", **cluster, admin_token=ADMIN)
+    try:
+        lag(server_of(b).registry.mirror)  # type: ignore[attr-defined]
+        lag(server_of(b).shared_runtime.mirror)  # type: ignore[union-attr]
+        for i in range(3):
+            response = a.post("/api/namespaces", json={"name": f"lag-{i}"}, headers=ADMIN_HEADERS)
+            token = response.json()["token"]
+            assert server_of(b).access.get(f"lag-{i}") is None  # not applied on b yet
+            assert (
+                b.post("/api/events", json=event(f"lag-{i}/x"), headers=bearer(token)).status_code
+                == 200
+            )
+        # Likewise the admin's config: b shows a change made through a at once.
+        doc = {"max_batch_delete": 55}
+        assert a.put("/api/admin/config", json=doc, headers=ADMIN_HEADERS).status_code == 200
+        assert server_of(b).runtime.current.max_batch_delete != 55  # not applied on b yet
+        shown = b.get("/api/admin/config", headers=ADMIN_HEADERS).json()
+        assert shown["max_batch_delete"] == 55
+    finally:
+        b.__exit__(None, None, None)
+        a.__exit__(None, None, None)
+
+
+def lag(mirror: BucketMirror, seconds: float = 0.5) -> None:
+    """Make a node apply each change of this bucket `seconds` late, as a slow watcher would."""
+    apply = mirror._apply
+
+    async def lagging(key: str, value: bytes | None) -> None:
+        await asyncio.sleep(seconds)
+        await apply(key, value)
+
+    mirror._apply = lagging
 
 
 def test_a_rotated_token_stops_working_on_the_other_node(cluster: Cluster) -> None:
