@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 
 from api.authkit import open_client, server_of
@@ -415,3 +417,35 @@ def test_a_node_with_an_empty_data_dir_finds_everything_in_the_buckets(
     # Nothing of it came from the data dir: the stores there were never made.
     for name in ("namespaces.db", "credentials.db", "sources.db", "runtime-config.json"):
         assert not (fresh.data_dir / name).exists(), name
+
+
+def test_the_buckets_hold_token_hashes_and_sealed_secrets_only(
+    cluster: Cluster, nats_url: str
+) -> None:
+    """Every value in the shared buckets, read straight from NATS: no namespace token, no
+    connector or source secret in the clear (the earlier tests stored all three)."""
+    a = cluster.nodes[0]
+    token = cluster.register(a, "sealed")
+    response = cluster.http.post(
+        f"{a.url}/api/connectors/github/token", json={"token": GITHUB_TOKEN}, headers=bearer(token)
+    )
+    assert response.status_code == 200
+
+    async def values() -> dict[str, list[bytes]]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            found: dict[str, list[bytes]] = {}
+            for kind in ("namespaces", "credentials", "sources", "config"):
+                kv = await js.key_value(f"SHARED_{kind}")
+                found[kind] = [(await kv.get(key)).value or b"" for key in await kv.keys()]
+            return found
+        finally:
+            await nc.close()
+
+    found = asyncio.run(values())
+    assert len(found["namespaces"]) > 10 and found["credentials"] and found["sources"]
+    held = b"".join(value for kind in found.values() for value in kind)
+    for secret in (token, GITHUB_TOKEN, SOURCE_TOKEN):
+        assert secret.encode() not in held, secret
+    assert hashlib.sha256(token.encode()).hexdigest().encode() in held
