@@ -188,6 +188,41 @@ def test_an_unknown_token_waits_for_a_node_whose_watcher_lags(
         a.__exit__(None, None, None)
 
 
+def test_a_delete_begun_on_one_node_hides_the_namespace_on_the_others(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The first step of a delete through a (its `deleting` mark) revokes the token and hides
+    the past on b too; if a stops there (as if it crashed), the admin finishes the delete
+    through b, and a node started afterwards does not know the namespace either."""
+    cluster = {"nats_url": nats_url, "nats_stream": "HALF", "nats_subject": "half"}
+    a = open_client(tmp_path / "a", **cluster, admin_token=ADMIN)
+    b = open_client(tmp_path / "b", **cluster, admin_token=ADMIN)
+    try:
+        response = a.post("/api/namespaces", json={"name": "half"}, headers=ADMIN_HEADERS)
+        token = response.json()["token"]
+        assert b.post("/api/events", json=event("half/x"), headers=bearer(token)).is_success
+        assert b.get("/api/events?entity=half%2Fx", headers=bearer(token)).json() != []
+        registry = server_of(a).registry
+        a.portal.call(registry.hide, "half")  # type: ignore[union-attr]
+
+        def refused_on_b() -> bool:
+            response = b.post("/api/events", json=event("half/y"), headers=bearer(token))
+            return response.status_code == 401
+
+        wait_for(refused_on_b, "the token refused on b")
+        assert b.get("/api/events?entity=half%2Fx", headers=ADMIN_HEADERS).json() == []
+        assert b.get("/api/namespaces/half", headers=ADMIN_HEADERS).status_code == 200
+        a.__exit__(None, None, None)
+        assert b.delete("/api/namespaces/half", headers=ADMIN_HEADERS).status_code == 204
+        assert b.get("/api/state/entities/half%2Fx", headers=ADMIN_HEADERS).status_code == 404
+        a = open_client(tmp_path / "a2", **cluster, admin_token=ADMIN)
+        assert a.get("/api/namespaces/half", headers=ADMIN_HEADERS).status_code == 404
+        assert server_of(a).access.history_floor("half/x") > 0
+    finally:
+        b.__exit__(None, None, None)
+        a.__exit__(None, None, None)
+
+
 def lag(mirror: BucketMirror, seconds: float = 0.5) -> None:
     """Make a node apply each change of this bucket `seconds` late, as a slow watcher would."""
     apply = mirror._apply

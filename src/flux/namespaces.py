@@ -42,7 +42,7 @@ from flux.auth import (
     new_token,
 )
 from flux.engine import StateEngine
-from flux.errors import Conflict, NotFound, StorageError
+from flux.errors import Conflict, FluxError, NotFound, StorageError
 from flux.events import now_us
 from flux.sqlitedb import SQLiteDB
 
@@ -80,6 +80,8 @@ class Registry(Protocol):
     ) -> tuple[Namespace, str]: ...
     async def rotate(self, name: str) -> tuple[Namespace, str]: ...
     async def set_private(self, name: str, private: bool) -> Namespace: ...
+    async def hide(self, name: str) -> None: ...
+    async def unhide(self, name: str) -> None: ...
     async def delete(self, name: str, floor: int) -> None: ...
 
 
@@ -218,6 +220,13 @@ class NamespaceRegistry:
             self.access.put(namespace)
             return namespace
 
+    async def hide(self, name: str) -> None:
+        """Nothing to do: `Access.begin_delete` hid the namespace, and only this node reads
+        the file (a cluster's registry tells the other nodes here)."""
+
+    async def unhide(self, name: str) -> None:
+        """Nothing to do (see `hide`)."""
+
     async def delete(self, name: str, floor: int) -> None:
         """Remove `name` from disk and memory, its events up to `floor` hidden from then on
         (the caller holds `lock`; see `NamespaceAdmin.delete` for the order). Raises
@@ -315,7 +324,9 @@ class NamespaceAdmin:
     async def _delete(self, name: str) -> int:
         """In this order, so that no step (nor a crash between two) reveals the past:
         1. in memory: no more writes (the token is revoked), history and replays of the name
-           hidden from everyone, a private namespace kept private;
+           hidden from everyone, a private namespace kept private; in a cluster, the same on
+           every other node once it applies the registry's `deleting` mark (`hide`; a write
+           another node admitted just before that can still land after the tombstones);
         2. wait for the writes admitted before that (already handed to the log: admission and
            the hand-over share one step of the event loop) to be applied, so the entities they
            made are in the state and get tombstones, and none of them lands above the floor;
@@ -327,6 +338,7 @@ class NamespaceAdmin:
         async with registry.lock:
             namespace, previous_floor = self.access.begin_delete(name)
             try:
+                await registry.hide(name)
                 await self._sync()
                 ids = [entity.id for entity in self.engine.select(namespace=name)]
                 deleted = 0
@@ -336,6 +348,10 @@ class NamespaceAdmin:
                 await registry.delete(name, floor)
             except BaseException:
                 self.access.undo_delete(namespace, previous_floor)
+                try:
+                    await registry.unhide(name)
+                except FluxError as exc:
+                    logger.error("namespace %s: the delete's mark stays: %s", name, exc.message)
                 raise
         await self._forget(name)
         logger.info(

@@ -45,6 +45,9 @@ ATTEMPTS = 20  # read-and-write-back rounds before giving up (each lost round is
 # node's change to the same namespace landing in between)
 
 TAKEN = "Namespace name already exists"
+# The token hash a namespace being deleted through another node shows here: no token's hash
+# (a SHA-256 in hex) has this form, so none matches it.
+REVOKED = "revoked:"
 
 Record = dict[str, Any]
 
@@ -83,6 +86,7 @@ class SharedRegistry:
         self.access = access
         self.lock = asyncio.Lock()
         self._mirror: BucketMirror | None = None
+        self._deleting: set[str] = set()  # names this node is deleting (`hide` to `delete`)
 
     @property
     def mirror(self) -> BucketMirror:
@@ -115,18 +119,9 @@ class SharedRegistry:
         if not key.startswith(PREFIX):
             return
         name = key[len(PREFIX) :]
-        access = self.access
-        if access.floors.get(name) == HIDE_ALL:
+        if name in self._deleting:
             return  # being deleted through this node: its delete writes the outcome
-        record: Record = orjson.loads(value) if value else {}
-        namespace = namespace_of(name, record)
-        if namespace is None:
-            access.remove(name)
-        else:
-            access.put(namespace)
-        floor = int(record.get("floor", 0))
-        if floor > access.floors.get(name, 0):
-            access.floors[name] = floor
+        apply_record(self.access, name, orjson.loads(value) if value else {})
 
     # -- changes -------------------------------------------------------------------------------
 
@@ -183,19 +178,17 @@ class SharedRegistry:
                     raise Conflict(TAKEN) from None
             return namespace, token
 
-    async def _change(self, name: str, change: Callable[[Namespace], Namespace]) -> None:
-        """Read `name`'s record, apply `change` to its namespace and write it back against the
-        revision read, again while another node's write comes first. Raises NotFound or
+    async def _change(self, name: str, change: Callable[[Record], Record]) -> None:
+        """Read `name`'s record, `change` it and write it back against the revision read, again
+        while another node's write comes first. Raises NotFound (no such namespace) or
         StorageError."""
         for _ in range(ATTEMPTS):
             held = await self._read(name)
-            record, revision = held if held is not None else ({}, 0)
-            namespace = namespace_of(name, record)
-            if namespace is None:
+            if held is None or namespace_of(name, held[0]) is None:
                 raise NotFound("Namespace not found")
-            written = record_of(change(namespace), int(record.get("floor", 0)))
+            record, revision = held
             try:
-                await self._write(name, written, revision)
+                await self._write(name, change(record), revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             return
@@ -210,7 +203,7 @@ class SharedRegistry:
         async with self.lock:
             token = new_token()
             token_hash = hash_token(token)
-            await self._change(name, lambda held: replace(held, token_hash=token_hash))
+            await self._change(name, lambda record: {**record, "token_hash": token_hash})
             return self.access.require(name), token
 
     async def set_private(self, name: str, private: bool) -> Namespace:
@@ -218,23 +211,61 @@ class SharedRegistry:
 
     async def _set_private(self, name: str, private: bool) -> Namespace:
         async with self.lock:
-            await self._change(name, lambda held: replace(held, private=private))
+            await self._change(name, lambda record: {**record, "private": private})
             return self.access.require(name)
 
+    async def hide(self, name: str) -> None:
+        """The first step of a delete through this node (the caller holds `lock` and has begun
+        it in `access`): mark the namespace `deleting` in the bucket, so every other node stops
+        taking its token and hides its past while the entities get their tombstones. Raises
+        NotFound or StorageError."""
+        self._deleting.add(name)
+        await self._change(name, lambda record: {**record, "deleting": True})
+
+    async def unhide(self, name: str) -> None:
+        """Undo `hide` after a delete failed (this node's `access` is put back by the caller).
+        Raises StorageError; the mark then stays, and a retry of the delete finishes it."""
+        self._deleting.discard(name)  # so the write applies here too
+        await self._change(name, lambda record: _without(record, "deleting"))
+
     async def delete(self, name: str, floor: int) -> None:
-        """Remove `name` and record its floor in one write (the caller holds `lock` and has
-        begun the delete in `access`; see `NamespaceAdmin.delete`). A floor never goes down.
-        Raises StorageError."""
-        for _ in range(ATTEMPTS):
-            held = await self._read(name)
-            record, revision = held if held is not None else ({}, None)
-            floor = max(floor, int(record.get("floor", 0)))
-            try:
-                # `begin_delete` hid the name here (floor HIDE_ALL), so applying the write
-                # leaves `access` alone: finish the delete in memory once it is stored.
-                await self._write(name, record_of(None, floor), revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
-            self.access.finish_delete(name, floor)
-            return
+        """Remove `name` and record its floor in one write (the caller holds `lock`, has begun
+        the delete in `access` and called `hide`; see `NamespaceAdmin.delete`). A floor never
+        goes down. Raises StorageError."""
+        try:
+            for _ in range(ATTEMPTS):
+                held = await self._read(name)
+                record, revision = held if held is not None else ({}, None)
+                floor = max(floor, int(record.get("floor", 0)))
+                try:
+                    await self._write(name, record_of(None, floor), revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
+                self.access.finish_delete(name, floor)
+                return
+        finally:
+            self._deleting.discard(name)
         raise StorageError(f"Failed to persist namespace: {name} kept changing, try again")
+
+
+def apply_record(access: Access, name: str, record: Record) -> None:
+    """Make `access` show `name` as its bucket record says. A namespace another node is
+    deleting stays listed (so the admin can finish a delete that node left half-done, from any
+    node) with its token revoked and its past hidden, as on the deleting node."""
+    namespace = namespace_of(name, record)
+    floor = int(record.get("floor", 0))
+    if namespace is None:
+        access.remove(name)
+    elif record.get("deleting"):
+        access.put(replace(namespace, token_hash=REVOKED + name))
+        floor = HIDE_ALL
+    else:
+        access.put(namespace)
+    if floor:
+        access.floors[name] = floor
+    else:
+        access.floors.pop(name, None)
+
+
+def _without(record: Record, field: str) -> Record:
+    return {k: v for k, v in record.items() if k != field}
