@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -157,32 +158,58 @@ def test_a_namespace_registered_on_one_node_works_on_the_other_at_once(cluster: 
 
 
 def test_an_unknown_token_waits_for_a_node_whose_watcher_lags(
-    nats_url: str, tmp_path: Path
+    nats_url: str, tmp_path: Path, upstream: JsonServer
 ) -> None:
-    """In process, two nodes on one stream; b applies each change to the registry and the
-    config half a second late (the delay injected into its watchers). A token registered
+    """In process, two nodes on one stream; b applies each change to the registry, the config
+    and the sources half a second late (the delay injected into its watchers). A token registered
     through a is still accepted by b at once: b catches up before judging a token it does not
-    know; and b's admin config shows a change made through a at once."""
-    cluster = {"nats_url": nats_url, "nats_stream": "LAG", "nats_subject": "lag"}
+    know; b's admin config shows a change made through a at once, and b lists and shows a
+    source added through a at once."""
+    cluster = {
+        "nats_url": nats_url,
+        "nats_stream": "LAG",
+        "nats_subject": "lag",
+        "sources_allowed_networks": (ipaddress.ip_network("127.0.0.0/8"),),
+        "sources_min_poll_interval_seconds": 1,
+    }
     a = open_client(tmp_path / "a", **cluster, admin_token=ADMIN)
     b = open_client(tmp_path / "b", **cluster, admin_token=ADMIN)
     try:
-        lag(server_of(b).registry.mirror)  # type: ignore[attr-defined]
-        lag(server_of(b).shared_runtime.mirror)  # type: ignore[union-attr]
+        lag(server_of(b).registry.mirror)
+        lag(server_of(b).shared_runtime.mirror)
+        lag(server_of(b).shared_sources.mirror)
+        tokens = []
         for i in range(3):
             response = a.post("/api/namespaces", json={"name": f"lag-{i}"}, headers=ADMIN_HEADERS)
             token = response.json()["token"]
+            tokens.append(token)
             assert server_of(b).access.get(f"lag-{i}") is None  # not applied on b yet
-            assert (
-                b.post("/api/events", json=event(f"lag-{i}/x"), headers=bearer(token)).status_code
-                == 200
-            )
+            published = b.post("/api/events", json=event(f"lag-{i}/x"), headers=bearer(token))
+            assert published.status_code == 200, published.text
+        token0 = tokens[0]
         # Likewise the admin's config: b shows a change made through a at once.
         doc = {"max_batch_delete": 55}
         assert a.put("/api/admin/config", json=doc, headers=ADMIN_HEADERS).status_code == 200
         assert server_of(b).runtime.current.max_batch_delete != 55  # not applied on b yet
         shown = b.get("/api/admin/config", headers=ADMIN_HEADERS).json()
         assert shown["max_batch_delete"] == 55
+        # And the generic sources: listed, and found by id, at once.
+        upstream.set("/lag", {"v": 1})
+        doc = {
+            "name": "lag",
+            "url": upstream.url("/lag"),
+            "poll_interval_secs": 60,
+            "entity_key": "k",
+            "namespace": "lag-0",
+        }
+        response = a.post("/api/connectors/generic", json=doc, headers=bearer(token0))
+        assert response.status_code == 201, response.text
+        source_id = response.json()["source_id"]
+        assert server_of(b).connectors.sources.list("namespace:lag-0") == []  # not applied yet
+        shown = b.get(f"/api/connectors/generic/{source_id}", headers=bearer(token0))
+        assert shown.status_code == 200, shown.text
+        listed = b.get("/api/connectors/generic", headers=bearer(token0)).json()["sources"]
+        assert [s["source_id"] for s in listed] == [source_id]
     finally:
         b.__exit__(None, None, None)
         a.__exit__(None, None, None)
@@ -203,7 +230,7 @@ def test_a_delete_begun_on_one_node_hides_the_namespace_on_the_others(
         assert b.post("/api/events", json=event("half/x"), headers=bearer(token)).is_success
         assert b.get("/api/events?entity=half%2Fx", headers=bearer(token)).json() != []
         registry = server_of(a).registry
-        a.portal.call(registry.hide, "half")  # type: ignore[union-attr]
+        a.portal.call(registry.hide, "half")
 
         def refused_on_b() -> bool:
             response = b.post("/api/events", json=event("half/y"), headers=bearer(token))

@@ -109,6 +109,17 @@ class SharedSourceStore:
         self.mirror.blocking(self._write(PREFIX + source_id, None))
         return True
 
+    def refresh(self) -> None:
+        """Catch up with the bucket: every source added or deleted through any node up to now
+        is applied here (and `on_change` told) when this returns."""
+        self.mirror.blocking(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        try:
+            await self.mirror.catch_up()
+        except LogUnavailable as exc:
+            raise SourceStoreError(f"source store: {exc}") from exc
+
     def all(self, owner: str | None = None) -> list[StoredSource]:
         """Every source (of `owner` when given), oldest first."""
         sources = [s for s in list(self._sources.values()) if owner in (None, s.owner)]

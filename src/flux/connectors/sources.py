@@ -91,6 +91,9 @@ class SourceStorage(Protocol):
     def add(self, source: StoredSource) -> None: ...
     def delete(self, source_id: str) -> bool: ...
     def all(self, owner: str | None = None) -> list[StoredSource]: ...
+    def refresh(self) -> None:
+        """Apply what other nodes changed up to now (in a cluster), before a read."""
+
     def close(self) -> None: ...
 
 
@@ -144,6 +147,9 @@ class SourceStore:
                 continue
             sources.append(StoredSource(source_id, row_owner, parsed, bool(has_token), created_at))
         return sources
+
+    def refresh(self) -> None:
+        """Nothing to do: only this node writes the file."""
 
     def close(self) -> None:
         self._db.close()
@@ -356,6 +362,25 @@ class Sources:
             return []
         return [s for s in self._sources.values() if owner in (s.owner, EVERY_OWNER)]
 
+    async def catch_up(self) -> None:
+        """In a cluster, apply every source other nodes have added or deleted up to now (a
+        listing, or a lookup that misses, then shows them at once). If the store cannot
+        answer, the caller goes on with what this node knows."""
+        if self._shared is None:
+            return  # the data dir's store: only this node writes it
+        try:
+            await asyncio.to_thread(self._store().refresh)
+        except SourceStoreError as exc:
+            logger.warning("sources shown without catching up: %s", exc)
+
+    async def find(self, owner: str | None, source_id: str) -> StoredSource:
+        """`get`, catching up first when the source is not known here (see `catch_up`)."""
+        try:
+            return self.get(owner, source_id)
+        except NotFound:
+            await self.catch_up()
+            return self.get(owner, source_id)
+
     def get(self, owner: str | None, source_id: str) -> StoredSource:
         """The owner's source; another owner's is as unknown as a missing one (NotFound).
         `EVERY_OWNER` (the admin) gets any."""
@@ -366,7 +391,7 @@ class Sources:
 
     async def delete(self, owner: str | None, source_id: str) -> None:
         """Stop the source and delete its configuration and its secret. Raises NotFound."""
-        source = self.get(owner, source_id)
+        source = await self.find(owner, source_id)
         await self._remove(source)
         logger.info("generic source %s deleted", source_id)
 

@@ -13,6 +13,11 @@ at once JetStream accepts exactly one, and the other gets Conflict. A rotation, 
 change and a delete read the key and write it back against its revision, retrying when another
 node changed it in between, so none undoes another's change.
 
+Deleting. `hide` marks the key `deleting` before the delete's tombstones: the other nodes then
+keep the namespace listed with its token revoked and its past hidden (`apply_record`), as the
+deleting node does in memory; the delete's last write replaces it by its floor. A delete left
+half-done by a node that died is finished through any node.
+
 When another node's change shows here: the watcher applies it within the time NATS takes to
 deliver it (milliseconds on one network). A request with a token this node does not know
 first catches up with the bucket (`catch_up`; `flux.api.freshness`), so a namespace registered
