@@ -77,18 +77,16 @@ class BucketMirror:
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         async for entry in watcher:
-            if entry is None:
-                continue
-            try:
+            if entry is not None:
                 await self._take(entry)
-            except Exception:
-                # One bad value must not stop the node following the others.
-                logger.exception("bucket %s: cannot apply key %s", self.name, entry.key)
 
     async def _take(self, entry: KeyValue.Entry) -> None:
         value = None if entry.operation in _DELETED else entry.value
         try:
             await self.offer(entry.key, value, entry.revision or 0)
+        except Exception:
+            # One value that does not apply must not stop the node following the others.
+            logger.exception("bucket %s: cannot apply key %s", self.name, entry.key)
         finally:
             async with self._advanced:
                 self._seen = max(self._seen, entry.revision or 0)

@@ -345,8 +345,9 @@ class Sources:
             if token is not None and credentials is not None:
                 await asyncio.to_thread(credentials.delete, SECRET_OWNER, source.id)
             raise
-        self._sources[source.id] = source
-        self._schedule(source)
+        if source.id not in self._sources:  # in a cluster, the store's echo has scheduled it
+            self._sources[source.id] = source
+            self._schedule(source)
         logger.info(
             "generic source %s (%s) created for %s, every %ds",
             source.id,
