@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -129,6 +130,8 @@ _PAGE = 1_000  # messages per direct-get request
 _PAGE_BYTES = 8 << 20
 _SCAN_MARGIN_US = 60_000_000  # clock skew allowed when looking for a stored event id
 _FILLERS_AT_ONCE = 1_000
+_HEARTBEAT = 1.0  # seconds between the consumer's idle heartbeats; two missed: it is re-created
+_RECONNECT_GRACE = 2.0  # how long an unacknowledged write waits for NATS to be back to look
 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
 _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
@@ -136,6 +139,24 @@ _BATCH_HAS_DUPLICATE = 10201
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
 URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
+
+
+class _Attempt:
+    """One append's progress: whether any of its messages was handed to NATS yet. Before that,
+    a failure is definitive (nothing can be stored); after it, the outcome is unknown unless
+    the log learns it."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+# The append under way in this task (`_send` marks it); a context variable because the
+# messages are sent several calls below `append`, by helpers that also serve the start-up.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "flux_log_attempt", default=None
+)
 
 
 def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
@@ -252,7 +273,12 @@ class JetStreamLog:
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
             )
             self._sub = await self._js.subscribe(
-                self._all, stream=self.stream, cb=self._take, ordered_consumer=True, config=config
+                self._all,
+                stream=self.stream,
+                cb=self._take,
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=_HEARTBEAT,
             )
             # nats-py re-creates an ordered consumer (after a lost heartbeat, a reconnect) from
             # the sequence after the last one it delivered, 0 before the first: it would send
@@ -300,11 +326,30 @@ class JetStreamLog:
         logger.warning("NATS: %s", exc)
 
     async def _disconnected(self) -> None:
+        """The publishes waiting for an acknowledgement fail now: JetStream's answers to them,
+        if any, went to the lost connection. Their outcome is unknown (stored or not)."""
         if self._started and not self._closed:
             logger.warning("disconnected from NATS; reconnecting")
+        answers = [future for future in self._answers.values() if not future.done()]
+        for future in answers:
+            future.set_exception(
+                LogUnavailable(
+                    "event log unavailable: the connection to NATS was lost before JetStream "
+                    "acknowledged; the events may be stored (sending them again with the same "
+                    "eventId is safe)",
+                    LogError.UNKNOWN,
+                )
+            )
 
     async def _reconnected(self) -> None:
+        """Follow the stream again from the sequence after the last one taken, at once: the
+        server may have been restarted (its ephemeral consumers are gone) or be another one.
+        A consumer that cannot be made now (JetStream still electing its leaders) is made
+        again after two missed heartbeats (`_HEARTBEAT`), by nats-py's ordered consumer."""
         logger.info("reconnected to NATS")
+        jsi = self._sub._sub._jsi if self._sub is not None else None
+        if jsi is not None and not self._closed:
+            await jsi.reset_ordered_consumer(max(jsi._sseq, self._received) + 1)
 
     async def _ensure_stream(self) -> api.StreamState:
         """Create the stream, or check the one there: a stream with other settings is an
@@ -380,6 +425,17 @@ class JetStreamLog:
         """Why the log is known to be damaged (the first damage seen), or None."""
         return self._damage
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take writes now (NATS unreachable: nats-py reconnects by itself),
+        or None."""
+        if self._started and not self._closed and not self._connected():
+            return "event log unavailable: not connected to NATS (reconnecting)"
+        return None
+
+    def _connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
     def _note(self, detail: str) -> LogCorrupt:
         error = LogCorrupt(f"event log is damaged: {detail} (JetStream stream {self.stream})")
         if self._damage is None:
@@ -414,12 +470,21 @@ class JetStreamLog:
             raise LogUnavailable("event log unavailable: the log is closed")
         if not self._started:
             raise self._broken or LogUnavailable("event log unavailable: the log is not started")
+        self._reachable()
 
     def _sendable(self) -> None:
         if self._closed:
             raise LogUnavailable("event log unavailable: the log is closed")
         if self._broken is not None:
             raise self._broken
+        self._reachable()
+
+    def _reachable(self) -> None:
+        """Refuse at once while NATS is unreachable: nats-py would keep a request or publish
+        in its buffer for the reconnection (a request then times out, a publish is sent
+        later, after its writer was told it failed)."""
+        if self._started and not self._connected():
+            raise LogUnavailable("event log unavailable: not connected to NATS (reconnecting)")
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
@@ -522,6 +587,8 @@ class JetStreamLog:
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
         self._inflight.add(done)
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
         try:
             with self._translated():
                 if atomic:
@@ -529,7 +596,13 @@ class JetStreamLog:
                 if checked:
                     return await self._append_checked(entries)
                 return await self._append_plain(entries)
+        except LogError as exc:
+            if exc.outcome is not None:
+                raise
+            outcome = LogError.UNKNOWN if attempt.sent else LogError.NOT_STORED
+            raise type(exc)(exc.message, outcome) from exc  # a fresh one: `_broken` is shared
         finally:
+            _ATTEMPT.reset(token)
             self._inflight.discard(done)
             done.set_result(None)
 
@@ -543,15 +616,53 @@ class JetStreamLog:
         except Exception as exc:  # not an Entry: nothing was sent
             raise LogError(f"event log error: cannot append {entries!r:.200}: {exc!r}") from exc
         futures, at = await self._publish(messages)
-        acks = _stored(await self._acks(futures))
+        try:
+            acks = _stored(await self._acks(futures))
+        except LogUnavailable as exc:
+            if exc.outcome != LogError.UNKNOWN:
+                raise
+            items = [(i, self._subject_of(e.entity_id), e) for i, e in enumerate(unique)]
+            found = await self._settle(items)
+            if found is None:
+                raise
+            logger.info("%d events whose acknowledgement was lost are stored", len(found))
+            await self._until_own_applied(max(r.seq for r in found.values()))
+            return _in_order(order, [found[i] for i in range(len(unique))])
         results = [
             Appended(ack.seq, await self._at_of(ack.seq), True)
             if ack.duplicate
             else Appended(ack.seq, at, False)
             for ack in acks
         ]
-        await self._until_applied(max(ack.seq for ack in acks))
+        await self._until_own_applied(max(ack.seq for ack in acks))
         return _in_order(order, results)
+
+    async def _settle(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended] | None:
+        """After an acknowledgement that did not come: the results of `items` (index, subject,
+        entry) when every one of them is found stored after all (a lookup by id, as for a
+        refused conditional write), else None: the outcome stays unknown (a message not found
+        may still be stored later, e.g. by a stream leader elected meanwhile). Waits for the
+        connection `_RECONNECT_GRACE` seconds at most (another server of a cluster takes over
+        within it; a lone server that is down does not), the lookup `timeout`."""
+        try:
+            async with asyncio.timeout(_RECONNECT_GRACE):
+                while not self._connected():
+                    if self._closed:
+                        return None
+                    await asyncio.sleep(0.05)
+            async with asyncio.timeout(self.timeout):
+                found = await self._find_stored(items)
+        except (TimeoutError, LogError, nats.errors.Error, Damaged):
+            return None
+        return found if len(found) == len(items) else None
+
+    async def _until_own_applied(self, seq: int) -> None:
+        """`_until_applied` for an append whose messages JetStream acknowledged up to `seq`:
+        a failure to get them back says they are stored."""
+        try:
+            await self._until_applied(seq)
+        except LogError as exc:
+            raise type(exc)(exc.message, LogError.STORED) from exc
 
     async def _append_checked(self, entries: Sequence[Entry]) -> list[Appended]:
         """Each checked entry decided on the state that has the entries before it; the entries
@@ -613,10 +724,19 @@ class JetStreamLog:
                         marked.add(subject)
                     data = entry.data if event is None else orjson.dumps(event)
                     messages.append((subject, data, headers))
-                outcome = await self._store(messages, atomic, decided_at)
+                items = [(i, subjects[i], unique[i]) for i in todo]
+                try:
+                    outcome = await self._store(messages, atomic, decided_at)
+                except LogUnavailable as exc:
+                    settled = await self._settle(items) if exc.outcome == LogError.UNKNOWN else None
+                    if settled is None:
+                        raise
+                    await self._until_own_applied(max(r.seq for r in settled.values()))
+                    stored.update(settled)
+                    continue
                 if isinstance(outcome, nats.js.errors.APIError):
                     if outcome.err_code == _BATCH_HAS_DUPLICATE:
-                        found = await self._find_stored([(i, subjects[i], unique[i]) for i in todo])
+                        found = await self._find_stored(items)
                         if not found:
                             raise LogError(
                                 "event log error: JetStream refused the batch for an event id "
@@ -638,7 +758,7 @@ class JetStreamLog:
                         stored[index] = Appended(ack_seq, await self._at_of(ack_seq), True)
                     else:
                         stored[index] = Appended(ack_seq, at, False)
-                await self._until_applied(max(seq for _, seq, _ in acks))
+                await self._until_own_applied(max(seq for _, seq, _ in acks))
                 return _in_order(order, [stored[i] for i in range(len(unique))])
         raise LogUnavailable(
             f"event log unavailable: this write was refused {_RETRIES} times (its entities kept "
@@ -729,6 +849,10 @@ class JetStreamLog:
         """Publish one message; the future gets JetStream's answer when `acked` (else it is
         done at once: a staged message of an atomic batch, answered with its commit)."""
         assert self._nc is not None and self._loop is not None
+        self._reachable()  # the connection may have dropped after an earlier message
+        attempt = _ATTEMPT.get()
+        if attempt is not None:
+            attempt.sent = True
         future: asyncio.Future[Answer] = self._loop.create_future()
         if not acked:
             await self._nc.publish(subject, data, headers=headers)
@@ -770,7 +894,8 @@ class JetStreamLog:
         except TimeoutError:
             raise LogUnavailable(
                 f"event log unavailable: JetStream did not acknowledge within {self.timeout:g}s;"
-                " the events may be stored (sending them again with the same eventId is safe)"
+                " the events may be stored (sending them again with the same eventId is safe)",
+                LogError.UNKNOWN,
             ) from None
         acks: list[Answer] = []
         for answer in answers:
