@@ -578,8 +578,15 @@ class JetStreamLog:
     async def append(
         self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
     ) -> list[Appended]:
-        self._usable()
-        self._sendable()
+        """Store `entries` (see the log contract). A failure says what became of them in its
+        `outcome` (`flux.errors.LogError`): nothing is stored when none of their messages was
+        handed to NATS; after that it is unknown, unless JetStream's acknowledgements, or a
+        lookup by id after a lost one, tell."""
+        try:
+            self._usable()
+            self._sendable()
+        except LogError as exc:
+            raise type(exc)(exc.message, LogError.NOT_STORED) from exc
         if not entries:
             return []
         if checked and self._checker is None:
