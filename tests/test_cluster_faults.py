@@ -170,20 +170,20 @@ async def grown(ledger: Ledger, by: int, timeout: float = 20.0) -> None:
     await until(f"{by} more acknowledged events", check, timeout)
 
 
-async def stored_ids(servers: str, stream: str) -> dict[str, list[int]]:
-    """Every event stored in `stream`: eventId -> the sequences holding it (read by a consumer
-    of the test's own, not through Flux)."""
+async def stored_events(servers: str, stream: str) -> list[tuple[int, dict[str, Any]]]:
+    """Every event stored in `stream`, with its sequence, in order (read by a consumer of the
+    test's own, not through Flux)."""
     nc = await nats.connect(servers.split(","), connect_timeout=2)
     try:
         js = nc.jetstream(timeout=10)
         last = (await js.stream_info(stream)).state.last_seq
-        found: dict[str, list[int]] = {}
+        found: list[tuple[int, dict[str, Any]]] = []
         done = asyncio.Event()
 
         async def take(msg: Any) -> None:
             seq = msg.metadata.sequence.stream
             if msg.data:  # not a skipped number
-                found.setdefault(orjson.loads(msg.data)["eventId"], []).append(seq)
+                found.append((seq, orjson.loads(msg.data)))
             if seq >= last:
                 done.set()
 
@@ -200,6 +200,16 @@ async def stored_ids(servers: str, stream: str) -> dict[str, list[int]]:
         return found
     finally:
         await nc.close()
+
+
+async def stored_ids(servers: str, stream: str) -> dict[str, list[int]]:
+    """Every stored eventId the test wrote (not Flux's own, e.g. the directory's) and the
+    sequences holding it."""
+    found: dict[str, list[int]] = {}
+    for seq, event in await stored_events(servers, stream):
+        if event["source"] == "test":
+            found.setdefault(event["eventId"], []).append(seq)
+    return found
 
 
 async def retry_uncertain(http: httpx.AsyncClient, url: str, ledger: Ledger) -> dict[str, int]:
@@ -333,5 +343,38 @@ def test_nats_stopped_and_restarted_under_running_nodes(
             )
             states = await converged(http, [a.url, b.url])
             assert states[0] == states[1]
+
+    asyncio.run(main())
+
+
+def test_a_node_killed_mid_load_and_restarted_catches_up(
+    server_factory: type[FluxServer], tmp_path: Path, nats_server: NatsServer
+) -> None:
+    env = settings(nats_server.url)
+    nodes = [server_factory(tmp_path / name / "data", env).start() for name in ("a", "b", "c")]
+    a, b, c = nodes
+
+    async def main() -> None:
+        ledger = Ledger()
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as http:
+            writers = start_writers(http, [n.url for n in nodes], ledger, stop)
+            await grown(ledger, 400)
+            await asyncio.to_thread(c.kill)
+            await grown(ledger, 200)  # the other nodes go on
+            await asyncio.to_thread(c.start)
+            await grown(ledger, 200)
+            stop.set()
+            await asyncio.gather(*writers)
+            stream = env["FLUX_NATS_STREAM"]
+            await check_counts(http, a.url, ledger, nats_server.url, stream, "Flux node killed")
+            states = await converged(http, [n.url for n in nodes])
+            assert states[0] == states[1] == states[2]
+            # Each entity's version is the sequence of its newest stored event.
+            newest = {
+                event["payload"]["entity_id"]: seq
+                for seq, event in await stored_events(nats_server.url, stream)
+            }
+            assert {entity["id"]: entity["version"] for entity in states[0]} == newest
 
     asyncio.run(main())
