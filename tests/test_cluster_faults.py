@@ -378,3 +378,77 @@ def test_a_node_killed_mid_load_and_restarted_catches_up(
             assert {entity["id"]: entity["version"] for entity in states[0]} == newest
 
     asyncio.run(main())
+
+
+async def stream_cluster(servers: str, stream: str) -> api.ClusterInfo:
+    """The stream's leader and replicas, as JetStream reports them."""
+    nc = await nats.connect(servers.split(","), connect_timeout=2)
+    try:
+        info = await nc.jetstream(timeout=5).stream_info(stream)
+        assert info.cluster is not None
+        return info.cluster
+    finally:
+        await nc.close()
+
+
+async def replicas_current(servers: str, stream: str) -> bool:
+    """Whether every replica of the stream is online and caught up with its leader."""
+    try:
+        cluster = await stream_cluster(servers, stream)
+    except Exception:  # no leader yet
+        return False
+    peers = cluster.replicas or []
+    return (
+        cluster.leader is not None
+        and len(peers) == 2
+        and all(p.current and not p.offline and not p.lag for p in peers)
+    )
+
+
+def test_one_nats_server_of_three_killed_mid_load(
+    server_factory: type[FluxServer], tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    """A follower of the stream killed, brought back; then its leader: writes go on (after an
+    election for the leader), nothing acknowledged is lost, and the restarted server catches
+    up."""
+    env = settings(nats_cluster.url, replicas=3)
+    nodes = [server_factory(tmp_path / name / "data", env).start() for name in ("a", "b")]
+    stream = env["FLUX_NATS_STREAM"]
+    by_name = {f"n{i}": server for i, server in enumerate(nats_cluster.servers)}
+
+    async def main() -> None:
+        ledger = Ledger()
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as http:
+            writers = start_writers(http, [n.url for n in nodes], ledger, stop)
+            await grown(ledger, 300)
+            for role in ("follower", "leader"):
+                cluster = await stream_cluster(nats_cluster.url, stream)
+                assert cluster.leader is not None
+                if role == "leader":
+                    victim = by_name[cluster.leader]
+                else:
+                    victim = by_name[(cluster.replicas or [])[0].name]
+                began = time.monotonic()
+                await asyncio.to_thread(victim.kill)
+                await grown(ledger, 200, timeout=30)  # writes go on
+                print(
+                    f"\n{role} killed: 200 more writes acknowledged in "
+                    f"{time.monotonic() - began:.2f}s"
+                )
+                await asyncio.to_thread(victim.start)
+
+                async def caught_up() -> bool:
+                    return await replicas_current(nats_cluster.url, stream)
+
+                await until(f"the restarted {role} to catch up", caught_up, 30)
+            await grown(ledger, 100)
+            stop.set()
+            await asyncio.gather(*writers)
+            await check_counts(
+                http, nodes[0].url, ledger, nats_cluster.url, stream, "NATS server killed"
+            )
+            states = await converged(http, [n.url for n in nodes])
+            assert states[0] == states[1]
+
+    asyncio.run(main())

@@ -755,8 +755,9 @@ class JetStreamLog:
                     elif outcome.err_code in _BUSY:  # another write is under way: wait a little
                         await asyncio.sleep(0.02)
                         await self._learn(guarded, refresh=True)
-                    else:
-                        raise translate(outcome)
+                    else:  # refused: nothing of this write is stored
+                        error = translate(outcome)
+                        raise type(error)(error.message, LogError.NOT_STORED)
                     continue
                 acks, at = outcome
                 for i, ack_seq, duplicate in acks:
@@ -877,8 +878,13 @@ class JetStreamLog:
         if future is None or future.done():
             return
         if (msg.headers or {}).get("Status") == "503":  # nobody takes the subject
+            # NATS had nowhere to send the message (e.g. the stream's leader is being elected):
+            # it is not stored.
             future.set_exception(
-                LogUnavailable(f"event log unavailable: no JetStream stream for {self._all}")
+                LogUnavailable(
+                    f"event log unavailable: no JetStream stream for {self._all}",
+                    LogError.NOT_STORED,
+                )
             )
             return
         try:
@@ -893,7 +899,9 @@ class JetStreamLog:
 
     async def _acks(self, futures: Sequence[asyncio.Future[Answer]]) -> list[Answer]:
         """The acknowledgements (or refusals) of published messages, waited for `timeout`.
-        Raises LogUnavailable when one did not come, or the first error of the transport."""
+        Raises LogUnavailable when one did not come, or the first error of the transport: with
+        the outcome NOT_STORED when no message was stored (each refused, or sent where nothing
+        took it), else UNKNOWN."""
         try:
             answers: Sequence[Answer | BaseException] = await asyncio.wait_for(
                 asyncio.gather(*futures, return_exceptions=True), self.timeout
@@ -905,12 +913,20 @@ class JetStreamLog:
                 LogError.UNKNOWN,
             ) from None
         acks: list[Answer] = []
+        failure: BaseException | None = None
         for answer in answers:
             if isinstance(answer, Ack):
                 self._acked = max(self._acked, answer.seq)
             elif not isinstance(answer, nats.js.errors.APIError):
-                raise translate(answer) from answer
+                failure = failure or answer
+                continue
             acks.append(answer)
+        if failure is not None:
+            error = translate(failure)
+            refused = all(_refused(answer) for answer in answers)
+            raise type(error)(
+                error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN
+            ) from failure
         return acks
 
     async def _find_stored(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended]:
@@ -1229,8 +1245,18 @@ def _repeat(result: Appended) -> Appended:
 
 
 def _stored(answers: list[Answer]) -> list[Ack]:
-    """The acknowledgements; raises the first refusal, translated."""
+    """The acknowledgements; raises the first refusal, translated (NOT_STORED when every
+    message was refused, else UNKNOWN: the others are stored)."""
     for answer in answers:
         if isinstance(answer, nats.js.errors.APIError):
-            raise translate(answer)
+            error = translate(answer)
+            refused = all(_refused(answer) for answer in answers)
+            raise type(error)(error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN)
     return [answer for answer in answers if isinstance(answer, Ack)]
+
+
+def _refused(answer: Answer | BaseException) -> bool:
+    """Whether a publish's answer says its message is not stored."""
+    if isinstance(answer, nats.js.errors.APIError):
+        return True
+    return isinstance(answer, LogError) and answer.outcome == LogError.NOT_STORED
