@@ -16,11 +16,23 @@ consumer of the stream from the sequence it started at: it hands records to `on_
 stream order, on the event loop, in one call for each burst that arrived together. `append`
 publishes with many messages in flight, waits for JetStream's acknowledgements (stored and, with
 `sync_interval: always` on the server, on disk), then for its own consumer to have delivered
-them (read-your-writes). An acknowledgement that does not come within `timeout` fails the
-append with LogUnavailable: the events may be stored, and sending them again with the same
-eventIds is safe. One node publishes one append's messages back to back on its one
+them (read-your-writes). One node publishes one append's messages back to back on its one
 connection, so they get consecutive sequences unless another node's writes fall between them
 (only `atomic` appends are consecutive whatever happens).
+
+Faults (docs/cluster.md, "What each fault does"). A failed append says what became of it
+(`LogError.outcome`). While NATS is unreachable (nats-py reconnecting) every append and read is
+refused at once, before anything is handed to nats-py (which would buffer it and send it after
+the reconnection, to a writer already told it failed): nothing stored. A publish that NATS had
+nowhere to send (no responders: no stream leader), or that JetStream refused, is not stored
+either. Once a message was sent, a lost connection or an acknowledgement missing after
+`timeout` leaves the outcome unknown: the append then waits briefly for a connection and looks
+its events up by id (`_settle`); all found, it succeeds; else it fails as unknown, and sending
+the events again with the same eventIds is safe (a stored one is a duplicate). A non-atomic
+multi-event append cut off midway may be partly stored: unknown, completed by that retry.
+After a reconnection the consumer is re-created at once from the sequence after the last one
+taken (the server may be a restarted one that lost its ephemeral consumers, or another one);
+missed heartbeats (`_HEARTBEAT`) re-create it too, e.g. when the server holding it died.
 
 Log time. `at` is a header (`Flux-At`, microseconds) set once per append from the publishing
 node's clock, never below any time that node has published or seen delivered. Replay, history
