@@ -31,6 +31,7 @@ from nats.js import api
 from conftest import FluxServer
 from liveclient import ws_client
 from natsserver import NatsCluster, NatsServer
+from test_nodes import converged
 
 _streams = itertools.count()
 
@@ -251,17 +252,6 @@ async def check_counts(
     assert stored_unacked <= set(ledger.uncertain)
     for event_id in stored_unacked:  # answered as the duplicate it is
         assert before[event_id] == [retried[event_id]]
-
-
-async def converged(http: httpx.AsyncClient, urls: list[str]) -> list[Any]:
-    """Every node's entities once all are at the same (highest) sequence."""
-
-    async def same() -> bool:
-        seqs = {(await http.get(f"{url}/api/health")).json()["lastSequence"] for url in urls}
-        return len(seqs) == 1
-
-    await until("the nodes to converge", same)
-    return [(await http.get(f"{url}/api/state/entities")).json() for url in urls]
 
 
 async def health(http: httpx.AsyncClient, url: str) -> dict[str, Any]:
