@@ -894,7 +894,8 @@ class JetStreamLog:
             # it is not stored.
             future.set_exception(
                 LogUnavailable(
-                    f"event log unavailable: no JetStream stream for {self._all}",
+                    f"event log unavailable: no JetStream server took the message (the stream "
+                    f"for {self._all} is missing, or electing its leader); it is not stored",
                     LogError.NOT_STORED,
                 )
             )
@@ -935,7 +936,7 @@ class JetStreamLog:
             acks.append(answer)
         if failure is not None:
             error = translate(failure)
-            refused = all(_refused(answer) for answer in answers)
+            refused = all(_refused(each) for each in answers)
             raise type(error)(
                 error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN
             ) from failure
@@ -1262,7 +1263,7 @@ def _stored(answers: list[Answer]) -> list[Ack]:
     for answer in answers:
         if isinstance(answer, nats.js.errors.APIError):
             error = translate(answer)
-            refused = all(_refused(answer) for answer in answers)
+            refused = all(_refused(each) for each in answers)
             raise type(error)(error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN)
     return [answer for answer in answers if isinstance(answer, Ack)]
 
