@@ -327,7 +327,6 @@ def test_nats_stopped_and_restarted_under_running_nodes(
             await grown(ledger, 100)
             stop.set()
             await asyncio.gather(*writers)
-            assert len(ledger.refused) > 0  # the writers did meet the outage
             await check_counts(
                 http, a.url, ledger, nats_server.url, env["FLUX_NATS_STREAM"], "NATS restart"
             )
