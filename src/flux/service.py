@@ -175,6 +175,12 @@ class FluxService:
         """Why the event log is known to be damaged, or None (the health check reports it)."""
         return self.log.damage
 
+    @property
+    def log_unavailable(self) -> str | None:
+        """Why the event log cannot take writes now (its store unreachable), or None; the
+        health check reports it."""
+        return self.log.unavailable
+
     async def _verify_log(self) -> None:
         """The full check of the log after start-up (FLUX_LOG_CHECK_AFTER_START): damage marks
         the log (health turns `degraded`) and is logged; the server keeps serving its state."""

@@ -35,7 +35,7 @@ from flux.log.natswire import (
 from natsserver import NatsServer
 from test_restart import ENV, check_after_restart, observe, replayed, write_some
 
-from .contract import TIMEOUT, LogContract, MakeLog, Opened, make_event
+from .contract import TIMEOUT, LogContract, MakeLog, Opened, entries, make_event
 
 _names = itertools.count()
 
@@ -479,3 +479,43 @@ def test_a_stream_is_compared_on_the_settings_flux_depends_on() -> None:
         "duplicate_window is 60, Flux needs 120",
         "deny_delete is false, Flux needs true",
     ]
+
+
+@pytest.mark.anyio
+async def test_nats_gone_refuses_at_once_and_back_the_log_catches_up(tmp_path: Path) -> None:
+    """The server stopped under two started logs: each says it is unavailable, an append is
+    refused at once as not stored, a read too; the server back on its port and store, both
+    reconnect by themselves, and one gets what the other wrote meanwhile."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        make = lambda: JetStreamLog([server.url], stream="GONE", subject="gone", timeout=5)  # noqa: E731
+        one, two = await _start(_open(make)), await _start(_open(make))
+        try:
+            await one.append(make_event("ns/a", i=1))
+            assert one.log.unavailable is None
+            await anyio.to_thread.run_sync(server.stop)
+            with anyio.fail_after(TIMEOUT):
+                while one.log.unavailable is None:
+                    await anyio.sleep(0.02)
+            assert (
+                one.log.unavailable == "event log unavailable: not connected to NATS (reconnecting)"
+            )
+            with anyio.fail_after(0.5), pytest.raises(LogUnavailable) as refused:
+                await one.log.append(entries(make_event("ns/a", i=2)))
+            assert refused.value.outcome == LogError.NOT_STORED
+            with anyio.fail_after(0.5), pytest.raises(LogUnavailable):
+                await one.log.history("ns/a", 0, 10)
+            await anyio.to_thread.run_sync(server.start)
+            with anyio.fail_after(TIMEOUT):
+                while one.log.unavailable or two.log.unavailable:
+                    await anyio.sleep(0.02)
+                (written,) = await two.append(make_event("ns/b", i=3))
+                while one.engine.last_seq < written.seq:  # delivered without a new append
+                    await anyio.sleep(0.02)
+            assert [r.seq for r in one.seen] == [1, 2]
+            assert (await one.append(make_event("ns/a", i=4)))[0].seq == 3
+        finally:
+            await one.log.close()
+            await two.log.close()
+    finally:
+        server.stop()

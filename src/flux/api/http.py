@@ -379,9 +379,10 @@ def _check_batch_size(ids: list[str], limit: int) -> None:
 
 
 async def health(request: Request) -> Response:
-    """`ok` (200), `starting` (503) or, once the event log is known to be damaged, `degraded`
-    (503) with the damage in `error`: the state is served, but history and replays that need
-    the damaged part are refused."""
+    """`ok` (200), `starting` (503) or `degraded` (503) with the reason in `error`: the event
+    log is known to be damaged (the state is served, but history and replays that need the
+    damaged part are refused), or its store is unreachable for now (the last state is served,
+    writes are refused until the log is back)."""
     service = server_of(request).service
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
@@ -389,10 +390,10 @@ async def health(request: Request) -> Response:
         "entities": len(service.engine),
         "lastSequence": service.engine.last_seq,
     }
-    damage = service.log_damage
-    if service.ready and damage is not None:
+    trouble = service.log_damage or service.log_unavailable
+    if service.ready and trouble is not None:
         body["status"] = "degraded"
-        body["error"] = damage
+        body["error"] = trouble
     return json_response(body, status=200 if body["status"] == "ok" else 503)
 
 

@@ -125,6 +125,12 @@ class EventLog(Protocol):
         """Why the log is known to be damaged (the first `LogCorrupt` it raised), or None."""
         ...
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take writes now while it may again later by itself (its store is
+        unreachable), or None."""
+        ...
+
     async def verify(self) -> None:
         """A full check of the store's structure (may read all of it); raises LogCorrupt."""
         ...
