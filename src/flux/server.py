@@ -18,10 +18,12 @@ pyproject.toml, `[tool.importlinter]`, and checked by `scripts/test`); the HTTP 
     expiries     TTL and lease expiries, logged as events
     presence     WebSocket presence, removed by a logged event when the connection ends
     cluster      with a JetStream log: the NATS buckets the nodes share (None: embedded)
+    jobs         the single-runner jobs (snapshots, expiries, connectors, directory,
+                 presence janitor): one node at a time in a cluster, always here embedded
 
 `start` runs in that order's dependencies: the runtime file, the credential store and the
 registry, then the service (snapshot, replay), then the directory, the connectors and live
-delivery; `stop` runs in reverse.
+delivery, and last the jobs (taking one starts its part's work); `stop` runs in reverse.
 """
 
 from __future__ import annotations
@@ -30,22 +32,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flux.auth import Access
-from flux.cluster import Cluster
+from flux.cluster import Cluster, ObjectSnapshots
 from flux.config import RuntimeConfig, Settings
 from flux.connectors.base import EventDict
 from flux.connectors.manager import ConnectorManager
 from flux.credentials import CredentialStore
 from flux.directory import Directory
 from flux.expiry import Expiries
+from flux.jobs import Jobs
 from flux.live import Live
-from flux.log import Appended, EventLog
+from flux.log import Appended, EventLog, open_log
 from flux.log.jetstream import JetStreamLog
 from flux.namespaces import NamespaceAdmin, NamespaceRegistry
 from flux.permissions import Permissions
 from flux.presence import Presence
 from flux.runtime import RuntimeFile
 from flux.service import FluxService
-from flux.snapshots import SnapshotStore
+from flux.snapshots import Snapshots
 
 
 class Server:
@@ -54,29 +57,35 @@ class Server:
         settings: Settings,
         *,
         log: EventLog | None = None,
-        snapshots: SnapshotStore | None = None,
+        snapshots: Snapshots | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """Build every part; nothing starts (no file is opened) until `start`. `log` and
-        `snapshots` replace the ones `settings` name; `clock` (monotonic seconds) drives the
-        rate limiter (tests pass a fake one)."""
+        `snapshots` replace the ones `settings` name (snapshots: the data dir's files, in a
+        cluster the shared object store); `clock` (monotonic seconds) drives the rate limiter
+        (tests pass a fake one)."""
         self.settings = settings
         data_dir = Path(settings.data_dir)
-        self.service = FluxService(settings, log=log, snapshots=snapshots)
-        self.engine = self.service.engine
-        self.log = self.service.log
+        log = log if log is not None else open_log(settings.event_log_url())
         # Cluster mode (a JetStream log): what the nodes share besides the log.
         self.cluster = (
             Cluster(
-                self.log.servers,
-                stream=self.log.stream,
-                replicas=self.log.replicas,
+                log.servers,
+                stream=log.stream,
+                replicas=log.replicas,
                 node=settings.node_id,
                 data_dir=data_dir,
             )
-            if isinstance(self.log, JetStreamLog)
+            if isinstance(log, JetStreamLog)
             else None
         )
+        if snapshots is None and self.cluster is not None:
+            snapshots = ObjectSnapshots(self.cluster, keep=settings.snapshot_keep)
+        self.service = FluxService(settings, log=log, snapshots=snapshots)
+        self.engine = self.service.engine
+        self.log = self.service.log
+        self.jobs = Jobs(self.cluster, settings.cluster_job_ttl_seconds)
+        self.service.snapshot_writer = self.jobs.job("snapshots")
         self.runtime = RuntimeConfig.from_settings(settings)
         self.runtime_file = RuntimeFile(data_dir, self.runtime)
         self.access = Access(admin_token=settings.admin_token)
@@ -90,6 +99,7 @@ class Server:
             entity=self.engine.get,
             credentials=self.credential_store,
         )
+        self.jobs.job("connectors").on_change(self._connectors_held)
         self.namespaces = NamespaceAdmin(
             self.registry,
             self.engine,
@@ -103,10 +113,11 @@ class Server:
             engine=self.engine,
             publish=self.service.publish,
             access=self.access if settings.auth_enabled else None,
+            job=self.jobs.job("directory"),
         )
         self.live = Live(self.service, self.permissions)
-        self.expiries = Expiries(self.service)
-        self.presence = Presence(self.service, self.permissions)
+        self.expiries = Expiries(self.service, self.jobs.job("expiries"))
+        self.presence = Presence(self.service, self.permissions, self.jobs)
 
     # -- the functions the parts are handed ----------------------------------------------------
 
@@ -124,12 +135,19 @@ class Server:
         """Delete the entities that exist (tombstones); returns how many did."""
         return len((await self.service.delete(entity_ids)).deleted)
 
+    async def _connectors_held(self, held: bool) -> None:
+        """The `connectors` job: only its holder polls connectors and sources."""
+        if held:
+            self.connectors.scheduler.start()
+        else:
+            await self.connectors.scheduler.stop()
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the runtime file, open the credential store and the namespace registry, start
         the service (restore, replay; raises LogCorrupt for a damaged log), then the directory,
-        the connectors and live delivery."""
+        the connectors and live delivery, then the jobs (embedded: all run here)."""
         settings = self.settings
         if self.cluster is not None:
             await self.cluster.start()
@@ -140,21 +158,24 @@ class Server:
             await self.registry.open()
         await self.service.start(floor=max(self.access.floors.values(), default=0))
         self.directory.start()
-        await self.connectors.start()
+        await self.connectors.start(poll=False)
         self.live.start()
-        self.expiries.start()
         await self.presence.start()
+        await self.jobs.start()
 
     async def stop(self) -> None:
         """End live delivery, stop the connectors and the directory, stop the service (final
-        snapshot, log closed), then close the registry and the credential store."""
+        snapshot, log closed), free the jobs, then close the registry and the credential
+        store."""
         await self.expiries.stop()
+        await self.presence.stop()
         await self.live.stop()
         await self.connectors.stop()
         await self.directory.stop()
         try:
             await self.service.stop()
         finally:
+            await self.jobs.stop()
             await self.registry.close()
             if self.credentials is not None:
                 self.credentials.close()
