@@ -1,0 +1,274 @@
+"""Single-runner jobs on real `flux serve --nats` nodes sharing one nats-server: each job runs on
+one node at a time and moves when that node is killed (expiries, the directory, the presence
+janitor); only one node writes snapshots, into the object store, and retention prunes the
+stream only up to them, so a new node with an empty data dir starts from the newest one plus
+the stream's tail; a killed node's presences are removed while another node's stay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import websockets
+
+from conftest import FluxServer
+from coordination.test_concurrency import event
+from liveclient import Client, ws_client
+from natsserver import NatsServer
+
+TTL = 1.5  # FLUX_CLUSTER_JOB_TTL_SECONDS: a dead node's jobs move within about 2 s
+
+_streams = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = NatsServer(tmp_path_factory.mktemp("nats")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def env(nats_url: str) -> dict[str, str]:
+    """Settings of one test's nodes: a stream (and so buckets) of its own, short job TTLs."""
+    n = next(_streams)
+    return {
+        "FLUX_NATS_URL": nats_url,
+        "FLUX_NATS_STREAM": f"JOBS{n}",
+        "FLUX_NATS_SUBJECT": f"jobs{n}",
+        "FLUX_CLUSTER_JOB_TTL_SECONDS": str(TTL),
+        "FLUX_SNAPSHOT_EVERY_EVENTS": "1000000",
+    }
+
+
+def node(
+    factory: type[FluxServer], tmp_path: Path, name: str, env: dict[str, str], **more: str
+) -> FluxServer:
+    """A node named `name` (FLUX_NODE_ID) with its own data dir."""
+    return factory(tmp_path / name / "data", {**env, "FLUX_NODE_ID": name, **more})
+
+
+def took(srv: FluxServer, job: str) -> bool:
+    return f"node {srv.data_dir.parent.name} took job {job}" in srv.logs()
+
+
+async def until(check: Any, what: str, timeout: float = 15.0) -> Any:
+    """Poll the async `check` until it returns something truthy."""
+    async with asyncio.timeout(timeout):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+    raise AssertionError(what)  # pragma: no cover - the timeout raises first
+
+
+async def history(http: httpx.AsyncClient, url: str, entity_id: str) -> list[dict[str, Any]]:
+    answer = await http.get(f"{url}/api/events", params={"entity": entity_id, "limit": 1000})
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()
+    return found
+
+
+def test_expiries_move_to_another_node_when_their_holder_is_killed(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    a = node(server_factory, tmp_path, "a", env).start()
+    b = node(server_factory, tmp_path, "b", env).start()
+    assert took(a, "expiries") and not took(b, "expiries")
+
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:
+            lease = await http.post(
+                "/api/leases/acquire",
+                json={"entity_id": "work/schedule", "owner": "w1", "ttl_ms": 2500},
+            )
+            assert lease.status_code == 200, lease.text
+            answer = await http.post("/api/events", json=event("tmp/t", {"x": 1}, ttl_ms=2500))
+            assert answer.status_code == 200, answer.text
+            await asyncio.to_thread(a.kill)  # holds the expiries job; nothing is due yet
+
+            async def lease_ended() -> bool:
+                body = (await http.get("/api/state/entities/work/schedule")).json()
+                return body["properties"].get("__lease__") is None
+
+            await until(lease_ended, "the lease to expire")
+            await until(
+                lambda: _gone(http, "/api/state/entities/tmp/t"), "the TTL entity to expire"
+            )
+            await asyncio.sleep(TTL)  # room for a second expiry, if any node logged one
+            return await history(http, b.url, "work/schedule"), len(
+                [
+                    e
+                    for e in await history(http, b.url, "tmp/t")
+                    if e["payload"]["properties"].get("__expired__") == "ttl"
+                ]
+            )
+
+    events, ttl_expiries = asyncio.run(main())
+    expired = [e for e in events if e["stream"] == "flux.leases.expired"]
+    assert len(expired) == 1, events
+    assert ttl_expiries == 1
+    assert took(b, "expiries")
+
+
+async def _gone(http: httpx.AsyncClient, path: str) -> bool:
+    return (await http.get(path)).status_code == 404
+
+
+def test_one_node_writes_snapshots_and_a_new_empty_node_starts_from_them(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str], nats_url: str
+) -> None:
+    more = {
+        "FLUX_SNAPSHOT_EVERY_EVENTS": "100",
+        "FLUX_SNAPSHOT_KEEP": "2",
+        "FLUX_RETENTION_MAX_EVENTS": "50",
+    }
+    a = node(server_factory, tmp_path, "a", env, **more).start()
+    b = node(server_factory, tmp_path, "b", env, **more).start()
+    stream = env["FLUX_NATS_STREAM"]
+
+    async def write_and_converge(urls: list[str]) -> list[list[dict[str, Any]]]:
+        async with httpx.AsyncClient(timeout=30) as http:
+            for i in range(20):
+                events = [event(f"snap/{j % 200}", {"v": j}) for j in range(i * 50, i * 50 + 50)]
+                answer = await http.post(f"{urls[i % 2]}/api/events/batch", json={"events": events})
+                assert answer.status_code == 200, answer.text
+            return await converged(http, urls)
+
+    asyncio.run(write_and_converge([a.url, b.url]))
+
+    async def shared() -> tuple[int, list[str]]:
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            first = 0
+            async with asyncio.timeout(15):  # retention follows the snapshot it waits for
+                while first <= 1:
+                    first = (await js.stream_info(stream)).state.first_seq
+                    await asyncio.sleep(0.05)
+            store = await js.object_store(f"{stream}_snapshots")
+            names = [o.name for o in await store.list(ignore_deletes=True)]
+            return first, names
+        finally:
+            await nc.close()
+
+    first, names = asyncio.run(shared())
+    assert first > 100  # the stream's prefix is gone...
+    assert 1 <= len(names) <= 2  # ...covered by the newest FLUX_SNAPSHOT_KEEP snapshots
+    assert all(re.fullmatch(r"snapshot-\d{20}\.json\.gz", n) for n in names)
+    writers = [len(re.findall(r"snapshot \S+ written", n.logs())) for n in (a, b)]
+    assert writers[0] > 0 and writers[1] == 0, writers  # a took the job first
+    assert took(a, "snapshots") and not took(b, "snapshots")
+
+    c = node(server_factory, tmp_path, "c", env, **more).start()  # an empty data dir
+    states = asyncio.run(_converged([a.url, b.url, c.url]))
+    assert states[0] == states[1] == states[2]
+    assert len([e for e in states[2] if e["id"].startswith("snap/")]) == 200
+    assert re.search(r"loaded snapshot snapshot-\d{20}\.json\.gz", c.logs())
+    assert not (c.data_dir / "snapshots").exists() or not any((c.data_dir / "snapshots").iterdir())
+
+
+async def converged(http: httpx.AsyncClient, urls: list[str]) -> list[list[dict[str, Any]]]:
+    """Every node's entities once all are at the same (highest) sequence."""
+    async with asyncio.timeout(20):
+        while True:
+            seqs = [(await http.get(f"{url}/api/health")).json()["lastSequence"] for url in urls]
+            if len(set(seqs)) == 1:
+                break
+            await asyncio.sleep(0.05)
+    return [(await http.get(f"{url}/api/state/entities")).json() for url in urls]
+
+
+async def _converged(urls: list[str]) -> list[list[dict[str, Any]]]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await converged(http, urls)
+
+
+async def declare(client: Client, entity_id: str) -> dict[str, Any]:
+    await client.send(type="presence", entity_id=entity_id, properties={"online": True})
+    while True:
+        message = await client.recv()
+        if message["type"] == "presence":
+            return message
+
+
+def test_a_killed_nodes_presences_are_removed_and_another_nodes_stay(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    a = node(server_factory, tmp_path, "a", env).start()
+    b = node(server_factory, tmp_path, "b", env).start()
+
+    async def main() -> list[dict[str, Any]]:
+        async with (
+            httpx.AsyncClient(base_url=b.url, timeout=30) as http,
+            ws_client(b.url) as on_b,
+        ):
+            connecting = ws_client(a.url)  # not closed: its server is killed under it
+            on_a = await connecting.__aenter__()
+            await declare(on_a, "agents/a")
+            await declare(on_b, "agents/b")
+            marker = await until(lambda: _marker(http, "agents/a"), "agents/a to reach node b")
+            assert marker["node"] == "a"
+            assert (await _marker(http, "agents/b"))["node"] == "b"
+            await asyncio.to_thread(a.kill)
+            await until(lambda: _gone(http, "/api/state/entities/agents/a"), "agents/a removed")
+            await asyncio.sleep(TTL)  # the janitor sweeps again: agents/b is alive
+            assert (await _marker(http, "agents/b"))["node"] == "b"
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await connecting.__aexit__(None, None, None)
+            return await history(http, b.url, "agents/a")
+
+    removal = asyncio.run(main())[0]
+    assert removal["payload"]["properties"]["__expired__"] == "presence"
+    assert re.search(r"node b removed 1 presences of nodes no longer alive \(a\)", b.logs())
+
+
+async def _marker(http: httpx.AsyncClient, entity_id: str) -> dict[str, Any] | None:
+    answer = await http.get(f"/api/state/entities/{entity_id}")
+    if answer.status_code != 200:
+        return None
+    marker: dict[str, Any] = answer.json()["properties"]["__presence__"]
+    return marker
+
+
+def test_one_node_writes_the_directory_until_it_dies(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    fast = {"FLUX_DIRECTORY_INTERVAL_SECONDS": "0.05"}
+    a = node(server_factory, tmp_path, "a", env, **fast).start()
+    b = node(server_factory, tmp_path, "b", env, **fast).start()
+    assert took(a, "directory") and not took(b, "directory")
+
+    async def listed(http: httpx.AsyncClient, name: str) -> bool:
+        answer = await http.get("/api/state/entities/flux-core/directory")
+        names = [n["name"] for n in answer.json()["properties"]["namespaces"]]
+        return answer.status_code == 200 and name in names
+
+    async def main() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:
+            for i in range(10):
+                answer = await http.post("/api/events", json=event(f"ns{i}/x", {"v": i}))
+                assert answer.status_code == 200, answer.text
+                await until(lambda i=i: listed(http, f"ns{i}"), f"ns{i} in the directory")
+            await asyncio.to_thread(a.kill)
+            answer = await http.post("/api/events", json=event("after/x", {"v": 1}))
+            assert answer.status_code == 200, answer.text
+            await until(lambda: listed(http, "after"), "the directory written by b")
+            return await history(http, b.url, "flux-core/directory")
+
+    events = asyncio.run(main())
+    assert took(b, "directory")
+    # One writer at a time: no event repeats the one before it (two writers both write each
+    # change they see at their tick).
+    properties = [e["payload"]["properties"] for e in reversed(events)]
+    assert all(p != q for p, q in itertools.pairwise(properties)), properties
+    assert len(properties) == 12  # the first, empty directory, then one per change
