@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import websockets
 
 from conftest import FluxServer
 from coordination.test_concurrency import event
+from flux.cluster import Cluster
+from flux.jobs import Jobs
 from liveclient import Client, ws_client
 from natsserver import NatsServer
 
@@ -272,3 +275,87 @@ def test_one_node_writes_the_directory_until_it_dies(
     properties = [e["payload"]["properties"] for e in reversed(events)]
     assert all(p != q for p, q in itertools.pairwise(properties)), properties
     assert len(properties) == 12  # the first, empty directory, then one per change
+
+
+# -- the primitive, in process ----------------------------------------------------------------
+
+
+async def _until_true(check: Any, what: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_a_job_has_one_holder_and_moves_when_it_is_cut_off_or_frees_it(
+    nats_url: str, tmp_path: Path
+) -> None:
+    stream = f"UNIT{next(_streams)}"
+    ttl = 0.9
+    clusters = {
+        name: Cluster([nats_url], stream=stream, replicas=1, node=name, data_dir=tmp_path / name)
+        for name in ("a", "b", "c")
+    }
+    told: dict[str, list[bool]] = {name: [] for name in clusters}
+    jobs: dict[str, Jobs] = {}
+    for name, cluster in clusters.items():
+        await cluster.start()
+        jobs[name] = Jobs(cluster, ttl)
+
+        async def handler(held: bool, name: str = name) -> None:
+            told[name].append(held)
+
+        jobs[name].job("work").on_change(handler)
+    try:
+        for name in ("a", "b", "c"):
+            await jobs[name].start()
+        held = [name for name in jobs if jobs[name].job("work").held]
+        assert held == ["a"] and told == {"a": [True], "b": [], "c": []}
+        assert await jobs["b"].alive() == {"a", "b", "c"}
+
+        # Cut off from NATS, a stops acting within one TTL, before its key ages out.
+        await clusters["a"].close()
+        began = time.monotonic()
+        await _until_true(lambda: not jobs["a"].job("work").held, "a to stop")
+        assert time.monotonic() - began <= ttl + 0.2
+        await _until_true(lambda: told["a"] == [True, False], "a to be told")
+        await _until_true(
+            lambda: any(jobs[n].job("work").held for n in ("b", "c")), "b or c to take over"
+        )
+        holder, other = ("b", "c") if jobs["b"].job("work").held else ("c", "b")
+        assert told[holder] == [True] and told[other] == []
+        assert "a" not in await _alive_after(jobs[holder], ttl)
+
+        # A holder that stops frees the job: the other takes it at its next round (a third
+        # of the TTL), without waiting for the key to age out.
+        await jobs[holder].stop()
+        began = time.monotonic()
+        await _until_true(lambda: jobs[other].job("work").held, "the other to take over")
+        assert time.monotonic() - began < ttl
+        assert await jobs[other].alive() == {other}
+    finally:
+        for name in jobs:
+            await jobs[name].stop()
+            await clusters[name].close()
+
+
+async def _alive_after(jobs: Jobs, ttl: float) -> set[str]:
+    await asyncio.sleep(ttl + 0.5)  # a's liveness key ages out
+    return await jobs.alive()
+
+
+@pytest.mark.anyio
+async def test_embedded_jobs_all_run_here() -> None:
+    jobs = Jobs(None, 1.0)
+    told: list[bool] = []
+
+    async def handler(held: bool) -> None:
+        told.append(held)
+
+    jobs.job("work").on_change(handler)
+    assert not jobs.job("work").held
+    await jobs.start()
+    assert jobs.job("work").held and told == [True]
+    assert jobs.node is None and await jobs.alive() == {""}
+    await jobs.stop()
+    assert not jobs.job("work").held
