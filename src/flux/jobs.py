@@ -8,7 +8,8 @@ free job with `create` (which JetStream refuses while another node's key is ther
 it every third of the TTL with `update(N, node, last=revision)`, which JetStream refuses
 unless the key is still the one this node wrote. A node that dies stops renewing: its key ages
 out and another node's next attempt takes the job. A node that stops cleanly deletes its keys,
-so the job moves at once.
+so the job moves at once. A node restarted after a kill takes back at once the jobs its
+previous run still holds (the key's value is its node id: one data dir, one node).
 
 A holder that fails to renew stops acting at once: `Job.held` is true only until one TTL after
 the start of the last successful take or renewal (the key cannot age out before then), so a
@@ -169,16 +170,32 @@ class Jobs:
             else:
                 revision = await kv.create(job.name, node.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
-            if job._revision:
-                logger.warning("node %s lost job %s: another node holds it", node, job.name)
-            job._revision, job._until = 0, 0.0
-            return
+            revision = await self._left_behind(kv, job.name, node)
+            if not revision:
+                if job._revision:
+                    logger.warning("node %s lost job %s: another node holds it", node, job.name)
+                job._revision, job._until = 0, 0.0
+                return
         except (TimeoutError, nats.errors.Error) as exc:
             job._until = 0.0  # keeps the revision: the next round may still renew it
             if job._revision:
                 logger.warning("node %s could not renew job %s: %s", node, job.name, exc)
             return
         job._revision, job._until = revision, began + self.ttl
+
+    async def _left_behind(self, kv: KeyValue, name: str, node: str) -> int:
+        """Retake a job this node's previous run held (it was killed, its key has not aged out
+        yet): a node id is one data dir, so that run is over. Returns the new revision, or 0
+        when another node holds the job."""
+        try:
+            entry = await kv.get(name)
+            if entry.value != node.encode() or not entry.revision:
+                return 0
+            revision: int = await kv.update(name, node.encode(), last=entry.revision)
+        except (TimeoutError, nats.errors.Error):
+            return 0  # gone meanwhile, or taken: the next round tries again
+        logger.info("node %s holds job %s again (left by its previous run)", node, name)
+        return revision
 
     async def _tell(self, job: Job) -> None:
         held = job.held

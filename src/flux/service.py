@@ -200,24 +200,34 @@ class FluxService:
         logger.info("event log checked: no damage found (%.2fs)", time.monotonic() - began)
 
     async def _restore_snapshot(self) -> StateEngine:
+        """The newest snapshot that loads. A shared store may drop the ones listed while they
+        are read (another node wrote newer ones meanwhile): then it is listed again, once."""
         listing = await self.snapshots.listing()
-        for name, _ in listing:
-            try:
-                data = await self.snapshots.load(name)
-                engine = await asyncio.to_thread(
-                    StateEngine.restore, data, self.settings.tombstones_kept
+        tried: set[str] = set()
+        for _ in range(2):
+            for name, _seq in listing:
+                if name in tried:
+                    continue
+                tried.add(name)
+                try:
+                    data = await self.snapshots.load(name)
+                    engine = await asyncio.to_thread(
+                        StateEngine.restore, data, self.settings.tombstones_kept
+                    )
+                except (OSError, ValueError, LogError) as exc:
+                    logger.warning("snapshot %s is unusable (%s); trying an older one", name, exc)
+                    continue
+                logger.info(
+                    "loaded snapshot %s: %d entities at sequence %d",
+                    name,
+                    len(engine),
+                    engine.last_seq,
                 )
-            except (OSError, ValueError, LogError) as exc:
-                logger.warning("snapshot %s is unusable (%s); trying an older one", name, exc)
-                continue
-            logger.info(
-                "loaded snapshot %s: %d entities at sequence %d",
-                name,
-                len(engine),
-                engine.last_seq,
-            )
-            return engine
-        if listing:
+                return engine
+            if not listing:
+                break
+            listing = [item for item in await self.snapshots.listing() if item[0] not in tried]
+        if tried:
             logger.warning("no usable snapshot; rebuilding state from the whole log")
         return StateEngine(self.settings.tombstones_kept)
 
