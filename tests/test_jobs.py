@@ -7,6 +7,7 @@ the stream's tail; a killed node's presences are removed while another node's st
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import re
@@ -20,10 +21,11 @@ import nats
 import pytest
 import websockets
 
-from conftest import FluxServer
+from conftest import FluxServer, wait_for
 from coordination.test_concurrency import event
 from flux.cluster import Cluster
 from flux.jobs import Jobs
+from jsonserver import JsonServer
 from liveclient import Client, ws_client
 from natsserver import NatsServer
 
@@ -359,3 +361,43 @@ async def test_embedded_jobs_all_run_here() -> None:
     assert jobs.node is None and await jobs.alive() == {""}
     await jobs.stop()
     assert not jobs.job("work").held
+
+
+def test_only_the_connectors_holder_polls_and_the_job_moves(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A source made through node b, which does not hold the `connectors` job, is scheduled
+    there but not polled (sources are still kept per node: a does not know it); once a is
+    killed, b takes the job and polls it."""
+    more = {
+        "FLUX_ENCRYPTION_KEY": base64.b64encode(bytes(range(32))).decode(),
+        "FLUX_CONNECTOR_RETRY_SECONDS": "0.2",
+    }
+    upstream = JsonServer().start()
+    try:
+        upstream.set("/weather", {"temp": 10})
+        a = node(server_factory, tmp_path, "a", env, **more).start()
+        b = node(server_factory, tmp_path, "b", env, **more).start()
+        assert took(a, "connectors") and not took(b, "connectors")
+        source = {
+            "name": "weather",
+            "url": upstream.url("/weather"),
+            "poll_interval_secs": 1,
+            "entity_key": "oslo",
+            "namespace": "demo",
+        }
+        created = httpx.post(f"{b.url}/api/connectors/generic", json=source, timeout=10)
+        assert created.status_code == 201, created.text
+        time.sleep(2.5)  # two poll intervals
+        assert upstream.calls("/weather") == []
+        a.kill()
+        wait_for(
+            lambda: httpx.get(f"{b.url}/api/state/entities/demo%2Foslo").status_code == 200,
+            "b to poll the source",
+        )
+        assert took(b, "connectors")
+        assert httpx.get(f"{b.url}/api/state/entities/demo%2Foslo").json()["properties"] == {
+            "temp": 10
+        }
+    finally:
+        upstream.stop()
