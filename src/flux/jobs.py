@@ -122,14 +122,20 @@ class Jobs:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        freeing = []
         for job in self.jobs.values():
             revision, job._revision, job._until, job._told = job._revision, 0, 0.0, False
             if self._held_kv is not None and revision:
-                with contextlib.suppress(TimeoutError, nats.errors.Error):
-                    await self._held_kv.delete(job.name, last=revision)
-        if self._nodes_kv is not None and self.cluster is not None:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
-                await self._nodes_kv.delete(_node_key(self.cluster.node))
+                freeing.append(self._held_kv.delete(job.name, last=revision))
+        cluster = self.cluster
+        if self._nodes_kv is not None and cluster is not None:
+            freeing.append(self._nodes_kv.delete(_node_key(cluster.node)))
+        if freeing and cluster is not None and cluster.connected:
+            # Cut off from NATS, the keys age out instead; a stop does not wait for that.
+            await asyncio.gather(*freeing, return_exceptions=True)
+        else:
+            for pending in freeing:
+                pending.close()
 
     async def alive(self) -> set[str]:
         """The ids of the nodes alive (whose liveness key has not aged out). Embedded: this
@@ -150,14 +156,17 @@ class Jobs:
             await self._round()
 
     async def _round(self) -> None:
+        """Renew the liveness key and every job at once (one slow answer delays no other)."""
+        await asyncio.gather(self._beat(), *(self._hold(job) for job in self.jobs.values()))
+        for job in self.jobs.values():
+            await self._tell(job)
+
+    async def _beat(self) -> None:
         assert self._nodes_kv is not None and self.cluster is not None
         try:
             await self._nodes_kv.put(_node_key(self.cluster.node), b"")
         except (TimeoutError, nats.errors.Error) as exc:
             logger.warning("node %s could not renew its liveness: %s", self.cluster.node, exc)
-        for job in self.jobs.values():
-            await self._hold(job)
-            await self._tell(job)
 
     async def _hold(self, job: Job) -> None:
         """Take the job if it is free, renew it if this node holds it."""
