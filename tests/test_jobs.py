@@ -401,3 +401,36 @@ def test_only_the_connectors_holder_polls_and_the_job_moves(
         }
     finally:
         upstream.stop()
+
+
+def test_a_restarted_node_removes_only_its_own_leftover_presences(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Node a is killed and restarted (same data dir, so same node id) well within the job TTL,
+    before any janitor could act: its start removes the presence its killed run left, not the
+    one b's live connection holds."""
+    slow = {**env, "FLUX_CLUSTER_JOB_TTL_SECONDS": "30"}
+    a = node(server_factory, tmp_path, "a", slow).start()
+    b = node(server_factory, tmp_path, "b", slow).start()
+
+    async def main() -> None:
+        async with (
+            httpx.AsyncClient(base_url=b.url, timeout=30) as http,
+            ws_client(b.url) as on_b,
+        ):
+            connecting = ws_client(a.url)  # not closed: its server is killed under it
+            on_a = await connecting.__aenter__()
+            await declare(on_a, "agents/a")
+            await declare(on_b, "agents/b")
+            await until(lambda: _marker(http, "agents/a"), "agents/a to reach node b")
+            await asyncio.to_thread(a.kill)
+            again = node(server_factory, tmp_path, "a", slow)
+            await asyncio.to_thread(again.start)
+            assert "removed 1 presences left by connections of the previous run" in again.logs()
+            await until(lambda: _gone(http, "/api/state/entities/agents/a"), "agents/a removed")
+            assert (await _marker(http, "agents/b"))["node"] == "b"
+            assert "presences of nodes no longer alive" not in again.logs() + b.logs()
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await connecting.__aexit__(None, None, None)
+
+    asyncio.run(main())
