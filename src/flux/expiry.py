@@ -131,9 +131,12 @@ class Expiries:
 
     async def _end(self, kind: str, entity_id: str) -> None:
         """Log the ending of an item that fell due, if the state still says so and this node
-        still holds the job (else the node that does logs it)."""
+        holds the job now (else the node that does logs it)."""
         entity = self.engine.get(entity_id)
-        if entity is None or not self.job.held:
+        if entity is None:
+            return
+        if not self.job.held:  # lost (then `stop` clears the heap) or held again in a moment
+            self._queue(kind, entity_id, self.clock() + RETRY_MS)
             return
         now = self.clock()
         try:
