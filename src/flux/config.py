@@ -246,6 +246,15 @@ class Settings:
         "node holds, and the single-runner jobs it runs. Empty: a random id made on first "
         "start and kept in `<data dir>/node-id`, so one data dir is one node across restarts.",
     )
+    cluster_job_ttl_seconds: float = setting(
+        "FLUX_CLUSTER_JOB_TTL_SECONDS",
+        10.0,
+        parse.positive_float,
+        "In a cluster (JetStream log): how long a node's hold on a single-runner job (snapshots, "
+        "expiries, connectors, the directory, the presence janitor) and its liveness last "
+        "without renewal. The holder renews every third of it; when a node dies its jobs move "
+        "to another node within about this long, and its WebSocket presences are removed.",
+    )
     dedupe_window_seconds: int = setting(
         "FLUX_DEDUPE_WINDOW_SECONDS",
         120,

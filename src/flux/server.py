@@ -21,10 +21,12 @@ pyproject.toml, `[tool.importlinter]`, and checked by `scripts/test`); the HTTP 
     cluster      with a JetStream log: the NATS buckets the nodes share (None: embedded);
                  the registry, the runtime config, the credentials and the generic sources are
                  then kept there (`flux.shared`) instead of in the data dir
+    jobs         the single-runner jobs (snapshots, expiries, connectors, directory,
+                 presence janitor): one node at a time in a cluster, always here embedded
 
 `start` runs in that order's dependencies: the runtime file, the credential store and the
 registry, then the service (snapshot, replay), then the directory, the connectors and live
-delivery; `stop` runs in reverse.
+delivery, and last the jobs (taking one starts its part's work); `stop` runs in reverse.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from flux.auth import Access
-from flux.cluster import Cluster
+from flux.cluster import Cluster, ObjectSnapshots
 from flux.config import RuntimeConfig, Settings
 from flux.connectors.base import EventDict
 from flux.connectors.manager import ConnectorManager
@@ -41,8 +43,9 @@ from flux.connectors.sharedsources import SharedSourceStore
 from flux.credentials import Credentials, CredentialStore
 from flux.directory import Directory
 from flux.expiry import Expiries
+from flux.jobs import Jobs
 from flux.live import Live
-from flux.log import Appended, EventLog
+from flux.log import Appended, EventLog, open_log
 from flux.log.jetstream import JetStreamLog
 from flux.namespaces import NamespaceAdmin, NamespaceRegistry, Registry
 from flux.permissions import Permissions
@@ -52,7 +55,7 @@ from flux.service import FluxService
 from flux.shared.credentials import SharedCredentialStore
 from flux.shared.namespaces import SharedRegistry
 from flux.shared.runtime import SharedRuntime
-from flux.snapshots import SnapshotStore
+from flux.snapshots import Snapshots
 
 
 class Server:
@@ -61,29 +64,35 @@ class Server:
         settings: Settings,
         *,
         log: EventLog | None = None,
-        snapshots: SnapshotStore | None = None,
+        snapshots: Snapshots | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         """Build every part; nothing starts (no file is opened) until `start`. `log` and
-        `snapshots` replace the ones `settings` name; `clock` (monotonic seconds) drives the
-        rate limiter (tests pass a fake one)."""
+        `snapshots` replace the ones `settings` name (snapshots: the data dir's files, in a
+        cluster the shared object store); `clock` (monotonic seconds) drives the rate limiter
+        (tests pass a fake one)."""
         self.settings = settings
         data_dir = Path(settings.data_dir)
-        self.service = FluxService(settings, log=log, snapshots=snapshots)
-        self.engine = self.service.engine
-        self.log = self.service.log
+        log = log if log is not None else open_log(settings.event_log_url())
         # Cluster mode (a JetStream log): what the nodes share besides the log.
         self.cluster = (
             Cluster(
-                self.log.servers,
-                stream=self.log.stream,
-                replicas=self.log.replicas,
+                log.servers,
+                stream=log.stream,
+                replicas=log.replicas,
                 node=settings.node_id,
                 data_dir=data_dir,
             )
-            if isinstance(self.log, JetStreamLog)
+            if isinstance(log, JetStreamLog)
             else None
         )
+        if snapshots is None and self.cluster is not None:
+            snapshots = ObjectSnapshots(self.cluster, keep=settings.snapshot_keep)
+        self.service = FluxService(settings, log=log, snapshots=snapshots)
+        self.engine = self.service.engine
+        self.log = self.service.log
+        self.jobs = Jobs(self.cluster, settings.cluster_job_ttl_seconds)
+        self.service.snapshot_writer = self.jobs.job("snapshots")
         self.runtime = RuntimeConfig.from_settings(settings)
         self.access = Access(admin_token=settings.admin_token)
         self.runtime_store: RuntimeStore
@@ -115,6 +124,7 @@ class Server:
             credentials=self.credential_store,
             sources=self.shared_sources,
         )
+        self.jobs.job("connectors").on_change(self._connectors_held)
         self.namespaces = NamespaceAdmin(
             self.registry,
             self.engine,
@@ -128,10 +138,11 @@ class Server:
             engine=self.engine,
             publish=self.service.publish,
             access=self.access if settings.auth_enabled else None,
+            job=self.jobs.job("directory"),
         )
         self.live = Live(self.service, self.permissions)
-        self.expiries = Expiries(self.service)
-        self.presence = Presence(self.service, self.permissions)
+        self.expiries = Expiries(self.service, self.jobs.job("expiries"))
+        self.presence = Presence(self.service, self.permissions, self.jobs)
 
     # -- the functions the parts are handed ----------------------------------------------------
 
@@ -149,13 +160,20 @@ class Server:
         """Delete the entities that exist (tombstones); returns how many did."""
         return len((await self.service.delete(entity_ids)).deleted)
 
+    async def _connectors_held(self, held: bool) -> None:
+        """The `connectors` job: only its holder polls connectors and sources."""
+        if held:
+            self.connectors.scheduler.start()
+        else:
+            await self.connectors.scheduler.stop()
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Load the runtime file (in a cluster: join it and load what the nodes share, see
         `_start_shared`), open the credential store and the namespace registry, start
         the service (restore, replay; raises LogCorrupt for a damaged log), then the directory,
-        the connectors and live delivery."""
+        the connectors and live delivery, then the jobs (embedded: all run here)."""
         settings = self.settings
         if self.cluster is not None:
             await self._start_shared(self.cluster)
@@ -168,10 +186,10 @@ class Server:
             await self.registry.open()
         await self.service.start(floor=max(self.access.floors.values(), default=0))
         self.directory.start()
-        await self.connectors.start()
+        await self.connectors.start(poll=False)
         self.live.start()
-        self.expiries.start()
         await self.presence.start()
+        await self.jobs.start()
 
     async def _start_shared(self, cluster: Cluster) -> None:
         """Join the cluster and load what the nodes share: the runtime config, the connector
@@ -200,14 +218,17 @@ class Server:
 
     async def stop(self) -> None:
         """End live delivery, stop the connectors and the directory, stop the service (final
-        snapshot, log closed), then close the registry and the credential store."""
+        snapshot, log closed), free the jobs, then close the registry and the credential
+        store."""
         await self.expiries.stop()
+        await self.presence.stop()
         await self.live.stop()
         await self.connectors.stop()
         await self.directory.stop()
         try:
             await self.service.stop()
         finally:
+            await self.jobs.stop()
             await self.registry.close()
             await self._stop_shared()
             if self.credentials is not None:

@@ -122,8 +122,10 @@ class ConnectorManager:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Schedule a runner for every stored credential, then start them all."""
+    async def start(self, *, poll: bool = True) -> None:
+        """Schedule a runner for every stored credential, then start them all (`poll`; False:
+        only scheduled, for the holder of the cluster's `connectors` job to start with
+        `scheduler.start`)."""
         store = self._credentials()
         if store is not None:
             try:
@@ -136,7 +138,8 @@ class ConnectorManager:
             if owners:
                 logger.info("github connector scheduled for %d owner(s)", len(owners))
         await self.sources.start()
-        self.scheduler.start()
+        if poll:
+            self.scheduler.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()
