@@ -366,14 +366,20 @@ async def test_embedded_jobs_all_run_here() -> None:
 def test_only_the_connectors_holder_polls_and_the_job_moves(
     server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
 ) -> None:
-    """A source made through node b, which does not hold the `connectors` job, is scheduled
-    there but not polled (sources are still kept per node: a does not know it); once a is
-    killed, b takes the job and polls it."""
+    """A source made through node b, which does not hold the `connectors` job, reaches a
+    through the shared `sources` bucket and is polled there, not on b; once a is killed, b
+    takes the job and polls it."""
     more = {
         "FLUX_ENCRYPTION_KEY": base64.b64encode(bytes(range(32))).decode(),
         "FLUX_CONNECTOR_RETRY_SECONDS": "0.2",
     }
     upstream = JsonServer().start()
+
+    def polls(server: FluxServer, source_id: str) -> int:
+        answer = httpx.get(f"{server.url}/api/connectors/generic/{source_id}", timeout=10)
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["polls"])
+
     try:
         upstream.set("/weather", {"temp": 10})
         a = node(server_factory, tmp_path, "a", env, **more).start()
@@ -388,17 +394,24 @@ def test_only_the_connectors_holder_polls_and_the_job_moves(
         }
         created = httpx.post(f"{b.url}/api/connectors/generic", json=source, timeout=10)
         assert created.status_code == 201, created.text
-        time.sleep(2.5)  # two poll intervals
-        assert upstream.calls("/weather") == []
-        a.kill()
-        wait_for(
-            lambda: httpx.get(f"{b.url}/api/state/entities/demo%2Foslo").status_code == 200,
-            "b to poll the source",
-        )
-        assert took(b, "connectors")
+        source_id = created.json()["source_id"]
+        wait_for(lambda: polls(a, source_id) >= 2 or None, "a to poll b's source")
+        assert polls(b, source_id) == 0
         assert httpx.get(f"{b.url}/api/state/entities/demo%2Foslo").json()["properties"] == {
             "temp": 10
         }
+        a.kill()
+        upstream.set("/weather", {"temp": 11})
+        wait_for(lambda: polls(b, source_id) >= 1 or None, "b to take the job and poll")
+        assert took(b, "connectors")
+        wait_for(
+            lambda: (
+                httpx.get(f"{b.url}/api/state/entities/demo%2Foslo").json()["properties"]
+                == {"temp": 11}
+                or None
+            ),
+            "b's poll to publish the change",
+        )
     finally:
         upstream.stop()
 
