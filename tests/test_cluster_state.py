@@ -144,6 +144,19 @@ def a_and_b(cluster: Cluster) -> tuple[FluxServer, FluxServer]:
     return cluster.nodes[0], cluster.nodes[1]
 
 
+def holds_connectors(node: FluxServer) -> bool:
+    """Whether `node` runs the connectors now (the cluster's `connectors` job, flux.jobs)."""
+    logs = node.logs()
+    return logs.rfind("took job connectors") > logs.rfind("stopped job connectors")
+
+
+def poller_and_other(cluster: Cluster) -> tuple[FluxServer, FluxServer]:
+    """The node that polls connectors and sources, and another running node."""
+    a, b = a_and_b(cluster)
+    wait_for(lambda: holds_connectors(a) or holds_connectors(b), "a node to take the connectors")
+    return (a, b) if holds_connectors(a) else (b, a)
+
+
 # -- namespaces and tokens -------------------------------------------------------------------
 
 
@@ -377,7 +390,8 @@ def test_a_config_change_on_one_node_applies_on_the_other(cluster: Cluster) -> N
 def test_a_source_added_on_one_node_is_listed_polled_and_deleted_on_the_other(
     cluster: Cluster, upstream: JsonServer
 ) -> None:
-    a, b = a_and_b(cluster)
+    """Added through the node that does not poll (a), it is listed on b and polled there."""
+    b, a = poller_and_other(cluster)
     token = cluster.register(a, "weather")
     upstream.set("/oslo", {"temp": 4})
     doc = {
@@ -398,11 +412,12 @@ def test_a_source_added_on_one_node_is_listed_polled_and_deleted_on_the_other(
         return [s["source_id"] for s in sources]
 
     assert wait_for(listed_on_b, "the source listed on b") == [source_id]
-    # b runs it too, with the token from the shared (sealed) credential store.
+    # b runs it, with the token from the shared (sealed) credential store; a does not.
     path = f"/api/connectors/generic/{source_id}"
     shown = wait_for(lambda: (s := cluster.get(b, path, token).json())["polls"] >= 1 and s)
     assert shown["has_token"] is True and shown["last_error"] is None, shown
     assert upstream.calls("/oslo")[-1].headers["authorization"] == f"Bearer {SOURCE_TOKEN}"
+    assert cluster.get(a, path, token).json()["polls"] == 0
 
     assert cluster.http.delete(f"{a.url}{path}", headers=bearer(token)).status_code == 204
     wait_for(lambda: listed_on_b() == [], "the source gone on b")
@@ -412,7 +427,8 @@ def test_a_source_added_on_one_node_is_listed_polled_and_deleted_on_the_other(
 def test_a_credential_stored_on_one_node_is_used_by_the_connector_on_the_other(
     cluster: Cluster,
 ) -> None:
-    a, b = a_and_b(cluster)
+    """Stored through the node that does not poll (a), it is used by b's connector."""
+    b, a = poller_and_other(cluster)
     token = cluster.register(a, "octo")
     response = cluster.http.post(
         f"{a.url}/api/connectors/github/token", json={"token": GITHUB_TOKEN}, headers=bearer(token)
@@ -420,7 +436,7 @@ def test_a_credential_stored_on_one_node_is_used_by_the_connector_on_the_other(
     assert response.status_code == 200, response.text
     shown = cluster.get(b, "/api/connectors/github", token).json()
     assert shown["status"] in ("configured", "error"), shown  # at once: it is stored
-    # b's own runner polls the fake GitHub with the token stored through a (a wrong or missing
+    # b's runner polls the fake GitHub with the token stored through a (a wrong or missing
     # token would be a 401 there, shown as `last_error`).
     polled = wait_for(
         lambda: (s := cluster.get(b, "/api/connectors/github", token).json())["polls"] >= 1 and s
