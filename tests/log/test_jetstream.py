@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import FluxServer, free_port
 from flux.conditions import Check
 from flux.config import ConfigError, Settings
-from flux.errors import LogCorrupt, LogError, LogUnavailable
+from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
 from flux.log import EventLog, open_log
 from flux.log.jetstream import JetStreamLog
 from flux.log.natswire import (
@@ -140,6 +140,23 @@ async def test_a_retried_atomic_batch_is_answered_as_duplicates(make_log: MakeLo
         assert [(d.seq, d.duplicate) for d in done] == [(first.seq, True), (2, False)]
         assert done[0].at == first.at
         assert [r.event for r in await opened.all()] == [old, new]
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_an_atomic_batch_over_the_servers_limit_is_a_validation_error(
+    make_log: MakeLog,
+) -> None:
+    """nats-server takes at most 1,000 messages in one atomic batch (by default): a larger
+    atomic append is the client's to split (400, saying so), not a log failure, and nothing
+    of it is stored."""
+    opened = await _start(_open(make_log))
+    try:
+        events = [(make_event(f"ns/{i}", i=i), None) for i in range(1001)]
+        with pytest.raises(ValidationError, match="1001 events .* max_msgs"):
+            await opened.append_checked(events, atomic=True)
+        assert await opened.all() == []
     finally:
         await opened.log.close()
 

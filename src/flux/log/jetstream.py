@@ -68,7 +68,7 @@ entity, which is what that guarantees; tokens of different entities are not orde
 Atomic appends are JetStream atomic batches (nats-server 2.12 or later, the stream created with
 `allow_atomic`): stored whole in consecutive sequences, or not at all. The server caps a batch
 (1,000 messages unless its `jetstream { limits { batch { max_msgs } } }` says otherwise); a
-larger atomic append is refused with the server's reason.
+larger atomic append is a ValidationError (400) that says so: nothing of it is stored.
 
 Reading uses direct gets (`allow_direct`): `read` walks the stream in batches, `history` walks
 an entity's subject backwards in growing windows, `prune` purges a prefix of the stream.
@@ -108,7 +108,7 @@ from nats.js.client import JetStreamContext
 
 from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
-from flux.errors import LogCorrupt, LogError, LogUnavailable
+from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
 from flux.events import now_us
 from flux.log import Appended, Checker, Entry, OnRecords, Record
 from flux.log.natswire import (
@@ -148,6 +148,7 @@ _RECONNECT_GRACE = 2.0  # how long an unacknowledged write waits for NATS to be 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
 _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
 _BATCH_HAS_DUPLICATE = 10201
+_BATCH_TOO_LARGE = 10199
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
 URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
@@ -502,7 +503,7 @@ class JetStreamLog:
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except LogError:
+        except (LogError, ValidationError):
             raise
         except Damaged as exc:
             raise self._note(str(exc)) from exc
@@ -767,6 +768,13 @@ class JetStreamLog:
                     elif outcome.err_code in _BUSY:  # another write is under way: wait a little
                         await asyncio.sleep(0.02)
                         await self._learn(guarded, refresh=True)
+                    elif outcome.err_code == _BATCH_TOO_LARGE:
+                        raise ValidationError(
+                            f"an atomic batch of {len(messages)} events is more than the "
+                            f"JetStream server takes in one atomic batch ({outcome.description}"
+                            "); send fewer events per atomic batch, or raise the server's "
+                            "jetstream { limits { batch { max_msgs } } }"
+                        )
                     else:  # refused: nothing of this write is stored
                         error = translate(outcome)
                         raise type(error)(error.message, LogError.NOT_STORED)
