@@ -447,3 +447,24 @@ def test_a_restarted_node_removes_only_its_own_leftover_presences(
                 await connecting.__aexit__(None, None, None)
 
     asyncio.run(main())
+
+
+def test_health_names_the_node_and_the_jobs_it_holds(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`/api/health` in a cluster says which node answered and which jobs it runs; the jobs
+    of a killed node show up on the node that took them."""
+    everything = ["connectors", "directory", "expiries", "presence", "snapshots"]
+    a = node(server_factory, tmp_path, "a", env).start()
+    wait_for(lambda: all(took(a, job) for job in everything) or None, "a to take every job")
+    b = node(server_factory, tmp_path, "b", env).start()
+
+    def health(srv: FluxServer) -> dict[str, Any]:
+        body: dict[str, Any] = httpx.get(f"{srv.url}/api/health", timeout=10).json()
+        return body
+
+    assert health(a)["node"] == "a" and health(a)["jobs"] == everything
+    assert health(b)["node"] == "b" and health(b)["jobs"] == []
+    assert health(b)["status"] == "ok"
+    a.kill()
+    wait_for(lambda: health(b)["jobs"] == everything or None, "b to take a's jobs")

@@ -382,8 +382,10 @@ async def health(request: Request) -> Response:
     """`ok` (200), `starting` (503) or `degraded` (503) with the reason in `error`: the event
     log is known to be damaged (the state is served, but history and replays that need the
     damaged part are refused), or its store is unreachable for now (the last state is served,
-    writes are refused until the log is back)."""
-    service = server_of(request).service
+    writes are refused until the log is back), or, in a cluster, the node's connection for
+    the shared buckets is down. In a cluster it also names the node and the jobs it holds."""
+    server = server_of(request)
+    service = server.service
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
         "version": __version__,
@@ -391,6 +393,13 @@ async def health(request: Request) -> Response:
         "lastSequence": service.engine.last_seq,
     }
     trouble = service.log_damage or service.log_unavailable
+    cluster = server.cluster
+    if cluster is not None:
+        # Which node answered, and the single-runner jobs it runs now (flux.jobs).
+        body["node"] = cluster.node
+        body["jobs"] = sorted(name for name, job in server.jobs.jobs.items() if job.held)
+        if trouble is None and service.ready and not cluster.connected:
+            trouble = "cluster state unavailable: not connected to NATS (reconnecting)"
     if service.ready and trouble is not None:
         body["status"] = "degraded"
         body["error"] = trouble
