@@ -82,6 +82,7 @@ class Server:
                 replicas=log.replicas,
                 node=settings.node_id,
                 data_dir=data_dir,
+                timeout=log.timeout,
             )
             if isinstance(log, JetStreamLog)
             else None

@@ -249,6 +249,8 @@ def test_open_log_picks_jetstream_by_url() -> None:
         open_log("nats://127.0.0.1:4222?subject=flux.*")
     with pytest.raises(ValueError, match="must be positive"):
         open_log("nats://127.0.0.1:4222?replicas=0")
+    with pytest.raises(ValueError, match="must be positive"):
+        open_log("nats://127.0.0.1:4222?timeout=0")
 
 
 def test_the_settings_make_the_jetstream_url() -> None:
@@ -263,11 +265,16 @@ def test_the_settings_make_the_jetstream_url() -> None:
     )
     url = settings.event_log_url()
     assert url == (
-        "nats://a:4222,b:4222?stream=EV&subject=flux.events&replicas=3&dedupe_window=300"
+        "nats://a:4222,b:4222?stream=EV&subject=flux.events&replicas=3&dedupe_window=300&timeout=10"
     )
     log = open_log(url)
     assert isinstance(log, JetStreamLog)
-    assert (log.stream, log.replicas, log.dedupe_window) == ("EV", 3, 300.0)
+    assert (log.stream, log.replicas, log.dedupe_window, log.timeout) == ("EV", 3, 300.0, 10.0)
+    quick = Settings.from_env(
+        {"FLUX_NATS_URL": "nats://a:4222", "FLUX_NATS_TIMEOUT_SECONDS": "2.5"}
+    )
+    log = open_log(quick.event_log_url())
+    assert isinstance(log, JetStreamLog) and log.timeout == 2.5
     for name, value in (
         ("FLUX_NATS_URL", "nats://a"),
         ("FLUX_NATS_URL", "http://a:80"),

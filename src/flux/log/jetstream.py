@@ -151,7 +151,7 @@ _BATCH_HAS_DUPLICATE = 10201
 _BATCH_TOO_LARGE = 10199
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
-URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
+URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window", "timeout")
 
 
 class _Attempt:
@@ -174,7 +174,8 @@ _ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
 
 def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
     """The log for `nats://host:port[,host2:port2][?stream=..&subject=..&replicas=..&
-    dedupe_window=..]`; parameters not given come from `defaults`. Raises ValueError."""
+    dedupe_window=..&timeout=..]`; parameters not given come from `defaults`. Raises
+    ValueError."""
     hosts, _, query = url.partition("://")[2].partition("?")
     servers = [server for server in parse.nats_servers(hosts).split(",") if server]
     if not servers:
@@ -189,16 +190,20 @@ def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
     try:
         replicas = int(params["replicas"])
         window = float(params["dedupe_window"])
+        timeout = float(params.get("timeout", "10"))
     except ValueError as exc:
         raise ValueError(f"event log URL {url!r}: {exc}") from None
-    if replicas < 1 or window <= 0:
-        raise ValueError(f"event log URL {url!r}: replicas and dedupe_window must be positive")
+    if replicas < 1 or window <= 0 or timeout <= 0:
+        raise ValueError(
+            f"event log URL {url!r}: replicas, dedupe_window and timeout must be positive"
+        )
     return JetStreamLog(
         servers,
         stream=params["stream"],
         subject=params["subject"],
         replicas=replicas,
         dedupe_window=window,
+        timeout=timeout,
     )
 
 
