@@ -113,6 +113,44 @@ async def test_catch_up_waits_for_a_lagging_watcher(cluster: Cluster) -> None:
 
 
 @pytest.mark.anyio
+async def test_concurrent_catch_ups_share_rounds_and_each_sees_what_came_before_it(
+    cluster: Cluster,
+) -> None:
+    """200 callers at once (a flood of unknown tokens) cost at most two bucket status
+    requests; a caller that comes after a write still finds it (it never joins a round that
+    was already asking)."""
+    writer = await mirror_of(cluster, View())
+    lagging = View(delay=0.01)
+    reader = await mirror_of(cluster, lagging)
+    asked = 0
+    status = reader.kv.status
+
+    async def counted() -> KeyValue.BucketStatus:
+        nonlocal asked
+        asked += 1
+        return await status()
+
+    reader.kv.status = counted  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(reader.catch_up() for _ in range(200)))
+        assert 1 <= asked <= 2
+
+        async def finds(key: str) -> None:
+            await reader.catch_up()
+            assert lagging.values[key] == b"v"
+
+        checks = []
+        for i in range(20):
+            key = f"k{i}"
+            await writer.kv.put(key, b"v")
+            checks.append(asyncio.create_task(finds(key)))
+        await asyncio.gather(*checks)
+    finally:
+        await writer.stop()
+        await reader.stop()
+
+
+@pytest.mark.anyio
 async def test_blocking_runs_on_the_loop_from_a_thread_and_refuses_the_loop(
     cluster: Cluster,
 ) -> None:

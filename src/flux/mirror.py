@@ -49,6 +49,9 @@ class BucketMirror:
         self._advanced = asyncio.Condition()
         self._watcher: KeyValue.KeyWatcher | None = None
         self._task: asyncio.Task[None] | None = None
+        # `catch_up` rounds: the one callers join next, and the task that runs them.
+        self._waiting: asyncio.Future[None] | None = None
+        self._rounds: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -107,7 +110,32 @@ class BucketMirror:
 
     async def catch_up(self) -> None:
         """Wait until the watcher has delivered everything the bucket holds now. Raises
-        LogUnavailable when NATS does not answer in time."""
+        LogUnavailable when NATS does not answer in time.
+
+        Concurrent callers share rounds: a caller joins the round that has not asked NATS yet
+        (so what was stored before the caller came is included), never one that is already
+        asking. A flood of unknown tokens costs at most one request in flight and one waiting,
+        not one request each."""
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = asyncio.get_running_loop().create_future()
+            # Read by the round's runner even when every caller went away (no warning).
+            waiting.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if self._rounds is None or self._rounds.done():
+                self._rounds = asyncio.create_task(self._run_rounds())
+        await asyncio.shield(waiting)
+
+    async def _run_rounds(self) -> None:
+        while (round_ := self._waiting) is not None:
+            self._waiting = None
+            try:
+                await self._catch_up_once()
+            except LogUnavailable as exc:
+                round_.set_exception(exc)
+            else:
+                round_.set_result(None)
+
+    async def _catch_up_once(self) -> None:
         try:
             status = await self.kv.status()
             last = status.stream_info.state.last_seq
