@@ -48,7 +48,11 @@ PEER_KEYS: dict[str, list[Peer]] = {
     "redis": [p for p in peers.PEERS if p.kind == "redis"],
     "nats": [p for p in peers.PEERS if p.kind == "nats"],
     "granian": list(peers.STACKS),
+    # Flux itself on NATS JetStream, one node and two nodes on one stream (not in the default
+    # run: each mode is a nats-server and Flux nodes of its own).
+    "jetstream": list(peers.MODES),
 }
+DEFAULT_PEERS = ("ceiling", "redis", "nats", "granian")
 
 
 def choose_peers(keys: list[str]) -> tuple[list[Peer], list[Peer], list[str]]:
@@ -77,8 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peers",
-        default=",".join(PEER_KEYS),
-        help=f"comma-separated subset of {', '.join(PEER_KEYS)} to compare with [default: all]",
+        default=",".join(DEFAULT_PEERS),
+        help=f"comma-separated subset of {', '.join(PEER_KEYS)} to compare with "
+        f"[default: {','.join(DEFAULT_PEERS)}]",
     )
     parser.add_argument(
         "--batch-client",
