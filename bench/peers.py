@@ -418,6 +418,17 @@ class NatsServerPeer(Peer):
         return True
 
 
+class NatsSyncPeer(NatsPeer):
+    """NATS KV driven as NatsPeer, on a nats-server configured as NatsServerPeer (`sync_interval:
+    always`): the store the Flux JetStream modes write to, with their durability, and no Flux
+    in front; what JetStream itself reaches here when it fsyncs each message."""
+
+    name = "NATS KV sync"
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return NatsServerPeer().argv(port, data_dir)
+
+
 class Cluster:
     """A nats-server and `nodes` Flux nodes on one stream, run and measured as one server: the
     load goes to every node (`urls`; `url` and `port` are the first node's, for the checks and
@@ -500,6 +511,7 @@ PEERS: list[Peer] = [
     NatsPeer(),
     FluxJetStreamPeer(nodes=1),
     FluxJetStreamPeer(nodes=2),
+    NatsSyncPeer(),
 ]
 # The peers that are Flux itself in another mode: their ratio is peer / Flux (SQLite), the
 # other way round from the others (report.table).

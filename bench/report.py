@@ -98,7 +98,8 @@ def durability_fact(ctx: Context) -> str:
             + (
                 " Flux JetStream N node(s): `flux serve --nats` on a nats-server started with "
                 "`sync_interval: always` (every acknowledged event fsynced by JetStream before "
-                "its 200, as with SQLite), one stream, replicas 1, a fresh store per run."
+                "its 200, as with SQLite), one stream, replicas 1, a fresh store per run; "
+                "NATS KV sync: NATS KV on a nats-server with that configuration."
                 if any(p in peers.MODES for p in ctx.peers)
                 else ""
             )

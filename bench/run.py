@@ -46,11 +46,11 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
 PEER_KEYS: dict[str, list[Peer]] = {
     "ceiling": [p for p in peers.PEERS if p.name == "ceiling"],
     "redis": [p for p in peers.PEERS if p.kind == "redis"],
-    "nats": [p for p in peers.PEERS if p.kind == "nats"],
+    "nats": [p for p in peers.PEERS if p.name == "NATS KV"],
     "granian": list(peers.STACKS),
-    # Flux itself on NATS JetStream, one node and two nodes on one stream (not in the default
-    # run: each mode is a nats-server and Flux nodes of its own).
-    "jetstream": list(peers.MODES),
+    # Flux itself on NATS JetStream, one node and two nodes on one stream, and NATS KV on the
+    # same nats-server configuration (not in the default run: each is a nats-server of its own).
+    "jetstream": [*peers.MODES, *[p for p in peers.PEERS if p.name == "NATS KV sync"]],
 }
 DEFAULT_PEERS = ("ceiling", "redis", "nats", "granian")
 

@@ -1,0 +1,184 @@
+"""`flux migrate`: move an embedded data dir into a cluster's NATS JetStream, part by part.
+
+A migration is a list of steps (`STEPS`), one per part of the data dir, run in order. Each step
+is safe to run again: it finds what an earlier run (maybe interrupted) already moved, checks
+that it is the same, and moves the rest; and it refuses, moving nothing, when the cluster
+already holds something else there. The server must be stopped while it runs (nothing stops a
+running server from writing after the step has read its data dir; running the command again
+afterwards moves what came since).
+
+Events (`copy_events`). Every event of the SQLite log goes into the JetStream stream at the
+sequence it has in the log, with its event id (the message id) and its log time, and the
+log's holes (numbers it skipped on purpose) become skipped numbers of the stream. So versions,
+history and changes cursors are the same on every node afterwards as on the embedded server,
+and a node started on the stream with an empty data dir rebuilds the same state by replaying
+it. A stream that is not empty must hold exactly a prefix of the log (every record the same,
+compared one by one): the copy then goes on after it. A log whose retention removed its first
+events is refused: the state of those events lives only in the data dir's snapshots, which
+this command does not move yet (a node started on the stream would miss them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flux.errors import Conflict
+from flux.log import Record
+from flux.log.jetstream import JetStreamLog
+from flux.log.sqlite import SQLiteLog
+
+Say = Callable[[str], None]
+
+_PROGRESS_EVERY = 100_000  # events between two progress lines
+
+
+class MigrationRefused(Conflict):
+    """The cluster holds something the data dir does not, or the data dir cannot be moved
+    without losing state: nothing was moved by the step that says so. `step` names it."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
+@dataclass
+class Migration:
+    """What every step works on: the data dir's parts and the cluster's, opened."""
+
+    data_dir: Path
+    source: SQLiteLog
+    target: JetStreamLog
+    say: Say  # progress lines
+
+
+@dataclass
+class StepResult:
+    """What one step did: `moved` items copied now, `present` found already there."""
+
+    step: str
+    moved: int
+    present: int
+    seconds: float
+    detail: str = ""
+
+    def summary(self) -> str:
+        line = (
+            f"{self.step}: {self.moved:,} copied, {self.present:,} already there "
+            f"({self.seconds:.1f}s)"
+        )
+        return f"{line}; {self.detail}" if self.detail else line
+
+
+async def _records(batches: AsyncIterator[list[Record]]) -> AsyncIterator[Record]:
+    async for batch in batches:
+        for record in batch:
+            yield record
+
+
+def _same(ours: Record, theirs: Record) -> bool:
+    return ours.seq == theirs.seq and ours.at == theirs.at and ours.event == theirs.event
+
+
+async def _present(m: Migration, source_last: int) -> tuple[int, int]:
+    """The stream's last sequence and how many records it holds, after checking that they
+    are a prefix of the log: each of the log's records up to that sequence is in the stream,
+    the same, and the stream holds no other. Raises MigrationRefused otherwise."""
+    stream_last = await m.target.last_seq()
+    if stream_last == 0:
+        return 0, 0
+    where = f"the stream {m.target.stream!r}"
+    if stream_last > source_last:
+        raise MigrationRefused(
+            "events",
+            f"{where} already holds sequences up to {stream_last:,}, beyond this log's "
+            f"{source_last:,}: it holds other events (another data dir's, or a cluster's own); "
+            "migrate into an empty stream (FLUX_NATS_STREAM names another)",
+        )
+    m.say(f"events: {where} holds sequences up to {stream_last:,}; checking they are this log's")
+    theirs = _records(m.target.read(0))
+    count = 0
+    async for ours in _records(m.source.read(0)):
+        if ours.seq > stream_last:
+            break
+        found = await anext(theirs, None)
+        if found is None or not _same(ours, found):
+            at = found.seq if found is not None and found.seq < ours.seq else ours.seq
+            raise MigrationRefused(
+                "events",
+                f"{where} holds other events than this log (they differ at sequence {at:,}); "
+                "migrate into an empty stream (FLUX_NATS_STREAM names another)",
+            )
+        count += 1
+    extra = await anext(theirs, None)
+    if extra is not None:
+        raise MigrationRefused(
+            "events",
+            f"{where} holds an event at sequence {extra.seq:,} where this log has none; "
+            "migrate into an empty stream (FLUX_NATS_STREAM names another)",
+        )
+    return stream_last, count
+
+
+async def copy_events(m: Migration) -> StepResult:
+    """The log's events into the stream, at their own sequences (see the module docstring)."""
+    began = time.monotonic()
+    first, last = await m.source.first_seq(), await m.source.last_seq()
+    if first > 1:
+        raise MigrationRefused(
+            "events",
+            f"the event log starts at sequence {first:,}: retention removed the events before "
+            "it, and their state is only in the data dir's snapshots, which this command does "
+            "not move; a node started on the stream would miss it. Nothing was copied",
+        )
+    stream_last, present = await _present(m, last)
+    if stream_last == last:
+        return StepResult("events", 0, present, time.monotonic() - began, "nothing to do")
+    m.say(f"events: copying sequences {stream_last + 1:,} to {last:,}")
+    moved = 0
+    shown = 0
+    async for batch in m.source.read(stream_last):
+        await m.target.copy_in(batch)
+        moved += len(batch)
+        if moved - shown >= _PROGRESS_EVERY:
+            shown = moved
+            m.say(f"events: {moved:,} copied, at sequence {batch[-1].seq:,} of {last:,}")
+    stream_last = await m.target.copy_in([], upto_seq=last)  # the log's trailing hole, if any
+    took = time.monotonic() - began
+    return StepResult(
+        "events", moved, present, took, f"the stream ends at sequence {stream_last:,}"
+    )
+
+
+Step = Callable[[Migration], Awaitable[StepResult]]
+
+# The parts of a data dir, in the order they move.
+STEPS: list[tuple[str, Step]] = [("events", copy_events)]
+
+
+async def migrate(data_dir: Path, target: JetStreamLog, say: Say) -> list[StepResult]:
+    """Run every step from the data dir `data_dir` into `target` (not started: this opens
+    it, creating the stream when missing, and closes it). Returns each step's result. Raises
+    MigrationRefused when a step refuses, LogError when a log fails (NATS unreachable,
+    damage); the steps before it are done."""
+    source = SQLiteLog(str(data_dir / "events.db"))
+    await source.start(_ignore)
+    try:
+        await target.start(_ignore)
+        try:
+            m = Migration(data_dir, source, target, say)
+            results = []
+            for name, step in STEPS:
+                say(f"{name}: from {data_dir} into the stream {target.stream!r}")
+                results.append(await step(m))
+            return results
+        finally:
+            await target.close()
+    finally:
+        await source.close()
+
+
+def _ignore(records: list[Record]) -> None:
+    """Neither log's new records matter here: the steps read what they need."""
