@@ -326,9 +326,8 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     from pathlib import Path
 
     from flux import _parsers as parse
-    from flux.errors import LogError
+    from flux.errors import LogError, MigrationRefused
     from flux.log.jetstream import from_url
-    from flux.migrate import MigrationRefused
     from flux.migrate import migrate as run
 
     if nats_url is not None:

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flux.errors import Conflict
+from flux.errors import MigrationRefused
 from flux.log import Record
 from flux.log.jetstream import JetStreamLog
 from flux.log.sqlite import SQLiteLog
@@ -33,15 +33,6 @@ from flux.log.sqlite import SQLiteLog
 Say = Callable[[str], None]
 
 _PROGRESS_EVERY = 100_000  # events between two progress lines
-
-
-class MigrationRefused(Conflict):
-    """The cluster holds something the data dir does not, or the data dir cannot be moved
-    without losing state: nothing was moved by the step that says so. `step` names it."""
-
-    def __init__(self, step: str, message: str) -> None:
-        super().__init__(f"{step}: {message}")
-        self.step = step
 
 
 @dataclass
