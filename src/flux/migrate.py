@@ -32,7 +32,8 @@ from flux.log.sqlite import SQLiteLog
 
 Say = Callable[[str], None]
 
-_PROGRESS_EVERY = 100_000  # events between two progress lines
+_PROGRESS_SECONDS = 5.0  # between two progress lines of a long step
+_COPY_BATCH = 5_000  # events read from the log and copied at a time
 
 
 @dataclass
@@ -63,6 +64,24 @@ class StepResult:
         return f"{line}; {self.detail}" if self.detail else line
 
 
+class _Progress:
+    """A progress line every `_PROGRESS_SECONDS` while `done` grows towards `last`."""
+
+    def __init__(self, say: Say, doing: str, last: int) -> None:
+        self.say, self.doing, self.last = say, doing, last
+        self.began = self.shown = time.monotonic()
+
+    def __call__(self, done: int, seq: int) -> None:
+        now = time.monotonic()
+        if now - self.shown >= _PROGRESS_SECONDS:
+            self.shown = now
+            rate = done / (now - self.began)
+            self.say(
+                f"events: {done:,} {self.doing}, at sequence {seq:,} of {self.last:,} "
+                f"({rate:,.0f} events/s)"
+            )
+
+
 async def _records(batches: AsyncIterator[list[Record]]) -> AsyncIterator[Record]:
     async for batch in batches:
         for record in batch:
@@ -91,6 +110,7 @@ async def _present(m: Migration, source_last: int) -> tuple[int, int]:
     m.say(f"events: {where} holds sequences up to {stream_last:,}; checking they are this log's")
     theirs = _records(m.target.read(0))
     count = 0
+    progress = _Progress(m.say, "checked", stream_last)
     async for ours in _records(m.source.read(0)):
         if ours.seq > stream_last:
             break
@@ -103,6 +123,7 @@ async def _present(m: Migration, source_last: int) -> tuple[int, int]:
                 "migrate into an empty stream (FLUX_NATS_STREAM names another)",
             )
         count += 1
+        progress(count, ours.seq)
     extra = await anext(theirs, None)
     if extra is not None:
         raise MigrationRefused(
@@ -129,13 +150,11 @@ async def copy_events(m: Migration) -> StepResult:
         return StepResult("events", 0, present, time.monotonic() - began, "nothing to do")
     m.say(f"events: copying sequences {stream_last + 1:,} to {last:,}")
     moved = 0
-    shown = 0
-    async for batch in m.source.read(stream_last):
+    progress = _Progress(m.say, "copied", last)
+    async for batch in m.source.read(stream_last, batch_size=_COPY_BATCH):
         await m.target.copy_in(batch)
         moved += len(batch)
-        if moved - shown >= _PROGRESS_EVERY:
-            shown = moved
-            m.say(f"events: {moved:,} copied, at sequence {batch[-1].seq:,} of {last:,}")
+        progress(moved, batch[-1].seq)
     stream_last = await m.target.copy_in([], upto_seq=last)  # the log's trailing hole, if any
     took = time.monotonic() - began
     return StepResult(
