@@ -52,10 +52,13 @@ from flux.events import now_ms
 _SETTING = {s.name: s for s in SETTINGS if s.key is None}
 
 
-def _settings_help() -> str:
-    """`flux serve --help`'s epilog: every setting's variable, default and help."""
+def _settings_help(names: tuple[str, ...] | None = None) -> str:
+    """`flux serve --help`'s epilog: every setting's variable, default and help (only those of
+    the settings `names`, when given)."""
     lines = ["\b", "Environment variables (flags win; see docs/configuration.md):"]
     for s in SETTINGS:
+        if names is not None and s.name not in names:
+            continue
         runtime = ", runtime" if s.runtime else ""
         lines.append(f"  {s.env} [default: {shown_default(s)}{runtime}]")
         lines += textwrap.wrap(
@@ -284,7 +287,18 @@ def check(data_dir: str | None) -> None:
 EXIT_REFUSED = 3  # flux migrate: the cluster holds other data, or the data dir cannot move
 
 
-@main.command(epilog=_settings_help())
+@main.command(
+    epilog=_settings_help(
+        (
+            "data_dir",
+            "nats_url",
+            "nats_stream",
+            "nats_subject",
+            "nats_replicas",
+            "dedupe_window_seconds",
+        )
+    )
+)
 @click.option(
     "--data-dir",
     default=None,
@@ -307,7 +321,6 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     start the nodes with `flux serve --nats` (a new data dir each): they rebuild the state
     from the stream.
 
-    \b
     Stop the embedded server first. Safe to run again: it checks, event by event, that what
     the stream holds is this log's beginning and copies the rest (after an interruption it
     goes on where it stopped; when all is there it copies nothing). It refuses, copying
