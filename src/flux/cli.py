@@ -352,7 +352,10 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
         settings = Settings.from_env(os.environ, data_dir=data_dir, nats_url=nats_url)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    target_url = settings.replace(event_log="").cluster_url()
+    # The stream `flux serve` would use with these settings (FLUX_EVENT_LOG=nats://... wins,
+    # as it does there); a FLUX_EVENT_LOG naming a SQLite file is not followed: the source is
+    # the data dir's log.
+    target_url = settings.cluster_url() or settings.replace(event_log="").cluster_url()
     if target_url is None:
         raise click.UsageError("no NATS servers to migrate into: give --nats or FLUX_NATS_URL")
     root = Path(settings.data_dir)
