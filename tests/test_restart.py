@@ -158,7 +158,7 @@ def test_a_corrupt_snapshot_is_reported_and_the_log_fills_in(
 
     restarted = server_factory(data_dir, env=ENV).start()
     logs = restarted.logs()
-    assert f"snapshot {snapshot} is unusable" in logs
+    assert f"snapshot {snapshot.name} is unusable" in logs
     assert "no usable snapshot; rebuilding state from the whole log" in logs
     assert replayed(restarted) == before["lastSequence"]
     with httpx.Client(base_url=restarted.url, timeout=10) as client:

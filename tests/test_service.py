@@ -207,7 +207,7 @@ async def test_a_damaged_newest_snapshot_falls_back_to_an_older_one(
         assert service.engine.state() == before
         assert replayed(caplog) == len(events) - 8
     messages = [r.getMessage() for r in caplog.records]
-    assert any(m.startswith(f"snapshot {newest}") and "unusable" in m for m in messages)
+    assert any(m.startswith(f"snapshot {newest.name}") and "unusable" in m for m in messages)
     assert any(m.startswith(f"loaded snapshot {older.name}") for m in messages)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings and "trying an older one" in warnings[0].getMessage()

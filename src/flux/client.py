@@ -502,12 +502,12 @@ class FluxClient:
 
     def health(self) -> JSONObject:
         """GET /api/health: `{"status", "version", "entities", ...}`. A server still restoring
-        its state, or one whose event log is damaged (`degraded`, with an `error`), answers
-        503, raised as FluxClientError."""
+        its state, or one whose event log is damaged or unreachable (`degraded`, with an
+        `error`), answers 503, raised as FluxClientError."""
         try:
             result: JSONObject = self._request("GET", "/api/health")
         except FluxClientError as exc:
-            if exc.status == 503 and exc.message.startswith("event log is damaged"):
+            if exc.status == 503 and exc.message.startswith("event log"):
                 raise FluxClientError(503, f"Flux is degraded: {exc.message}") from exc
             if exc.status == 503:
                 raise FluxClientError(503, "Flux is starting: its state is not ready yet") from exc

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats.errors
@@ -36,6 +37,7 @@ from nats.js.object_store import ObjectStore
 
 from flux.errors import LogError, LogUnavailable
 from flux.files import write_atomic
+from flux.snapshots import compress, decompress, sequence_in, snapshot_name
 
 logger = logging.getLogger("flux.cluster")
 
@@ -177,3 +179,67 @@ class Cluster:
                 return await js.create_object_store(name, config=config)
         except (TimeoutError, nats.errors.Error) as exc:
             raise LogUnavailable(f"cluster state unavailable: object store {name}: {exc}") from exc
+
+
+class ObjectSnapshots:
+    """`flux.snapshots.Snapshots` in the cluster's object store `<stream>_snapshots`: the same
+    names and gzip form as the snapshot files, shared by every node (one writes them at a time:
+    the holder of the `snapshots` job). An object is listed only once all its chunks are
+    stored, and the store checks its digest on reading, so a torn write is never loaded."""
+
+    def __init__(self, cluster: Cluster, keep: int) -> None:
+        self.cluster = cluster
+        self.keep = keep
+        self._store: ObjectStore | None = None
+
+    async def _objects(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await self.cluster.objects("snapshots")
+        return self._store
+
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise LogUnavailable(f"snapshot store unavailable: {what}: {exc!r}") from exc
+
+    async def prepare(self) -> None:
+        """Nothing to clean: an unfinished object is never listed."""
+
+    async def listing(self) -> list[tuple[str, int]]:
+        store = await self._objects()
+        with self._translated("listing"):
+            try:
+                infos = await store.list(ignore_deletes=True)
+            except nats.js.errors.NotFoundError:
+                return []
+        found = []
+        for info in infos:
+            seq = sequence_in(info.name)
+            if seq is not None and not info.deleted:
+                found.append((info.name, seq))
+        return sorted(found, key=lambda item: item[1], reverse=True)
+
+    async def load(self, name: str) -> bytes:
+        store = await self._objects()
+        with self._translated(f"reading {name}"):
+            try:
+                result = await store.get(name)
+            except nats.js.errors.DigestMismatchError as exc:
+                raise ValueError(f"corrupt snapshot {name}: digest mismatch") from exc
+        return await asyncio.to_thread(decompress, result.data or b"", name)
+
+    async def save(self, data: bytes, seq: int) -> str:
+        store = await self._objects()
+        name = snapshot_name(seq)
+        blob = await asyncio.to_thread(compress, data)
+        with self._translated(f"writing {name}"):
+            await store.put(name, blob)
+        for old, _ in (await self.listing())[self.keep :]:
+            with (
+                self._translated(f"deleting {old}"),
+                contextlib.suppress(nats.js.errors.NotFoundError),
+            ):
+                await store.delete(old)
+        return name

@@ -202,7 +202,7 @@ class Settings:
         parse.text,
         "Event log backend URL; empty means `sqlite:///<data dir>/events.db` (or JetStream, "
         "with `FLUX_NATS_URL`). `nats://host:port[,host:port]?stream=…&subject=…&replicas=…&"
-        "dedupe_window=…` is the JetStream log too (parameters not given come from the "
+        "dedupe_window=…&timeout=…` is the JetStream log too (parameters not given come from the "
         "`FLUX_NATS_*` settings and `FLUX_DEDUPE_WINDOW_SECONDS`); this setting wins over "
         "`FLUX_NATS_URL`.",
     )
@@ -238,6 +238,15 @@ class Settings:
         "Copies of the stream JetStream keeps: 1, or 3 or 5 in a NATS cluster (an existing "
         "stream must have as many).",
     )
+    nats_timeout_seconds: float = setting(
+        "FLUX_NATS_TIMEOUT_SECONDS",
+        10.0,
+        parse.positive_float,
+        "How long the JetStream log waits on NATS for one thing: a request, a write's "
+        "acknowledgement, its own consumer delivering an acknowledged event. A write not "
+        'acknowledged in time is answered 503 (`"outcome": "unknown"`: send it again with '
+        "the same eventIds). Also bounds the first connection at start.",
+    )
     node_id: str = setting(
         "FLUX_NODE_ID",
         "",
@@ -245,6 +254,15 @@ class Settings:
         "This node's name in a cluster (JetStream log): it marks the WebSocket presences the "
         "node holds, and the single-runner jobs it runs. Empty: a random id made on first "
         "start and kept in `<data dir>/node-id`, so one data dir is one node across restarts.",
+    )
+    cluster_job_ttl_seconds: float = setting(
+        "FLUX_CLUSTER_JOB_TTL_SECONDS",
+        10.0,
+        parse.positive_float,
+        "In a cluster (JetStream log): how long a node's hold on a single-runner job (snapshots, "
+        "expiries, connectors, the directory, the presence janitor) and its liveness last "
+        "without renewal. The holder renews every third of it; when a node dies its jobs move "
+        "to another node within about this long, and its WebSocket presences are removed.",
     )
     dedupe_window_seconds: int = setting(
         "FLUX_DEDUPE_WINDOW_SECONDS",
@@ -648,6 +666,7 @@ class Settings:
             "subject": self.nats_subject,
             "replicas": str(self.nats_replicas),
             "dedupe_window": str(self.dedupe_window_seconds),
+            "timeout": f"{self.nats_timeout_seconds:g}",
         }
 
     def runtime_values(self) -> dict[str, Any]:

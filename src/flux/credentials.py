@@ -8,6 +8,10 @@ base64(ciphertext || 16-byte tag) and base64(nonce), as in the original's `crede
 `owner` is the credential's user key: `default` with auth off, `namespace:<name>` with auth on.
 A credential stored by an OAuth sign-in also holds a refresh token (sealed with its own nonce)
 and the access token's expiry (`expires_at`, ISO 8601 UTC, not secret).
+
+`Credentials` is what the connectors and the API need of a store: `CredentialStore` is the
+embedded one, `flux.shared.credentials.SharedCredentialStore` the cluster's (the same sealed
+values in a JetStream key-value bucket).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -78,12 +83,12 @@ def unseal(key: bytes, ciphertext: str, nonce: str) -> str:
     return plain.decode()
 
 
-def _format_time(moment: datetime) -> str:
+def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _now() -> str:
-    return _format_time(datetime.now(UTC))
+    return format_time(datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,63 @@ class StoredCredential:
     access_token: str = field(repr=False)
     refresh_token: str | None = field(default=None, repr=False)
     expires_at: datetime | None = None
+
+
+def sealed_columns(
+    key: bytes, secret: str, refresh_token: str | None, expires_at: datetime | None
+) -> tuple[str, str, str | None, str | None, str | None]:
+    """What a store keeps of a credential: (access token, its nonce, refresh token, its nonce,
+    expires_at text), each secret sealed with a fresh nonce; the reverse of `opened`."""
+    sealed, nonce = seal(key, secret)
+    refresh, refresh_nonce = (None, None)
+    if refresh_token is not None:
+        refresh, refresh_nonce = seal(key, refresh_token)
+    expires = format_time(expires_at) if expires_at is not None else None
+    return sealed, nonce, refresh, refresh_nonce, expires
+
+
+def opened(
+    key: bytes,
+    access: str,
+    access_nonce: str,
+    refresh: str | None,
+    refresh_nonce: str | None,
+    expires: str | None,
+) -> StoredCredential:
+    """A stored credential's sealed columns, decrypted. Raises CredentialError if a secret does
+    not decrypt or `expires` is unreadable."""
+    refresh_token = None
+    if refresh is not None and refresh_nonce is not None:
+        refresh_token = unseal(key, refresh, refresh_nonce)
+    expires_at = None
+    if expires:
+        try:
+            expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise CredentialError(f"stored expires_at is not a time: {expires!r}") from exc
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+    return StoredCredential(unseal(key, access, access_nonce), refresh_token, expires_at)
+
+
+class Credentials(Protocol):
+    """Secrets per (owner, connector). Every call is synchronous and may block (callers on
+    the event loop use `asyncio.to_thread`). Raises CredentialError."""
+
+    def put(
+        self,
+        owner: str,
+        connector: str,
+        secret: str,
+        refresh_token: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> None: ...
+    def record(self, owner: str, connector: str) -> StoredCredential | None: ...
+    def get(self, owner: str, connector: str) -> str | None: ...
+    def has(self, owner: str, connector: str) -> bool: ...
+    def delete(self, owner: str, connector: str) -> bool: ...
+    def owners(self, connector: str) -> list[str]: ...
+    def close(self) -> None: ...
 
 
 class CredentialStore:
@@ -130,11 +192,9 @@ class CredentialStore:
         """Store (or replace) the secret of (owner, connector), sealed with a fresh nonce; an
         OAuth sign-in also gives the refresh token (sealed with its own nonce) and when the
         access token expires. Replacing a credential replaces all three."""
-        sealed, nonce = seal(self._key, secret)
-        refresh, refresh_nonce = (None, None)
-        if refresh_token is not None:
-            refresh, refresh_nonce = seal(self._key, refresh_token)
-        expires = _format_time(expires_at) if expires_at is not None else None
+        sealed, nonce, refresh, refresh_nonce, expires = sealed_columns(
+            self._key, secret, refresh_token, expires_at
+        )
         now = _now()
         self._db.execute(
             "INSERT INTO credentials (user_id, connector, access_token, access_token_nonce,"
@@ -158,19 +218,7 @@ class CredentialStore:
         )
         if not rows:
             return None
-        access, access_nonce, refresh, refresh_nonce, expires = rows[0]
-        refresh_token = None
-        if refresh is not None and refresh_nonce is not None:
-            refresh_token = unseal(self._key, refresh, refresh_nonce)
-        expires_at = None
-        if expires:
-            try:
-                expires_at = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise CredentialError(f"stored expires_at is not a time: {expires!r}") from exc
-            if expires_at.tzinfo is None:
-                expires_at = expires_at.replace(tzinfo=UTC)
-        return StoredCredential(unseal(self._key, access, access_nonce), refresh_token, expires_at)
+        return opened(self._key, *rows[0])
 
     def get(self, owner: str, connector: str) -> str | None:
         """The secret of (owner, connector), or None. Raises CredentialError if it does not

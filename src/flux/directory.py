@@ -18,7 +18,8 @@ The directory is an ordinary entity, written by ordinary events (source `flux`, 
 is in the state, the history and live updates like any other. A timer
 (`FLUX_DIRECTORY_INTERVAL_SECONDS`) coalesces the changes: at each tick the directory is
 computed and an event is appended only if it differs from the entity's current properties.
-`directory_properties` is pure; `Directory` runs the timer.
+`directory_properties` is pure; `Directory` runs the timer. In a cluster only the node holding
+the `directory` job (`flux.jobs`) writes at its ticks, so the nodes do not each write it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from flux.auth import RESERVED_NAMESPACE, Access
 from flux.engine import StateEngine
 from flux.errors import FluxError
 from flux.events import Event, now_ms, uuid7
+from flux.jobs import Job
 
 logger = logging.getLogger("flux.directory")
 
@@ -74,7 +76,7 @@ def directory_event(properties: dict[str, Any]) -> Event:
 class Directory:
     """Keeps the directory entity of `engine` current, appending through `publish`. `access`
     is the namespace index with auth on (the registered namespaces are listed), None with auth
-    off (the id prefixes in use are)."""
+    off (the id prefixes in use are). The timer writes only while this node holds `job`."""
 
     def __init__(
         self,
@@ -83,8 +85,10 @@ class Directory:
         engine: StateEngine,
         publish: Callable[[Sequence[Event]], Awaitable[object]],
         access: Access | None,
+        job: Job,
     ) -> None:
         self.interval = interval
+        self.job = job
         self.engine = engine
         self._publish = publish
         self.access = access
@@ -133,6 +137,8 @@ class Directory:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if not self.job.held:
+                continue
             try:
                 await self.refresh()
             except FluxError as exc:

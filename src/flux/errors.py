@@ -129,7 +129,20 @@ class StorageError(FluxError):
 
 
 class LogError(FluxError):
-    """The event log failed (the event is not stored)."""
+    """The event log failed. `outcome` says what became of the write that failed, when the log
+    knows it (the answer carries it): NOT_STORED (nothing of it reached the store: send it
+    again freely), UNKNOWN (part or all of it may be stored, e.g. the store's acknowledgement
+    never came: send it again with the same eventIds, a stored one is then answered as a
+    duplicate) or STORED (all of it is stored, but this node's state did not get it back in
+    time). None for a failure that was not a write."""
+
+    NOT_STORED = "not_stored"
+    UNKNOWN = "unknown"
+    STORED = "stored"
+
+    def __init__(self, message: str, outcome: str | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 class LogUnavailable(LogError):

@@ -8,6 +8,11 @@ state: what fell due while the server was down is logged at once. When an item f
 state is read again (a newer change may have moved its time) and the ending is appended with a
 condition the log decides: a tombstone that applies only to the version that expired, a lease
 expiry only to the lease that fell due. A write that wins the race keeps the entity.
+
+Expiries run where the `expiries` job is held (`flux.jobs`): always on an embedded server, on
+one node at a time in a cluster. Taking the job scans the state and runs; losing it stops the
+task and forgets the heap (the next holder scans its own state), so when a holder dies the node
+that takes over logs what fell due meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from flux.conditions import Check, LeaseOp
 from flux.engine import Change, Entity
 from flux.errors import LogError
 from flux.events import EXPIRED, LEASE, TTL, now_ms, tombstone
+from flux.jobs import Job
 from flux.log import Record
 from flux.service import FluxService
 
@@ -33,8 +39,10 @@ BATCH = 1000  # expiries handed to the log at once
 
 
 class Expiries:
-    def __init__(self, service: FluxService, clock: Callable[[], int] = now_ms) -> None:
+    def __init__(self, service: FluxService, job: Job, clock: Callable[[], int] = now_ms) -> None:
+        """Expiries of `service`'s state, logged while this node holds `job`."""
         self.service = service
+        self.job = job
         self.engine = service.engine
         self.clock = clock
         self._heap: list[tuple[int, str, str]] = []  # (due ms, kind "ttl"/"lease", entity id)
@@ -43,21 +51,35 @@ class Expiries:
         self._task: asyncio.Task[None] | None = None
         self.expired = {"ttl": 0, "lease": 0}  # endings logged since start
         service.listeners.append(self.on_changes)
+        job.on_change(self._held)
+
+    async def _held(self, held: bool) -> None:
+        if held:
+            self.start()
+        else:
+            await self.stop()
 
     def start(self) -> None:
-        """Queue every TTL and lease of the restored state, then run."""
+        """Queue every TTL and lease of the state, then run."""
+        if self._task is not None:
+            return
         for entity in self.engine.entities.values():
             self._track(entity)
         self._task = asyncio.create_task(self._run(), name="flux-expiry")
 
     async def stop(self) -> None:
+        """Stop running and forget what was queued."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._heap.clear()
+        self._due.clear()
 
     def on_changes(self, changes: list[Change], records: list[Record]) -> None:
+        if self._task is None:
+            return  # not running: the next `start` scans the state
         engine = self.engine
         for change in changes:
             props = change.properties
@@ -108,9 +130,13 @@ class Expiries:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _end(self, kind: str, entity_id: str) -> None:
-        """Log the ending of an item that fell due, if the state still says so."""
+        """Log the ending of an item that fell due, if the state still says so and this node
+        holds the job now (else the node that does logs it)."""
         entity = self.engine.get(entity_id)
         if entity is None:
+            return
+        if not self.job.held:  # lost (then `stop` clears the heap) or held again in a moment
+            self._queue(kind, entity_id, self.clock() + RETRY_MS)
             return
         now = self.clock()
         try:

@@ -13,6 +13,9 @@ A delete records the floor and removes the namespace's row in one transaction, s
 crash either the namespace is still there (with its privacy, and its token) or it is gone with
 its floor in place: never gone with its past readable.
 
+`Registry` is what the rest of Flux needs of a registry; `NamespaceRegistry` is the embedded
+one, `flux.shared.namespaces.SharedRegistry` the cluster's (a JetStream key-value bucket).
+
 `NamespaceAdmin` is what the namespace API does with the registry: register, show, change
 visibility, rotate a token and delete, each behind its check. Deleting a namespace also deletes
 its entities and its connectors: it is handed the functions that do those (the composition
@@ -27,7 +30,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flux.auth import (
     REGISTRATION_UNAVAILABLE,
@@ -39,7 +42,7 @@ from flux.auth import (
     new_token,
 )
 from flux.engine import StateEngine
-from flux.errors import Conflict, NotFound, StorageError
+from flux.errors import Conflict, FluxError, NotFound, StorageError
 from flux.events import now_us
 from flux.sqlitedb import SQLiteDB
 
@@ -60,6 +63,26 @@ CREATE TABLE IF NOT EXISTS history_floors (
     seq INTEGER NOT NULL
 );
 """
+
+
+class Registry(Protocol):
+    """Namespaces kept somewhere and indexed in `access`, changed together: the store first.
+    `lock` serialises this node's changes (`NamespaceAdmin.delete` holds it across its
+    steps)."""
+
+    access: Access
+    lock: asyncio.Lock
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def register(
+        self, name: str, private: bool, created_at: int
+    ) -> tuple[Namespace, str]: ...
+    async def rotate(self, name: str) -> tuple[Namespace, str]: ...
+    async def set_private(self, name: str, private: bool) -> Namespace: ...
+    async def hide(self, name: str) -> None: ...
+    async def unhide(self, name: str) -> None: ...
+    async def delete(self, name: str, floor: int) -> None: ...
 
 
 class NamespaceStore:
@@ -197,6 +220,13 @@ class NamespaceRegistry:
             self.access.put(namespace)
             return namespace
 
+    async def hide(self, name: str) -> None:
+        """Nothing to do: `Access.begin_delete` hid the namespace, and only this node reads
+        the file (a cluster's registry tells the other nodes here)."""
+
+    async def unhide(self, name: str) -> None:
+        """Nothing to do (see `hide`)."""
+
     async def delete(self, name: str, floor: int) -> None:
         """Remove `name` from disk and memory, its events up to `floor` hidden from then on
         (the caller holds `lock`; see `NamespaceAdmin.delete` for the order). Raises
@@ -214,7 +244,7 @@ class NamespaceAdmin:
 
     def __init__(
         self,
-        registry: NamespaceRegistry,
+        registry: Registry,
         engine: StateEngine,
         *,
         auth_enabled: bool,
@@ -294,7 +324,9 @@ class NamespaceAdmin:
     async def _delete(self, name: str) -> int:
         """In this order, so that no step (nor a crash between two) reveals the past:
         1. in memory: no more writes (the token is revoked), history and replays of the name
-           hidden from everyone, a private namespace kept private;
+           hidden from everyone, a private namespace kept private; in a cluster, the same on
+           every other node once it applies the registry's `deleting` mark (`hide`; a write
+           another node admitted just before that can still land after the tombstones);
         2. wait for the writes admitted before that (already handed to the log: admission and
            the hand-over share one step of the event loop) to be applied, so the entities they
            made are in the state and get tombstones, and none of them lands above the floor;
@@ -306,6 +338,7 @@ class NamespaceAdmin:
         async with registry.lock:
             namespace, previous_floor = self.access.begin_delete(name)
             try:
+                await registry.hide(name)
                 await self._sync()
                 ids = [entity.id for entity in self.engine.select(namespace=name)]
                 deleted = 0
@@ -315,6 +348,10 @@ class NamespaceAdmin:
                 await registry.delete(name, floor)
             except BaseException:
                 self.access.undo_delete(namespace, previous_floor)
+                try:
+                    await registry.unhide(name)
+                except FluxError as exc:
+                    logger.error("namespace %s: the delete's mark stays: %s", name, exc.message)
                 raise
         await self._forget(name)
         logger.info(

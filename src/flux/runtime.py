@@ -1,12 +1,16 @@
 """The runtime config's file: `<data dir>/runtime-config.json`, the admin's changes to the
 runtime-mutable settings (`flux.config.RuntimeConfig`), loaded at start and written before a
-change takes effect."""
+change takes effect.
+
+`RuntimeStore` is what the admin API needs of wherever the changes are kept: this file, or in
+a cluster the bucket every node follows (`flux.shared.runtime.SharedRuntime`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -16,6 +20,14 @@ from flux.files import write_atomic
 logger = logging.getLogger("flux.runtime")
 
 FILE_NAME = "runtime-config.json"
+
+
+class RuntimeStore(Protocol):
+    async def update(self, changes: dict[str, object]) -> None:
+        """Validate, persist, then apply runtime config changes. Raises ValueError."""
+
+    async def refresh(self) -> None:
+        """Bring `config` up to every change already persisted (before showing it)."""
 
 
 class RuntimeFile:
@@ -48,3 +60,6 @@ class RuntimeFile:
         config.update(checked)
         if checked:
             logger.info("runtime config changed: %s", checked)
+
+    async def refresh(self) -> None:
+        """Nothing to do: only this node changes its file, and it applies what it writes."""

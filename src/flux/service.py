@@ -18,6 +18,12 @@ end) and needs nothing of the backend: the SQLite log, written only through this
 simply delivers nothing during the replay. Snapshots are taken on the loop (one C call
 to encode) and written in a thread.
 
+Snapshots go to a `flux.snapshots.Snapshots` store: the data dir's files, or in a cluster the
+object store every node shares. There, only the node holding the `snapshots` job
+(`snapshot_writer`, see `flux.jobs`) writes them and applies retention, so the shared stream is
+pruned only up to what the shared snapshots cover; a node that starts with an empty data dir
+restores the newest of them and replays the stream after it.
+
 A delete writes a tombstone only for an entity that exists where the log orders it (see
 `delete`): never one for an entity that does not exist, and one, not several, when deletes of
 an entity race.
@@ -49,8 +55,9 @@ from flux.events import (
     tombstone,
     uuid7,
 )
+from flux.jobs import Job
 from flux.log import Appended, Entry, EventLog, Record, open_log
-from flux.snapshots import SnapshotStore
+from flux.snapshots import FileSnapshots, Snapshots, SnapshotStore
 
 logger = logging.getLogger("flux.service")
 
@@ -78,15 +85,19 @@ class FluxService:
         self,
         settings: Settings,
         log: EventLog | None = None,
-        snapshots: SnapshotStore | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
-        """The log is opened from `settings` (FLUX_EVENT_LOG) unless one is given."""
+        """The log is opened from `settings` (FLUX_EVENT_LOG) unless one is given; snapshots
+        go to the data dir's `snapshots` unless a store is given."""
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.log = log if log is not None else open_log(settings.event_log_url())
-        self.snapshots = snapshots or SnapshotStore(
-            self.data_dir / "snapshots", keep=settings.snapshot_keep
+        self.snapshots: Snapshots = snapshots or FileSnapshots(
+            SnapshotStore(self.data_dir / "snapshots", keep=settings.snapshot_keep)
         )
+        # The job whose holder writes snapshots and applies retention (None: this service
+        # always does, as an embedded server).
+        self.snapshot_writer: Job | None = None
         # One engine for the server's life: start-up restores into it (`StateEngine.replace`),
         # so the parts handed it at construction keep the right one.
         self.engine = StateEngine(settings.tombstones_kept)
@@ -130,8 +141,8 @@ class FluxService:
 
     async def _start(self, floor: int) -> None:
         began = time.monotonic()
-        self.snapshots.clean_temp_files()
-        self.engine.replace(await asyncio.to_thread(self._restore_snapshot))
+        await self.snapshots.prepare()
+        self.engine.replace(await self._restore_snapshot())
         self._snapshot_seq = self.engine.last_seq
         self._early = []
         # New events must get sequences above the state's, even when the log is behind the
@@ -175,6 +186,12 @@ class FluxService:
         """Why the event log is known to be damaged, or None (the health check reports it)."""
         return self.log.damage
 
+    @property
+    def log_unavailable(self) -> str | None:
+        """Why the event log cannot take writes now (its store unreachable), or None; the
+        health check reports it."""
+        return self.log.unavailable
+
     async def _verify_log(self) -> None:
         """The full check of the log after start-up (FLUX_LOG_CHECK_AFTER_START): damage marks
         the log (health turns `degraded`) and is logged; the server keeps serving its state."""
@@ -188,25 +205,43 @@ class FluxService:
             return
         logger.info("event log checked: no damage found (%.2fs)", time.monotonic() - began)
 
-    def _restore_snapshot(self) -> StateEngine:
-        for path in self.snapshots.paths():
-            try:
-                engine = StateEngine.restore(
-                    self.snapshots.load(path), self.settings.tombstones_kept
+    async def _restore_snapshot(self) -> StateEngine:
+        """The newest snapshot that loads. A shared store may drop the ones listed while they
+        are read (another node wrote newer ones meanwhile): then it is listed again, once."""
+        listing = await self.snapshots.listing()
+        tried: set[str] = set()
+        for _ in range(2):
+            for name, _seq in listing:
+                if name in tried:
+                    continue
+                tried.add(name)
+                try:
+                    data = await self.snapshots.load(name)
+                    engine = await asyncio.to_thread(
+                        StateEngine.restore, data, self.settings.tombstones_kept
+                    )
+                except (OSError, ValueError, LogError) as exc:
+                    logger.warning("snapshot %s is unusable (%s); trying an older one", name, exc)
+                    continue
+                logger.info(
+                    "loaded snapshot %s: %d entities at sequence %d",
+                    name,
+                    len(engine),
+                    engine.last_seq,
                 )
-            except (OSError, ValueError) as exc:
-                logger.warning("snapshot %s is unusable (%s); trying an older one", path, exc)
-                continue
-            logger.info(
-                "loaded snapshot %s: %d entities at sequence %d",
-                path.name,
-                len(engine),
-                engine.last_seq,
-            )
-            return engine
-        if self.snapshots.paths():
+                return engine
+            if not listing:
+                break
+            listing = [item for item in await self.snapshots.listing() if item[0] not in tried]
+        if tried:
             logger.warning("no usable snapshot; rebuilding state from the whole log")
         return StateEngine(self.settings.tombstones_kept)
+
+    @property
+    def writes_snapshots(self) -> bool:
+        """Whether this node writes snapshots now (it holds the snapshot job)."""
+        writer = self.snapshot_writer
+        return writer is None or writer.held
 
     async def stop(self) -> None:
         """Write a final snapshot and close the log."""
@@ -222,10 +257,10 @@ class FluxService:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
         try:
-            if self.ready and self.engine.last_seq > self._snapshot_seq:
+            if self.ready and self.engine.last_seq > self._snapshot_seq and self.writes_snapshots:
                 try:
                     await self.snapshot()
-                except OSError as exc:
+                except (OSError, LogError) as exc:
                     logger.error("final snapshot failed: %s", exc)
         finally:
             await self.log.close()
@@ -448,6 +483,7 @@ class FluxService:
         if (
             self.engine.last_seq - self._snapshot_seq >= self.settings.snapshot_every_events
             and self._snapshot_task is None
+            and self.writes_snapshots
         ):
             self._snapshot_task = asyncio.create_task(self._background_snapshot())
 
@@ -470,18 +506,19 @@ class FluxService:
                 parts.append(part)
                 await asyncio.sleep(0)
             data = b"".join(parts)
-            path = await asyncio.to_thread(self.snapshots.save, data, seq)
+            name = await self.snapshots.save(data, seq)
             self._snapshot_seq = seq
-            kept = self.snapshots.paths()
-            covered = min((self.snapshots.sequence_of(p) for p in kept), default=seq)
+            kept = await self.snapshots.listing()
+            covered = min((kept_seq for _, kept_seq in kept), default=seq)
             logger.info(
                 "snapshot %s written: %d entities, %d bytes of state, %.2fs",
-                path.name,
+                name,
                 len(self.engine),
                 len(data),
                 time.monotonic() - began,
             )
-        await self._apply_retention(min(covered, seq))
+        if self.writes_snapshots:  # a writer that lost its job meanwhile leaves it to the next
+            await self._apply_retention(min(covered, seq))
         return seq
 
     async def _apply_retention(self, covered_seq: int) -> None:
@@ -512,7 +549,11 @@ class FluxService:
     async def _snapshot_ticker(self) -> None:
         while True:
             await asyncio.sleep(self.settings.snapshot_interval_seconds)
-            if self.engine.last_seq > self._snapshot_seq and self._snapshot_task is None:
+            if (
+                self.engine.last_seq > self._snapshot_seq
+                and self._snapshot_task is None
+                and self.writes_snapshots
+            ):
                 self._snapshot_task = asyncio.create_task(self._background_snapshot())
 
 

@@ -164,3 +164,25 @@ def test_log_failures(
     assert_error(client.get("/api/state/entities/ns%2Flost"), 404, "Entity not found")
     assert client.get("/api/state/entities/ns%2Fkept").status_code == 200  # not deleted
     assert client.delete("/api/state/entities/ns%2Fkept").json()["deleted"] is True
+
+
+@pytest.mark.parametrize("outcome", [LogError.NOT_STORED, LogError.UNKNOWN, LogError.STORED])
+def test_a_failed_write_says_what_became_of_it(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, outcome: str
+) -> None:
+    """A log error that knows the write's outcome adds it as `outcome`, next to `error`."""
+    service = client.app.state.service  # type: ignore[attr-defined]
+    message = "event log unavailable: NATS is gone"
+
+    async def failing(entries: Any, **options: Any) -> Any:
+        raise LogUnavailable(message, outcome)
+
+    monkeypatch.setattr(service.log, "append", failing)
+    body = orjson.dumps(new_event("ns/maybe"))
+    for answer in (
+        client.post("/api/events", content=body),
+        client.post("/api/events/batch", content=b"[" + body + b"]"),
+    ):
+        assert answer.status_code == 503
+        assert answer.headers["content-type"].startswith("application/json")
+        assert answer.json() == {"error": message, "outcome": outcome}

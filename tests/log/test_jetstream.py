@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import FluxServer, free_port
 from flux.conditions import Check
 from flux.config import ConfigError, Settings
-from flux.errors import LogCorrupt, LogError, LogUnavailable
+from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
 from flux.log import EventLog, Record, open_log
 from flux.log.jetstream import JetStreamLog
 from flux.log.natswire import (
@@ -35,7 +35,7 @@ from flux.log.natswire import (
 from natsserver import NatsServer
 from test_restart import ENV, check_after_restart, observe, replayed, write_some
 
-from .contract import TIMEOUT, LogContract, MakeLog, Opened, make_event
+from .contract import TIMEOUT, LogContract, MakeLog, Opened, entries, make_event
 
 _names = itertools.count()
 
@@ -180,6 +180,23 @@ async def test_copy_in_keeps_sequences_log_times_and_ids_and_fills_holes(
 
 
 @pytest.mark.anyio
+async def test_an_atomic_batch_over_the_servers_limit_is_a_validation_error(
+    make_log: MakeLog,
+) -> None:
+    """nats-server takes at most 1,000 messages in one atomic batch (by default): a larger
+    atomic append is the client's to split (400, saying so), not a log failure, and nothing
+    of it is stored."""
+    opened = await _start(_open(make_log))
+    try:
+        events = [(make_event(f"ns/{i}", i=i), None) for i in range(1001)]
+        with pytest.raises(ValidationError, match="1001 events .* max_msgs"):
+            await opened.append_checked(events, atomic=True)
+        assert await opened.all() == []
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
 async def test_damage_in_the_stream_raises_log_corrupt(
     make_log: MakeLog, nats_url: str, stream: tuple[str, str]
 ) -> None:
@@ -267,6 +284,8 @@ def test_open_log_picks_jetstream_by_url() -> None:
         open_log("nats://127.0.0.1:4222?subject=flux.*")
     with pytest.raises(ValueError, match="must be positive"):
         open_log("nats://127.0.0.1:4222?replicas=0")
+    with pytest.raises(ValueError, match="must be positive"):
+        open_log("nats://127.0.0.1:4222?timeout=0")
 
 
 def test_the_settings_make_the_jetstream_url() -> None:
@@ -281,11 +300,16 @@ def test_the_settings_make_the_jetstream_url() -> None:
     )
     url = settings.event_log_url()
     assert url == (
-        "nats://a:4222,b:4222?stream=EV&subject=flux.events&replicas=3&dedupe_window=300"
+        "nats://a:4222,b:4222?stream=EV&subject=flux.events&replicas=3&dedupe_window=300&timeout=10"
     )
     log = open_log(url)
     assert isinstance(log, JetStreamLog)
-    assert (log.stream, log.replicas, log.dedupe_window) == ("EV", 3, 300.0)
+    assert (log.stream, log.replicas, log.dedupe_window, log.timeout) == ("EV", 3, 300.0, 10.0)
+    quick = Settings.from_env(
+        {"FLUX_NATS_URL": "nats://a:4222", "FLUX_NATS_TIMEOUT_SECONDS": "2.5"}
+    )
+    log = open_log(quick.event_log_url())
+    assert isinstance(log, JetStreamLog) and log.timeout == 2.5
     for name, value in (
         ("FLUX_NATS_URL", "nats://a"),
         ("FLUX_NATS_URL", "http://a:80"),
@@ -514,3 +538,43 @@ def test_a_stream_is_compared_on_the_settings_flux_depends_on() -> None:
         "duplicate_window is 60, Flux needs 120",
         "deny_delete is false, Flux needs true",
     ]
+
+
+@pytest.mark.anyio
+async def test_nats_gone_refuses_at_once_and_back_the_log_catches_up(tmp_path: Path) -> None:
+    """The server stopped under two started logs: each says it is unavailable, an append is
+    refused at once as not stored, a read too; the server back on its port and store, both
+    reconnect by themselves, and one gets what the other wrote meanwhile."""
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        make = lambda: JetStreamLog([server.url], stream="GONE", subject="gone", timeout=5)  # noqa: E731
+        one, two = await _start(_open(make)), await _start(_open(make))
+        try:
+            await one.append(make_event("ns/a", i=1))
+            assert one.log.unavailable is None
+            await anyio.to_thread.run_sync(server.stop)
+            with anyio.fail_after(TIMEOUT):
+                while one.log.unavailable is None:
+                    await anyio.sleep(0.02)
+            assert (
+                one.log.unavailable == "event log unavailable: not connected to NATS (reconnecting)"
+            )
+            with anyio.fail_after(0.5), pytest.raises(LogUnavailable) as refused:
+                await one.log.append(entries(make_event("ns/a", i=2)))
+            assert refused.value.outcome == LogError.NOT_STORED
+            with anyio.fail_after(0.5), pytest.raises(LogUnavailable):
+                await one.log.history("ns/a", 0, 10)
+            await anyio.to_thread.run_sync(server.start)
+            with anyio.fail_after(TIMEOUT):
+                while one.log.unavailable or two.log.unavailable:
+                    await anyio.sleep(0.02)
+                (written,) = await two.append(make_event("ns/b", i=3))
+                while one.engine.last_seq < written.seq:  # delivered without a new append
+                    await anyio.sleep(0.02)
+            assert [r.seq for r in one.seen] == [1, 2]
+            assert (await one.append(make_event("ns/a", i=4)))[0].seq == 3
+        finally:
+            await one.log.close()
+            await two.log.close()
+    finally:
+        server.stop()

@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from flux.api import connectors, coordination, errors, http, namespaces, oauth, sources
 from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
+from flux.api.freshness import Freshness
 from flux.api.hosts import host_check
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
@@ -113,6 +114,14 @@ def routes() -> list[BaseRoute]:
     ]
 
 
+def _freshness(settings: Settings, server: Server) -> list[Middleware]:
+    """In a cluster with auth on: an unknown token first catches the registry up with the
+    other nodes (`flux.api.freshness`). Nothing otherwise."""
+    if server.catch_up is None or not settings.auth_enabled:
+        return []
+    return [Middleware(Freshness, access=server.access, catch_up=server.catch_up)]
+
+
 def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     """The Flux ASGI app serving `server`'s parts (a `flux.server.Server` built from `settings`
     when none is given). Nothing starts until the lifespan runs: it starts the server (restores
@@ -150,6 +159,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
                 cors=CrossOrigin.from_settings(settings),
                 hosts=host_check(settings),
             ),
+            *_freshness(settings, flux),
             Middleware(EntityReads, server=flux),  # the hot read, before the router
             Middleware(EventWrites, server=flux),  # the hot write, before the router
         ],

@@ -22,7 +22,7 @@ from flux.api.http import json_response, server_of
 from flux.api.identity import credential_of
 from flux.auth import UNKNOWN_TOKEN
 from flux.connectors.base import DEFAULT_OWNER, KNOWN, ConnectorInfo, owner_key
-from flux.credentials import CredentialStore
+from flux.credentials import Credentials
 from flux.errors import (
     AuthError,
     CredentialError,
@@ -79,7 +79,7 @@ def writer_of(request: Request, server: Server) -> str:
     return owner
 
 
-def _store(server: Server) -> CredentialStore:
+def _store(server: Server) -> Credentials:
     if server.credentials is None:
         raise CredentialStoreUnavailable(NO_STORE)
     return server.credentials

@@ -62,7 +62,8 @@ def status_of(exc: errors.FluxError) -> int:
 
 def response_for(exc: errors.FluxError, method: str, path: str) -> Response:
     """The answer to a FluxError: its status, `{"error": message}` and the headers its kind
-    carries (`Retry-After`, `WWW-Authenticate`); a 5xx is logged."""
+    carries (`Retry-After`, `WWW-Authenticate`); a failed condition adds its details, a failed
+    write to the log its `outcome` (stored or not, or unknown); a 5xx is logged."""
     headers = None
     if isinstance(exc, errors.RateLimited):
         headers = {"Retry-After": str(exc.retry_after)}
@@ -74,6 +75,12 @@ def response_for(exc: errors.FluxError, method: str, path: str) -> Response:
     if isinstance(exc, errors.ConditionFailed):
         return Response(
             orjson.dumps({"error": exc.message, **exc.details}),
+            status_code=status,
+            media_type="application/json",
+        )
+    if isinstance(exc, errors.LogError) and exc.outcome is not None:
+        return Response(
+            orjson.dumps({"error": exc.message, "outcome": exc.outcome}),
             status_code=status,
             media_type="application/json",
         )

@@ -379,25 +379,37 @@ def _check_batch_size(ids: list[str], limit: int) -> None:
 
 
 async def health(request: Request) -> Response:
-    """`ok` (200), `starting` (503) or, once the event log is known to be damaged, `degraded`
-    (503) with the damage in `error`: the state is served, but history and replays that need
-    the damaged part are refused."""
-    service = server_of(request).service
+    """`ok` (200), `starting` (503) or `degraded` (503) with the reason in `error`: the event
+    log is known to be damaged (the state is served, but history and replays that need the
+    damaged part are refused), or its store is unreachable for now (the last state is served,
+    writes are refused until the log is back), or, in a cluster, the node's connection for
+    the shared buckets is down. In a cluster it also names the node and the jobs it holds."""
+    server = server_of(request)
+    service = server.service
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
         "version": __version__,
         "entities": len(service.engine),
         "lastSequence": service.engine.last_seq,
     }
-    damage = service.log_damage
-    if service.ready and damage is not None:
+    trouble = service.log_damage or service.log_unavailable
+    cluster = server.cluster
+    if cluster is not None:
+        # Which node answered, and the single-runner jobs it runs now (flux.jobs).
+        body["node"] = cluster.node
+        body["jobs"] = sorted(name for name, job in server.jobs.jobs.items() if job.held)
+        if trouble is None and service.ready and not cluster.connected:
+            trouble = "cluster state unavailable: not connected to NATS (reconnecting)"
+    if service.ready and trouble is not None:
         body["status"] = "degraded"
-        body["error"] = damage
+        body["error"] = trouble
     return json_response(body, status=200 if body["status"] == "ok" else 503)
 
 
 async def get_admin_config(request: Request) -> Response:
-    return json_response(server_of(request).runtime.as_dict())
+    server = server_of(request)
+    await server.runtime_store.refresh()  # in a cluster: another node's change just made
+    return json_response(server.runtime.as_dict())
 
 
 async def put_admin_config(request: Request) -> Response:
@@ -405,7 +417,7 @@ async def put_admin_config(request: Request) -> Response:
     doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
     server.permissions.check_admin(credential_of(request.scope))
     try:
-        await server.runtime_file.update(doc)
+        await server.runtime_store.update(doc)
     except ValueError as exc:
         raise ValidationError(str(exc)) from None
     return json_response(server.runtime.as_dict())

@@ -28,7 +28,7 @@ from flux.connectors.oauth import (
     oauth_client,
     redirect_uri,
 )
-from flux.credentials import CredentialStore
+from flux.credentials import Credentials
 from flux.errors import (
     AuthError,
     CredentialError,
@@ -52,7 +52,7 @@ def states_of(request: Request) -> OAuthStates:
     return states
 
 
-def _store(server: Server) -> CredentialStore:
+def _store(server: Server) -> Credentials:
     if server.credentials is None:
         raise NotFound(NO_STORE)
     return server.credentials

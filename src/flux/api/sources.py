@@ -102,6 +102,7 @@ async def list_sources(request: Request) -> Response:
     server = server_of(request)
     sources = _sources(server)
     owner = _reader(request, server)
+    await sources.catch_up()  # in a cluster: sources just added through other nodes too
     return json_response({"sources": [sources.status(s) for s in sources.list(owner)]})
 
 
@@ -110,7 +111,8 @@ async def show(request: Request) -> Response:
     server = server_of(request)
     sources = _sources(server)
     owner = _reader(request, server)
-    return json_response(sources.status(sources.get(owner, request.path_params["id"])))
+    source = await sources.find(owner, request.path_params["id"])
+    return json_response(sources.status(source))
 
 
 async def delete(request: Request) -> Response:

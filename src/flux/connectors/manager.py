@@ -48,7 +48,7 @@ from flux.connectors.runner import (
     TokenSource,
     describe_failure,
 )
-from flux.connectors.sources import CredentialSource, Sources
+from flux.connectors.sources import SECRET_OWNER, CredentialSource, Sources, SourceStorage
 from flux.engine import Entity
 from flux.errors import CredentialError
 
@@ -109,6 +109,7 @@ class ConnectorManager:
         publish: PublishAs,
         entity: Callable[[str], Entity | None],
         credentials: CredentialSource,
+        sources: SourceStorage | None = None,
     ) -> None:
         self.settings = settings
         self._publish = publish
@@ -116,12 +117,15 @@ class ConnectorManager:
         self._credentials = credentials
         self.scheduler = Scheduler()
         # Generic HTTP sources (flux.connectors.sources), on the same scheduler.
-        self.sources = Sources(settings, self.scheduler, self.add_runner, credentials)
+        # `sources` is the cluster's source store (None: the data dir's).
+        self.sources = Sources(settings, self.scheduler, self.add_runner, credentials, sources)
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Schedule a runner for every stored credential, then start them all."""
+    async def start(self, *, poll: bool = True) -> None:
+        """Schedule a runner for every stored credential, then start them all (`poll`; False:
+        only scheduled, for the holder of the cluster's `connectors` job to start with
+        `scheduler.start`)."""
         store = self._credentials()
         if store is not None:
             try:
@@ -134,7 +138,8 @@ class ConnectorManager:
             if owners:
                 logger.info("github connector scheduled for %d owner(s)", len(owners))
         await self.sources.start()
-        self.scheduler.start()
+        if poll:
+            self.scheduler.start()
 
     async def stop(self) -> None:
         await self.scheduler.stop()
@@ -203,6 +208,17 @@ class ConnectorManager:
 
     async def unschedule(self, owner: str, name: str) -> None:
         await self.scheduler.remove(f"{name}:{owner}")
+
+    async def credential_changed(self, owner: str, name: str, present: bool) -> None:
+        """In a cluster, a credential was stored (present) or deleted through some node: run
+        or stop its connector here too. Idempotent: a running connector reads its token at
+        every poll, so a replaced token needs no restart."""
+        if owner == SECRET_OWNER:
+            return  # a generic source's token: the source's own runner reads it
+        if present and self.runner(owner, name) is None:
+            self.schedule(owner, name)
+        elif not present:
+            await self.unschedule(owner, name)
 
     async def forget_namespace(self, namespace: str) -> None:
         """A namespace was deleted: stop its connectors and delete their credentials."""

@@ -3,8 +3,11 @@
 `SourceStore` keeps each source's configuration in `<data_dir>/sources.db` (SQLite: id, owner,
 namespace, config JSON, created_at); its secret (the upstream `token`) is in the encrypted
 credential store under owner `generic` and connector `<source_id>`, as in the original, so no
-secret is on disk in the clear. `Sources` creates, lists and deletes them for an owner and runs
-each one on the connector scheduler under the key `source:<id>`; at start it reloads them all.
+secret is on disk in the clear. In a cluster the configurations are in a JetStream bucket
+instead (`flux.connectors.sharedsources`, behind the same `SourceStorage` interface), and
+`Sources.source_changed` follows what other nodes add and delete. `Sources` creates, lists and
+deletes them for an owner and runs each one on the connector scheduler under the key
+`source:<id>`; at start it reloads them all.
 
 Owners are the connector manager's (`flux.connectors.base.owner_key`): `default` with auth off,
 `namespace:<name>` with auth on.
@@ -41,7 +44,7 @@ from flux.connectors.runner import (
 )
 from flux.connectors.source_config import SourceConfig, config_from_json
 from flux.connectors.ssrf import GuardedTransport, Policy
-from flux.credentials import CredentialStore
+from flux.credentials import Credentials
 from flux.errors import CredentialError, FluxError, NotFound, QuotaExceeded, SourceStoreError
 from flux.sqlitedb import SQLiteDB
 
@@ -79,6 +82,19 @@ class StoredSource:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class SourceStorage(Protocol):
+    """Where source configurations are kept. Synchronous and may block (callers on the event
+    loop use `asyncio.to_thread`). Raises SourceStoreError."""
+
+    def add(self, source: StoredSource) -> None: ...
+    def delete(self, source_id: str) -> bool: ...
+    def all(self, owner: str | None = None) -> list[StoredSource]: ...
+    def refresh(self) -> None:
+        """Apply what other nodes changed up to now (in a cluster), before a read."""
+
+    def close(self) -> None: ...
 
 
 class SourceStore:
@@ -132,12 +148,15 @@ class SourceStore:
             sources.append(StoredSource(source_id, row_owner, parsed, bool(has_token), created_at))
         return sources
 
+    def refresh(self) -> None:
+        """Nothing to do: only this node writes the file."""
+
     def close(self) -> None:
         self._db.close()
 
 
 # The credential store, or None (no FLUX_ENCRYPTION_KEY, or the server has not started).
-CredentialSource = Callable[[], CredentialStore | None]
+CredentialSource = Callable[[], Credentials | None]
 
 
 class AddRunner(Protocol):
@@ -165,16 +184,22 @@ class Sources:
         scheduler: Scheduler,
         add_runner: AddRunner,
         credentials: CredentialSource,
+        shared: SourceStorage | None = None,
     ) -> None:
+        """`shared` is the cluster's store (None: `<data_dir>/sources.db`, opened on first
+        use)."""
         self._settings = settings
         self.scheduler = scheduler
         self._add_runner = add_runner
         self._credentials = credentials
+        self._shared = shared
         self.store: SourceStore | None = None
         self._sources: dict[str, StoredSource] = {}
         self._creating = asyncio.Lock()  # counting an owner's sources and adding one: atomic
 
-    def _store(self) -> SourceStore:
+    def _store(self) -> SourceStorage:
+        if self._shared is not None:
+            return self._shared
         if self.store is None:
             self.store = SourceStore(Path(self._settings.data_dir) / "sources.db")
         return self.store
@@ -208,6 +233,15 @@ class Sources:
             scheduled += 1
         if scheduled:
             logger.info("%d generic source(s) scheduled", scheduled)
+
+    async def source_changed(self, source_id: str, source: StoredSource | None) -> None:
+        """Another node added (`source`) or deleted (None) a source: list it and poll it, or
+        stop it. This node's own changes come back here too, and change nothing."""
+        if source is not None and source_id not in self._sources:
+            self._sources[source_id] = source
+            self._schedule(source)
+        elif source is None and self._sources.pop(source_id, None) is not None:
+            await self.scheduler.remove(KEY_PREFIX + source_id)
 
     def close(self) -> None:
         if self.store is not None:
@@ -311,8 +345,9 @@ class Sources:
             if token is not None and credentials is not None:
                 await asyncio.to_thread(credentials.delete, SECRET_OWNER, source.id)
             raise
-        self._sources[source.id] = source
-        self._schedule(source)
+        if source.id not in self._sources:  # in a cluster, the store's echo has scheduled it
+            self._sources[source.id] = source
+            self._schedule(source)
         logger.info(
             "generic source %s (%s) created for %s, every %ds",
             source.id,
@@ -328,6 +363,25 @@ class Sources:
             return []
         return [s for s in self._sources.values() if owner in (s.owner, EVERY_OWNER)]
 
+    async def catch_up(self) -> None:
+        """In a cluster, apply every source other nodes have added or deleted up to now (a
+        listing, or a lookup that misses, then shows them at once). If the store cannot
+        answer, the caller goes on with what this node knows."""
+        if self._shared is None:
+            return  # the data dir's store: only this node writes it
+        try:
+            await asyncio.to_thread(self._store().refresh)
+        except SourceStoreError as exc:
+            logger.warning("sources shown without catching up: %s", exc)
+
+    async def find(self, owner: str | None, source_id: str) -> StoredSource:
+        """`get`, catching up first when the source is not known here (see `catch_up`)."""
+        try:
+            return self.get(owner, source_id)
+        except NotFound:
+            await self.catch_up()
+            return self.get(owner, source_id)
+
     def get(self, owner: str | None, source_id: str) -> StoredSource:
         """The owner's source; another owner's is as unknown as a missing one (NotFound).
         `EVERY_OWNER` (the admin) gets any."""
@@ -338,7 +392,7 @@ class Sources:
 
     async def delete(self, owner: str | None, source_id: str) -> None:
         """Stop the source and delete its configuration and its secret. Raises NotFound."""
-        source = self.get(owner, source_id)
+        source = await self.find(owner, source_id)
         await self._remove(source)
         logger.info("generic source %s deleted", source_id)
 

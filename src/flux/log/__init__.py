@@ -125,6 +125,12 @@ class EventLog(Protocol):
         """Why the log is known to be damaged (the first `LogCorrupt` it raised), or None."""
         ...
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take writes now while it may again later by itself (its store is
+        unreachable), or None."""
+        ...
+
     async def verify(self) -> None:
         """A full check of the store's structure (may read all of it); raises LogCorrupt."""
         ...
@@ -134,9 +140,10 @@ class EventLog(Protocol):
 
 def open_log(url: str) -> EventLog:
     """The backend for a URL: `sqlite:///path/to/events.db` (the embedded default), or
-    `nats://host:port[,host2:port2][?stream=S&subject=P&replicas=N&dedupe_window=SECONDS]`
-    (NATS JetStream; parameters not given take the defaults of FLUX_NATS_STREAM,
-    FLUX_NATS_SUBJECT, FLUX_NATS_REPLICAS and FLUX_DEDUPE_WINDOW_SECONDS). Raises ValueError
+    `nats://host:port[,host2:port2][?stream=S&subject=P&replicas=N&dedupe_window=SECONDS&
+    timeout=SECONDS]` (NATS JetStream; parameters not given take the defaults of
+    FLUX_NATS_STREAM, FLUX_NATS_SUBJECT, FLUX_NATS_REPLICAS, FLUX_DEDUPE_WINDOW_SECONDS and
+    FLUX_NATS_TIMEOUT_SECONDS). Raises ValueError
     for a URL it cannot use."""
     scheme, sep, rest = url.partition("://")
     if not sep:

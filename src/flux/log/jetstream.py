@@ -16,11 +16,23 @@ consumer of the stream from the sequence it started at: it hands records to `on_
 stream order, on the event loop, in one call for each burst that arrived together. `append`
 publishes with many messages in flight, waits for JetStream's acknowledgements (stored and, with
 `sync_interval: always` on the server, on disk), then for its own consumer to have delivered
-them (read-your-writes). An acknowledgement that does not come within `timeout` fails the
-append with LogUnavailable: the events may be stored, and sending them again with the same
-eventIds is safe. One node publishes one append's messages back to back on its one
+them (read-your-writes). One node publishes one append's messages back to back on its one
 connection, so they get consecutive sequences unless another node's writes fall between them
 (only `atomic` appends are consecutive whatever happens).
+
+Faults (docs/cluster.md, "What each fault does"). A failed append says what became of it
+(`LogError.outcome`). While NATS is unreachable (nats-py reconnecting) every append and read is
+refused at once, before anything is handed to nats-py (which would buffer it and send it after
+the reconnection, to a writer already told it failed): nothing stored. A publish that NATS had
+nowhere to send (no responders: no stream leader), or that JetStream refused, is not stored
+either. Once a message was sent, a lost connection or an acknowledgement missing after
+`timeout` leaves the outcome unknown: the append then waits briefly for a connection and looks
+its events up by id (`_settle`); all found, it succeeds; else it fails as unknown, and sending
+the events again with the same eventIds is safe (a stored one is a duplicate). A non-atomic
+multi-event append cut off midway may be partly stored: unknown, completed by that retry.
+After a reconnection the consumer is re-created at once from the sequence after the last one
+taken (the server may be a restarted one that lost its ephemeral consumers, or another one);
+missed heartbeats (`_HEARTBEAT`) re-create it too, e.g. when the server holding it died.
 
 Log time. `at` is a header (`Flux-At`, microseconds) set once per append from the publishing
 node's clock, never below any time that node has published or seen delivered. Replay, history
@@ -56,7 +68,7 @@ entity, which is what that guarantees; tokens of different entities are not orde
 Atomic appends are JetStream atomic batches (nats-server 2.12 or later, the stream created with
 `allow_atomic`): stored whole in consecutive sequences, or not at all. The server caps a batch
 (1,000 messages unless its `jetstream { limits { batch { max_msgs } } }` says otherwise); a
-larger atomic append is refused with the server's reason.
+larger atomic append is a ValidationError (400) that says so: nothing of it is stored.
 
 Reading uses direct gets (`allow_direct`): `read` walks the stream in batches, `history` walks
 an entity's subject backwards in growing windows, `prune` purges a prefix of the stream.
@@ -78,6 +90,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -96,7 +109,7 @@ from nats.js.client import JetStreamContext
 
 from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
-from flux.errors import LogCorrupt, LogError, LogUnavailable
+from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
 from flux.events import entity_of, now_us
 from flux.log import Appended, Checker, Entry, OnRecords, Record
 from flux.log.natswire import (
@@ -131,18 +144,40 @@ _PAGE = 1_000  # messages per direct-get request
 _PAGE_BYTES = 8 << 20
 _SCAN_MARGIN_US = 60_000_000  # clock skew allowed when looking for a stored event id
 _FILLERS_AT_ONCE = 1_000
+_HEARTBEAT = 1.0  # seconds between the consumer's idle heartbeats; two missed: it is re-created
+_RECONNECT_GRACE = 2.0  # how long an unacknowledged write waits for NATS to be back to look
 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
 _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved (or the stream, for copy_in)
 _BATCH_HAS_DUPLICATE = 10201
+_BATCH_TOO_LARGE = 10199
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
 _STREAM_NAME_IN_USE = 10058
-URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window")
+URL_PARAMETERS = ("stream", "subject", "replicas", "dedupe_window", "timeout")
+
+
+class _Attempt:
+    """One append's progress: whether any of its messages was handed to NATS yet. Before that,
+    a failure is definitive (nothing can be stored); after it, the outcome is unknown unless
+    the log learns it."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+# The append under way in this task (`_send` marks it); a context variable because the
+# messages are sent several calls below `append`, by helpers that also serve the start-up.
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar(
+    "flux_log_attempt", default=None
+)
 
 
 def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
     """The log for `nats://host:port[,host2:port2][?stream=..&subject=..&replicas=..&
-    dedupe_window=..]`; parameters not given come from `defaults`. Raises ValueError."""
+    dedupe_window=..&timeout=..]`; parameters not given come from `defaults`. Raises
+    ValueError."""
     hosts, _, query = url.partition("://")[2].partition("?")
     servers = [server for server in parse.nats_servers(hosts).split(",") if server]
     if not servers:
@@ -157,16 +192,20 @@ def from_url(url: str, defaults: dict[str, str]) -> JetStreamLog:
     try:
         replicas = int(params["replicas"])
         window = float(params["dedupe_window"])
+        timeout = float(params.get("timeout", "10"))
     except ValueError as exc:
         raise ValueError(f"event log URL {url!r}: {exc}") from None
-    if replicas < 1 or window <= 0:
-        raise ValueError(f"event log URL {url!r}: replicas and dedupe_window must be positive")
+    if replicas < 1 or window <= 0 or timeout <= 0:
+        raise ValueError(
+            f"event log URL {url!r}: replicas, dedupe_window and timeout must be positive"
+        )
     return JetStreamLog(
         servers,
         stream=params["stream"],
         subject=params["subject"],
         replicas=replicas,
         dedupe_window=window,
+        timeout=timeout,
     )
 
 
@@ -254,7 +293,12 @@ class JetStreamLog:
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
             )
             self._sub = await self._js.subscribe(
-                self._all, stream=self.stream, cb=self._take, ordered_consumer=True, config=config
+                self._all,
+                stream=self.stream,
+                cb=self._take,
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=_HEARTBEAT,
             )
             # nats-py re-creates an ordered consumer (after a lost heartbeat, a reconnect) from
             # the sequence after the last one it delivered, 0 before the first: it would send
@@ -302,11 +346,30 @@ class JetStreamLog:
         logger.warning("NATS: %s", exc)
 
     async def _disconnected(self) -> None:
+        """The publishes waiting for an acknowledgement fail now: JetStream's answers to them,
+        if any, went to the lost connection. Their outcome is unknown (stored or not)."""
         if self._started and not self._closed:
             logger.warning("disconnected from NATS; reconnecting")
+        answers = [future for future in self._answers.values() if not future.done()]
+        for future in answers:
+            future.set_exception(
+                LogUnavailable(
+                    "event log unavailable: the connection to NATS was lost before JetStream "
+                    "acknowledged; the events may be stored (sending them again with the same "
+                    "eventId is safe)",
+                    LogError.UNKNOWN,
+                )
+            )
 
     async def _reconnected(self) -> None:
+        """Follow the stream again from the sequence after the last one taken, at once: the
+        server may have been restarted (its ephemeral consumers are gone) or be another one.
+        A consumer that cannot be made now (JetStream still electing its leaders) is made
+        again after two missed heartbeats (`_HEARTBEAT`), by nats-py's ordered consumer."""
         logger.info("reconnected to NATS")
+        jsi = self._sub._sub._jsi if self._sub is not None else None
+        if jsi is not None and not self._closed:
+            await jsi.reset_ordered_consumer(max(jsi._sseq, self._received) + 1)
 
     async def _ensure_stream(self) -> api.StreamState:
         """Create the stream, or check the one there: a stream with other settings is an
@@ -382,6 +445,17 @@ class JetStreamLog:
         """Why the log is known to be damaged (the first damage seen), or None."""
         return self._damage
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the log cannot take writes now (NATS unreachable: nats-py reconnects by itself),
+        or None."""
+        if self._started and not self._closed and not self._connected():
+            return "event log unavailable: not connected to NATS (reconnecting)"
+        return None
+
+    def _connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
     def _note(self, detail: str) -> LogCorrupt:
         error = LogCorrupt(f"event log is damaged: {detail} (JetStream stream {self.stream})")
         if self._damage is None:
@@ -416,18 +490,27 @@ class JetStreamLog:
             raise LogUnavailable("event log unavailable: the log is closed")
         if not self._started:
             raise self._broken or LogUnavailable("event log unavailable: the log is not started")
+        self._reachable()
 
     def _sendable(self) -> None:
         if self._closed:
             raise LogUnavailable("event log unavailable: the log is closed")
         if self._broken is not None:
             raise self._broken
+        self._reachable()
+
+    def _reachable(self) -> None:
+        """Refuse at once while NATS is unreachable: nats-py would keep a request or publish
+        in its buffer for the reconnection (a request then times out, a publish is sent
+        later, after its writer was told it failed)."""
+        if self._started and not self._connected():
+            raise LogUnavailable("event log unavailable: not connected to NATS (reconnecting)")
 
     @contextlib.contextmanager
     def _translated(self) -> Iterator[None]:
         try:
             yield
-        except LogError:
+        except (LogError, ValidationError):
             raise
         except Damaged as exc:
             raise self._note(str(exc)) from exc
@@ -515,8 +598,15 @@ class JetStreamLog:
     async def append(
         self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
     ) -> list[Appended]:
-        self._usable()
-        self._sendable()
+        """Store `entries` (see the log contract). A failure says what became of them in its
+        `outcome` (`flux.errors.LogError`): nothing is stored when none of their messages was
+        handed to NATS; after that it is unknown, unless JetStream's acknowledgements, or a
+        lookup by id after a lost one, tell."""
+        try:
+            self._usable()
+            self._sendable()
+        except LogError as exc:
+            raise type(exc)(exc.message, LogError.NOT_STORED) from exc
         if not entries:
             return []
         if checked and self._checker is None:
@@ -524,6 +614,8 @@ class JetStreamLog:
         assert self._loop is not None
         done: asyncio.Future[None] = self._loop.create_future()
         self._inflight.add(done)
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
         try:
             with self._translated():
                 if atomic:
@@ -531,7 +623,13 @@ class JetStreamLog:
                 if checked:
                     return await self._append_checked(entries)
                 return await self._append_plain(entries)
+        except LogError as exc:
+            if exc.outcome is not None:
+                raise
+            outcome = LogError.UNKNOWN if attempt.sent else LogError.NOT_STORED
+            raise type(exc)(exc.message, outcome) from exc  # a fresh one: `_broken` is shared
         finally:
+            _ATTEMPT.reset(token)
             self._inflight.discard(done)
             done.set_result(None)
 
@@ -545,15 +643,53 @@ class JetStreamLog:
         except Exception as exc:  # not an Entry: nothing was sent
             raise LogError(f"event log error: cannot append {entries!r:.200}: {exc!r}") from exc
         futures, at = await self._publish(messages)
-        acks = _stored(await self._acks(futures))
+        try:
+            acks = _stored(await self._acks(futures))
+        except LogUnavailable as exc:
+            if exc.outcome != LogError.UNKNOWN:
+                raise
+            items = [(i, self._subject_of(e.entity_id), e) for i, e in enumerate(unique)]
+            found = await self._settle(items)
+            if found is None:
+                raise
+            logger.info("%d events whose acknowledgement was lost are stored", len(found))
+            await self._until_own_applied(max(r.seq for r in found.values()))
+            return _in_order(order, [found[i] for i in range(len(unique))])
         results = [
             Appended(ack.seq, await self._at_of(ack.seq), True)
             if ack.duplicate
             else Appended(ack.seq, at, False)
             for ack in acks
         ]
-        await self._until_applied(max(ack.seq for ack in acks))
+        await self._until_own_applied(max(ack.seq for ack in acks))
         return _in_order(order, results)
+
+    async def _settle(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended] | None:
+        """After an acknowledgement that did not come: the results of `items` (index, subject,
+        entry) when every one of them is found stored after all (a lookup by id, as for a
+        refused conditional write), else None: the outcome stays unknown (a message not found
+        may still be stored later, e.g. by a stream leader elected meanwhile). Waits for the
+        connection `_RECONNECT_GRACE` seconds at most (another server of a cluster takes over
+        within it; a lone server that is down does not), the lookup `timeout`."""
+        try:
+            async with asyncio.timeout(_RECONNECT_GRACE):
+                while not self._connected():
+                    if self._closed:
+                        return None
+                    await asyncio.sleep(0.05)
+            async with asyncio.timeout(self.timeout):
+                found = await self._find_stored(items)
+        except (TimeoutError, LogError, nats.errors.Error, Damaged):
+            return None
+        return found if len(found) == len(items) else None
+
+    async def _until_own_applied(self, seq: int) -> None:
+        """`_until_applied` for an append whose messages JetStream acknowledged up to `seq`:
+        a failure to get them back says they are stored."""
+        try:
+            await self._until_applied(seq)
+        except LogError as exc:
+            raise type(exc)(exc.message, LogError.STORED) from exc
 
     async def _append_checked(self, entries: Sequence[Entry]) -> list[Appended]:
         """Each checked entry decided on the state that has the entries before it; the entries
@@ -615,10 +751,19 @@ class JetStreamLog:
                         marked.add(subject)
                     data = entry.data if event is None else orjson.dumps(event)
                     messages.append((subject, data, headers))
-                outcome = await self._store(messages, atomic, decided_at)
+                items = [(i, subjects[i], unique[i]) for i in todo]
+                try:
+                    outcome = await self._store(messages, atomic, decided_at)
+                except LogUnavailable as exc:
+                    settled = await self._settle(items) if exc.outcome == LogError.UNKNOWN else None
+                    if settled is None:
+                        raise
+                    await self._until_own_applied(max(r.seq for r in settled.values()))
+                    stored.update(settled)
+                    continue
                 if isinstance(outcome, nats.js.errors.APIError):
                     if outcome.err_code == _BATCH_HAS_DUPLICATE:
-                        found = await self._find_stored([(i, subjects[i], unique[i]) for i in todo])
+                        found = await self._find_stored(items)
                         if not found:
                             raise LogError(
                                 "event log error: JetStream refused the batch for an event id "
@@ -630,8 +775,16 @@ class JetStreamLog:
                     elif outcome.err_code in _BUSY:  # another write is under way: wait a little
                         await asyncio.sleep(0.02)
                         await self._learn(guarded, refresh=True)
-                    else:
-                        raise translate(outcome)
+                    elif outcome.err_code == _BATCH_TOO_LARGE:
+                        raise ValidationError(
+                            f"an atomic batch of {len(messages)} events is more than the "
+                            f"JetStream server takes in one atomic batch ({outcome.description}"
+                            "); send fewer events per atomic batch, or raise the server's "
+                            "jetstream { limits { batch { max_msgs } } }"
+                        )
+                    else:  # refused: nothing of this write is stored
+                        error = translate(outcome)
+                        raise type(error)(error.message, LogError.NOT_STORED)
                     continue
                 acks, at = outcome
                 for i, ack_seq, duplicate in acks:
@@ -640,7 +793,7 @@ class JetStreamLog:
                         stored[index] = Appended(ack_seq, await self._at_of(ack_seq), True)
                     else:
                         stored[index] = Appended(ack_seq, at, False)
-                await self._until_applied(max(seq for _, seq, _ in acks))
+                await self._until_own_applied(max(seq for _, seq, _ in acks))
                 return _in_order(order, [stored[i] for i in range(len(unique))])
         raise LogUnavailable(
             f"event log unavailable: this write was refused {_RETRIES} times (its entities kept "
@@ -731,6 +884,10 @@ class JetStreamLog:
         """Publish one message; the future gets JetStream's answer when `acked` (else it is
         done at once: a staged message of an atomic batch, answered with its commit)."""
         assert self._nc is not None and self._loop is not None
+        self._reachable()  # the connection may have dropped after an earlier message
+        attempt = _ATTEMPT.get()
+        if attempt is not None:
+            attempt.sent = True
         future: asyncio.Future[Answer] = self._loop.create_future()
         if not acked:
             await self._nc.publish(subject, data, headers=headers)
@@ -748,8 +905,14 @@ class JetStreamLog:
         if future is None or future.done():
             return
         if (msg.headers or {}).get("Status") == "503":  # nobody takes the subject
+            # NATS had nowhere to send the message (e.g. the stream's leader is being elected):
+            # it is not stored.
             future.set_exception(
-                LogUnavailable(f"event log unavailable: no JetStream stream for {self._all}")
+                LogUnavailable(
+                    f"event log unavailable: no JetStream server took the message (the stream "
+                    f"for {self._all} is missing, or electing its leader); it is not stored",
+                    LogError.NOT_STORED,
+                )
             )
             return
         try:
@@ -764,7 +927,9 @@ class JetStreamLog:
 
     async def _acks(self, futures: Sequence[asyncio.Future[Answer]]) -> list[Answer]:
         """The acknowledgements (or refusals) of published messages, waited for `timeout`.
-        Raises LogUnavailable when one did not come, or the first error of the transport."""
+        Raises LogUnavailable when one did not come, or the first error of the transport: with
+        the outcome NOT_STORED when no message was stored (each refused, or sent where nothing
+        took it), else UNKNOWN."""
         try:
             answers: Sequence[Answer | BaseException] = await asyncio.wait_for(
                 asyncio.gather(*futures, return_exceptions=True), self.timeout
@@ -772,15 +937,24 @@ class JetStreamLog:
         except TimeoutError:
             raise LogUnavailable(
                 f"event log unavailable: JetStream did not acknowledge within {self.timeout:g}s;"
-                " the events may be stored (sending them again with the same eventId is safe)"
+                " the events may be stored (sending them again with the same eventId is safe)",
+                LogError.UNKNOWN,
             ) from None
         acks: list[Answer] = []
+        failure: BaseException | None = None
         for answer in answers:
             if isinstance(answer, Ack):
                 self._acked = max(self._acked, answer.seq)
             elif not isinstance(answer, nats.js.errors.APIError):
-                raise translate(answer) from answer
+                failure = failure or answer
+                continue
             acks.append(answer)
+        if failure is not None:
+            error = translate(failure)
+            refused = all(_refused(each) for each in answers)
+            raise type(error)(
+                error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN
+            ) from failure
         return acks
 
     async def _find_stored(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended]:
@@ -1165,8 +1339,18 @@ def _repeat(result: Appended) -> Appended:
 
 
 def _stored(answers: list[Answer]) -> list[Ack]:
-    """The acknowledgements; raises the first refusal, translated."""
+    """The acknowledgements; raises the first refusal, translated (NOT_STORED when every
+    message was refused, else UNKNOWN: the others are stored)."""
     for answer in answers:
         if isinstance(answer, nats.js.errors.APIError):
-            raise translate(answer)
+            error = translate(answer)
+            refused = all(_refused(each) for each in answers)
+            raise type(error)(error.message, LogError.NOT_STORED if refused else LogError.UNKNOWN)
     return [answer for answer in answers if isinstance(answer, Ack)]
+
+
+def _refused(answer: Answer | BaseException) -> bool:
+    """Whether a publish's answer says its message is not stored."""
+    if isinstance(answer, nats.js.errors.APIError):
+        return True
+    return isinstance(answer, LogError) and answer.outcome == LogError.NOT_STORED

@@ -287,6 +287,11 @@ class SQLiteLog:
         """Why the log is known to be damaged (the first corruption seen), or None."""
         return self._damage
 
+    @property
+    def unavailable(self) -> str | None:
+        """Always None: the file is local; its failures are answered per write."""
+        return None
+
     def _note(self, error: LogCorrupt) -> LogCorrupt:
         if self._damage is None:
             self._damage = error.message
