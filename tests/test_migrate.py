@@ -1,13 +1,16 @@
-"""`flux migrate`: an embedded server's data dir moved into a JetStream stream (one real
-nats-server) gives nodes on that stream the same state, versions and history; a second run
-copies nothing; an interrupted run goes on where it stopped; a stream holding other events, and
-a log whose first events retention removed, are refused with nothing copied."""
+"""`flux migrate`: an embedded server's data dir moved into a JetStream stream and its object
+store (one real nats-server) gives nodes on that stream the same state, versions and history,
+whether they replay the stream or start from the copied snapshot; a second run copies nothing;
+an interrupted run goes on where it stopped; a log whose first events retention removed moves
+with the snapshot that covers them; a stream holding other events, and a pruned log without
+such a snapshot, are refused with nothing copied."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,11 +116,15 @@ def test_a_migrated_stream_serves_the_same_state_versions_and_history(
     assert any(e["id"] == "m/3" for e in before["entities"])
     assert not any(e["id"] == "m/4" for e in before["entities"])  # deleted
     assert len(before["history"]["m/4"]) > 1  # its events and the deletion
+    # Without the snapshot the node rebuilds the state from the copied events alone.
+    shutil.rmtree(tmp_path / "embedded" / "snapshots")
 
     result = migrate(tmp_path / "embedded", nats_url, env)
     assert result.exit_code == 0, result.output
     assert f"events: {before['last']:,} copied, 0 already there" in result.stdout
     assert f"the stream ends at sequence {before['last']:,}" in result.stdout
+    assert "snapshot: 0 copied, 0 already there" in result.stdout
+    assert "none in the data dir" in result.stdout
 
     node = server_factory(tmp_path / "node" / "data", env, args=["--nats", nats_url]).start()
     after = observe(node.url, list(before["history"]))
@@ -136,11 +143,16 @@ def test_a_second_run_copies_nothing(
     server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str], nats_url: str
 ) -> None:
     before = embedded(server_factory, tmp_path / "embedded", env, batches=1)
-    assert migrate(tmp_path / "embedded", nats_url, env).exit_code == 0
+    first = migrate(tmp_path / "embedded", nats_url, env)
+    assert first.exit_code == 0, first.output
+    snapshot = f"snapshot-{before['last']:020d}"  # written by the embedded server on its way out
+    assert "snapshot: 1 copied, 0 already there" in first.stdout
+    assert snapshot in first.stdout
     again = migrate(tmp_path / "embedded", nats_url, env)
     assert again.exit_code == 0, again.output
     assert "events: 0 copied" in again.stdout
     assert "nothing to do" in again.stdout
+    assert "snapshot: 0 copied, 1 already there" in again.stdout
     assert asyncio.run(stream_last(nats_url, env["FLUX_NATS_STREAM"])) == before["last"]
 
 
@@ -204,25 +216,49 @@ def test_a_stream_with_other_events_is_refused(
     assert asyncio.run(stream_last(nats_url, stream)) == held
 
 
-def test_a_log_whose_first_events_were_removed_is_refused(
+async def prune(events_db: Path, keep: int) -> int:
+    """Retention on the embedded log: all but its newest `keep` events removed; returns its
+    first retained sequence."""
+    log = SQLiteLog(str(events_db))
+    await log.start(lambda records: None)
+    try:
+        await log.prune(await log.last_seq(), None, keep)
+        return await log.first_seq()
+    finally:
+        await log.close()
+
+
+def test_a_pruned_log_moves_with_the_snapshot_that_covers_it(
     server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str], nats_url: str
 ) -> None:
+    """The embedded server's last snapshot covers the removed events: the stream begins at the
+    first retained sequence, the snapshot goes to the object store, and a node starts from it
+    with the same state and versions."""
     before = embedded(server_factory, tmp_path / "embedded", env, batches=1)
-
-    async def prune() -> int:
-        log = SQLiteLog(str(tmp_path / "embedded" / "events.db"))
-        await log.start(lambda records: None)
-        try:
-            await log.prune(before["last"], None, 10)
-            return await log.first_seq()
-        finally:
-            await log.close()
-
-    first = asyncio.run(prune())
+    first = asyncio.run(prune(tmp_path / "embedded" / "events.db", 10))
     assert first > 1
+    result = migrate(tmp_path / "embedded", nats_url, env)
+    assert result.exit_code == 0, result.output
+    assert "events: 10 copied" in result.stdout
+    assert "snapshot: 1 copied" in result.stdout
+    node = server_factory(tmp_path / "node" / "data", env, args=["--nats", nats_url]).start()
+    after = observe(node.url, [])
+    assert (after["last"], after["entities"]) == (before["last"], before["entities"])
+    answer = httpx.post(f"{node.url}/api/events", json=event("m/5", {"next": 1}), timeout=30)
+    assert answer.json()["sequence"] == before["last"] + 1
+    node.stop()
+
+
+def test_a_pruned_log_without_a_snapshot_that_covers_it_is_refused(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str], nats_url: str
+) -> None:
+    embedded(server_factory, tmp_path / "embedded", env, batches=1)
+    first = asyncio.run(prune(tmp_path / "embedded" / "events.db", 10))
+    shutil.rmtree(tmp_path / "embedded" / "snapshots")
     result = migrate(tmp_path / "embedded", nats_url, env)
     assert result.exit_code == 3, result.output
     assert f"the event log starts at sequence {first:,}" in result.stderr
+    assert "no snapshot in the data dir covers them (it has none)" in result.stderr
     assert asyncio.run(stream_last(nats_url, env["FLUX_NATS_STREAM"])) == 0
 
 

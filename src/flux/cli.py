@@ -312,21 +312,23 @@ EXIT_REFUSED = 3  # flux migrate: the cluster holds other data, or the data dir 
     help=_flag_help("The NATS servers of the cluster to move it into", "nats_url"),
 )
 def migrate(data_dir: str | None, nats_url: str | None) -> None:
-    """Move an embedded data dir into a cluster: its events into the JetStream stream.
+    """Move an embedded data dir into a cluster: its events, and its newest snapshot.
 
     Copies every event of the data dir's SQLite log into the stream that `flux serve --nats`
     uses (FLUX_NATS_STREAM, FLUX_NATS_SUBJECT and FLUX_NATS_REPLICAS as for `flux serve`;
     the stream is created when missing), each at the sequence it has in the log, with its
-    event id and log time: versions, history and changes cursors stay as they were. Then
-    start the nodes with `flux serve --nats` (a new data dir each): they rebuild the state
-    from the stream.
+    event id and log time: versions, history and changes cursors stay as they were. Then it
+    copies the data dir's newest snapshot into the cluster's object store. Start the nodes
+    with `flux serve --nats` (a new data dir each) once it has finished: they start from that
+    snapshot and the stream.
 
     Stop the embedded server first. Safe to run again: it checks, event by event, that what
     the stream holds is this log's beginning and copies the rest (after an interruption it
     goes on where it stopped; when all is there it copies nothing). It refuses, copying
-    nothing, when the stream holds other events, and when retention removed the log's first
-    events (their state is only in the data dir's snapshots, which it does not move yet).
-    Progress goes to stderr, the summary of each step to stdout.
+    nothing, when the stream holds other events. When retention removed the log's first
+    events, the stream begins at its first retained one and the snapshot carries their
+    state; without a snapshot that covers them it refuses. Progress goes to stderr, the
+    summary of each step to stdout.
 
     \b
     Exit codes: 0 done (or nothing to do), 1 failed (NATS unreachable, a damaged log; run it
@@ -364,7 +366,7 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     target = from_url(target_url, settings.nats_parameters())
     began = time.monotonic()
     try:
-        results = asyncio.run(run(root, target, progress))
+        results = asyncio.run(run(root, target, progress, snapshot_keep=settings.snapshot_keep))
     except MigrationRefused as exc:
         click.echo(f"Error: refused: {exc.message}", err=True)
         raise SystemExit(EXIT_REFUSED) from None

@@ -1066,6 +1066,22 @@ class JetStreamLog:
             self._last_at = max(self._last_at, at)
             return last + len(messages)
 
+    async def begin_at(self, seq: int) -> None:
+        """Make an empty stream go on at `seq` (purged up to there: JetStream keeps counting
+        from it), for a log copied in whose retention removed its first events. Raises LogError
+        when the stream holds messages or is past `seq` already."""
+        self._usable()
+        with self._translated():
+            state = (await self._info()).state
+            if state.last_seq == seq - 1:
+                return
+            if state.messages or state.last_seq >= seq:
+                raise LogError(
+                    f"event log error: the stream {self.stream} is at sequence "
+                    f"{state.last_seq}, it cannot begin at {seq}"
+                )
+            await self._api(f"$JS.API.STREAM.PURGE.{self.stream}", {"seq": seq})
+
     async def _copy_chunk(self, messages: list[tuple[int, str, bytes, dict[str, str]]]) -> None:
         """Publish `messages` (sequence, subject, data, headers) back to back, each expecting
         the one before it; raises LogError unless every one is stored at its sequence."""
