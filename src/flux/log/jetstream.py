@@ -77,7 +77,8 @@ Numbers skipped on purpose: when the state is ahead of the stream at start (`aft
 records must get sequences above it. An empty stream is purged up to there (JetStream then
 continues above it); a stream that holds events gets one empty `<prefix>.skip` message per
 missing number. Neither is a record. `copy_in` (`flux migrate`) stores another log's records
-at their own sequences and fills that log's holes with the same skipped numbers.
+at their own sequences and fills that log's holes with the same skipped numbers; `begin_at`
+makes an empty stream start where a pruned log does.
 
 Damage: the stream is created with `deny_delete`, and Flux only removes a prefix (purge), so a
 sequence missing inside a range, a stored event that does not decode or has no `Flux-At`, and
