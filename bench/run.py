@@ -46,9 +46,13 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
 PEER_KEYS: dict[str, list[Peer]] = {
     "ceiling": [p for p in peers.PEERS if p.name == "ceiling"],
     "redis": [p for p in peers.PEERS if p.kind == "redis"],
-    "nats": [p for p in peers.PEERS if p.kind == "nats"],
+    "nats": [p for p in peers.PEERS if p.name == "NATS KV"],
     "granian": list(peers.STACKS),
+    # Flux itself on NATS JetStream, one node and two nodes on one stream, and NATS KV on the
+    # same nats-server configuration (not in the default run: each is a nats-server of its own).
+    "jetstream": [*peers.MODES, *[p for p in peers.PEERS if p.name == "NATS KV sync"]],
 }
+DEFAULT_PEERS = ("ceiling", "redis", "nats", "granian")
 
 
 def choose_peers(keys: list[str]) -> tuple[list[Peer], list[Peer], list[str]]:
@@ -77,8 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--peers",
-        default=",".join(PEER_KEYS),
-        help=f"comma-separated subset of {', '.join(PEER_KEYS)} to compare with [default: all]",
+        default=",".join(DEFAULT_PEERS),
+        help=f"comma-separated subset of {', '.join(PEER_KEYS)} to compare with "
+        f"[default: {','.join(DEFAULT_PEERS)}]",
     )
     parser.add_argument(
         "--batch-client",

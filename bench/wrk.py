@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,4 +97,34 @@ def run(
         max_ms=lat["max"] / 1000,
         cpu_seconds=cpu,
         text=text,
+    )
+
+
+def merge(parts: list[WrkResult]) -> WrkResult:
+    """The results of wrk runs made at the same time against the nodes of one cluster, as one:
+    requests and errors add up; wrk gives percentiles, not its histogram, so p50, p90 and the
+    mean are the request-weighted means of the parts' and p99 and max the largest (an upper
+    bound). The nodes are alike, so the parts' figures are close."""
+    total = sum(p.requests for p in parts) or 1
+    errors: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.errors.items():
+            errors[key] = errors.get(key, 0) + value
+
+    def weighted(pick: Callable[[WrkResult], float]) -> float:
+        return sum(pick(p) * p.requests for p in parts) / total
+
+    return WrkResult(
+        requests=sum(p.requests for p in parts),
+        seconds=max(p.seconds for p in parts),
+        errors=errors,
+        p50_ms=weighted(lambda p: p.p50_ms),
+        p90_ms=weighted(lambda p: p.p90_ms),
+        p99_ms=max(p.p99_ms for p in parts),
+        mean_ms=weighted(lambda p: p.mean_ms),
+        max_ms=max(p.max_ms for p in parts),
+        # Each part counted every wrk reaped while it ran (RUSAGE_CHILDREN is the process's),
+        # so the parts' figures each hold about all of it.
+        cpu_seconds=max(p.cpu_seconds for p in parts),
+        text="\n".join(p.text for p in parts),
     )

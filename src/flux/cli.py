@@ -52,10 +52,13 @@ from flux.events import now_ms
 _SETTING = {s.name: s for s in SETTINGS if s.key is None}
 
 
-def _settings_help() -> str:
-    """`flux serve --help`'s epilog: every setting's variable, default and help."""
+def _settings_help(names: tuple[str, ...] | None = None) -> str:
+    """`flux serve --help`'s epilog: every setting's variable, default and help (only those of
+    the settings `names`, when given)."""
     lines = ["\b", "Environment variables (flags win; see docs/configuration.md):"]
     for s in SETTINGS:
+        if names is not None and s.name not in names:
+            continue
         runtime = ", runtime" if s.runtime else ""
         lines.append(f"  {s.env} [default: {shown_default(s)}{runtime}]")
         lines += textwrap.wrap(
@@ -279,6 +282,101 @@ def check(data_dir: str | None) -> None:
         click.echo(f"{len(report.problems)} problem(s) found in {root} ({took:.1f}s)")
         raise SystemExit(1)
     click.echo(f"no problems found in {root} ({took:.1f}s)")
+
+
+EXIT_REFUSED = 3  # flux migrate: the cluster holds other data, or the data dir cannot move
+
+
+@main.command(
+    epilog=_settings_help(
+        (
+            "data_dir",
+            "nats_url",
+            "nats_stream",
+            "nats_subject",
+            "nats_replicas",
+            "dedupe_window_seconds",
+        )
+    )
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    help=_flag_help("The embedded data dir to move (its server stopped)", "data_dir"),
+)
+@click.option(
+    "--nats",
+    "nats_url",
+    default=None,
+    metavar="nats://HOST:PORT[,...]",
+    help=_flag_help("The NATS servers of the cluster to move it into", "nats_url"),
+)
+def migrate(data_dir: str | None, nats_url: str | None) -> None:
+    """Move an embedded data dir into a cluster: its events, and its newest snapshot.
+
+    Copies every event of the data dir's SQLite log into the stream that `flux serve --nats`
+    uses (FLUX_NATS_STREAM, FLUX_NATS_SUBJECT and FLUX_NATS_REPLICAS as for `flux serve`;
+    the stream is created when missing), each at the sequence it has in the log, with its
+    event id and log time: versions, history and changes cursors stay as they were. Then it
+    copies the data dir's newest snapshot into the cluster's object store. Start the nodes
+    with `flux serve --nats` (a new data dir each) once it has finished: they start from that
+    snapshot and the stream.
+
+    Stop the embedded server first. Safe to run again: it checks, event by event, that what
+    the stream holds is this log's beginning and copies the rest (after an interruption it
+    goes on where it stopped; when all is there it copies nothing). It refuses, copying
+    nothing, when the stream holds other events. When retention removed the log's first
+    events, the stream begins at its first retained one and the snapshot carries their
+    state; without a snapshot that covers them it refuses. Progress goes to stderr, the
+    summary of each step to stdout.
+
+    \b
+    Exit codes: 0 done (or nothing to do), 1 failed (NATS unreachable, a damaged log; run it
+    again once fixed), 2 usage error, 3 refused (the message says why; nothing was copied).
+
+    \b
+    Example:
+      flux migrate --data-dir ./flux-data --nats nats://127.0.0.1:4222
+    """
+    from pathlib import Path
+
+    from flux import _parsers as parse
+    from flux.errors import LogError, MigrationRefused
+    from flux.log.jetstream import from_url
+    from flux.migrate import migrate as run
+
+    if nats_url is not None:
+        try:
+            nats_url = parse.nats_servers(nats_url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--nats") from None
+    try:
+        settings = Settings.from_env(os.environ, data_dir=data_dir, nats_url=nats_url)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    # The stream `flux serve` would use with these settings (FLUX_EVENT_LOG=nats://... wins,
+    # as it does there); a FLUX_EVENT_LOG naming a SQLite file is not followed: the source is
+    # the data dir's log.
+    target_url = settings.cluster_url() or settings.replace(event_log="").cluster_url()
+    if target_url is None:
+        raise click.UsageError("no NATS servers to migrate into: give --nats or FLUX_NATS_URL")
+    root = Path(settings.data_dir)
+    if not (root / "events.db").is_file():
+        raise click.UsageError(f"no event log at {root / 'events.db'}: is {root} a data dir?")
+    target = from_url(target_url, settings.nats_parameters())
+    began = time.monotonic()
+    try:
+        results = asyncio.run(run(root, target, progress, snapshot_keep=settings.snapshot_keep))
+    except MigrationRefused as exc:
+        click.echo(f"Error: refused: {exc.message}", err=True)
+        raise SystemExit(EXIT_REFUSED) from None
+    except LogError as exc:
+        raise click.ClickException(exc.message) from None
+    for result in results:
+        click.echo(result.summary())
+    click.echo(
+        f"migrated {root} into the stream {target.stream!r} ({time.monotonic() - began:.1f}s)"
+    )
 
 
 # -- client commands ---------------------------------------------------------------------------

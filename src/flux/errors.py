@@ -65,6 +65,15 @@ class ConditionFailed(Conflict):
         self.details = details
 
 
+class MigrationRefused(Conflict):
+    """`flux migrate`: the cluster holds something the data dir does not, or the data dir
+    cannot be moved without losing state; the step that says so (`step`) moved nothing."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+
+
 class MisdirectedRequest(FluxError):
     """The `Host` header names a host this server does not answer for (421): a guard against
     DNS rebinding (`FLUX_ALLOWED_HOSTS`)."""

@@ -21,7 +21,7 @@ from conftest import FluxServer, free_port
 from flux.conditions import Check
 from flux.config import ConfigError, Settings
 from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
-from flux.log import EventLog, open_log
+from flux.log import EventLog, Record, open_log
 from flux.log.jetstream import JetStreamLog
 from flux.log.natswire import (
     Ack,
@@ -140,6 +140,41 @@ async def test_a_retried_atomic_batch_is_answered_as_duplicates(make_log: MakeLo
         assert [(d.seq, d.duplicate) for d in done] == [(first.seq, True), (2, False)]
         assert done[0].at == first.at
         assert [r.event for r in await opened.all()] == [old, new]
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_copy_in_keeps_sequences_log_times_and_ids_and_fills_holes(
+    make_log: MakeLog,
+) -> None:
+    """`copy_in` (flux migrate): another log's records at their own sequences and log times,
+    the holes between them and up to `upto_seq` as skipped numbers; a second log on the stream
+    sees them as records; the next append continues above; a record at or below the stream's
+    end, and a repeated event id, are LogErrors with nothing more stored."""
+    theirs = [
+        Record(1, 1_000, make_event("ns/a", v=1)),
+        Record(2, 2_000, make_event(None, v=2)),
+        Record(5, 5_000, make_event("ns/a", v=5)),
+    ]
+    opened = await _start(_open(make_log))
+    try:
+        assert await opened.log.copy_in(theirs[:2]) == 2
+        assert await opened.log.copy_in(theirs[2:], upto_seq=8) == 8
+        reader = await _start(_open(make_log))
+        try:
+            assert await reader.all() == theirs
+        finally:
+            await reader.log.close()
+        assert await opened.log.history("ns/a", 0, 10) == [
+            orjson.dumps(r.event) for r in (theirs[2], theirs[0])
+        ]
+        with pytest.raises(LogError, match="cannot copy sequence 8"):
+            await opened.log.copy_in([Record(8, 8_000, make_event("ns/b"))])
+        with pytest.raises(LogError, match="as a duplicate of 5"):
+            await opened.log.copy_in([Record(9, 9_000, theirs[2].event)])
+        (next_one,) = await opened.append(make_event("ns/b", v=9))
+        assert next_one.seq == 9
     finally:
         await opened.log.close()
 

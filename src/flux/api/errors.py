@@ -25,6 +25,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.RequestTimeout: 408,
     errors.Conflict: 409,
     errors.ConditionFailed: 409,
+    errors.MigrationRefused: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.MisdirectedRequest: 421,

@@ -76,7 +76,9 @@ an entity's subject backwards in growing windows, `prune` purges a prefix of the
 Numbers skipped on purpose: when the state is ahead of the stream at start (`after_seq`), new
 records must get sequences above it. An empty stream is purged up to there (JetStream then
 continues above it); a stream that holds events gets one empty `<prefix>.skip` message per
-missing number. Neither is a record.
+missing number. Neither is a record. `copy_in` (`flux migrate`) stores another log's records
+at their own sequences and fills that log's holes with the same skipped numbers; `begin_at`
+makes an empty stream start where a pruned log does.
 
 Damage: the stream is created with `deny_delete`, and Flux only removes a prefix (purge), so a
 sequence missing inside a range, a stored event that does not decode or has no `Flux-At`, and
@@ -109,7 +111,7 @@ from nats.js.client import JetStreamContext
 from flux import _parsers as parse
 from flux.conditions import KEEP, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable, ValidationError
-from flux.events import now_us
+from flux.events import entity_of, now_us
 from flux.log import Appended, Checker, Entry, OnRecords, Record
 from flux.log.natswire import (
     AT,
@@ -117,6 +119,7 @@ from flux.log.natswire import (
     BATCH_ID,
     BATCH_SEQ,
     EXPECTED,
+    EXPECTED_LAST,
     MSG_ID,
     Ack,
     Answer,
@@ -146,7 +149,7 @@ _HEARTBEAT = 1.0  # seconds between the consumer's idle heartbeats; two missed: 
 _RECONNECT_GRACE = 2.0  # how long an unacknowledged write waits for NATS to be back to look
 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
-_WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved
+_WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved (or the stream, for copy_in)
 _BATCH_HAS_DUPLICATE = 10201
 _BATCH_TOO_LARGE = 10199
 _BUSY = frozenset({10164, 10176, 10210})  # subject in use, batch incomplete, too many batches
@@ -1027,6 +1030,88 @@ class JetStreamLog:
             last = (await self._info()).state.last_seq
             await self._until_applied(last)
         return last
+
+    # -- copying another log in -------------------------------------------------------------
+
+    async def copy_in(self, records: Sequence[Record], *, upto_seq: int = 0) -> int:
+        """Store `records` of another log (in sequence order, all above the stream's last
+        sequence) at their own sequences, with their own log times and event ids, the numbers
+        between them as skipped numbers, then skipped numbers up to `upto_seq`: a log copied in
+        keeps its versions (`flux migrate`). Each message is published with the sequence it
+        must follow (`Nats-Expected-Last-Sequence`), so a write from elsewhere that lands
+        between them fails the copy with LogError instead of shifting it; so does a record
+        JetStream takes for a duplicate. Returns the stream's last sequence."""
+        self._usable()
+        self._sendable()
+        with self._translated():
+            last = (await self._info()).state.last_seq
+            messages: list[tuple[int, str, bytes, dict[str, str]]] = []
+            at = self._last_at
+            for record in records:
+                if record.seq <= last + len(messages):
+                    raise LogError(
+                        f"event log error: cannot copy sequence {record.seq} into the stream "
+                        f"{self.stream}: it is at {last + len(messages)} already"
+                    )
+                while last + len(messages) + 1 < record.seq:
+                    messages.append((last + len(messages) + 1, self._skip, b"", {AT: str(at)}))
+                at = record.at
+                event = record.event
+                headers = {MSG_ID: message_id(event["eventId"]), AT: str(at)}
+                subject = self._subject_of(entity_of(event))
+                messages.append((record.seq, subject, orjson.dumps(event), headers))
+            while last + len(messages) < upto_seq:
+                messages.append((last + len(messages) + 1, self._skip, b"", {AT: str(at)}))
+            for start in range(0, len(messages), _FILLERS_AT_ONCE):
+                await self._copy_chunk(messages[start : start + _FILLERS_AT_ONCE])
+            self._last_at = max(self._last_at, at)
+            return last + len(messages)
+
+    async def begin_at(self, seq: int) -> None:
+        """Make an empty stream go on at `seq` (purged up to there: JetStream keeps counting
+        from it), for a log copied in whose retention removed its first events. Raises LogError
+        when the stream holds messages or is past `seq` already."""
+        self._usable()
+        with self._translated():
+            state = (await self._info()).state
+            if state.last_seq == seq - 1:
+                return
+            if state.messages or state.last_seq >= seq:
+                raise LogError(
+                    f"event log error: the stream {self.stream} is at sequence "
+                    f"{state.last_seq}, it cannot begin at {seq}"
+                )
+            await self._api(f"$JS.API.STREAM.PURGE.{self.stream}", {"seq": seq})
+
+    async def _copy_chunk(self, messages: list[tuple[int, str, bytes, dict[str, str]]]) -> None:
+        """Publish `messages` (sequence, subject, data, headers) back to back, each expecting
+        the one before it; raises LogError unless every one is stored at its sequence."""
+        async with self._publishing:
+            self._sendable()
+            futures = []
+            try:
+                for seq, subject, data, headers in messages:
+                    headers[EXPECTED_LAST] = str(seq - 1)
+                    futures.append(await self._send(subject, data, headers, acked=True))
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+        answers = await self._acks(futures)
+        for (seq, _, _, _), answer in zip(messages, answers, strict=True):
+            if isinstance(answer, nats.js.errors.APIError):
+                if answer.err_code == _WRONG_LAST_SEQUENCE:
+                    raise LogError(
+                        f"event log error: the stream {self.stream} got other messages while "
+                        f"sequence {seq} was copied in (is a Flux node writing to it?)"
+                    )
+                raise translate(answer)
+            if answer.duplicate or answer.seq != seq:
+                what = "as a duplicate of" if answer.duplicate else "at"
+                raise LogError(
+                    f"event log error: JetStream stored sequence {seq} {what} {answer.seq} in "
+                    f"the stream {self.stream}"
+                )
 
     # -- reading ---------------------------------------------------------------------------
 
