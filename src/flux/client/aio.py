@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import TypeVar, Unpack
 
 import httpx
@@ -15,7 +14,7 @@ from flux.client.calls import Call
 from flux.client.claims import AsyncClaim, ClaimOptions
 from flux.client.endpoints import AsyncRunner, FollowOptions
 from flux.client.exchange import Retry, exchange
-from flux.client.live import DEFAULT_TIMEOUT, DEFAULT_URL, AsyncWatch, WatchOptions
+from flux.client.live import AsyncWatch, WatchOptions
 from flux.client.types import Changes
 
 T = TypeVar("T")
@@ -25,16 +24,9 @@ class AsyncFluxClient(AsyncRunner):
     """FluxClient's twin for asyncio: the same constructor (with an `httpx.AsyncBaseTransport`,
     for example `httpx.ASGITransport(app)`), and the same methods, to await."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        token: str | None = None,
-        admin_token: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retry: Retry = Retry(),  # noqa: B008 - frozen
+    def _open(
+        self, transport: httpx.AsyncBaseTransport | None, timeout: float | httpx.Timeout
     ) -> None:
-        super().__init__(base_url, token, admin_token, retry)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=self.headers, transport=transport, timeout=timeout
         )
@@ -45,12 +37,7 @@ class AsyncFluxClient(AsyncRunner):
     async def __aenter__(self) -> AsyncFluxClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def run(self, call: Call[T], retry: Retry | None = None) -> T:

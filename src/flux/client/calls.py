@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -146,6 +146,17 @@ def _call(method: str, path: str, parse: Callable[[httpx.Response], T], **kw: An
 # -- events ------------------------------------------------------------------------------------
 
 
+class EventOptions(TypedDict, total=False):
+    """The conditions and options of an event (`make_event`, `publish`): see `make_event`."""
+
+    expected_version: int | None
+    expected_properties: Mapping[str, Any] | None
+    fencing_token: int | None
+    ttl_ms: int | None
+    if_absent: bool
+    event_id: str | None
+
+
 def make_event(
     stream: str,
     source: str,
@@ -153,12 +164,7 @@ def make_event(
     properties: Mapping[str, Any],
     *,
     timestamp: int | None = None,
-    expected_version: int | None = None,
-    expected_properties: Mapping[str, Any] | None = None,
-    fencing_token: int | None = None,
-    ttl_ms: int | None = None,
-    if_absent: bool = False,
-    event_id: str | None = None,
+    **options: Unpack[EventOptions],
 ) -> JSONObject:
     """One event as `POST /api/events` and the batch take it, with the conditions it carries
     (docs/coordination.md); `publish` sends one, `batch` a list of them.
@@ -173,13 +179,15 @@ def make_event(
       that sending it again is never storing it twice.
 
     Raises ValueError when `if_absent` is given with a non-zero `expected_version`."""
-    if if_absent:
+    expected_version = options.get("expected_version")
+    if options.get("if_absent"):
         if expected_version not in (None, 0):
             raise ValueError(
                 f"if_absent expects version 0, not expected_version={expected_version}"
             )
         expected_version = 0
     event: JSONObject = {}
+    event_id = options.get("event_id")
     if event_id is not None:
         event["eventId"] = event_id
     event.update(
@@ -190,8 +198,10 @@ def make_event(
     )
     if expected_version is not None:
         event["expected_version"] = expected_version
+    expected_properties = options.get("expected_properties")
     if expected_properties is not None:
         event["expected_properties"] = dict(expected_properties)
+    fencing_token, ttl_ms = options.get("fencing_token"), options.get("ttl_ms")
     if fencing_token is not None:
         event["fencing_token"] = fencing_token
     if ttl_ms is not None:
@@ -210,32 +220,16 @@ def publish(
     entity_id: str,
     properties: Mapping[str, Any],
     timestamp: int | None = None,
-    *,
-    expected_version: int | None = None,
-    expected_properties: Mapping[str, Any] | None = None,
-    fencing_token: int | None = None,
-    ttl_ms: int | None = None,
-    if_absent: bool = False,
-    event_id: str | None = None,
+    **options: Unpack[EventOptions],
 ) -> Call[Accepted]:
     """POST /api/events: merge `properties` into the entity. `timestamp` is epoch ms (now when
     omitted); the conditions, `ttl_ms` and `event_id` are `make_event`'s. The event's id is
     chosen before the first attempt, so a retry after a lost answer or a 503 is answered as the
     stored event, never stored twice. Returns `{"eventId", "stream", "sequence"}` (`sequence`:
     the entity's new version). Raises FluxConflict when a condition fails (nothing stored)."""
-    event = make_event(
-        stream,
-        source,
-        entity_id,
-        properties,
-        timestamp=timestamp,
-        expected_version=expected_version,
-        expected_properties=expected_properties,
-        fencing_token=fencing_token,
-        ttl_ms=ttl_ms,
-        if_absent=if_absent,
-        event_id=event_id or uuid7(),
-    )
+    if not options.get("event_id"):
+        options["event_id"] = uuid7()
+    event = make_event(stream, source, entity_id, properties, timestamp=timestamp, **options)
     return _call("POST", "/api/events", _object, body=event, idempotent=True)
 
 

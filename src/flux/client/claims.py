@@ -24,7 +24,6 @@ import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Mapping
-from types import TracebackType
 from typing import Any, Protocol, TypedDict, TypeVar
 
 from flux.client import calls
@@ -166,12 +165,7 @@ class Claim(ClaimState):
             except FluxClientError as error:
                 delay = self.failed(error)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join()
         if self.lost:
@@ -210,12 +204,7 @@ class AsyncClaim(ClaimState):
             except FluxClientError as error:
                 delay = self.failed(error)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

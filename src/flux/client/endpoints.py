@@ -11,13 +11,16 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, ParamSpec, TypedDict, TypeVar, overload
 
+import httpx
+
 from flux.client import calls
 from flux.client.calls import Call
 from flux.client.exchange import Retry
-from flux.client.live import LiveWatch, WatchOptions
+from flux.client.live import DEFAULT_TIMEOUT, DEFAULT_URL, LiveWatch, WatchOptions
 
 P = ParamSpec("P")
 T = TypeVar("T")
+TransportT = TypeVar("TransportT")
 
 
 class Endpoint(Generic[P, T]):
@@ -96,20 +99,33 @@ class FollowOptions(TypedDict, total=False):
     interval: float
 
 
-class Client(Endpoints, abc.ABC):
+class Client(Endpoints, Generic[TransportT], abc.ABC):
     """What both clients hold: the server's address, the tokens and the retry policy.
     `token` is sent as `Authorization: Bearer <token>` on every request (and the WebSocket
     handshake); `admin_token` replaces it on admin writes (PUT /api/admin/config, namespace
-    changes)."""
+    changes). `transport` replaces httpx's (`httpx.MockTransport`, or `httpx.ASGITransport` for
+    the async client); `timeout` is each request's, in seconds; `retry` says when a request is
+    sent again (`Retry()`: up to 5 sends when it is safe; `NO_RETRY`: never)."""
 
     def __init__(
-        self, base_url: str, token: str | None, admin_token: str | None, retry: Retry
+        self,
+        base_url: str = DEFAULT_URL,
+        token: str | None = None,
+        admin_token: str | None = None,
+        transport: TransportT | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retry: Retry = Retry(),  # noqa: B008 - frozen
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.admin_token = admin_token
         self.retry = retry
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._open(transport, timeout)
+
+    @abc.abstractmethod
+    def _open(self, transport: TransportT | None, timeout: float | httpx.Timeout) -> None:
+        """Open the client's HTTP connection pool."""
 
     def live(self, options: WatchOptions) -> LiveWatch:
         """The LiveWatch of `watch(**options)`, with this client's address and token. Raises
@@ -117,7 +133,7 @@ class Client(Endpoints, abc.ABC):
         return LiveWatch(self.base_url, token=self.token, **options)
 
 
-class SyncRunner(Client):
+class SyncRunner(Client[httpx.BaseTransport]):
     """A client whose `run` sends a call and returns its result (FluxClient)."""
 
     @abc.abstractmethod
@@ -125,7 +141,7 @@ class SyncRunner(Client):
         """Send `call` (retried as `retry`, the client's policy by default); its result."""
 
 
-class AsyncRunner(Client):
+class AsyncRunner(Client[httpx.AsyncBaseTransport]):
     """A client whose `run` is a coroutine (AsyncFluxClient)."""
 
     @abc.abstractmethod

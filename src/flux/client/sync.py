@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import TypeVar, Unpack
 
 import httpx
@@ -14,27 +13,17 @@ from flux.client.calls import Call
 from flux.client.claims import Claim, ClaimOptions
 from flux.client.endpoints import FollowOptions, SyncRunner
 from flux.client.exchange import Retry, exchange
-from flux.client.live import DEFAULT_TIMEOUT, DEFAULT_URL, Watch, WatchOptions
+from flux.client.live import Watch, WatchOptions
 from flux.client.types import Changes
 
 T = TypeVar("T")
 
 
 class FluxClient(SyncRunner):
-    """Talks to one Flux server (see flux.client). `transport` replaces httpx's (for example
-    `httpx.MockTransport`); `timeout` is each request's, in seconds; `retry` says when a request
-    is sent again (`Retry()`: up to 5 sends; `NO_RETRY`: never)."""
+    """Talks to one Flux server, synchronously (see flux.client). The constructor's arguments
+    (address, tokens, transport, timeout, retry policy) are flux.client.endpoints.Client's."""
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_URL,
-        token: str | None = None,
-        admin_token: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        retry: Retry = Retry(),  # noqa: B008 - frozen
-    ) -> None:
-        super().__init__(base_url, token, admin_token, retry)
+    def _open(self, transport: httpx.BaseTransport | None, timeout: float | httpx.Timeout) -> None:
         self._http = httpx.Client(
             base_url=self.base_url, headers=self.headers, transport=transport, timeout=timeout
         )
@@ -45,12 +34,7 @@ class FluxClient(SyncRunner):
     def __enter__(self) -> FluxClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def run(self, call: Call[T], retry: Retry | None = None) -> T:
