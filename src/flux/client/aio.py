@@ -75,7 +75,7 @@ class AsyncFluxClient(AsyncRunner):
     def watch(self, **options: Unpack[WatchOptions]) -> AsyncWatch:
         """The live changes over the WebSocket, for `async for` (see `AsyncWatch` and
         `WatchOptions`); FluxClient.watch says what it raises."""
-        return AsyncWatch(self.live(options))
+        return AsyncWatch(self._live(options))
 
     def claim(
         self, entity_id: str, owner: str, ttl_ms: int, **options: Unpack[ClaimOptions]

@@ -127,7 +127,7 @@ class Client(Endpoints, Generic[TransportT], abc.ABC):
     def _open(self, transport: TransportT | None, timeout: float | httpx.Timeout) -> None:
         """Open the client's HTTP connection pool."""
 
-    def live(self, options: WatchOptions) -> LiveWatch:
+    def _live(self, options: WatchOptions) -> LiveWatch:
         """The LiveWatch of `watch(**options)`, with this client's address and token. Raises
         ValueError for an address that is not http(s) or for both `entity_id` and `prefix`."""
         return LiveWatch(self.base_url, token=self.token, **options)

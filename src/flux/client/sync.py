@@ -75,7 +75,7 @@ class FluxClient(SyncRunner):
         """The live changes over the WebSocket, for `for` (see `Watch` and `WatchOptions`).
         Raises ValueError for bad options; the first `next()` raises FluxConnectionError when
         the server cannot be reached (later disconnects are reconnected)."""
-        return Watch(self.live(options))
+        return Watch(self._live(options))
 
     def claim(
         self, entity_id: str, owner: str, ttl_ms: int, **options: Unpack[ClaimOptions]
