@@ -9,6 +9,7 @@ connection) goes on between two calls, as it would in an async program."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
 import json
 import socket
@@ -38,6 +39,7 @@ from flux.client import (
     entity_path,
     make_event,
 )
+from jsonserver import JsonServer, Reply
 
 ADMIN_TOKEN = "admin-secret"
 TOMBSTONES_KEPT = 4
@@ -1074,3 +1076,88 @@ def test_a_claim_is_lost_when_the_server_is_down_past_its_ttl(
     assert claim.lost and not claim.released
     with pytest.raises(ValueError, match="renew_fraction"):
         flux.claim("claim/down", "node-a", 1500, renew_fraction=1)
+
+
+# -- namespaces, connectors and sources (auth on) ----------------------------------------------
+
+ENCRYPTION_KEY = base64.b64encode(bytes(range(100, 132))).decode()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[FluxServer]:
+    """A server with auth on, connector credentials and GitHub sign-in configured (GitHub
+    itself is an address nobody answers: only what the server says about it is tested)."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "FLUX_AUTH_ENABLED": "true",
+        "FLUX_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FLUX_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "FLUX_DIRECTORY_INTERVAL_SECONDS": "0",
+        "FLUX_GITHUB_API_URL": nobody,
+        "FLUX_CONNECTOR_RETRY_SECONDS": "60",
+        "FLUX_SOURCES_ALLOW_PRIVATE": "true",
+        "FLUX_OAUTH_GITHUB_CLIENT_ID": "client-1",
+        "FLUX_OAUTH_GITHUB_CLIENT_SECRET": "secret-1",
+        "FLUX_OAUTH_GITHUB_AUTH_URL": f"{nobody}/authorize",
+        "FLUX_OAUTH_GITHUB_TOKEN_URL": f"{nobody}/token",
+    }
+    yield from module_server(tmp_path_factory, f"client-auth-{kind}", env)
+
+
+def test_namespaces_from_creation_to_deletion(auth_server: FluxServer, connect: Connect) -> None:
+    admin = connect(auth_server.url, admin_token=ADMIN_TOKEN)
+    created = admin.namespace_create("team-a")
+    assert (created["name"], created["private"]) == ("team-a", False)
+    team = connect(auth_server.url, token=created["token"])
+    team.publish("s", "a", "team-a/dev", {"on": True})
+    shown = admin.namespace_show("team-a")
+    assert shown["entityCount"] == 1 and "token" not in shown
+
+    rotated = team.namespace_rotate_token("team-a")
+    assert rotated["token"] != created["token"]
+    with pytest.raises(FluxClientError) as old:
+        team.publish("s", "a", "team-a/dev", {"on": False})
+    assert old.value.status == 401
+    team = connect(auth_server.url, token=rotated["token"])
+    assert team.namespace_set_private("team-a", True)["private"] is True
+    with pytest.raises(FluxClientError) as hidden:
+        connect(auth_server.url).get("team-a/dev")
+    assert hidden.value.status in (401, 403, 404)
+    assert team.get("team-a/dev")["properties"] == {"on": True}
+
+    admin.namespace_delete("team-a")
+    with pytest.raises(FluxClientError) as gone:
+        admin.namespace_show("team-a")
+    assert gone.value.status == 404
+
+
+def test_connectors_and_sources(auth_server: FluxServer, connect: Connect) -> None:
+    created = connect(auth_server.url, admin_token=ADMIN_TOKEN).namespace_create("ops")
+    ops = connect(auth_server.url, token=created["token"])
+    assert ops.connector_store_token("github", "ghp-not-a-real-token") == {"success": True}
+    github = ops.connector("github")
+    assert github["name"] == "github"
+    sign_in = ops.connector_oauth_url("github")
+    assert sign_in.startswith(f"{auth_server.url.rsplit(':', 1)[0]}:") and "/authorize?" in sign_in
+    assert "client_id=client-1" in sign_in
+    assert ops.connector_delete_token("github") == {"success": True}
+
+    upstream = JsonServer().start()
+    try:
+        upstream.routes["/weather"] = Reply({"temperature": 3})
+        added = ops.source_add(
+            {
+                "name": "weather",
+                "url": upstream.url("/weather"),
+                "poll_interval_secs": 60,
+                "entity_key": "oslo",
+                "namespace": "ops",
+            }
+        )
+        source_id = added["source_id"]
+        assert [s["source_id"] for s in ops.sources()] == [source_id]
+        assert ops.source_show(source_id)["name"] == "weather"
+        assert ops.source_remove(source_id) is None
+        assert ops.sources() == []
+    finally:
+        upstream.stop()
