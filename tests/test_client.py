@@ -32,6 +32,7 @@ from flux.client import (
     FluxClientError,
     FluxConflict,
     FluxConnectionError,
+    FluxNotFound,
     FluxResync,
     FluxTimeoutError,
     FluxUnavailable,
@@ -716,7 +717,7 @@ def test_if_absent_with_another_expected_version_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("response", "kind"),
+    ("response", "error_type"),
     [
         (httpx.Response(409, json={"error": "Namespace name already exists"}), FluxClientError),
         (
@@ -728,17 +729,19 @@ def test_if_absent_with_another_expected_version_is_refused() -> None:
             httpx.Response(410, json={"error": "old", "resync": True, "oldest": 5, "version": 9}),
             FluxResync,
         ),
+        (httpx.Response(404, json={"error": "Entity not found"}), FluxNotFound),
+        (httpx.Response(503, json={"error": "log", "outcome": "stored"}), FluxUnavailable),
     ],
 )
-def test_only_coordination_answers_become_conflict_and_resync(
-    response: httpx.Response, kind: type[FluxClientError], mock_client: Callable[..., Any]
+def test_answers_become_the_error_that_says_what_happened(
+    response: httpx.Response, error_type: type[FluxClientError], mock_client: Callable[..., Any]
 ) -> None:
     with (
         mock_client(lambda request: copy(response)) as flux,
         pytest.raises(FluxClientError) as caught,
     ):
         flux.get("x")
-    assert type(caught.value) is kind
+    assert type(caught.value) is error_type
     assert caught.value.status == response.status_code
 
 
@@ -1025,7 +1028,7 @@ def test_watch_of_an_unreachable_server_raises(connect: Connect) -> None:
 
 
 def test_a_claim_is_renewed_in_the_background_and_released_on_exit(flux: Any) -> None:
-    with flux.claim("claim/leader", "node-a", 600) as claim:
+    with flux.claim("claim/leader", "node-a", 1500) as claim:
         flux.publish("s", "node-a", "claim/leader", {"step": 1}, fencing_token=claim.token)
         wait_for(lambda: claim.renewals >= 4, "four renewals")  # > one TTL since it was taken
         assert not claim.lost and claim.reason is None

@@ -6,6 +6,7 @@ or from an `httpx` transport error in one place.
   answer came back);
 - `FluxConnectionError`: no answer (`maybe_sent`: whether the request may have reached the
   server), and `FluxTimeoutError`, also a `TimeoutError`;
+- `FluxNotFound` (404): what was asked for does not exist;
 - `FluxConflict` (409): a condition failed, with the entity as it is now;
 - `FluxResync` (410): a changes cursor older than the deletions the server remembers;
 - `FluxUnavailable` (503): the server cannot take the write now, with the event log's
@@ -49,6 +50,13 @@ class FluxConnectionError(FluxClientError):
 
 class FluxTimeoutError(FluxConnectionError, TimeoutError):
     """The server did not answer in time (a write may still have been stored)."""
+
+
+class FluxNotFound(FluxClientError):
+    """A 404: the entity (or namespace, connector, source) does not exist."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(404, message)
 
 
 class FluxConflict(FluxClientError):
@@ -120,12 +128,15 @@ def error_message(response: httpx.Response) -> str:
 def error_of(response: httpx.Response) -> FluxClientError:
     """The error for an answer of status 400 or more: `FluxConflict` for a 409 that carries a
     conflict (other 409s, such as a namespace that exists, are plain), `FluxResync` for a 410
-    with `"resync": true`, `FluxUnavailable` for a 503, else `FluxClientError`."""
+    with `"resync": true`, `FluxNotFound` for a 404, `FluxUnavailable` for a 503, else
+    `FluxClientError`."""
     status = response.status_code
     message = error_message(response)
     body = json_or_none(response) if status in (409, 410, 503) else None
     if not isinstance(body, dict):
         body = {}
+    if status == 404:
+        return FluxNotFound(message)
     if status == 409 and "current_version" in body:
         return FluxConflict(message, body)
     if status == 410 and body.get("resync") is True:

@@ -6,7 +6,7 @@ config) stay `JSONObject`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, Required, TypedDict
 
 JSONObject = dict[str, Any]
 JSONList = list[Any]
@@ -142,7 +142,7 @@ class WatchMessage(TypedDict, total=False):
     `entity_id`, `properties`, `version`; `subscribed`: `version`; `resync`: `reason`,
     `version`)."""
 
-    type: WatchType
+    type: Required[WatchType]
     entity_id: str
     property: str
     value: Any
