@@ -28,7 +28,7 @@ class AsyncFluxClient(AsyncRunner):
         self, transport: httpx.AsyncBaseTransport | None, timeout: float | httpx.Timeout
     ) -> None:
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers=self.headers, transport=transport, timeout=timeout
+            base_url=self.base_url, headers=self._headers, transport=transport, timeout=timeout
         )
 
     async def aclose(self) -> None:

@@ -120,7 +120,7 @@ class Client(Endpoints, Generic[TransportT], abc.ABC):
         self.token = token
         self.admin_token = admin_token
         self.retry = retry
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._open(transport, timeout)
 
     @abc.abstractmethod

@@ -25,7 +25,7 @@ class FluxClient(SyncRunner):
 
     def _open(self, transport: httpx.BaseTransport | None, timeout: float | httpx.Timeout) -> None:
         self._http = httpx.Client(
-            base_url=self.base_url, headers=self.headers, transport=transport, timeout=timeout
+            base_url=self.base_url, headers=self._headers, transport=transport, timeout=timeout
         )
 
     def close(self) -> None:
