@@ -103,9 +103,10 @@ class Client(Endpoints, Generic[TransportT], abc.ABC):
     """What both clients hold: the server's address, the tokens and the retry policy.
     `token` is sent as `Authorization: Bearer <token>` on every request (and the WebSocket
     handshake); `admin_token` replaces it on admin writes (PUT /api/admin/config, namespace
-    changes). `transport` replaces httpx's (`httpx.MockTransport`, or `httpx.ASGITransport` for
-    the async client) for HTTP requests; `watch()` always opens a real WebSocket. `timeout` is each request's, in seconds; `retry` says when a request is
-    sent again (`Retry()`: up to 5 sends when it is safe; `NO_RETRY`: never)."""
+    changes). `transport` replaces httpx's for HTTP requests (`httpx.MockTransport`, or
+    `httpx.ASGITransport` for the async client); `watch()` always opens a real WebSocket.
+    `timeout` is each request's, in seconds; `retry` says when a request is sent again
+    (`Retry()`: up to 5 sends when it is safe; `NO_RETRY`: never)."""
 
     def __init__(
         self,
