@@ -1,45 +1,89 @@
-"""FluxClient against a real `flux serve` process, plus error mapping with canned replies."""
+"""The SDK, sync and async: every test runs once with `FluxClient` and once with
+`AsyncFluxClient` (the `connect` fixture), against a real `flux serve` process, plus error
+mapping and retries with canned replies.
+
+The async client is driven from the test's thread by `sdkharness.Blocking`."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import inspect
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from conftest import FluxServer, free_port, module_server
+from conftest import FluxServer, free_port, module_server, wait_for
 from flux.client import (
+    NO_RETRY,
+    AsyncFluxClient,
     FluxClient,
     FluxClientError,
     FluxConflict,
     FluxConnectionError,
+    FluxNotFound,
     FluxResync,
     FluxTimeoutError,
+    FluxUnavailable,
+    Retry,
     entity_path,
     make_event,
 )
+from jsonserver import JsonServer, Reply
+from sdkharness import AnswerDropper, Blocking
 
 ADMIN_TOKEN = "admin-secret"
-
-
 TOMBSTONES_KEPT = 4
 
 
-@pytest.fixture(scope="module")
-def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
-    """One server for the module; it has an admin token (which only admin writes need) and
-    remembers only a few deletions (so a changes cursor can grow too old)."""
-    env = {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN, "FLUX_TOMBSTONES_KEPT": str(TOMBSTONES_KEPT)}
-    yield from module_server(tmp_path_factory, "client", env)
+Connect = Callable[..., Any]
+
+
+@pytest.fixture(scope="module", params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """The client under test (module-scoped: all the tests of one kind run, then the other's)."""
+    param: str = request.param
+    return param
 
 
 @pytest.fixture
-def flux(flux_server: FluxServer) -> Iterator[FluxClient]:
-    with FluxClient(flux_server.url) as client:
-        yield client
+def connect(kind: str) -> Iterator[Connect]:
+    """Makes clients of the kind under test: `connect(url, **FluxClient's options)`; each is
+    closed after the test."""
+    made: list[Any] = []
+
+    def make(url: str, **options: Any) -> Any:
+        client: Any
+        if kind == "sync":
+            client = FluxClient(url, **options)
+        else:
+            client = Blocking(AsyncFluxClient(url, **options))
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def flux_server(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[FluxServer]:
+    """One server for each kind of client; it has an admin token (which only admin writes need) and
+    remembers only a few deletions (so a changes cursor can grow too old)."""
+    env = {"FLUX_ADMIN_TOKEN": ADMIN_TOKEN, "FLUX_TOMBSTONES_KEPT": str(TOMBSTONES_KEPT)}
+    yield from module_server(tmp_path_factory, f"client-{kind}", env)
+
+
+@pytest.fixture
+def flux(flux_server: FluxServer, connect: Connect) -> Any:
+    return connect(flux_server.url)
 
 
 # -- against a real server -----------------------------------------------------------------
@@ -186,15 +230,17 @@ def test_admin_config_read(flux: FluxClient) -> None:
     assert "body_size_limit_single_bytes" in config
 
 
-def test_admin_config_update_needs_the_admin_token(flux_server: FluxServer) -> None:
-    with FluxClient(flux_server.url, admin_token=ADMIN_TOKEN) as flux:
+def test_admin_config_update_needs_the_admin_token(
+    flux_server: FluxServer, connect: Connect
+) -> None:
+    with connect(flux_server.url, admin_token=ADMIN_TOKEN) as flux:
         updated = flux.admin_config({"rate_limit_per_namespace_per_minute": 5000})
         assert updated["rate_limit_per_namespace_per_minute"] == 5000
         assert flux.admin_config()["rate_limit_per_namespace_per_minute"] == 5000
     for client in (
-        FluxClient(flux_server.url),
-        FluxClient(flux_server.url, admin_token="wrong"),
-        FluxClient(flux_server.url, token="namespace-token"),
+        connect(flux_server.url),
+        connect(flux_server.url, admin_token="wrong"),
+        connect(flux_server.url, token="namespace-token"),
     ):
         with client, pytest.raises(FluxClientError) as caught:
             client.admin_config({"rate_limit_per_namespace_per_minute": 1})
@@ -374,11 +420,13 @@ def test_changes_pages_and_the_iterator(flux: FluxClient) -> None:
     assert {e["id"] for e in by_namespace["changes"]} == set(changed)
 
 
-def test_iter_changes_follows_new_changes(flux: FluxClient, flux_server: FluxServer) -> None:
+def test_iter_changes_follows_new_changes(
+    flux: FluxClient, flux_server: FluxServer, connect: Connect
+) -> None:
     cursor = flux.publish("tasks", "p", "coord-follow/start", {"n": 0})["sequence"]
     polls = 0
     seen: list[str] = []
-    with FluxClient(flux_server.url) as writer:
+    with connect(flux_server.url) as writer:
         for page in flux.iter_changes(cursor, prefix="coord-follow/", follow=True, interval=0.05):
             polls += 1
             seen += [e["id"] for e in page["changes"]]
@@ -409,9 +457,9 @@ def test_a_cursor_older_than_the_remembered_deletions_raises_resync(flux: FluxCl
     assert flux.changes(caught.value.version)["changes"] == []
 
 
-def test_unreachable_server_is_a_connection_error() -> None:
+def test_unreachable_server_is_a_connection_error(connect: Connect) -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    with FluxClient(url) as flux, pytest.raises(FluxConnectionError) as caught:
+    with connect(url, retry=NO_RETRY) as flux, pytest.raises(FluxConnectionError) as caught:
         flux.get("x")
     assert caught.value.status is None
     assert caught.value.message.startswith(f"cannot reach Flux at {url}: ")
@@ -421,16 +469,31 @@ def test_unreachable_server_is_a_connection_error() -> None:
 # -- with canned replies ---------------------------------------------------------------------
 
 
-def mock_client(handler: Callable[[httpx.Request], httpx.Response], **kwargs: str) -> FluxClient:
-    return FluxClient("http://flux.test/", transport=httpx.MockTransport(handler), **kwargs)
+def copy(response: httpx.Response) -> httpx.Response:
+    """A new response like `response` (one is read once: a parametrized one serves twice)."""
+    return httpx.Response(response.status_code, headers=response.headers, content=response.read())
 
 
-def test_token_is_sent_on_every_call_and_admin_token_on_admin_writes() -> None:
+@pytest.fixture
+def mock_client(connect: Connect) -> Callable[..., Any]:
+    """A client of the kind under test whose requests get `handler`'s canned replies (and whose
+    retries do not wait)."""
+
+    def make(handler: Callable[[httpx.Request], httpx.Response], **options: Any) -> Any:
+        options.setdefault("retry", Retry(backoff=0))
+        return connect("http://flux.test/", transport=httpx.MockTransport(handler), **options)
+
+    return make
+
+
+def test_token_is_sent_on_every_call_and_admin_token_on_admin_writes(
+    mock_client: Callable[..., Any],
+) -> None:
     seen: list[tuple[str, str, str | None]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((request.method, request.url.path, request.headers.get("authorization")))
-        return httpx.Response(200, json={})
+        return httpx.Response(200, json=[] if request.url.path.endswith("entities") else {})
 
     with mock_client(handler, token="ns-token", admin_token="admin-token") as flux:
         flux.get("a/b")
@@ -443,7 +506,7 @@ def test_token_is_sent_on_every_call_and_admin_token_on_admin_writes() -> None:
     assert seen[0][1] == "/api/state/entities/a/b"  # httpx shows the decoded path
 
 
-def test_no_authorization_header_without_a_token() -> None:
+def test_no_authorization_header_without_a_token(mock_client: Callable[..., Any]) -> None:
     headers: list[httpx.Headers] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -455,7 +518,7 @@ def test_no_authorization_header_without_a_token() -> None:
     assert "authorization" not in headers[0]
 
 
-def test_request_bodies_are_json() -> None:
+def test_request_bodies_are_json(mock_client: Callable[..., Any]) -> None:
     bodies: list[object] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -465,7 +528,12 @@ def test_request_bodies_are_json() -> None:
 
     with mock_client(handler) as flux:
         flux.publish("sensors", "agent-01", "ns/ü", {"t": 1.5}, timestamp=42)
-        flux.batch([{"stream": "s"}])
+        flux.batch([{"stream": "s"}, {"stream": "s", "eventId": "mine"}])
+        flux.publish("sensors", "agent-01", "ns/ü", {}, timestamp=42, event_id="given")
+    # an event is given its id before it is sent (so that a retry sends the same one)
+    first_id = bodies[0].pop("eventId")  # type: ignore[union-attr]
+    generated = bodies[1]["events"][0].pop("eventId")  # type: ignore[index]
+    assert len(first_id) == len(generated) == 36 and first_id != generated
     assert bodies == [
         {
             "stream": "sensors",
@@ -473,15 +541,25 @@ def test_request_bodies_are_json() -> None:
             "timestamp": 42,
             "payload": {"entity_id": "ns/ü", "properties": {"t": 1.5}},
         },
-        {"events": [{"stream": "s"}]},
+        {"events": [{"stream": "s"}, {"eventId": "mine", "stream": "s"}]},
+        {
+            "eventId": "given",
+            "stream": "sensors",
+            "source": "agent-01",
+            "timestamp": 42,
+            "payload": {"entity_id": "ns/ü", "properties": {}},
+        },
     ]
 
 
-def test_coordination_request_bodies() -> None:
+def test_coordination_request_bodies(mock_client: Callable[..., Any]) -> None:
     sent: list[tuple[str, object]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        sent.append((request.url.path, json.loads(request.content)))
+        body = json.loads(request.content)
+        for event in body.get("events", [body]):
+            event.pop("eventId", None)
+        sent.append((request.url.path, body))
         return httpx.Response(200, json={})
 
     with mock_client(handler) as flux:
@@ -546,7 +624,7 @@ def test_if_absent_with_another_expected_version_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("response", "kind"),
+    ("response", "error_type"),
     [
         (httpx.Response(409, json={"error": "Namespace name already exists"}), FluxClientError),
         (
@@ -558,14 +636,19 @@ def test_if_absent_with_another_expected_version_is_refused() -> None:
             httpx.Response(410, json={"error": "old", "resync": True, "oldest": 5, "version": 9}),
             FluxResync,
         ),
+        (httpx.Response(404, json={"error": "Entity not found"}), FluxNotFound),
+        (httpx.Response(503, json={"error": "log", "outcome": "stored"}), FluxUnavailable),
     ],
 )
-def test_only_coordination_answers_become_conflict_and_resync(
-    response: httpx.Response, kind: type[FluxClientError]
+def test_answers_become_the_error_that_says_what_happened(
+    response: httpx.Response, error_type: type[FluxClientError], mock_client: Callable[..., Any]
 ) -> None:
-    with mock_client(lambda request: response) as flux, pytest.raises(FluxClientError) as caught:
+    with (
+        mock_client(lambda request: copy(response)) as flux,
+        pytest.raises(FluxClientError) as caught,
+    ):
         flux.get("x")
-    assert type(caught.value) is kind
+    assert type(caught.value) is error_type
     assert caught.value.status == response.status_code
 
 
@@ -579,14 +662,19 @@ def test_only_coordination_answers_become_conflict_and_resync(
         (httpx.Response(503, json={"status": "starting"}), "Flux is starting"),
     ],
 )
-def test_error_mapping(response: httpx.Response, message: str) -> None:
-    with mock_client(lambda request: response) as flux, pytest.raises(FluxClientError) as caught:
+def test_error_mapping(
+    response: httpx.Response, message: str, mock_client: Callable[..., Any]
+) -> None:
+    with (
+        mock_client(lambda request: copy(response)) as flux,
+        pytest.raises(FluxClientError) as caught,
+    ):
         flux.health()
     assert caught.value.status == response.status_code
     assert caught.value.message.startswith(message)
 
 
-def test_success_without_json_is_an_error() -> None:
+def test_success_without_json_is_an_error(mock_client: Callable[..., Any]) -> None:
     with (
         mock_client(lambda request: httpx.Response(200, text="<html>")) as flux,
         pytest.raises(FluxClientError) as caught,
@@ -596,7 +684,7 @@ def test_success_without_json_is_an_error() -> None:
     assert "did not answer with JSON" in caught.value.message
 
 
-def test_timeout_is_a_timeout_error() -> None:
+def test_timeout_is_a_timeout_error(mock_client: Callable[..., Any]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("read timed out", request=request)
 
@@ -607,3 +695,341 @@ def test_timeout_is_a_timeout_error() -> None:
     assert (
         caught.value.message == "cannot reach Flux at http://flux.test: timed out (read timed out)"
     )
+
+
+def test_both_clients_have_the_same_methods_with_the_same_signatures() -> None:
+    def methods(client: object) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(getattr(client, name))
+            for name in dir(client)
+            if not name.startswith("_") and callable(getattr(client, name))
+        }
+
+    sync, async_ = FluxClient(), AsyncFluxClient()
+    only_sync, only_async = {"close"}, {"aclose"}
+    assert methods(sync).keys() - only_sync == methods(async_).keys() - only_async
+    for name, signature in methods(sync).items():
+        if name not in only_sync | {"run"}:
+            assert methods(async_)[name].parameters == signature.parameters, name
+    assert {"publish", "get", "list", "changes", "lease_acquire", "watch", "claim"} <= set(
+        methods(sync)
+    )
+    sync.close()
+    asyncio.run(async_.aclose())
+
+
+# -- retries -----------------------------------------------------------------------------------
+
+
+def test_a_write_whose_answer_is_lost_is_sent_again_with_the_same_event_ids(
+    mock_client: Callable[..., Any],
+) -> None:
+    bodies: list[bytes] = []
+    retries: list[tuple[int, int | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if len(bodies) % 3 == 1:
+            raise httpx.ReadError("connection reset", request=request)
+        if len(bodies) % 3 == 2:
+            return httpx.Response(503, json={"error": "event log: timeout", "outcome": "unknown"})
+        return httpx.Response(200, json={"eventId": "x", "stream": "s", "sequence": 7})
+
+    def heard(attempt: int, error: FluxClientError, delay: float) -> None:
+        retries.append((attempt, error.status))
+
+    retry = Retry(backoff=0, on_retry=heard)
+    with mock_client(handler, retry=retry) as flux:
+        assert flux.publish("s", "a", "ns/x", {"n": 1})["sequence"] == 7
+        flux.batch([make_event("s", "a", "ns/x", {"n": 2})])
+    assert len(bodies) == 6 and len(set(bodies[:3])) == 1 and len(set(bodies[3:])) == 1
+    assert b'"eventId"' in bodies[0] and b'"eventId"' in bodies[3]
+    assert retries == [(1, None), (2, 503)] * 2
+
+
+def test_what_may_not_be_stored_twice_is_not_sent_again(
+    mock_client: Callable[..., Any],
+) -> None:
+    sent: list[str] = []
+    answers: list[Callable[[httpx.Request], httpx.Response]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return answers.pop(0)(request) if answers else httpx.Response(200, json={})
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    def unavailable(outcome: str) -> Callable[[httpx.Request], httpx.Response]:
+        return lambda request: httpx.Response(503, json={"error": "log", "outcome": outcome})
+
+    with mock_client(handler, retry=Retry(attempts=3, backoff=0)) as flux:
+        # a delete whose answer was lost may have been done: it is not sent again ...
+        answers[:] = [lost]
+        with pytest.raises(FluxConnectionError) as caught:
+            flux.delete("ns/x")
+        assert caught.value.maybe_sent and len(sent) == 1
+        # ... nor after a 503 that may have stored it ...
+        answers[:] = [unavailable("unknown")]
+        with pytest.raises(FluxUnavailable) as unknown:
+            flux.lease_release("ns/x", "w", 3)
+        assert unknown.value.outcome == "unknown" and len(sent) == 2
+        # ... but a request that never reached the server, or was not stored, is
+        answers[:] = [refused, unavailable("not_stored")]
+        flux.delete("ns/x")
+        assert len(sent) == 5
+        # and retries are bounded
+        answers[:] = [unavailable("unknown")] * 3
+        with pytest.raises(FluxUnavailable):
+            flux.publish("s", "a", "ns/x", {})
+        assert len(sent) == 8
+    with pytest.raises(ValueError, match="attempts must be at least 1"):
+        Retry(attempts=0)
+
+
+def test_a_publish_waits_out_a_server_restart(
+    server_factory: type[FluxServer], tmp_path: Path, connect: Connect
+) -> None:
+    srv = server_factory(tmp_path / "data").start()
+    retries: list[FluxClientError] = []
+    retry = Retry(
+        attempts=100, backoff=0.05, max_backoff=0.2, on_retry=lambda n, e, d: retries.append(e)
+    )
+    flux = connect(srv.url, retry=retry)
+    before = flux.publish("sensors", "a", "restart/p", {"n": 1})["sequence"]
+    srv.stop()
+    restarted = threading.Timer(0.5, server_factory(srv.data_dir, port=srv.port).start)
+    restarted.start()
+    try:
+        accepted = flux.publish("sensors", "a", "restart/p", {"n": 2})
+    finally:
+        restarted.join()
+    assert retries and all(isinstance(e, FluxConnectionError) for e in retries)
+    assert accepted["sequence"] > before
+    assert [e["eventId"] for e in flux.history("restart/p")] == [
+        accepted["eventId"],
+        flux.history("restart/p")[1]["eventId"],
+    ]
+    assert flux.get("restart/p")["version"] == accepted["sequence"]
+
+
+def test_an_event_whose_answer_was_lost_is_stored_once(
+    flux_server: FluxServer, connect: Connect
+) -> None:
+    proxy = AnswerDropper(flux_server.url)
+    try:
+        flux = connect(proxy.url, retry=Retry(backoff=0.01))
+        accepted = flux.publish("sensors", "a", "client/once", {"n": 1})
+    finally:
+        proxy.close()
+    # the server stored the first send and answered it; the client never heard that answer
+    assert [answer.split(b"\r\n", 1)[0] for answer in proxy.dropped] == [b"HTTP/1.1 200 OK"]
+    direct = connect(flux_server.url)
+    assert [e["eventId"] for e in direct.history("client/once")] == [accepted["eventId"]]
+    assert direct.get("client/once")["version"] == accepted["sequence"]
+
+
+# -- watch -------------------------------------------------------------------------------------
+
+
+def test_watch_follows_across_a_server_restart_without_missing_a_version(
+    server_factory: type[FluxServer], tmp_path: Path, connect: Connect
+) -> None:
+    srv = server_factory(tmp_path / "data").start()
+    flux = connect(srv.url, retry=Retry(attempts=100, backoff=0.05, max_backoff=0.2))
+
+    def publish(n: int) -> list[int]:
+        return [
+            flux.publish("sensors", "a", f"live/s{i % 2}", {"n": i})["sequence"] for i in range(n)
+        ]
+
+    published = publish(3)
+    statuses: list[str] = []
+    seen: list[tuple[str, int]] = []
+    with flux.watch(prefix="live/", since=0, on_status=statuses.append) as changes:
+
+        def take(count: int) -> None:
+            while len([s for s in seen if s[0] == "state_update"]) < count:
+                message = next(changes)
+                seen.append((message["type"], message["version"]))
+
+        take(3)
+        srv.stop()
+        srv = server_factory(srv.data_dir, port=srv.port).start()
+        published += publish(3)  # while the watch is still away
+        take(6)
+        assert changes.version == published[-1]
+    updates = [version for kind, version in seen if kind == "state_update"]
+    assert updates == published
+    # the replay, then the subscription's acknowledgement (past any version Flux took itself)
+    assert [kind for kind, _ in seen[:4]] == ["state_update"] * 3 + ["subscribed"]
+    assert seen[3][1] >= published[2]
+    assert any("reconnect" in status for status in statuses)
+
+
+def test_watch_hands_on_a_resync_when_the_server_cannot_replay(
+    flux: Any,
+) -> None:
+    accepted = flux.publish("sensors", "a", "resync/a", {"n": 1})
+    with flux.watch(prefix="resync/", since=accepted["sequence"] + 10**6) as changes:
+        first, second, third = next(changes), next(changes), next(changes)
+    assert first["type"] == "resync" and first["version"] >= accepted["sequence"]
+    assert (second["type"], second["entity_id"], second["properties"]) == (
+        "snapshot",
+        "resync/a",
+        {"n": 1},
+    )
+    assert third["type"] == "subscribed"
+
+
+def test_watch_of_an_unreachable_server_raises(connect: Connect) -> None:
+    flux = connect(f"http://127.0.0.1:{free_port()}")
+    with flux.watch(entity_id="x") as changes, pytest.raises(FluxConnectionError):
+        next(changes)
+    with pytest.raises(ValueError, match="not both"):
+        flux.watch(entity_id="x", prefix="y")
+
+
+# -- claim -------------------------------------------------------------------------------------
+
+
+def test_a_claim_is_renewed_in_the_background_and_released_on_exit(flux: Any) -> None:
+    with flux.claim("claim/leader", "node-a", 1500) as claim:
+        flux.publish("s", "node-a", "claim/leader", {"step": 1}, fencing_token=claim.token)
+        wait_for(lambda: claim.renewals >= 4, "four renewals")  # > one TTL since it was taken
+        assert not claim.lost and claim.reason is None
+        flux.publish("s", "node-a", "claim/leader", {"step": 2}, fencing_token=claim.token)
+        with pytest.raises(FluxConflict):
+            flux.lease_acquire("claim/leader", "node-b", 1000)
+    assert claim.released and not claim.lost
+    entity = flux.get("claim/leader")
+    assert entity["properties"]["__lease__"] is None and entity["properties"]["step"] == 2
+    assert flux.lease_acquire("claim/leader", "node-b", 1000)["token"] > claim.token
+
+
+def test_a_claim_held_by_another_owner_is_refused(flux: Any) -> None:
+    held = flux.lease_acquire("claim/busy", "node-b", 60_000)
+    with pytest.raises(FluxConflict) as caught, flux.claim("claim/busy", "node-a", 1000):
+        raise AssertionError("the block ran without the lease")
+    assert caught.value.lease is not None and caught.value.lease["token"] == held["token"]
+
+
+def test_a_claim_whose_renewal_is_refused_is_lost(flux: Any) -> None:
+    with flux.claim("claim/taken", "node-a", 900, properties={"role": "leader"}) as claim:
+        assert flux.get("claim/taken")["properties"]["role"] == "leader"
+        flux.lease_release("claim/taken", "node-a", claim.token)  # behind the claim's back
+        flux.lease_acquire("claim/taken", "node-b", 60_000)
+        wait_for(lambda: claim.lost, "the claim to be lost")
+        assert claim.reason.startswith("the lease was lost: condition failed")
+        with pytest.raises(FluxConflict):
+            flux.publish("s", "node-a", "claim/taken", {"x": 1}, fencing_token=claim.token)
+    assert not claim.released
+    assert flux.get("claim/taken")["properties"]["__lease__"]["owner"] == "node-b"
+
+
+def test_a_claim_is_lost_when_the_server_is_down_past_its_ttl(
+    server_factory: type[FluxServer], tmp_path: Path, connect: Connect
+) -> None:
+    srv = server_factory(tmp_path / "data").start()
+    flux = connect(srv.url)
+    with flux.claim("claim/down", "node-a", 1500) as claim:
+        token = claim.token
+        wait_for(lambda: claim.renewals >= 1, "a renewal")
+        srv.stop()
+        wait_for(lambda: claim.lost, "the claim to be lost")
+        assert claim.reason == "no renewal reached the server within the lease's 1500 ms"
+        srv = server_factory(srv.data_dir, port=srv.port).start()
+        with pytest.raises(FluxConflict) as caught:
+            flux.publish("s", "node-a", "claim/down", {"x": 1}, fencing_token=token)
+        assert caught.value.expected == {"fencing_token": token}
+    assert claim.lost and not claim.released
+    with pytest.raises(ValueError, match="renew_fraction"):
+        flux.claim("claim/down", "node-a", 1500, renew_fraction=1)
+
+
+# -- namespaces, connectors and sources (auth on) ----------------------------------------------
+
+ENCRYPTION_KEY = base64.b64encode(bytes(range(100, 132))).decode()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory, kind: str) -> Iterator[FluxServer]:
+    """A server with auth on, connector credentials and GitHub sign-in configured (GitHub
+    itself is an address nobody answers: only what the server says about it is tested)."""
+    nobody = f"http://127.0.0.1:{free_port()}"
+    env = {
+        "FLUX_AUTH_ENABLED": "true",
+        "FLUX_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FLUX_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "FLUX_DIRECTORY_INTERVAL_SECONDS": "0",
+        "FLUX_GITHUB_API_URL": nobody,
+        "FLUX_CONNECTOR_RETRY_SECONDS": "60",
+        "FLUX_SOURCES_ALLOW_PRIVATE": "true",
+        "FLUX_OAUTH_GITHUB_CLIENT_ID": "client-1",
+        "FLUX_OAUTH_GITHUB_CLIENT_SECRET": "secret-1",
+        "FLUX_OAUTH_GITHUB_AUTH_URL": f"{nobody}/authorize",
+        "FLUX_OAUTH_GITHUB_TOKEN_URL": f"{nobody}/token",
+    }
+    yield from module_server(tmp_path_factory, f"client-auth-{kind}", env)
+
+
+def test_namespaces_from_creation_to_deletion(auth_server: FluxServer, connect: Connect) -> None:
+    admin = connect(auth_server.url, admin_token=ADMIN_TOKEN)
+    created = admin.namespace_create("team-a")
+    assert (created["name"], created["private"]) == ("team-a", False)
+    team = connect(auth_server.url, token=created["token"])
+    team.publish("s", "a", "team-a/dev", {"on": True})
+    shown = admin.namespace_show("team-a")
+    assert shown["entityCount"] == 1 and "token" not in shown
+
+    rotated = team.namespace_rotate_token("team-a")
+    assert rotated["token"] != created["token"]
+    with pytest.raises(FluxClientError) as old:
+        team.publish("s", "a", "team-a/dev", {"on": False})
+    assert old.value.status == 401
+    team = connect(auth_server.url, token=rotated["token"])
+    assert team.namespace_set_private("team-a", True)["private"] is True
+    with pytest.raises(FluxClientError) as hidden:
+        connect(auth_server.url).get("team-a/dev")
+    assert hidden.value.status in (401, 403, 404)
+    assert team.get("team-a/dev")["properties"] == {"on": True}
+
+    admin.namespace_delete("team-a")
+    with pytest.raises(FluxClientError) as gone:
+        admin.namespace_show("team-a")
+    assert gone.value.status == 404
+
+
+def test_connectors_and_sources(auth_server: FluxServer, connect: Connect) -> None:
+    created = connect(auth_server.url, admin_token=ADMIN_TOKEN).namespace_create("ops")
+    ops = connect(auth_server.url, token=created["token"])
+    assert ops.connector_store_token("github", "ghp-not-a-real-token") == {"success": True}
+    github = ops.connector("github")
+    assert github["name"] == "github"
+    sign_in = ops.connector_oauth_url("github")
+    assert sign_in.startswith(f"{auth_server.url.rsplit(':', 1)[0]}:") and "/authorize?" in sign_in
+    assert "client_id=client-1" in sign_in
+    assert ops.connector_delete_token("github") == {"success": True}
+
+    upstream = JsonServer().start()
+    try:
+        upstream.routes["/weather"] = Reply({"temperature": 3})
+        added = ops.source_add(
+            {
+                "name": "weather",
+                "url": upstream.url("/weather"),
+                "poll_interval_secs": 60,
+                "entity_key": "oslo",
+                "namespace": "ops",
+            }
+        )
+        source_id = added["source_id"]
+        assert [s["source_id"] for s in ops.sources()] == [source_id]
+        assert ops.source_show(source_id)["name"] == "weather"
+        assert ops.source_remove(source_id) is None
+        assert ops.sources() == []
+    finally:
+        upstream.stop()
