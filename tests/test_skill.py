@@ -7,7 +7,9 @@ The page is read as fenced `sh` blocks. In a block, a line starting with
 `{baseDir}/scripts/flux.sh` begins a command (continued over the next lines while a quote is
 open or a line ends with a backslash); `# → TEXT` lines after it are its stdout, one line each
 (`…` stands for any text); `# exit N` is its exit status (0 when absent); other `#` lines are
-comments. Anything else in an `sh` block fails the test, so no command goes unrun.
+comments. Anything else in an `sh` block fails the test, so no command goes unrun. The commands
+share one server and each expects the state the ones before it left: run them together (one
+`test_documented_command[lineN]` alone finds a fresh server).
 """
 
 from __future__ import annotations

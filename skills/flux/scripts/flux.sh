@@ -2,6 +2,8 @@
 # flux.sh: publish events and query shared world state on a Flux server, with bash and curl.
 # `jq` or `python3`, when present, pretty-print results, check JSON arguments and add the
 # missing timestamps to batch events. Reference: docs/cli.md. Run `flux.sh help` for usage.
+# This file is the script of the OpenClaw skill skills/flux (docs/skill.md); scripts/flux.sh is
+# a link to it.
 #
 # Exit status: 0 success; 1 the request failed (HTTP status >= 400, server unreachable,
 # FLUX_ADMIN_TOKEN missing, a batch event rejected); 2 usage error (wrong arguments, bad JSON);
