@@ -1,7 +1,7 @@
 """Several `flux serve` nodes on one JetStream stream (one real nats-server): they converge to
 the same state and versions, a node that starts while the others take writes applies each of
-them once, in order, live subscribers (WebSocket, SSE, a resume by version) see writes made through other nodes, and conditional
-writes hold across nodes."""
+them once, in order, live subscribers (WebSocket, SSE, a resume by version) see writes made
+through other nodes, and conditional writes hold across nodes."""
 
 from __future__ import annotations
 
