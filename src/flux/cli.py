@@ -341,7 +341,7 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     from pathlib import Path
 
     from flux import _parsers as parse
-    from flux.errors import LogError, MigrationRefused
+    from flux.errors import FluxError, MigrationRefused
     from flux.log.jetstream import from_url
     from flux.migrate import migrate as run
 
@@ -370,7 +370,7 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     except MigrationRefused as exc:
         click.echo(f"Error: refused: {exc.message}", err=True)
         raise SystemExit(EXIT_REFUSED) from None
-    except LogError as exc:
+    except FluxError as exc:  # NATS unreachable, a store of the data dir that does not read
         raise click.ClickException(exc.message) from None
     for result in results:
         click.echo(result.summary())
