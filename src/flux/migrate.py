@@ -343,7 +343,7 @@ async def copy_namespaces(m: Migration) -> StepResult:
     result.detail = _joined(
         result.detail,
         f"{len(namespaces):,} namespaces (tokens as their hashes: they work on every node), "
-        f"{len(floors):,} history floors of deleted names",
+        f"{len(floors):,} deleted name(s) with a history floor",
     )
     return result
 
