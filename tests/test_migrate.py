@@ -156,6 +156,9 @@ def test_a_second_run_copies_nothing(
     snapshot = f"snapshot-{before['last']:020d}"  # written by the embedded server on its way out
     assert "snapshot: 1 copied, 0 already there" in first.stdout
     assert snapshot in first.stdout
+    # Auth off, no config change, no connector: nothing else to move.
+    assert "none in the data dir (auth was never on)" in first.stdout
+    assert "config: 0 copied, 0 already there" in first.stdout
     again = migrate(tmp_path / "embedded", nats_url, env)
     assert again.exit_code == 0, again.output
     assert "events: 0 copied" in again.stdout
@@ -283,13 +286,26 @@ def test_usage_errors(tmp_path: Path, env: dict[str, str], nats_url: str) -> Non
     assert "no event log at" in no_log.stderr
 
 
-def test_nats_unreachable_fails_with_exit_1(tmp_path: Path, env: dict[str, str]) -> None:
-    async def empty_log() -> None:
-        log = SQLiteLog(str(tmp_path / "events.db"))
-        await log.start(lambda records: None)
-        await log.close()
+async def empty_log(data_dir: Path) -> None:
+    log = SQLiteLog(str(data_dir / "events.db"))
+    await log.start(lambda records: None)
+    await log.close()
 
-    asyncio.run(empty_log())
+
+def test_a_runtime_config_file_that_does_not_read_is_refused(
+    tmp_path: Path, env: dict[str, str], nats_url: str
+) -> None:
+    """The embedded server ignored it; the migration does not guess: it refuses, by name."""
+    asyncio.run(empty_log(tmp_path))
+    (tmp_path / "runtime-config.json").write_text('{"max_batch_delete": "many"}')
+    result = migrate(tmp_path, nats_url, env)
+    assert result.exit_code == 3, result.output
+    assert "config: " in result.stderr and "runtime-config.json does not read" in result.stderr
+    assert "max_batch_delete must be" in result.stderr
+
+
+def test_nats_unreachable_fails_with_exit_1(tmp_path: Path, env: dict[str, str]) -> None:
+    asyncio.run(empty_log(tmp_path))
     result = migrate(tmp_path, "nats://127.0.0.1:1", env)
     assert result.exit_code == 1, result.output
     assert "cannot connect to NATS at nats://127.0.0.1:1" in result.stderr

@@ -26,13 +26,13 @@ wrote it. It runs after the events: a snapshot is never ahead of the stream it g
 What is not an event (`copy_namespaces`, `copy_config`, `copy_credentials`, `copy_sources`).
 The namespace registry, the runtime config, the connector credentials and the generic sources
 go into the key-value buckets where the cluster keeps them (docs/cluster.md, "What the nodes
-share"), each key made by the shared store's own function (`flux.shared.namespaces.key_of`
-and `record_of`, `flux.shared.runtime.setting_entry`, `flux.shared.credentials.
-credential_entry`, `flux.connectors.sharedsources.source_entry`), so a node reads them as if
-a node had written them. Tokens stay SHA-256 hashes (a namespace's token works on every node)
-and credentials stay sealed under FLUX_ENCRYPTION_KEY, never opened (every node needs the data
-dir's key). A key the bucket holds with the same value counts as there; with another value it
-is a refusal naming it (a node, or another data dir, wrote it), and the step copies nothing.
+share"), each key and value made by the shared store's own functions (`key_of`, `value_of`
+and `record_of` of `flux.shared.namespaces`, `setting_entry`, `credential_entry`,
+`source_entry`), so a node reads them as if a node had written them. Tokens stay SHA-256
+hashes (a namespace's token works on every node) and credentials stay sealed under
+FLUX_ENCRYPTION_KEY, never opened (every node needs the data dir's key). A key the bucket
+holds with the same value counts as there; with another value it is a refusal naming it (a
+node, or another data dir, wrote it), and the step copies nothing.
 Keys the data dir does not have are left alone.
 """
 
@@ -282,7 +282,7 @@ async def copy_entries(m: Migration, step: str, kind: str, entries: list[Entry])
         held = await _held(kv, bucket, entry.key)
         if held is None:
             missing.append(entry)
-        elif orjson.loads(held) != orjson.loads(entry.value):
+        elif not _same_json(held, entry.value):
             differ.append(entry)
     if differ:
         named = ", ".join(f"{e.what} (key {e.key})" for e in differ[:5])
@@ -409,6 +409,14 @@ async def copy_sources(m: Migration) -> StepResult:
         for source in sources
     ]
     return await copy_entries(m, "sources", sharedsources.KIND, entries)
+
+
+def _same_json(held: bytes, ours: bytes) -> bool:
+    """Whether a bucket's value is ours, as JSON (a value that is not JSON is not)."""
+    try:
+        return bool(orjson.loads(held) == orjson.loads(ours))
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _joined(*parts: str) -> str:
