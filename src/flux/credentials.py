@@ -32,6 +32,7 @@ from flux.errors import CredentialError
 from flux.sqlitedb import SQLiteDB
 
 NONCE_BYTES = 12
+FILE_NAME = "credentials.db"  # in the data dir
 KEY_ENV = "FLUX_ENCRYPTION_KEY"
 
 _SCHEMA = """
@@ -217,7 +218,7 @@ class CredentialStore:
     @classmethod
     def open(cls, data_dir: str | Path, key_text: str) -> CredentialStore:
         """The store `<data_dir>/credentials.db` under the base64 key text."""
-        return cls(Path(data_dir) / "credentials.db", decode_key(key_text))
+        return cls(Path(data_dir) / FILE_NAME, decode_key(key_text))
 
     def put(
         self,

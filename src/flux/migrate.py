@@ -53,12 +53,15 @@ from flux import runtime as runtime_file
 from flux.cluster import Cluster, ObjectSnapshots
 from flux.config import RuntimeConfig
 from flux.connectors import sharedsources
+from flux.connectors.sources import FILE_NAME as SOURCES_FILE
 from flux.connectors.sources import SourceStore
+from flux.credentials import FILE_NAME as CREDENTIALS_FILE
 from flux.credentials import read_sealed
 from flux.errors import LogUnavailable, MigrationRefused
 from flux.log import Record
 from flux.log.jetstream import JetStreamLog
 from flux.log.sqlite import SQLiteLog
+from flux.namespaces import FILE_NAME as NAMESPACES_FILE
 from flux.namespaces import NamespaceStore
 from flux.shared import credentials as shared_credentials
 from flux.shared import namespaces as shared_namespaces
@@ -320,7 +323,7 @@ async def copy_entries(m: Migration, step: str, kind: str, entries: list[Entry])
 async def copy_namespaces(m: Migration) -> StepResult:
     """The namespace registry (`namespaces.db`): each namespace with its token hash, privacy
     and creation time, and each deleted name's history floor, one key per name."""
-    path = m.data_dir / "namespaces.db"
+    path = m.data_dir / NAMESPACES_FILE
     if not path.is_file():
         return StepResult("namespaces", 0, 0, 0.0, "none in the data dir (auth was never on)")
     store = NamespaceStore(path)
@@ -373,7 +376,7 @@ async def copy_config(m: Migration) -> StepResult:
 async def copy_credentials(m: Migration) -> StepResult:
     """The connector credentials (`credentials.db`), sealed as they are: never decrypted, so
     every node must run with the FLUX_ENCRYPTION_KEY that sealed them."""
-    path = m.data_dir / "credentials.db"
+    path = m.data_dir / CREDENTIALS_FILE
     if not path.is_file():
         return StepResult("credentials", 0, 0, 0.0, "none in the data dir")
     sealed = await asyncio.to_thread(read_sealed, path)
@@ -396,7 +399,7 @@ async def copy_credentials(m: Migration) -> StepResult:
 async def copy_sources(m: Migration) -> StepResult:
     """The generic sources (`sources.db`): each source's owner and configuration (its token is
     a credential, moved by `copy_credentials`)."""
-    path = m.data_dir / "sources.db"
+    path = m.data_dir / SOURCES_FILE
     if not path.is_file():
         return StepResult("sources", 0, 0, 0.0, "none in the data dir")
     store = await asyncio.to_thread(SourceStore, path)
