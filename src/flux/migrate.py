@@ -472,7 +472,7 @@ async def migrate(
             )
             results = []
             for name, step in STEPS:
-                say(f"{name}: from {data_dir} into the stream {target.stream!r}")
+                say(f"{name}: from {data_dir} into the cluster of stream {target.stream!r}")
                 results.append(await step(m))
             return results
         finally:
