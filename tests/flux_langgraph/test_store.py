@@ -26,7 +26,7 @@ from langgraph.store.base import (
 )
 
 from conftest import FluxServer, module_server, wait_for
-from flux.client import AsyncFluxClient, FluxClient
+from flux.client import AsyncFluxClient, FluxClient, FluxClientError
 from flux.client.calls import entity_path
 from flux.langgraph import FluxStore, NotAnItemError
 
@@ -425,3 +425,36 @@ def test_refresh_off_lets_the_ttl_run(make_store: Any) -> None:
         time.sleep(0.3)
         assert store.get(("ttl",), "k") is not None  # reads do not extend it
     wait_for(lambda: store.get(("ttl",), "k") is None, "the expiry", 10)
+
+
+# -- auth -------------------------------------------------------------------------------------
+
+ADMIN_TOKEN = "langgraph-admin-token"
+
+
+@pytest.fixture(scope="module")
+def auth_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
+    env = {"FLUX_AUTH_ENABLED": "true", "FLUX_ADMIN_TOKEN": ADMIN_TOKEN}
+    yield from module_server(tmp_path_factory, "langgraph-auth", env)
+
+
+def test_with_auth_on_the_store_keeps_to_its_flux_namespace(auth_srv: FluxServer) -> None:
+    with FluxClient(auth_srv.url, admin_token=ADMIN_TOKEN) as admin:
+        token = admin.namespace_create("team-a", private=True)["token"]
+    with FluxClient(auth_srv.url, token=token) as flux:
+        store = FluxStore(flux, namespace="team-a")
+        store.put(("memories", "ada"), "food", {"fact": "likes tea"})
+        assert store.get(("memories", "ada"), "food").value == {"fact": "likes tea"}
+        assert keys(store.search(("memories",))) == ["food"]
+        assert store.list_namespaces() == [("memories", "ada")]
+        assert flux.get("team-a/langgraph/memories/ada/food")["properties"]["key"] == "food"
+
+        # without the namespace, its ids name no namespace the token may write
+        outside = FluxStore(flux)
+        with pytest.raises(FluxClientError) as refused:
+            outside.put(("memories", "ada"), "food", {"fact": "likes coffee"})
+        assert refused.value.status == 401
+        assert "Namespace not found" in refused.value.message
+    # a private namespace's items are not the anonymous reader's
+    with FluxClient(auth_srv.url) as anonymous:
+        assert FluxStore(anonymous, namespace="team-a").search(("memories",)) == []

@@ -198,7 +198,7 @@ class FluxStore(BaseStore):
                 return None
             for result in results:
                 if "conflict" not in result:  # refused for another reason than a condition
-                    raise FluxClientError(None, f"Flux refused the put: {result['error']}")
+                    raise _refusal(entity_id, result["error"] or "")
             current = results[1]["conflict"].get("current")
             if current is not None and not mapping.is_item(current.get("properties", {})):
                 raise NotAnItemError(entity_id)
@@ -260,6 +260,25 @@ class FluxStore(BaseStore):
         ]
         if events:
             yield api.batch(events)
+
+
+# A batch's event refused before its condition is weighed says why in text; these are the
+# statuses the same event would have been answered alone (flux.api.errors).
+_REFUSALS = {
+    "validation failed": 400,
+    "authorization failed: Invalid entity ID": 400,
+    "authorization failed: Invalid token": 401,
+    "authorization failed: Namespace not found": 401,
+    "authorization failed: Forbidden": 403,
+    "rate limit exceeded": 429,
+}
+
+
+def _refusal(entity_id: str, error: str) -> FluxClientError:
+    """The error for a put whose events Flux refused (not for a condition): a FluxClientError
+    with the status a single event would have had, and Flux's text."""
+    status = next((code for text, code in _REFUSALS.items() if error.startswith(text)), 400)
+    return FluxClientError(status, f"Flux refused the put of {entity_id!r}: {error}")
 
 
 def _now() -> str:
