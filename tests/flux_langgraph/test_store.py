@@ -458,3 +458,36 @@ def test_with_auth_on_the_store_keeps_to_its_flux_namespace(auth_srv: FluxServer
     # a private namespace's items are not the anonymous reader's
     with FluxClient(auth_srv.url) as anonymous:
         assert FluxStore(anonymous, namespace="team-a").search(("memories",)) == []
+
+
+# -- construction -------------------------------------------------------------------------------
+
+
+def test_a_store_needs_a_client_and_runs_only_what_it_has_one_for(srv: FluxServer) -> None:
+    with pytest.raises(ValueError, match="needs a FluxClient, an AsyncFluxClient, or both"):
+        FluxStore()
+    with pytest.raises(ValueError, match="prefix"):
+        FluxStore(FluxClient(srv.url), prefix="no-slash")
+    aclient = AsyncFluxClient(srv.url)
+    with pytest.raises(RuntimeError, match="no FluxClient: use the async methods"):
+        FluxStore(aclient=aclient).get(("users",), "k")
+    asyncio.run(aclient.aclose())
+    with FluxClient(srv.url) as flux:
+        sync_only = FluxStore(flux)
+        with pytest.raises(RuntimeError, match="no AsyncFluxClient: use the sync methods"):
+            asyncio.run(sync_only.aget(("users",), "k"))
+        with pytest.raises(ValueError, match="unknown store operation: str"):
+            sync_only.batch(["not an op"])  # type: ignore[list-item]
+
+
+def test_a_reader_that_may_not_write_reads_without_refreshing(auth_srv: FluxServer) -> None:
+    with FluxClient(auth_srv.url, admin_token=ADMIN_TOKEN) as admin:
+        token = admin.namespace_create("team-b")["token"]  # public: anyone reads it
+    with FluxClient(auth_srv.url, token=token) as flux:
+        FluxStore(flux, namespace="team-b").put(("notes",), "n", {"v": 1}, ttl=5)
+        version = flux.get("team-b/langgraph/notes/n")["version"]
+    with FluxClient(auth_srv.url) as anonymous:
+        reader = FluxStore(anonymous, namespace="team-b")
+        assert reader.get(("notes",), "n").value == {"v": 1}  # its refresh is refused
+        assert keys(reader.search(("notes",))) == ["n"]
+        assert anonymous.get("team-b/langgraph/notes/n")["version"] == version
