@@ -202,7 +202,7 @@ class FluxStore(BaseStore):
             current = results[1]["conflict"].get("current")
             if current is not None and not mapping.is_item(current.get("properties", {})):
                 raise NotAnItemError(entity_id)
-        raise FluxClientError(None, f"the put of {entity_id!r} kept racing with other writes")
+        raise FluxClientError(409, f"the put of {entity_id!r} kept racing with other writes")
 
     def _search(self, op: SearchOp) -> Steps[Result]:
         """Every item under the namespace prefix whose value passes the filter, newest
