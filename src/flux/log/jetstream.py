@@ -90,6 +90,7 @@ that record); reads go on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import heapq
@@ -125,6 +126,7 @@ from flux.log.natswire import (
     Answer,
     Damaged,
     answer_of,
+    batch_limit,
     check_names,
     check_owner,
     decode,
@@ -134,6 +136,7 @@ from flux.log.natswire import (
     message_id,
     rfc3339,
     sequence_of,
+    split_batches,
     stream_config,
     translate,
 )
@@ -147,6 +150,8 @@ _SCAN_MARGIN_US = 60_000_000  # clock skew allowed when looking for a stored eve
 _FILLERS_AT_ONCE = 1_000
 _HEARTBEAT = 1.0  # seconds between the consumer's idle heartbeats; two missed: it is re-created
 _RECONNECT_GRACE = 2.0  # how long an unacknowledged write waits for NATS to be back to look
+_BATCH_LIMIT = 1_000  # messages per atomic batch: nats-server's default cap (lowered if it says)
+_MAX_GROUP = 10_000  # entries of plain appends in one group; more waits for the next group
 
 # JetStream's error codes (nats-server's errors.json) the log acts on.
 _WRONG_LAST_SEQUENCE = 10071  # the entity's subject moved (or the stream, for copy_in)
@@ -166,6 +171,23 @@ class _Attempt:
 
     def __init__(self) -> None:
         self.sent = False
+
+
+class _Waiting:
+    """One plain append queued for the next group: its entries (each id once), their
+    (subject, JSON, message id), and the future its results or its error go to."""
+
+    __slots__ = ("entries", "future", "parts")
+
+    def __init__(
+        self,
+        entries: list[Entry],
+        parts: list[tuple[str, bytes, str]],
+        future: asyncio.Future[list[Appended]],
+    ) -> None:
+        self.entries = entries
+        self.parts = parts
+        self.future = future
 
 
 # The append under way in this task (`_send` marks it); a context variable because the
@@ -265,6 +287,11 @@ class JetStreamLog:
         self._locks: dict[str, asyncio.Lock] = {}
         self._lock_users: dict[str, int] = {}
         self._inflight: set[asyncio.Future[None]] = set()
+        # Plain appends waiting for the next group, the task that stores the groups (one at a
+        # time; None while there is nothing to do), and the atomic batch size it cuts them into.
+        self._queue: collections.deque[_Waiting] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._batch_limit = _BATCH_LIMIT
         # Publishes waiting for JetStream's answer, by the last token of their reply subject.
         self._reply_prefix = ""
         self._answers: dict[str, asyncio.Future[Answer]] = {}
@@ -635,35 +662,242 @@ class JetStreamLog:
             done.set_result(None)
 
     async def _append_plain(self, entries: Sequence[Entry]) -> list[Appended]:
+        """Queue `entries` for the next group (`_write_groups`), wait for its answer, then for
+        this node's state to have them (read-your-writes)."""
         try:
             order, unique = _unique(entries)
-            messages = [
-                (self._subject_of(e.entity_id), bytes(e.data), {MSG_ID: message_id(e.event_id)})
+            parts = [
+                (self._subject_of(e.entity_id), bytes(e.data), message_id(e.event_id))
                 for e in unique
             ]
         except Exception as exc:  # not an Entry: nothing was sent
             raise LogError(f"event log error: cannot append {entries!r:.200}: {exc!r}") from exc
-        futures, at = await self._publish(messages)
+        assert self._loop is not None
+        future: asyncio.Future[list[Appended]] = self._loop.create_future()
+        self._queue.append(_Waiting(unique, parts, future))
+        if self._writer is None:
+            # Its own context: the writer serves every append, not the one that woke it.
+            self._writer = self._loop.create_task(
+                self._write_groups(), context=contextvars.Context()
+            )
         try:
-            acks = _stored(await self._acks(futures))
+            results = await future
         except LogUnavailable as exc:
             if exc.outcome != LogError.UNKNOWN:
                 raise
-            items = [(i, self._subject_of(e.entity_id), e) for i, e in enumerate(unique)]
+            items = [(i, parts[i][0], e) for i, e in enumerate(unique)]
             found = await self._settle(items)
             if found is None:
                 raise
             logger.info("%d events whose acknowledgement was lost are stored", len(found))
-            await self._until_own_applied(max(r.seq for r in found.values()))
-            return _in_order(order, [found[i] for i in range(len(unique))])
-        results = [
-            Appended(ack.seq, await self._at_of(ack.seq), True)
-            if ack.duplicate
-            else Appended(ack.seq, at, False)
-            for ack in acks
-        ]
-        await self._until_own_applied(max(ack.seq for ack in acks))
+            results = [found[i] for i in range(len(unique))]
+        await self._until_own_applied(max(r.seq for r in results))
         return _in_order(order, results)
+
+    async def _write_groups(self) -> None:
+        """The one writer of plain appends: takes what is queued (whole appends, up to
+        `_MAX_GROUP` entries), stores it (`_commit_group`), answers each append, and goes on
+        with what arrived meanwhile; ends when nothing is queued."""
+        try:
+            while self._queue:
+                group: list[_Waiting] = []
+                count = 0
+                while self._queue and (
+                    not group or count + len(self._queue[0].entries) <= _MAX_GROUP
+                ):
+                    waiting = self._queue.popleft()
+                    if not waiting.future.done():  # else its writer stopped waiting
+                        group.append(waiting)
+                        count += len(waiting.entries)
+                try:
+                    await self._commit_group(group)
+                except Exception as exc:  # a bug: answer rather than leave the appends waiting
+                    logger.exception("storing a group of %d appends failed", len(group))
+                    error = translate(exc)
+                    for waiting in group:
+                        _answer_with(waiting.future, type(error)(error.message, LogError.UNKNOWN))
+        finally:
+            self._writer = None
+
+    async def _commit_group(self, group: list[_Waiting]) -> None:
+        """Store a group's entries (each event id once: a repeat in a later append of the
+        group is answered as a duplicate of the first) in atomic batches, then answer each
+        append: its results, or an error whose outcome covers all of its entries."""
+        fresh: list[tuple[str, bytes, str, Entry]] = []
+        owner: list[int] = []  # the append of the group that stores each of `fresh`
+        places: list[list[int]] = []  # each append's entries, as indexes in `fresh`
+        first: dict[str, int] = {}
+        for n, waiting in enumerate(group):
+            spots = []
+            for entry, part in zip(waiting.entries, waiting.parts, strict=True):
+                index = first.setdefault(entry.event_id, len(fresh))
+                if index == len(fresh):
+                    fresh.append((*part, entry))
+                    owner.append(n)
+                spots.append(index)
+            places.append(spots)
+        stored: dict[int, Appended] = {}
+        failed: dict[int, LogError] = {}
+        await self._store_group(fresh, owner, stored, failed)
+        for n, (waiting, spots) in enumerate(zip(group, places, strict=True)):
+            errors = [failed[i] for i in spots if i in failed]
+            if not errors:
+                results = [stored[i] if owner[i] == n else _repeat(stored[i]) for i in spots]
+                _answer_with(waiting.future, results)
+                continue
+            new = any(i in stored and not stored[i].duplicate for i in spots)
+            none = all(e.outcome == LogError.NOT_STORED for e in errors) and not new
+            outcome = LogError.NOT_STORED if none else LogError.UNKNOWN
+            _answer_with(waiting.future, type(errors[0])(errors[0].message, outcome))
+
+    async def _store_group(
+        self,
+        fresh: list[tuple[str, bytes, str, Entry]],
+        owner: list[int],
+        stored: dict[int, Appended],
+        failed: dict[int, LogError],
+    ) -> None:
+        """Publish `fresh` (subject, JSON, message id, entry) as atomic batches of at most the
+        server's limit (`split_batches`), all sent before their acknowledgements are awaited,
+        with one log time; fill `stored` and `failed` by index. A batch JetStream refuses for a
+        stored event id has those ids looked up (`_find_stored`) and the rest sent again; one
+        over the server's limit is cut smaller; one refused while JetStream is busy is sent
+        again (at most `_RETRIES` rounds)."""
+        todo = list(range(len(fresh)))
+        at: int | None = None
+        for _ in range(_RETRIES):
+            batches = split_batches(todo, owner, self._batch_limit)
+            sent: list[tuple[list[int], asyncio.Future[Answer]]] = []
+            try:
+                for batch in batches:
+                    messages = [fresh[i][:2] + ({MSG_ID: fresh[i][2]},) for i in batch]
+                    future, at = await self._publish_batch(messages, at)
+                    sent.append((batch, future))
+            except Exception as exc:  # its commit was not sent: this batch and the rest not stored
+                error = translate(exc)
+                for batch in batches[len(sent) :]:
+                    for i in batch:
+                        failed[i] = type(error)(error.message, LogError.NOT_STORED)
+            assert at is not None or not sent
+            todo, busy = [], False
+            answers = await self._each_answer([future for _, future in sent])
+            for (batch, _), answer in zip(sent, answers, strict=True):
+                if isinstance(answer, Ack):
+                    assert at is not None
+                    if answer.stored != len(batch):
+                        error = LogError(
+                            f"event log error: JetStream stored {answer.stored} of {len(batch)}",
+                            LogError.UNKNOWN,
+                        )
+                        failed.update(dict.fromkeys(batch, error))
+                        continue
+                    base = answer.seq - len(batch) + 1
+                    for k, i in enumerate(batch):
+                        stored[i] = Appended(base + k, at, False)
+                elif isinstance(answer, LogError):
+                    failed.update(dict.fromkeys(batch, answer))
+                elif answer.err_code == _BATCH_HAS_DUPLICATE:
+                    todo += await self._without_stored(batch, fresh, at, stored, failed)
+                elif answer.err_code == _BATCH_TOO_LARGE:
+                    self._batch_limit = batch_limit(answer.description, len(batch))
+                    todo += batch
+                elif answer.err_code in _BUSY:
+                    todo += batch
+                    busy = True
+                else:  # refused: nothing of this batch is stored
+                    error = translate(answer)
+                    failed.update(
+                        dict.fromkeys(batch, type(error)(error.message, LogError.NOT_STORED))
+                    )
+            if not todo:
+                return
+            todo.sort()
+            if busy:
+                await asyncio.sleep(0.02)
+        refused = LogUnavailable(
+            f"event log unavailable: JetStream refused these events {_RETRIES} times (busy); "
+            "they are not stored, try again",
+            LogError.NOT_STORED,
+        )
+        failed.update(dict.fromkeys(todo, refused))
+
+    async def _without_stored(
+        self,
+        batch: list[int],
+        fresh: list[tuple[str, bytes, str, Entry]],
+        at: int | None,
+        stored: dict[int, Appended],
+        failed: dict[int, LogError],
+    ) -> list[int]:
+        """A batch JetStream refused because it holds an event id stored already (nothing of
+        it is stored): the entries found stored are answered as duplicates; returns the others,
+        to be sent again. When none is found on its entity's subject (the id was stored for
+        another entity, or is not readable yet), each entry is published alone instead and
+        JetStream answers it (stored, or the duplicate of a sequence)."""
+        try:
+            found = await self._find_stored([(i, fresh[i][0], fresh[i][3]) for i in batch])
+        except Exception as exc:  # the lookup failed: nothing of the batch is stored
+            error = self._note(str(exc)) if isinstance(exc, Damaged) else translate(exc)
+            failed.update(dict.fromkeys(batch, type(error)(error.message, LogError.NOT_STORED)))
+            return []
+        if found:
+            stored.update(found)
+            return [i for i in batch if i not in found]
+        messages = [fresh[i][:2] + ({MSG_ID: fresh[i][2]},) for i in batch]
+        try:
+            futures, at = await self._publish(messages, at)
+        except Exception as exc:  # some may have been sent
+            error = translate(exc)
+            failed.update(dict.fromkeys(batch, type(error)(error.message, LogError.UNKNOWN)))
+            return []
+        for i, answer in zip(batch, await self._each_answer(futures), strict=True):
+            if isinstance(answer, LogError):
+                failed[i] = answer
+            elif isinstance(answer, Ack):
+                duplicate = answer.duplicate
+                try:
+                    logged = await self._at_of(answer.seq) if duplicate else at
+                except Exception as exc:  # stored, but its log time is not known
+                    error = translate(exc)
+                    failed[i] = type(error)(error.message, LogError.UNKNOWN)
+                    continue
+                stored[i] = Appended(answer.seq, logged, duplicate)
+            else:
+                error = translate(answer)
+                failed[i] = type(error)(error.message, LogError.NOT_STORED)
+        return []
+
+    async def _each_answer(
+        self, futures: Sequence[asyncio.Future[Answer]]
+    ) -> list[Answer | LogError]:
+        """Each publish's answer, waited for `timeout` in all: its acknowledgement or refusal,
+        or the LogError (with its outcome) of one that did not come."""
+        if futures:
+            await asyncio.wait(futures, timeout=self.timeout)
+        answers: list[Answer | LogError] = []
+        for future in futures:
+            if not future.done():
+                future.cancel()
+                answers.append(
+                    LogUnavailable(
+                        f"event log unavailable: JetStream did not acknowledge within "
+                        f"{self.timeout:g}s; the events may be stored (sending them again with "
+                        "the same eventId is safe)",
+                        LogError.UNKNOWN,
+                    )
+                )
+                continue
+            failure = future.exception()
+            if failure is not None:
+                error = translate(failure)
+                outcome = error.outcome or LogError.UNKNOWN
+                answers.append(type(error)(error.message, outcome))
+                continue
+            answer = future.result()
+            if isinstance(answer, Ack):
+                self._acked = max(self._acked, answer.seq)
+            answers.append(answer)
+        return answers
 
     async def _settle(self, items: list[tuple[int, str, Entry]]) -> dict[int, Appended] | None:
         """After an acknowledgement that did not come: the results of `items` (index, subject,
@@ -1348,6 +1582,16 @@ def _in_order(order: list[int], results: list[Appended]) -> list[Appended]:
         seen.add(index)
         out.append(result)
     return out
+
+
+def _answer_with(future: asyncio.Future[list[Appended]], answer: list[Appended] | LogError) -> None:
+    """Resolve a queued append (unless its writer stopped waiting)."""
+    if future.done():
+        return
+    if isinstance(answer, LogError):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
 
 
 def _repeat(result: Appended) -> Appended:
