@@ -678,3 +678,58 @@ def test_the_batch_limit_is_learned_from_the_refusal() -> None:
     assert batch_limit("atomic publish batch is too large", 1_000) == 500
     assert batch_limit("atomic publish batch is too large: 1000", 1_000) == 500
     assert batch_limit(None, 1) == 1
+
+
+@pytest.mark.anyio
+async def test_a_lower_batch_limit_is_learned_from_the_server(tmp_path: Path) -> None:
+    """A server that takes 5 messages per atomic batch refuses the log's first batch of 12:
+    the log learns the limit from the refusal and stores the append in batches of 5, 5 and
+    2, in order; an atomic append over the limit is still a ValidationError."""
+    server = NatsServer(tmp_path / "nats", batch_max_msgs=5).start()
+    try:
+        subject = ("SMALL", "small")
+        opened = await _start(
+            _open(lambda: JetStreamLog([server.url], stream=subject[0], subject=subject[1]))
+        )
+        try:
+            events = [make_event(f"ns/{i % 4}", i=i) for i in range(12)]
+            done = await opened.append(*events)
+            assert [(d.seq, d.duplicate) for d in done] == [(i, False) for i in range(1, 13)]
+            assert [r.event for r in await opened.all()] == events
+            batch_ids = await _batch_headers(server.url, subject, 12)
+            assert [len(list(run)) for _, run in itertools.groupby(batch_ids)] == [5, 5, 2]
+            with pytest.raises(ValidationError, match="6 events"):
+                await opened.append_checked(
+                    [(make_event("ns/x", i=i), None) for i in range(6)], atomic=True
+                )
+        finally:
+            await opened.log.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_an_event_id_stored_for_another_entity_fails_no_other_append(
+    make_log: MakeLog,
+) -> None:
+    """A client that reuses an event id for another entity: JetStream refuses the batch it is
+    in, and the log finds no such id on that entity's subject; the batch's events are then
+    published one by one, so the reused id is answered as the duplicate JetStream says it is
+    and the other appends of the group are stored, once each."""
+    opened = await _start(_open(make_log))
+    try:
+        original = make_event("ns/a", x=0)
+        (first,) = await opened.append(original)
+        reused = {**make_event("ns/b", x=1), "eventId": original["eventId"]}
+        others = [make_event(f"ns/{i}", i=i) for i in range(10)]
+        with anyio.fail_after(TIMEOUT):
+            results = await asyncio.gather(
+                *(opened.log.append(entries(e)) for e in [*others[:5], reused, *others[5:]])
+            )
+        assert results[5] == [first._replace(duplicate=True)]
+        stored = [r.event for r in await opened.all()]
+        assert stored[0] == original and len(stored) == 11
+        assert sorted(map(str, stored[1:])) == sorted(map(str, others))
+        assert all(not r.duplicate for (r,) in results[:5] + results[6:])
+    finally:
+        await opened.log.close()
