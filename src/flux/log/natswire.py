@@ -1,6 +1,7 @@
 """What the JetStream event log writes to NATS and reads back, pure (no I/O): subjects, message
-ids and headers, stored records, publish acknowledgements, the stream's settings, and NATS
-errors in Flux's terms. Why each is so: `flux/log/jetstream.py`'s docstring.
+ids and headers, stored records, publish acknowledgements, how a group of appends is cut into
+atomic batches, the stream's settings, and NATS errors in Flux's terms. Why each is so:
+`flux/log/jetstream.py`'s docstring.
 """
 
 from __future__ import annotations
