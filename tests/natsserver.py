@@ -38,11 +38,13 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    def __init__(self, store_dir: Path, cluster: str = "") -> None:
+    def __init__(self, store_dir: Path, cluster: str = "", batch_max_msgs: int = 0) -> None:
         """`cluster`: the configuration's `server_name` and `cluster { }` block, for a member
-        of a `NatsCluster` (empty: a lone server)."""
+        of a `NatsCluster` (empty: a lone server). `batch_max_msgs`: the most messages the
+        server takes in one atomic batch (0: its default, 1,000)."""
         self.store_dir = store_dir
         self.cluster = cluster
+        self.batch_max_msgs = batch_max_msgs
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -56,7 +58,13 @@ class NatsServer:
             "jetstream {\n"
             f'  store_dir: "{self.store_dir / "jetstream"}"\n'
             "  sync_interval: always\n"
-            "}\n" + self.cluster
+            + (
+                f"  limits {{ batch {{ max_msgs: {self.batch_max_msgs} }} }}\n"
+                if self.batch_max_msgs
+                else ""
+            )
+            + "}\n"
+            + self.cluster
         )
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(

@@ -26,9 +26,11 @@ from flux.log.jetstream import JetStreamLog
 from flux.log.natswire import (
     Ack,
     answer_of,
+    batch_limit,
     differences,
     entity_subject,
     message_id,
+    split_batches,
     stream_config,
     translate,
 )
@@ -578,3 +580,156 @@ async def test_nats_gone_refuses_at_once_and_back_the_log_catches_up(tmp_path: P
             await two.log.close()
     finally:
         server.stop()
+
+
+async def _batch_headers(nats_url: str, stream: tuple[str, str], count: int) -> list[str | None]:
+    """The `Nats-Batch-Id` of the stream's first `count` messages (None: not from an atomic
+    batch), read with a consumer of its own."""
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(
+            f"{stream[1]}.>", stream=stream[0], ordered_consumer=True
+        )
+        found = []
+        for _ in range(count):
+            msg = await sub.next_msg(timeout=TIMEOUT)
+            found.append((msg.headers or {}).get("Nats-Batch-Id"))
+        return found
+    finally:
+        await nc.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_plain_appends_share_atomic_batches(
+    make_log: MakeLog, nats_url: str, stream: tuple[str, str]
+) -> None:
+    """Plain appends made while a group is under way go together in the next one, stored as
+    JetStream atomic batches (the stored messages' `Nats-Batch-Id`): fewer batches than
+    appends. A retried event id in the group (alone, or beside a new event) makes JetStream
+    refuse the batch it is in: it is answered as the duplicate it is, and the rest of the
+    group is stored once each, every append's events in consecutive sequences."""
+    opened = await _start(_open(make_log))
+    try:
+        old = make_event("ns/old", x=0)
+        (first,) = await opened.append(old)
+        (single,) = await _batch_headers(nats_url, stream, 1)
+        assert single is not None, "one plain event is an atomic batch of one"
+        news = [[make_event(f"ns/{i % 9}", i=i, n=n) for n in range(1 + i % 3)] for i in range(60)]
+        beside = make_event("ns/beside", x=1)
+        appends = [*news[:30], [old], [old, beside], *news[30:]]
+        with anyio.fail_after(TIMEOUT):
+            results = await asyncio.gather(*(opened.log.append(entries(*a)) for a in appends))
+        again = first._replace(duplicate=True)
+        assert results[30] == [again] and results[31][0] == again
+        new = [
+            *zip(news[:30], results[:30], strict=True),
+            ([beside], results[31][1:]),
+            *zip(news[30:], results[32:], strict=True),
+        ]
+        stored = {r.seq: r.event for r in await opened.all()}
+        total = sum(len(events) for events, _ in new)
+        assert sorted(stored) == list(range(1, total + 2)), "each event stored once"
+        for events, done in new:
+            assert not any(d.duplicate for d in done)
+            assert [d.seq for d in done] == list(range(done[0].seq, done[0].seq + len(events)))
+            assert [stored[d.seq] for d in done] == events
+        batch_ids = await _batch_headers(nats_url, stream, total + 1)
+        assert None not in batch_ids
+        assert len(set(batch_ids[1:])) < len(appends) / 4, "appends share batches"
+    finally:
+        await opened.log.close()
+
+
+@pytest.mark.anyio
+async def test_a_plain_append_over_the_batch_limit_goes_in_several_atomic_batches(
+    make_log: MakeLog, nats_url: str, stream: tuple[str, str]
+) -> None:
+    """nats-server takes 1,000 messages per atomic batch: a plain append of 2,500 events is
+    stored as three batches, in order, each whole (consecutive sequences on one node)."""
+    opened = await _start(_open(make_log))
+    try:
+        events = [make_event(f"ns/{i % 50}", i=i) for i in range(2_500)]
+        done = await opened.append(*events)
+        assert [d.seq for d in done] == list(range(1, 2_501))
+        assert [r.event for r in await opened.all()] == events
+        batch_ids = await _batch_headers(nats_url, stream, 2_500)
+        sizes = [len(list(run)) for _, run in itertools.groupby(batch_ids)]
+        assert sizes == [1_000, 1_000, 500]
+        assert len(set(batch_ids)) == 3
+    finally:
+        await opened.log.close()
+
+
+def test_a_group_is_cut_into_batches_without_cutting_an_append_that_fits() -> None:
+    # owner: the append each entry belongs to; appends of 3, 2, 4 and 1 entries
+    owner = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
+    everything = list(range(10))
+    assert split_batches(everything, owner, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert split_batches(everything, owner, 4) == [[0, 1, 2], [3, 4], [5, 6, 7, 8], [9]]
+    assert split_batches(everything, owner, 100) == [everything]
+    # an append longer than a batch fills batches, in order; its rest is shared
+    assert split_batches(everything, owner, 2) == [[0, 1], [2], [3, 4], [5, 6], [7, 8], [9]]
+    assert split_batches([0, 2, 5, 9], owner, 2) == [[0, 2], [5, 9]]
+    assert split_batches([], owner, 3) == []
+
+
+def test_the_batch_limit_is_learned_from_the_refusal() -> None:
+    assert batch_limit("atomic publish batch is too large: 100", 1_000) == 100
+    assert batch_limit("atomic publish batch is too large", 1_000) == 500
+    assert batch_limit("atomic publish batch is too large: 1000", 1_000) == 500
+    assert batch_limit(None, 1) == 1
+
+
+@pytest.mark.anyio
+async def test_a_lower_batch_limit_is_learned_from_the_server(tmp_path: Path) -> None:
+    """A server that takes 5 messages per atomic batch refuses the log's first batch of 12:
+    the log learns the limit from the refusal and stores the append in batches of 5, 5 and
+    2, in order; an atomic append over the limit is still a ValidationError."""
+    server = NatsServer(tmp_path / "nats", batch_max_msgs=5).start()
+    try:
+        subject = ("SMALL", "small")
+        opened = await _start(
+            _open(lambda: JetStreamLog([server.url], stream=subject[0], subject=subject[1]))
+        )
+        try:
+            events = [make_event(f"ns/{i % 4}", i=i) for i in range(12)]
+            done = await opened.append(*events)
+            assert [(d.seq, d.duplicate) for d in done] == [(i, False) for i in range(1, 13)]
+            assert [r.event for r in await opened.all()] == events
+            batch_ids = await _batch_headers(server.url, subject, 12)
+            assert [len(list(run)) for _, run in itertools.groupby(batch_ids)] == [5, 5, 2]
+            with pytest.raises(ValidationError, match="6 events"):
+                await opened.append_checked(
+                    [(make_event("ns/x", i=i), None) for i in range(6)], atomic=True
+                )
+        finally:
+            await opened.log.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_an_event_id_stored_for_another_entity_fails_no_other_append(
+    make_log: MakeLog,
+) -> None:
+    """A client that reuses an event id for another entity: JetStream refuses the batch it is
+    in, and the log finds no such id on that entity's subject; the batch's events are then
+    published one by one, so the reused id is answered as the duplicate JetStream says it is
+    and the other appends of the group are stored, once each."""
+    opened = await _start(_open(make_log))
+    try:
+        original = make_event("ns/a", x=0)
+        (first,) = await opened.append(original)
+        reused = {**make_event("ns/b", x=1), "eventId": original["eventId"]}
+        others = [make_event(f"ns/{i}", i=i) for i in range(10)]
+        with anyio.fail_after(TIMEOUT):
+            results = await asyncio.gather(
+                *(opened.log.append(entries(e)) for e in [*others[:5], reused, *others[5:]])
+            )
+        assert results[5] == [first._replace(duplicate=True)]
+        stored = [r.event for r in await opened.all()]
+        assert stored[0] == original and len(stored) == 11
+        assert sorted(map(str, stored[1:])) == sorted(map(str, others))
+        assert all(not r.duplicate for (r,) in results[:5] + results[6:])
+    finally:
+        await opened.log.close()

@@ -1,13 +1,16 @@
 """What the JetStream event log writes to NATS and reads back, pure (no I/O): subjects, message
-ids and headers, stored records, publish acknowledgements, the stream's settings, and NATS
-errors in Flux's terms. Why each is so: `flux/log/jetstream.py`'s docstring.
+ids and headers, stored records, publish acknowledgements, how a group of appends is cut into
+atomic batches, the stream's settings, and NATS errors in Flux's terms. Why each is so:
+`flux/log/jetstream.py`'s docstring.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
+import itertools
 import re
 from typing import Any, NamedTuple
 
@@ -60,6 +63,38 @@ def answer_of(data: bytes) -> Answer:
         return Ack(int(answer["seq"]), bool(answer.get("duplicate")), int(answer.get("count", 0)))
     except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         raise LogError(f"event log error: JetStream answered {data!r:.200}") from None
+
+
+def split_batches(todo: list[int], owner: list[int], limit: int) -> list[list[int]]:
+    """`todo` (indexes of a group's entries, in order; `owner[i]`: the append of entry i) cut
+    into atomic batches of at most `limit`: an append that fits in one batch is not cut (a
+    batch ends before it when it would not fit); a longer one fills as many as it needs, in
+    order, its last part shared with the appends after it."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for _, indexes in itertools.groupby(todo, key=owner.__getitem__):
+        run = list(indexes)
+        if current and len(current) + len(run) > limit:
+            batches.append(current)
+            current = []
+        while len(run) > limit:
+            batches.append(run[:limit])
+            run = run[limit:]
+        current.extend(run)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_limit(description: str | None, size: int) -> int:
+    """The atomic batch limit a refusal of a batch of `size` states ("atomic publish batch is
+    too large: 100"); half of `size` when it states none below it."""
+    _, _, stated = (description or "").rpartition(":")
+    with contextlib.suppress(ValueError):
+        limit = int(stated)
+        if 0 < limit < size:
+            return limit
+    return max(1, size // 2)
 
 
 def stream_config(
