@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Annotated, Any, Protocol, TypedDict
+from typing import Annotated, Any, Protocol
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, ResourceSecurity
@@ -23,18 +23,22 @@ from pydantic import Field
 from flux import __version__
 from flux.client import (
     AsyncFluxClient,
-    Changes,
-    Deleted,
-    Entity,
     FluxClientError,
     FluxConflict,
     FluxNotFound,
     FluxResync,
-    HistoryEvent,
-    Lease,
-    LeaseReleased,
 )
 from flux.mcp import subscribing
+from flux.mcp.results import (
+    Changes,
+    Deleted,
+    Entities,
+    Entity,
+    History,
+    Lease,
+    Published,
+    Released,
+)
 from flux.mcp.subscriptions import Feed
 from flux.mcp.uris import ENTITY_TEMPLATE, NAMESPACE_TEMPLATE
 
@@ -59,27 +63,6 @@ class Binding(Protocol):
 
     def feed(self, ctx: ServerRequestContext[Any, Any]) -> Feed:
         """A new change feed read with the request's credential (flux.mcp.subscriptions)."""
-
-
-class Published(TypedDict):
-    """A stored event: `version` is the entity's new version (the event's log sequence)."""
-
-    entity_id: str
-    version: int
-    eventId: str
-    stream: str
-
-
-class Entities(TypedDict):
-    entities: list[Entity]
-    count: int
-
-
-class History(TypedDict):
-    """The entity's stored events, newest first."""
-
-    entity_id: str
-    events: list[HistoryEvent]
 
 
 def conflict_text(exc: FluxConflict) -> str:
@@ -288,7 +271,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
                 return await client.lease_renew(entity_id, owner, token, ttl_ms)
 
     @server.tool(name="release", description="Give a held lease back at once.")
-    async def release(ctx: Context, entity_id: str, owner: str, token: int) -> LeaseReleased:
+    async def release(ctx: Context, entity_id: str, owner: str, token: int) -> Released:
         with tool_errors():
             async with flux(ctx) as client:
                 return await client.lease_release(entity_id, owner, token)
