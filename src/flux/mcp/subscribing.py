@@ -39,6 +39,7 @@ from mcp_types import (
 )
 
 from flux.client import FluxClientError
+from flux.errors import FluxError
 from flux.mcp.subscriptions import Feed, Subscriber
 from flux.mcp.uris import Target, target_of
 
@@ -58,7 +59,7 @@ def _target(uri: str) -> Target:
 async def _follow(subscriber: Subscriber, target: Target) -> None:
     try:
         await subscriber.add(target)
-    except FluxClientError as exc:
+    except (FluxClientError, FluxError) as exc:  # stdio: the server's answer; HTTP: the check's
         raise MCPError(
             FORBIDDEN, f"cannot subscribe to {target.uri}: {exc}", data={"uri": target.uri}
         ) from None

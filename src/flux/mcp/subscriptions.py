@@ -29,8 +29,9 @@ class Feed(Protocol):
     """The changed entity ids a subscriber may read, for the targets it follows."""
 
     async def follow(self, target: Target) -> None:
-        """Start following a target. Raises FluxClientError (401, 403) when the credential may
-        not read the entity it names."""
+        """Start following a target. Raises FluxClientError (the server's refusal, over stdio)
+        or flux.errors.AuthError / Forbidden (inside the server) when the credential may not
+        read the entity it names."""
 
     async def unfollow(self, target: Target) -> None:
         """Stop following a target."""
@@ -57,7 +58,7 @@ class Subscriber:
         self._task: asyncio.Task[None] | None = None
 
     async def add(self, target: Target) -> None:
-        """Follow `target` (again: no effect). Raises FluxClientError when refused."""
+        """Follow `target` (again: no effect). Raises as `Feed.follow` when refused."""
         if target.uri in self.targets:
             return
         await self.feed.follow(target)
