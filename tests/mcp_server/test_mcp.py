@@ -473,3 +473,36 @@ def test_flux_mcp_help_teaches_how_to_connect_a_host() -> None:
     assert config["mcpServers"]["flux"]["args"] == ["mcp"]
     assert set(config["mcpServers"]["flux"]["env"]) == {"FLUX_URL", "FLUX_TOKEN"}
     assert "/mcp" in result.output and "changes_since" in result.output
+
+
+def test_an_mcp_session_is_usable_only_with_the_token_that_opened_it(
+    flux: FluxServer, tokens: dict[str, str]
+) -> None:
+    """A session of the handshake versions holds subscriptions and a stream: another token
+    (or none) is answered as if it did not exist."""
+    accept = {"Accept": "application/json, text/event-stream"}
+    opening = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"},
+        },
+    }
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    with httpx.Client(base_url=flux.url, headers=accept) as http:
+
+        def as_token(token: str | None) -> dict[str, str]:
+            return {"Authorization": f"Bearer {token}"} if token else {}
+
+        opened = http.post("/mcp", json=opening, headers=as_token(tokens["alpha"]))
+        assert opened.status_code == 200, opened.text
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"]}
+        for other in (tokens["beta"], None):
+            answer = http.post("/mcp", json=ping, headers={**session, **as_token(other)})
+            assert answer.status_code == 404
+        own = http.post("/mcp", json=ping, headers={**session, **as_token(tokens["alpha"])})
+        assert own.status_code == 200 and '"result"' in own.text
+        http.delete("/mcp", headers={**session, **as_token(tokens["alpha"])})

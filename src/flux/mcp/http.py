@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 import orjson
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
@@ -184,6 +186,13 @@ class McpEndpoint:
         return host is not None and netloc == host.lower()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.origin_allowed(Headers(scope=scope)):
+        headers = Headers(scope=scope)
+        if not self.origin_allowed(headers):
             raise OriginNotAllowed("this page's origin may not use /mcp (FLUX_MCP_ALLOWED_ORIGINS)")
+        # The session manager binds an MCP session to the principal of the request that opened
+        # it and answers 404 to any other: the principal here is the bearer token's hash, so a
+        # session (and the subscriptions it holds) is usable only with the token that made it.
+        credential = Credential.from_header(headers.get("authorization"))
+        principal = credential.token_hash or "anonymous"
+        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=principal, scopes=[]))
         await self.sessions.handle_request(scope, receive, send)
