@@ -28,7 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import CallToolResult, ResourceUpdatedNotification
 
-from conftest import FluxServer, module_server
+from conftest import FluxServer, module_server, wait_for
 from flux.cli import main
 
 ADMIN = "mcp-admin-token"
@@ -365,6 +365,10 @@ async def listening(
             warnings.simplefilter("ignore", MCPDeprecationWarning)
             for uri in uris:
                 await client.subscribe_resource(uri)
+        if transport == "http":
+            # The client opens the session's GET stream beside its first requests; an update
+            # sent before the stream is open has nowhere to go (no event store): let it open.
+            await asyncio.sleep(0.2)
 
         async def next_update(timeout: float) -> str | None:
             try:
@@ -506,3 +510,26 @@ def test_an_mcp_session_is_usable_only_with_the_token_that_opened_it(
         own = http.post("/mcp", json=ping, headers={**session, **as_token(tokens["alpha"])})
         assert own.status_code == 200 and '"result"' in own.text
         http.delete("/mcp", headers={**session, **as_token(tokens["alpha"])})
+
+
+def live_connections(flux: FluxServer) -> int:
+    metrics = httpx.get(f"{flux.url}/metrics").text
+    (line,) = [x for x in metrics.splitlines() if x.startswith("flux_websocket_connections ")]
+    return int(line.split()[1])
+
+
+@pytest.mark.parametrize("mode", ["listen", "session"])
+def test_a_subscription_inside_the_server_ends_with_its_stream_or_session(
+    flux: FluxServer, tokens: dict[str, str], mode: str
+) -> None:
+    """Each subscriber of /mcp is a connection in the live fan-out: it must go when the listen
+    stream or the session ends, or every MCP client would leave one behind."""
+    before = live_connections(flux)
+
+    async def scenario() -> None:
+        uris = ["flux://namespaces/alpha"]
+        async with listening("http", flux, tokens["alpha"], mode, uris):
+            assert live_connections(flux) == before + 1
+
+    run(scenario())
+    wait_for(lambda: live_connections(flux) == before, "the subscriber's connection to go", 5)

@@ -79,6 +79,8 @@ class LiveFeed:
         while True:
             messages = await outbox.take()
             if not messages:
+                if outbox.overflowed:
+                    logger.warning("MCP subscription ended: %s (a slow subscriber)", outbox.reason)
                 return []
             ids = [
                 orjson.loads(text)["entity_id"]
