@@ -128,7 +128,6 @@ def build_server(binding: Binding) -> MCPServer[Any]:
         title="Flux",
         description="Shared world state for agents: versions, compare-and-set, leases, changes",
         instructions=INSTRUCTIONS,
-        website_url="https://github.com/flux-state-engine/flux",
         version=__version__,
         # Entity ids are not file paths: `..` or a leading `/` in one is Flux's to judge.
         resource_security=ResourceSecurity(
