@@ -162,6 +162,8 @@ def test_the_tools_and_resource_templates_are_listed(
             ):
                 assert condition in publish_schema
             assert "version" in (tools["publish"].output_schema or {}).get("properties", {})
+            read_only = {name for name, t in tools.items() if t.annotations.read_only_hint}
+            assert read_only == {"get", "list", "history", "changes_since"}
             templates = (await client.list_resource_templates()).resource_templates
             assert {t.uri_template for t in templates} == {
                 "flux://entities/{+entity_id}",
@@ -418,6 +420,13 @@ def test_a_token_neither_reads_nor_subscribes_to_another_namespace_s_private_ent
         await publish(flux, alpha, seen, n=1)
         async with connect(transport, flux, alpha) as client:
             assert "HTTP 403" in await refused(client, "get", entity_id=secret)
+            for tool, arguments in (
+                ("publish", {"entity_id": secret, "properties": {"code": 0}}),
+                ("delete", {"entity_id": secret}),
+                ("history", {"entity_id": secret}),
+            ):
+                assert "HTTP 403" in await refused(client, tool, **arguments)
+            assert http_get(flux, secret, beta).json()["properties"] == {"code": 1}
             with pytest.raises(MCPError):
                 await client.read_resource(secret_uri)
             assert (await call(client, "list", namespace="beta"))["count"] == 0

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Protocol
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, ResourceSecurity
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from flux import __version__
@@ -121,6 +122,13 @@ def resource_errors(uri: str) -> Iterator[None]:
         raise ResourceError(f"{uri}: {exc}") from exc
 
 
+# Hints for hosts (which may, say, run reads without asking): reads change nothing; a delete
+# destroys; a write to the same entity twice is a new version, so only reads are idempotent.
+READ = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+DESTROY = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
+
+
 def build_server(binding: Binding) -> MCPServer[Any]:
     """The MCP server whose tools and resources reach Flux through `binding`."""
     server: MCPServer[Any] = MCPServer(
@@ -145,6 +153,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="publish",
+        annotations=WRITE,
         description=(
             "Merge properties into an entity (created if absent). Conditions, all optional: "
             "expected_version (0: must not exist yet), if_absent, expected_properties (null "
@@ -187,7 +196,9 @@ def build_server(binding: Binding) -> MCPServer[Any]:
             "stream": accepted["stream"],
         }
 
-    @server.tool(name="get", description="One entity: its properties and version.")
+    @server.tool(
+        name="get", annotations=READ, description="One entity: its properties and version."
+    )
     async def get(ctx: Context, entity_id: str) -> Entity:
         with tool_errors():
             async with flux(ctx) as client:
@@ -195,6 +206,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="list",
+        annotations=READ,
         description="The entities whose id starts with `prefix` and/or in `namespace`.",
     )
     async def list_entities(
@@ -207,6 +219,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="history",
+        annotations=READ,
         description=(
             "An entity's stored events, newest first. `since`: ISO 8601 time (default: the "
             "last 24 hours); `limit`: 1 to 500."
@@ -222,6 +235,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="changes_since",
+        annotations=READ,
         description=(
             "What changed after version `since` (0: everything), oldest first: the changed "
             "entities as they are now and the deleted ids. Keep `next` and call again with "
@@ -240,7 +254,9 @@ def build_server(binding: Binding) -> MCPServer[Any]:
                 return await client.changes(since, prefix=prefix, namespace=namespace, limit=limit)
 
     @server.tool(
-        name="delete", description="Delete an entity (logged; `deleted: false` if absent)."
+        name="delete",
+        annotations=DESTROY,
+        description="Delete an entity (logged; `deleted: false` if absent).",
     )
     async def delete(ctx: Context, entity_id: str) -> Deleted:
         with tool_errors():
@@ -249,6 +265,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="claim",
+        annotations=WRITE,
         description=(
             "Take the lease on an entity for `owner`, for ttl_ms. Returns the fencing `token` "
             "(pass it to publish as fencing_token, and to renew/release). Refused while another "
@@ -262,6 +279,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="renew",
+        annotations=WRITE,
         description="Extend a held lease to ttl_ms from now. An error means the lease was lost.",
     )
     async def renew(ctx: Context, entity_id: str, owner: str, token: int, ttl_ms: int) -> Lease:
@@ -269,7 +287,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
             async with flux(ctx) as client:
                 return await client.lease_renew(entity_id, owner, token, ttl_ms)
 
-    @server.tool(name="release", description="Give a held lease back at once.")
+    @server.tool(name="release", annotations=WRITE, description="Give a held lease back at once.")
     async def release(ctx: Context, entity_id: str, owner: str, token: int) -> Released:
         with tool_errors():
             async with flux(ctx) as client:
@@ -277,6 +295,7 @@ def build_server(binding: Binding) -> MCPServer[Any]:
 
     @server.tool(
         name="presence",
+        annotations=WRITE,
         description=(
             "Announce presence: set `properties` on an entity (e.g. `agents/<you>`) that lives "
             "as long as you renew the returned lease (renew tool) and is deleted when it "
