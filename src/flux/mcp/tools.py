@@ -78,14 +78,17 @@ def conflict_text(exc: FluxConflict) -> str:
         lines.append(f"{entity} is now at version {exc.current_version}: {state}")
     if exc.last_source is not None:
         lines.append(f"Last changed by {exc.last_source!r} at {exc.last_timestamp} (epoch ms).")
-    if "lease" in exc.expected:
+    if "lease" in exc.expected or "fencing_token" in exc.expected:
         holder = exc.lease
         if holder is not None:
             lines.append(
                 f"The lease is held by {holder.get('owner')!r} (token {holder.get('token')}) "
                 f"until {holder.get('expires_at')} (epoch ms)."
             )
-        lines.append("To take it, claim again once it is released or expired.")
+        if "fencing_token" in exc.expected:
+            lines.append("Your lease is gone: stop acting as its holder; claim for a new token.")
+        else:
+            lines.append("To take it, claim again once it is released or expired.")
     else:
         lines.append(
             f"To retry, decide from the state above and publish again with "
