@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import CallToolResult, ResourceUpdatedNotification
 
-from conftest import FluxServer, module_server, wait_for
+from conftest import REPO, FluxServer, module_server, wait_for
 from flux.cli import main
 
 ADMIN = "mcp-admin-token"
@@ -542,3 +544,35 @@ def test_a_subscription_inside_the_server_ends_with_its_stream_or_session(
 
     run(scenario())
     wait_for(lambda: live_connections(flux) == before, "the subscriber's connection to go", 5)
+
+
+def documented_configs() -> list[dict[str, Any]]:
+    """The host configs docs/mcp.md shows (its ```json blocks), in order."""
+    text = (REPO / "docs" / "mcp.md").read_text()
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.S)]
+
+
+def test_the_host_configs_in_the_docs_connect(flux: FluxServer, tokens: dict[str, str]) -> None:
+    """docs/mcp.md's two configs, as a host would use them: the command with its environment,
+    and the URL with its header (the placeholders filled in)."""
+    stdio, http = (config["mcpServers"]["flux"] for config in documented_configs())
+    token = tokens["alpha"]
+
+    def filled(value: str) -> str:
+        return value.replace("http://localhost:3000", flux.url).replace("<namespace token>", token)
+
+    async def scenario() -> None:
+        command = str(Path(sys.executable).parent / stdio["command"])  # the venv's `flux`
+        env = {**os.environ, **{name: filled(v) for name, v in stdio["env"].items()}}
+        params = StdioServerParameters(command=command, args=stdio["args"], env=env)
+        headers = {name: filled(v) for name, v in http["headers"].items()}
+        async with httpx2.AsyncClient(headers=headers) as client:
+            transport = streamable_http_client(filled(http["url"]), http_client=client)
+            for server in (params, transport):
+                async with Client(server) as mcp:
+                    published = await call(
+                        mcp, "publish", entity_id="alpha/docs", properties={"ok": True}
+                    )
+                    assert published["version"] > 0
+
+    run(scenario())
