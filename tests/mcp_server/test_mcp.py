@@ -112,7 +112,7 @@ async def publish(flux: FluxServer, token: str, entity_id: str, **properties: An
                 "timestamp": int(time.time() * 1000),
                 "payload": {"entity_id": entity_id, "properties": properties},
             },
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         )
     assert answer.status_code == 200, answer.text
     version: int = answer.json()["sequence"]
@@ -574,5 +574,24 @@ def test_the_host_configs_in_the_docs_connect(flux: FluxServer, tokens: dict[str
                         mcp, "publish", entity_id="alpha/docs", properties={"ok": True}
                     )
                     assert published["version"] > 0
+
+    run(scenario())
+
+
+def test_a_stdio_subscription_goes_on_across_a_flux_server_restart(
+    server_factory: type[FluxServer], tmp_path: Path
+) -> None:
+    """`flux mcp` outlives the server it talks to: its WebSocket subscriptions reconnect and
+    resume, so a change after the restart is heard."""
+    first = server_factory(tmp_path / "data").start()
+    uri = "flux://entities/lab/door"
+
+    async def scenario() -> None:
+        await publish(first, "", "lab/door", open=False)
+        async with listening("stdio", first, "", "listen", [uri]) as updates:
+            first.stop()
+            again = server_factory(tmp_path / "data", port=first.port).start()
+            await publish(again, "", "lab/door", open=True)
+            assert await updates(10.0) == uri  # reconnecting takes a backoff step or two
 
     run(scenario())

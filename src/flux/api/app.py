@@ -21,6 +21,8 @@ from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
 from flux.api.freshness import Freshness
 from flux.api.hosts import host_check
+from flux.api.mcp import PATH as MCP_PATH
+from flux.api.mcp import McpEndpoint
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
@@ -30,8 +32,6 @@ from flux.api.ws import LiveSocketRoute
 from flux.config import Settings
 from flux.connectors.oauth import OAuthStates
 from flux.errors import FluxError
-from flux.mcp.http import PATH as MCP_PATH
-from flux.mcp.http import McpEndpoint
 from flux.server import Server
 
 logger = logging.getLogger("flux.api")
@@ -132,7 +132,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     the state), serves, and on shutdown stops it (a final snapshot, the log closed)."""
     flux = server if server is not None else Server(settings)
     histograms: Histograms = {}
-    mcp = McpEndpoint(flux.live, settings.mcp_allowed_origins)  # /mcp (flux.mcp.http)
+    mcp = McpEndpoint(flux.live, settings.mcp_allowed_origins)  # /mcp (flux.api.mcp)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

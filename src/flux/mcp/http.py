@@ -1,46 +1,33 @@
-"""`/mcp` in `flux serve`: the MCP server over streamable HTTP, inside the Flux app.
+"""The MCP server inside `flux serve` (`/mcp`, served by flux.api.mcp): how its tools and
+subscriptions reach Flux as the MCP request's caller.
 
-Every MCP request reaches Flux as its caller: the tools run an `AsyncFluxClient` whose requests
-go in-process to the Flux app itself (`httpx.ASGITransport`, no socket) carrying the MCP
-request's own `Authorization` and `Host` headers, so each call is decided by exactly the HTTP
-API's code (the credential, the read and write permissions, the rate limit, the Host check).
-Subscriptions follow the server's live fan-out (`flux.live`) as a connection with the
-subscriber's credential, which gets the same per-change read check as a WebSocket subscriber.
-
-The session manager (MCP sessions of the handshake protocol versions, and the 2026-07-28
-per-request exchanges) runs inside the app's lifespan (`McpEndpoint.run`).
+The tools run an `AsyncFluxClient` whose requests go in-process to the Flux app itself
+(`httpx.ASGITransport`, no socket), made by the API layer with the MCP request's credential, so
+each call is decided by exactly the HTTP API's code (the permissions, the rate limit, the
+handlers). Subscriptions follow the server's live fan-out (`flux.live`) as a connection holding
+the subscriber's credential, which gets the same per-change read check as a WebSocket
+subscriber.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import httpx
 import orjson
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from flux.auth import Credential
 from flux.client import AsyncFluxClient
-from flux.errors import OriginNotAllowed
 from flux.live import CHANGE_TYPES, Filter, Live, Outbox
 from flux.mcp.subscriptions import Feed
-from flux.mcp.tools import build_server
 from flux.mcp.uris import Target
 
 logger = logging.getLogger("flux.mcp")
-
-PATH = "/mcp"
 
 
 class LiveFeed:
@@ -101,100 +88,33 @@ def _filter(target: Target) -> Filter:
     return Filter(entity_id=target.entity_id, prefix=target.prefix)
 
 
-class AsCaller(httpx.AsyncBaseTransport):
-    """Sends each request to the Flux app with the MCP request's `Authorization` and `Host`
-    headers, as if its caller had sent it."""
-
-    def __init__(self, app: ASGIApp, headers: Headers) -> None:
-        self.transport = httpx.ASGITransport(app=app)
-        self.authorization = headers.get("authorization")
-        self.host = headers.get("host")
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.authorization is not None:
-            request.headers["authorization"] = self.authorization
-        if self.host is not None:
-            request.headers["host"] = self.host
-        return await self.transport.handle_async_request(request)
-
-
 class HttpBinding:
-    """The tools' and subscriptions' way into Flux for an MCP request over HTTP."""
+    """The tools' and subscriptions' way into Flux for an MCP request over HTTP, given by the
+    API layer: `client_for(scope)`, a client whose requests carry the credential of the MCP
+    request `scope`, and `credential_of(scope)`, that credential (flux.api.identity)."""
 
-    def __init__(self, live: Live) -> None:
+    def __init__(
+        self,
+        live: Live,
+        client_for: Callable[[Scope], AsyncFluxClient],
+        credential_of: Callable[[Scope], Credential],
+    ) -> None:
         self.live = live
-        self.app: ASGIApp | None = None  # the Flux app, set once it is built
+        self.client_for = client_for
+        self.credential_of = credential_of
 
     def client(
         self, ctx: ServerRequestContext[Any, Any]
     ) -> AbstractAsyncContextManager[AsyncFluxClient]:
-        assert self.app is not None, "McpEndpoint.bind was not called"
-        transport = AsCaller(self.app, _headers(ctx))
-        # The address is a placeholder: every request goes through `transport`.
-        return AsyncFluxClient("http://flux.invalid", transport=transport)
+        return self.client_for(_scope(ctx))
 
     def feed(self, ctx: ServerRequestContext[Any, Any]) -> Feed:
-        return LiveFeed(self.live, Credential.from_header(_headers(ctx).get("authorization")))
+        return LiveFeed(self.live, self.credential_of(_scope(ctx)))
 
 
-def _headers(ctx: ServerRequestContext[Any, Any]) -> Headers:
+def _scope(ctx: ServerRequestContext[Any, Any]) -> Scope:
+    """The ASGI scope of the HTTP request that carried the MCP request (never missing on this
+    transport; an empty one, anonymous, otherwise)."""
     request = ctx.request
-    return request.headers if request is not None else Headers()
-
-
-class McpEndpoint:
-    """The ASGI app at `/mcp`: the Origin check, then the MCP session manager."""
-
-    def __init__(self, live: Live, allowed_origins: tuple[str, ...]) -> None:
-        self.binding = HttpBinding(live)
-        self.server = build_server(self.binding)
-        self.allowed_origins = frozenset(allowed_origins)
-        self.sessions = StreamableHTTPSessionManager(
-            app=self.server._lowlevel_server,
-            # Host is checked by the Flux app's edge for every path (FLUX_ALLOWED_HOSTS) and
-            # Origin here, against FLUX_MCP_ALLOWED_ORIGINS.
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        )
-
-    def bind(self, app: ASGIApp) -> None:
-        """Name the Flux app the tools send their requests to."""
-        self.binding.app = app
-
-    @contextlib.asynccontextmanager
-    async def run(self) -> AsyncIterator[None]:
-        """The session manager's life: enter it in the app's lifespan."""
-        async with self.sessions.run():
-            try:
-                yield
-            finally:
-                await self.close()
-
-    async def close(self) -> None:
-        """End every MCP session (and with it its standalone stream), so that a shutdown does
-        not wait for the clients to hang up."""
-        for transport in list(self.sessions._server_instances.values()):
-            with contextlib.suppress(Exception):
-                await transport.terminate()
-
-    def origin_allowed(self, headers: Headers) -> bool:
-        origin = headers.get("origin")
-        if origin is None or "*" in self.allowed_origins:
-            return True
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return True
-        _, _, netloc = origin.partition("://")
-        host = headers.get("host")
-        return host is not None and netloc == host.lower()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
-        if not self.origin_allowed(headers):
-            raise OriginNotAllowed("this page's origin may not use /mcp (FLUX_MCP_ALLOWED_ORIGINS)")
-        # The session manager binds an MCP session to the principal of the request that opened
-        # it and answers 404 to any other: the principal here is the bearer token's hash, so a
-        # session (and the subscriptions it holds) is usable only with the token that made it.
-        credential = Credential.from_header(headers.get("authorization"))
-        principal = credential.token_hash or "anonymous"
-        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=principal, scopes=[]))
-        await self.sessions.handle_request(scope, receive, send)
+    scope: Scope = request.scope if request is not None else {"type": "http", "headers": []}
+    return scope

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -18,6 +19,14 @@ from flux.mcp.tools import build_server
 from flux.mcp.uris import Target
 
 SUBSCRIBE_TIMEOUT = 10.0  # seconds for a WebSocket subscription to be acknowledged
+CHANGED = frozenset({"state_update", "entity_deleted", "snapshot"})
+
+logger = logging.getLogger("flux.mcp")
+
+
+def _reconnecting(text: str) -> None:
+    """A watch's disconnects and reconnects (it resumes by version by itself)."""
+    logger.warning("subscription: %s", text)
 
 
 class WatchFeed:
@@ -35,7 +44,9 @@ class WatchFeed:
         not read) or cannot be reached."""
         if target in self.watches:
             return
-        watch = self.client.watch(entity_id=target.entity_id, prefix=target.prefix)
+        watch = self.client.watch(
+            entity_id=target.entity_id, prefix=target.prefix, on_status=_reconnecting
+        )
         try:
             async with asyncio.timeout(SUBSCRIBE_TIMEOUT):
                 first = await anext(watch)
@@ -52,7 +63,9 @@ class WatchFeed:
         try:
             async for message in watch:
                 entity_id = message.get("entity_id")
-                if message["type"] in ("state_update", "entity_deleted") and entity_id:
+                # A `snapshot` comes after a `resync` (the server could not replay what a
+                # reconnection missed): the entity may have changed meanwhile.
+                if message["type"] in CHANGED and entity_id:
                     self.queue.put_nowait(entity_id)
         except FluxClientError:
             self.queue.put_nowait(None)  # the server refused it later: the feed ends
