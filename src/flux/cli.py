@@ -206,7 +206,6 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
             # uvicorn waits for open responses before the lifespan shutdown; an SSE stream never
             # ends by itself, so end every live connection first (WebSockets close with 1012).
             app.state.live.close_all()
-            await app.state.mcp.close()  # MCP sessions hold streams open too
             await super().shutdown(sockets)
 
     config = uvicorn.Config(

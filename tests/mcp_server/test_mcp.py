@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -95,7 +96,8 @@ async def connect(
         async with Client(params, mode=mode, **options) as client:
             yield client
         return
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers) as http:
         server = streamable_http_client(f"{flux.url}/mcp", http_client=http)
         async with Client(server, mode=mode, **options) as client:
             yield client
@@ -595,3 +597,28 @@ def test_a_stdio_subscription_goes_on_across_a_flux_server_restart(
             assert await updates(10.0) == uri  # reconnecting takes a backoff step or two
 
     run(scenario())
+
+
+def test_open_mcp_streams_do_not_hold_up_a_shutdown(
+    server_factory: type[FluxServer], tmp_path: Path
+) -> None:
+    """A listen stream and a session's GET stream stay open until the client leaves; a server
+    that waited for them would take its whole graceful timeout (30 s) to stop."""
+    flux = server_factory(tmp_path / "data").start()
+    stopped: list[tuple[int, float]] = []
+
+    async def scenario() -> None:
+        async with (
+            listening("http", flux, "", "listen", ["flux://namespaces/lab"]),
+            listening("http", flux, "", "session", ["flux://namespaces/lab"]),
+        ):
+            started = time.monotonic()
+            code = await asyncio.to_thread(flux.stop)
+            stopped.append((code, time.monotonic() - started))
+
+    # The clients see their server go away; what they raise then is not under test.
+    with contextlib.suppress(Exception):
+        run(scenario())
+    ((code, seconds),) = stopped
+    assert code == -signal.SIGTERM and seconds < 10, (code, seconds, flux.logs()[-2000:])
+    assert "Application shutdown complete" in flux.logs()  # the lifespan ended, not killed

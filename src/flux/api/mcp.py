@@ -9,8 +9,7 @@ request the caller had sent. The session manager runs in the app's lifespan (`ru
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import httpx
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -64,21 +63,12 @@ class McpEndpoint:
         # The address is a placeholder: every request goes to `as_caller`.
         return AsyncFluxClient("http://flux.invalid", transport=httpx.ASGITransport(as_caller))
 
-    @contextlib.asynccontextmanager
-    async def run(self) -> AsyncIterator[None]:
-        """The session manager's life: enter it in the app's lifespan."""
-        async with self.sessions.run():
-            try:
-                yield
-            finally:
-                await self.close()
-
-    async def close(self) -> None:
-        """End every MCP session (and with it its standalone stream), so that a shutdown does
-        not wait for the clients to hang up."""
-        for transport in list(self.sessions._server_instances.values()):
-            with contextlib.suppress(Exception):
-                await transport.terminate()
+    def run(self) -> AbstractAsyncContextManager[None]:
+        """The session manager's life: enter it in the app's lifespan (its exit ends every
+        session). Open streams do not hold up a shutdown: a listen stream ends with its live
+        connection (`Live.close_all`), a session's SSE stream on the server's exit signal
+        (sse-starlette watches uvicorn's)."""
+        return self.sessions.run()
 
     def origin_allowed(self, headers: Headers) -> bool:
         origin = headers.get("origin")
