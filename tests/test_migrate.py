@@ -3,12 +3,17 @@ store (one real nats-server) gives nodes on that stream the same state, versions
 whether they replay the stream or start from the copied snapshot; a second run copies nothing;
 an interrupted run goes on where it stopped; a log whose first events retention removed moves
 with the snapshot that covers them; a stream holding other events, and a pruned log without
-such a snapshot, are refused with nothing copied."""
+such a snapshot, are refused with nothing copied. What is not an event (namespaces and their
+tokens, history floors, the runtime config, connector credentials, generic sources) moves into
+the cluster's buckets, and a node with an empty data dir serves it as the embedded server did;
+a bucket key holding another value is refused, by name."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -27,8 +32,11 @@ from click.testing import CliRunner, Result
 
 from conftest import FluxServer, wait_for
 from coordination.test_concurrency import event
+from fakegithub import TOKEN as GITHUB_TOKEN
+from fakegithub import FakeGitHub, repo
 from flux.cli import main
 from flux.log.sqlite import SQLiteLog
+from jsonserver import JsonServer
 from natsserver import NatsServer
 
 _streams = itertools.count()
@@ -148,6 +156,9 @@ def test_a_second_run_copies_nothing(
     snapshot = f"snapshot-{before['last']:020d}"  # written by the embedded server on its way out
     assert "snapshot: 1 copied, 0 already there" in first.stdout
     assert snapshot in first.stdout
+    # Auth off, no config change, no connector: nothing else to move.
+    assert "none in the data dir (auth was never on)" in first.stdout
+    assert "config: 0 copied, 0 already there" in first.stdout
     again = migrate(tmp_path / "embedded", nats_url, env)
     assert again.exit_code == 0, again.output
     assert "events: 0 copied" in again.stdout
@@ -275,13 +286,260 @@ def test_usage_errors(tmp_path: Path, env: dict[str, str], nats_url: str) -> Non
     assert "no event log at" in no_log.stderr
 
 
-def test_nats_unreachable_fails_with_exit_1(tmp_path: Path, env: dict[str, str]) -> None:
-    async def empty_log() -> None:
-        log = SQLiteLog(str(tmp_path / "events.db"))
-        await log.start(lambda records: None)
-        await log.close()
+async def empty_log(data_dir: Path) -> None:
+    log = SQLiteLog(str(data_dir / "events.db"))
+    await log.start(lambda records: None)
+    await log.close()
 
-    asyncio.run(empty_log())
+
+def test_a_runtime_config_file_that_does_not_read_is_refused(
+    tmp_path: Path, env: dict[str, str], nats_url: str
+) -> None:
+    """The embedded server ignored it; the migration does not guess: it refuses, by name."""
+    asyncio.run(empty_log(tmp_path))
+    (tmp_path / "runtime-config.json").write_text('{"max_batch_delete": "many"}')
+    result = migrate(tmp_path, nats_url, env)
+    assert result.exit_code == 3, result.output
+    assert "config: " in result.stderr and "runtime-config.json does not read" in result.stderr
+    assert "max_batch_delete must be" in result.stderr
+
+
+def test_nats_unreachable_fails_with_exit_1(tmp_path: Path, env: dict[str, str]) -> None:
+    asyncio.run(empty_log(tmp_path))
     result = migrate(tmp_path, "nats://127.0.0.1:1", env)
     assert result.exit_code == 1, result.output
     assert "cannot connect to NATS at nats://127.0.0.1:1" in result.stderr
+
+
+# -- what is not an event: namespaces, runtime config, credentials, sources ----------------------
+
+ADMIN = "migrate-admin-token"
+KEY = base64.b64encode(bytes(range(32))).decode()
+SOURCE_TOKEN = "upstream-secret-5c1e"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def auth_env(env: dict[str, str], github: FakeGitHub) -> dict[str, str]:
+    """Auth on, an admin token, the credential key, local sources and the fake GitHub: the
+    embedded server and the node alike."""
+    return {
+        **env,
+        "FLUX_AUTH_ENABLED": "true",
+        "FLUX_ADMIN_TOKEN": ADMIN,
+        "FLUX_ENCRYPTION_KEY": KEY,
+        "FLUX_DIRECTORY_INTERVAL_SECONDS": "0",
+        "FLUX_SOURCES_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "FLUX_SOURCES_MIN_POLL_INTERVAL_SECONDS": "1",
+        "FLUX_CONNECTOR_RETRY_SECONDS": "0.2",
+        "FLUX_GITHUB_API_URL": github.url,
+        "FLUX_GITHUB_POLL_INTERVAL_SECONDS": "1",
+    }
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[JsonServer]:
+    server = JsonServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def github() -> Iterator[FakeGitHub]:
+    fake = FakeGitHub().start()
+    fake.repos = [repo("octo", "moved")]
+    yield fake
+    fake.stop()
+
+
+def register(http: httpx.Client, name: str, private: bool = False) -> str:
+    answer = http.post(
+        "/api/namespaces", json={"name": name, "private": private}, headers=bearer(ADMIN)
+    )
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["token"]
+    return token
+
+
+def publish(http: httpx.Client, token: str, entity_id: str) -> httpx.Response:
+    return http.post("/api/events", json=event(entity_id, {"x": 1}), headers=bearer(token))
+
+
+async def bucket_op(nats_url: str, bucket: str, key: str, value: bytes | None) -> None:
+    """Put `value` under `key` in a bucket, or delete the key (None), as an operator would."""
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        if value is None:
+            await kv.delete(key)
+        else:
+            await kv.put(key, value)
+    finally:
+        await nc.close()
+
+
+async def bucket_keys(nats_url: str, bucket: str) -> list[str]:
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(bucket)
+        try:
+            return sorted(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return []
+    finally:
+        await nc.close()
+
+
+def test_namespaces_config_credentials_and_sources_move_and_work_on_a_node(
+    server_factory: type[FluxServer],
+    tmp_path: Path,
+    env: dict[str, str],
+    nats_url: str,
+    upstream: JsonServer,
+    github: FakeGitHub,
+) -> None:
+    """An embedded server with auth on holds two namespaces (one private) and a deleted one,
+    a runtime config change, a generic source with a bearer token and a GitHub credential;
+    after `flux migrate`, a node on an empty data dir takes the old tokens, keeps the private
+    namespace private and the deleted name's past hidden, enforces the config, polls the
+    source with its token and the GitHub connector with its credential."""
+    full_env = auth_env(env, github)
+    stream = env["FLUX_NATS_STREAM"]
+    srv = server_factory(tmp_path / "embedded", full_env).start()
+    upstream.set("/moved", {"temp": 4})
+    with httpx.Client(base_url=srv.url, timeout=30) as http:
+        alpha = register(http, "alpha")
+        secret = register(http, "secret", private=True)
+        gone = register(http, "gone")
+        for token, entity_id in ((alpha, "alpha/x"), (secret, "secret/x"), (gone, "gone/x")):
+            assert publish(http, token, entity_id).status_code == 200
+        assert http.delete("/api/namespaces/gone", headers=bearer(ADMIN)).status_code == 204
+        doc = {
+            "name": "moved",
+            "url": upstream.url("/moved"),
+            "poll_interval_secs": 1,
+            "entity_key": "moved",
+            "namespace": "alpha",
+            "auth_type": "bearer",
+            "token": SOURCE_TOKEN,
+        }
+        answer = http.post("/api/connectors/generic", json=doc, headers=bearer(alpha))
+        assert answer.status_code == 201, answer.text
+        source_id = answer.json()["source_id"]
+        answer = http.post(
+            "/api/connectors/github/token", json={"token": GITHUB_TOKEN}, headers=bearer(alpha)
+        )
+        assert answer.status_code == 200, answer.text
+        config = {"max_batch_delete": 4321, "rate_limit_per_namespace_per_minute": 5}
+        answer = http.put("/api/admin/config", json=config, headers=bearer(ADMIN))
+        assert answer.status_code == 200, answer.text
+    assert srv.stop() in (0, -signal.SIGTERM), srv.logs()
+    settings = len(json.loads((tmp_path / "embedded" / "runtime-config.json").read_bytes()))
+
+    first = migrate(tmp_path / "embedded", nats_url, env)
+    assert first.exit_code == 0, first.output
+    assert "namespaces: 3 copied, 0 already there" in first.stdout
+    assert "2 namespaces (tokens as their hashes" in first.stdout
+    assert "1 deleted name(s) with a history floor" in first.stdout
+    assert f"config: {settings} copied, 0 already there" in first.stdout
+    assert "credentials: 2 copied, 0 already there" in first.stdout  # GitHub's, the source's
+    assert "the nodes need the same FLUX_ENCRYPTION_KEY" in first.stdout
+    assert "start every node with the FLUX_ENCRYPTION_KEY" in first.stderr
+    assert "sources: 1 copied, 0 already there" in first.stdout
+
+    again = migrate(tmp_path / "embedded", nats_url, env)
+    assert again.exit_code == 0, again.output
+    for step, held in (("namespaces", 3), ("config", settings), ("credentials", 2), ("sources", 1)):
+        assert f"{step}: 0 copied, {held} already there" in again.stdout, again.stdout
+    assert again.stdout.count("nothing to do") == 5  # the events too
+
+    # An interrupted run (some keys not yet written) is completed by the next one.
+    credential_keys = asyncio.run(bucket_keys(nats_url, f"{stream}_credentials"))
+    assert len(credential_keys) == 2
+    asyncio.run(bucket_op(nats_url, f"{stream}_credentials", credential_keys[0], None))
+    asyncio.run(bucket_op(nats_url, f"{stream}_sources", f"source.{source_id}", None))
+    third = migrate(tmp_path / "embedded", nats_url, env)
+    assert third.exit_code == 0, third.output
+    assert "credentials: 1 copied, 1 already there" in third.stdout
+    assert "sources: 1 copied, 0 already there" in third.stdout
+
+    source_calls = len(upstream.calls("/moved"))
+    github_calls = len(github.requests)
+    node = server_factory(tmp_path / "node" / "data", full_env, args=["--nats", nats_url]).start()
+    with httpx.Client(base_url=node.url, timeout=30) as http:
+        # The old tokens work.
+        assert publish(http, alpha, "alpha/y").status_code == 200
+        assert publish(http, secret, "secret/y").status_code == 200
+        assert publish(http, gone, "gone/y").status_code == 401
+        # The private namespace stays private.
+        path = "/api/state/entities/secret%2Fx"
+        assert http.get(path).status_code in (401, 403)
+        assert http.get(path, headers=bearer(alpha)).status_code in (401, 403)
+        assert http.get(path, headers=bearer(secret)).status_code == 200
+        # The deleted name's past stays hidden, from a new namespace of that name and the admin.
+        assert http.get("/api/namespaces/gone", headers=bearer(ADMIN)).status_code == 404
+        again_gone = register(http, "gone")
+        history = "/api/events?entity=gone%2Fx&since=1970-01-01T00:00:00Z"
+        for token in (again_gone, ADMIN):
+            answer = http.get(history, headers=bearer(token))
+            assert answer.status_code == 200 and answer.json() == [], answer.text
+        alpha_history = http.get(
+            "/api/events?entity=alpha%2Fx&since=1970-01-01T00:00:00Z", headers=bearer(ADMIN)
+        )
+        assert len(alpha_history.json()) == 1  # the events themselves moved
+        # The config is in effect: shown, and the rate limit enforced (1 write done above).
+        shown = http.get("/api/admin/config", headers=bearer(ADMIN)).json()
+        assert shown["max_batch_delete"] == 4321, shown
+        statuses = [publish(http, secret, f"secret/{i}").status_code for i in range(5)]
+        assert statuses == [200, 200, 200, 200, 429], statuses
+        # The source is listed and polled with its token.
+        listed = http.get("/api/connectors/generic", headers=bearer(alpha)).json()["sources"]
+        assert [s["source_id"] for s in listed] == [source_id]
+        polled = f"/api/connectors/generic/{source_id}"
+        seen = wait_for(
+            lambda: (s := http.get(polled, headers=bearer(alpha)).json())["polls"] and s
+        )
+        assert seen["has_token"] is True and seen["last_error"] is None, seen
+        calls = upstream.calls("/moved")[source_calls:]
+        assert calls and calls[-1].headers["authorization"] == f"Bearer {SOURCE_TOKEN}"
+        # The GitHub credential is used (the fake answers 401 to any other token).
+        github_path = "/api/connectors/github"
+        status = wait_for(
+            lambda: (s := http.get(github_path, headers=bearer(alpha)).json())["polls"] and s
+        )
+        assert status["status"] == "configured" and status["last_error"] is None, status
+        made = github.requests[github_calls:]
+        assert made and made[-1][1]["authorization"] == f"Bearer {GITHUB_TOKEN}"
+    node.stop()
+    # Nothing of it came from the node's data dir.
+    for name in ("namespaces.db", "credentials.db", "sources.db", "runtime-config.json"):
+        assert not (tmp_path / "node" / "data" / name).exists(), name
+
+
+def test_a_bucket_key_with_another_value_is_refused_by_name(
+    server_factory: type[FluxServer],
+    tmp_path: Path,
+    env: dict[str, str],
+    nats_url: str,
+    github: FakeGitHub,
+) -> None:
+    """A key the cluster holds with another value than the data dir's stops the migration at
+    that step (exit 3), naming the key, and nothing of that step is copied."""
+    srv = server_factory(tmp_path / "embedded", auth_env(env, github)).start()
+    with httpx.Client(base_url=srv.url, timeout=30) as http:
+        register(http, "first")
+        register(http, "second")
+    assert srv.stop() in (0, -signal.SIGTERM), srv.logs()
+    assert migrate(tmp_path / "embedded", nats_url, env).exit_code == 0
+    bucket = f"{env['FLUX_NATS_STREAM']}_namespaces"
+    other = {"id": "nsother", "token_hash": "0" * 64, "created_at": 1, "private": False}
+    asyncio.run(bucket_op(nats_url, bucket, "ns.first", json.dumps(other).encode()))
+    asyncio.run(bucket_op(nats_url, bucket, "ns.second", None))
+
+    result = migrate(tmp_path / "embedded", nats_url, env)
+    assert result.exit_code == 3, result.output
+    assert "namespaces: the bucket" in result.stderr
+    assert "holds namespace first (key ns.first) with another value" in result.stderr
+    assert asyncio.run(bucket_keys(nats_url, bucket)) == ["ns.first"]  # second not copied

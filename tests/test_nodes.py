@@ -1,7 +1,7 @@
 """Several `flux serve` nodes on one JetStream stream (one real nats-server): they converge to
 the same state and versions, a node that starts while the others take writes applies each of
-them once, in order, live subscribers see writes made through other nodes, and conditional
-writes hold across nodes."""
+them once, in order, live subscribers (WebSocket, SSE, a resume by version) see writes made
+through other nodes, and conditional writes hold across nodes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import FluxServer
 from coordination.test_concurrency import K, R, event, increment
-from liveclient import ws_client
+from liveclient import Stream, ws_client
 from natsserver import NatsServer
 
 _streams = itertools.count()
@@ -181,3 +181,52 @@ def test_conditional_counter_over_two_nodes_loses_no_update(
                 await http.aclose()
 
     assert asyncio.run(main()) > 0  # the nodes did contend
+
+
+def test_sse_and_a_resume_on_other_nodes_see_every_write_by_version(
+    server_factory: type[FluxServer], tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Writes through a: an event stream on b hears each change live with its version as the
+    event id; a WebSocket on c that resumes from a version seen on a gets every later change
+    once (the replay from the shared stream, then live ones, no gap at the hand-over)."""
+    a, b, c = (node(server_factory, tmp_path, name, env).start() for name in "abc")
+
+    async def main() -> None:
+        async with (
+            httpx.AsyncClient(base_url=a.url, timeout=30) as http,
+            httpx.AsyncClient(timeout=None) as streaming,
+            streaming.stream("GET", f"{b.url}/api/events/stream", params={"prefix": "sse/"}) as sse,
+        ):
+            assert sse.status_code == 200
+            events = Stream(sse)
+            await events.until_subscribed()
+            written = []
+            for i in range(20):
+                answer = await http.post("/api/events", json=event(f"sse/{i % 4}", {"v": i}))
+                assert answer.status_code == 200, answer.text
+                written.append(answer.json()["sequence"])
+            heard = [await events.next() for _ in range(20)]
+            assert [m["event"] for m in heard] == ["state_update"] * 20
+            assert [int(m["id"]) for m in heard] == written
+            assert [m["data"]["value"] for m in heard] == list(range(20))
+
+            since = written[9]
+            async with ws_client(c.url) as ws:
+                await wait_for_seq(http, c.url, written[-1])
+                replayed = await ws.subscribe(prefix="sse/", since=since)  # replay, subscribed
+                assert [m["version"] for m in replayed[:-1]] == written[10:]
+                more = []
+                for i in range(20, 25):
+                    answer = await http.post("/api/events", json=event(f"sse/{i % 4}", {"v": i}))
+                    more.append(answer.json()["sequence"])
+                live = await ws.changes(5)
+                assert [m["version"] for m in live] == more
+                await ws.nothing()
+
+    asyncio.run(main())
+
+
+async def wait_for_seq(http: httpx.AsyncClient, url: str, seq: int) -> None:
+    async with asyncio.timeout(10):
+        while await last_seq(http, url) < seq:
+            await asyncio.sleep(0.05)

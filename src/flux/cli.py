@@ -312,20 +312,25 @@ EXIT_REFUSED = 3  # flux migrate: the cluster holds other data, or the data dir 
     help=_flag_help("The NATS servers of the cluster to move it into", "nats_url"),
 )
 def migrate(data_dir: str | None, nats_url: str | None) -> None:
-    """Move an embedded data dir into a cluster: its events, and its newest snapshot.
+    """Move an embedded data dir into a cluster: events, snapshot, namespaces, config,
+    credentials and sources.
 
     Copies every event of the data dir's SQLite log into the stream that `flux serve --nats`
     uses (FLUX_NATS_STREAM, FLUX_NATS_SUBJECT and FLUX_NATS_REPLICAS as for `flux serve`;
     the stream is created when missing), each at the sequence it has in the log, with its
     event id and log time: versions, history and changes cursors stay as they were. Then it
-    copies the data dir's newest snapshot into the cluster's object store. Start the nodes
-    with `flux serve --nats` (a new data dir each) once it has finished: they start from that
-    snapshot and the stream.
+    copies the data dir's newest snapshot into the cluster's object store, and the namespace
+    registry (token hashes: the tokens keep working), the runtime config, the connector
+    credentials and the generic sources into the cluster's key-value buckets. Credentials are
+    copied sealed, never decrypted: start every node with the FLUX_ENCRYPTION_KEY the embedded
+    server had. Start the nodes with `flux serve --nats` (a new data dir each) once it has
+    finished: they start from that snapshot, the stream and the buckets.
 
     Stop the embedded server first. Safe to run again: it checks, event by event, that what
     the stream holds is this log's beginning and copies the rest (after an interruption it
     goes on where it stopped; when all is there it copies nothing). It refuses, copying
-    nothing, when the stream holds other events. When retention removed the log's first
+    nothing, when the stream holds other events, or a bucket holds one of the data dir's keys
+    with another value (the message names it). When retention removed the log's first
     events, the stream begins at its first retained one and the snapshot carries their
     state; without a snapshot that covers them it refuses. Progress goes to stderr, the
     summary of each step to stdout.
@@ -341,7 +346,7 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     from pathlib import Path
 
     from flux import _parsers as parse
-    from flux.errors import LogError, MigrationRefused
+    from flux.errors import FluxError, MigrationRefused
     from flux.log.jetstream import from_url
     from flux.migrate import migrate as run
 
@@ -370,7 +375,7 @@ def migrate(data_dir: str | None, nats_url: str | None) -> None:
     except MigrationRefused as exc:
         click.echo(f"Error: refused: {exc.message}", err=True)
         raise SystemExit(EXIT_REFUSED) from None
-    except LogError as exc:
+    except FluxError as exc:  # NATS unreachable, a store of the data dir that does not read
         raise click.ClickException(exc.message) from None
     for result in results:
         click.echo(result.summary())

@@ -32,6 +32,7 @@ from flux.errors import CredentialError
 from flux.sqlitedb import SQLiteDB
 
 NONCE_BYTES = 12
+FILE_NAME = "credentials.db"  # in the data dir
 KEY_ENV = "FLUX_ENCRYPTION_KEY"
 
 _SCHEMA = """
@@ -138,6 +139,44 @@ def opened(
     return StoredCredential(unseal(key, access, access_nonce), refresh_token, expires_at)
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """One credential as a store keeps it: its secrets sealed (`sealed_columns`), never opened
+    (what `flux migrate` moves from a data dir into a cluster, with no key)."""
+
+    owner: str
+    connector: str
+    access_token: str = field(repr=False)
+    access_token_nonce: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    refresh_token_nonce: str | None = field(repr=False)
+    expires_at: str | None
+    created_at: str
+    updated_at: str
+
+
+def read_sealed(path: str | Path) -> list[Sealed]:
+    """Every credential of the store file `path` (`credentials.db`), sealed as it is there,
+    by owner and connector. Needs no key. Raises CredentialError."""
+    db = SQLiteDB(
+        path,
+        _SCHEMA,
+        name="the credential store",
+        error=CredentialError,
+        prefix="credential store: ",
+    )
+    db.open()
+    try:
+        rows = db.query(
+            "SELECT user_id, connector, access_token, access_token_nonce, refresh_token,"
+            " refresh_token_nonce, expires_at, created_at, updated_at FROM credentials"
+            " ORDER BY user_id, connector"
+        )
+    finally:
+        db.close()
+    return [Sealed(*row) for row in rows]
+
+
 class Credentials(Protocol):
     """Secrets per (owner, connector). Every call is synchronous and may block (callers on
     the event loop use `asyncio.to_thread`). Raises CredentialError."""
@@ -179,7 +218,7 @@ class CredentialStore:
     @classmethod
     def open(cls, data_dir: str | Path, key_text: str) -> CredentialStore:
         """The store `<data_dir>/credentials.db` under the base64 key text."""
-        return cls(Path(data_dir) / "credentials.db", decode_key(key_text))
+        return cls(Path(data_dir) / FILE_NAME, decode_key(key_text))
 
     def put(
         self,

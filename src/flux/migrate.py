@@ -22,20 +22,50 @@ Snapshot (`copy_snapshot`). The data dir's newest snapshot goes into the cluster
 (`<stream>_snapshots`, where the nodes keep theirs), under its own name: a node started on an
 empty data dir loads it and replays only the stream after it, as it would after the cluster
 wrote it. It runs after the events: a snapshot is never ahead of the stream it goes with.
+
+What is not an event (`copy_namespaces`, `copy_config`, `copy_credentials`, `copy_sources`).
+The namespace registry, the runtime config, the connector credentials and the generic sources
+go into the key-value buckets where the cluster keeps them (docs/cluster.md, "What the nodes
+share"), each key and value made by the shared store's own functions (`key_of`, `value_of`
+and `record_of` of `flux.shared.namespaces`, `setting_entry`, `credential_entry`,
+`source_entry`), so a node reads them as if a node had written them. Tokens stay SHA-256
+hashes (a namespace's token works on every node) and credentials stay sealed under
+FLUX_ENCRYPTION_KEY, never opened (every node needs the data dir's key). A key the bucket
+holds with the same value counts as there; with another value it is a refusal naming it (a
+node, or another data dir, wrote it), and the step copies nothing.
+Keys the data dir does not have are left alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats.errors
+import nats.js.errors
+import orjson
+from nats.js.kv import KeyValue
+
+from flux import runtime as runtime_file
 from flux.cluster import Cluster, ObjectSnapshots
-from flux.errors import MigrationRefused
+from flux.config import RuntimeConfig
+from flux.connectors import sharedsources
+from flux.connectors.sources import FILE_NAME as SOURCES_FILE
+from flux.connectors.sources import SourceStore
+from flux.credentials import FILE_NAME as CREDENTIALS_FILE
+from flux.credentials import read_sealed
+from flux.errors import LogUnavailable, MigrationRefused
 from flux.log import Record
 from flux.log.jetstream import JetStreamLog
 from flux.log.sqlite import SQLiteLog
+from flux.namespaces import FILE_NAME as NAMESPACES_FILE
+from flux.namespaces import NamespaceStore
+from flux.shared import credentials as shared_credentials
+from flux.shared import namespaces as shared_namespaces
+from flux.shared import runtime as shared_runtime
 from flux.snapshots import FileSnapshots, Snapshots, SnapshotStore
 
 Say = Callable[[str], None]
@@ -53,6 +83,7 @@ class Migration:
     target: JetStreamLog
     snapshots: Snapshots  # the data dir's
     cluster_snapshots: Snapshots  # the cluster's object store
+    cluster: Cluster  # its key-value buckets
     say: Say  # progress lines
 
     async def newest_snapshot(self) -> tuple[str, int] | None:
@@ -218,10 +249,194 @@ async def copy_snapshot(m: Migration) -> StepResult:
     return StepResult("snapshot", 1, 0, time.monotonic() - began, name)
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One key to copy into a bucket; `what` names it in messages (a credential's key is
+    base64)."""
+
+    what: str
+    key: str
+    value: bytes
+
+
+async def _held(kv: KeyValue, bucket: str, key: str) -> bytes | None:
+    """The value `key` holds in the bucket, None when it has none (or it was deleted)."""
+    try:
+        entry = await kv.get(key)
+    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        return None
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise LogUnavailable(f"cluster state unavailable: bucket {bucket}: {exc}") from exc
+    return entry.value
+
+
+async def copy_entries(m: Migration, step: str, kind: str, entries: list[Entry]) -> StepResult:
+    """Put each entry into the bucket `<stream>_<kind>` unless it holds the key already.
+    Checks every key first: one held with another value (compared as JSON) is a refusal naming
+    it, and nothing is copied. Each key is then created only if still absent, so a key written
+    meanwhile is refused rather than replaced. Raises MigrationRefused or LogUnavailable."""
+    began = time.monotonic()
+    kv = await m.cluster.bucket(kind)
+    bucket = m.cluster.bucket_name(kind)
+    m.say(f"{step}: {len(entries):,} to check in the bucket {bucket}")
+    missing: list[Entry] = []
+    differ: list[Entry] = []
+    for entry in entries:
+        held = await _held(kv, bucket, entry.key)
+        if held is None:
+            missing.append(entry)
+        elif not _same_json(held, entry.value):
+            differ.append(entry)
+    if differ:
+        named = ", ".join(f"{e.what} (key {e.key})" for e in differ[:5])
+        more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+        raise MigrationRefused(
+            step,
+            f"the bucket {bucket} holds {named}{more} with another value than this data dir "
+            "(a node or another data dir wrote it); nothing of this step was copied. Delete the "
+            "key from the bucket if the data dir's value should win, or migrate into another "
+            "stream (FLUX_NATS_STREAM)",
+        )
+    present = len(entries) - len(missing)
+    if not missing:
+        detail = "nothing to do" if entries else "none in the data dir"
+        return StepResult(step, 0, present, time.monotonic() - began, detail)
+    shown = time.monotonic()
+    for done, entry in enumerate(missing, 1):
+        try:
+            await kv.create(entry.key, entry.value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise MigrationRefused(
+                step,
+                f"{entry.what} (key {entry.key}) was written to the bucket {bucket} while this "
+                f"ran: is a node running? ({done - 1:,} copied before it; run again once "
+                "the nodes are stopped)",
+            ) from None
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise LogUnavailable(f"cluster state unavailable: bucket {bucket}: {exc}") from exc
+        if time.monotonic() - shown >= _PROGRESS_SECONDS:
+            shown = time.monotonic()
+            m.say(f"{step}: {done:,} of {len(missing):,} copied")
+    return StepResult(step, len(missing), present, time.monotonic() - began)
+
+
+async def copy_namespaces(m: Migration) -> StepResult:
+    """The namespace registry (`namespaces.db`): each namespace with its token hash, privacy
+    and creation time, and each deleted name's history floor, one key per name."""
+    path = m.data_dir / NAMESPACES_FILE
+    if not path.is_file():
+        return StepResult("namespaces", 0, 0, 0.0, "none in the data dir (auth was never on)")
+    store = NamespaceStore(path)
+    try:
+        namespaces, floors = await asyncio.to_thread(store.open)
+    finally:
+        await asyncio.to_thread(store.close)
+    held = {namespace.name: namespace for namespace in namespaces}
+    entries = [
+        Entry(
+            f"namespace {name}",
+            shared_namespaces.key_of(name),
+            shared_namespaces.value_of(
+                shared_namespaces.record_of(held.get(name), floors.get(name, 0))
+            ),
+        )
+        for name in sorted(held.keys() | floors.keys())
+    ]
+    result = await copy_entries(m, "namespaces", shared_namespaces.KIND, entries)
+    result.detail = _joined(
+        result.detail,
+        f"{len(namespaces):,} namespaces (tokens as their hashes: they work on every node), "
+        f"{len(floors):,} deleted name(s) with a history floor",
+    )
+    return result
+
+
+async def copy_config(m: Migration) -> StepResult:
+    """The runtime config (`runtime-config.json`), one key per setting it holds. A file the
+    embedded server could not read (it ignored it) is a refusal: fix or remove it first."""
+    path = m.data_dir / runtime_file.FILE_NAME
+    try:
+        values = await asyncio.to_thread(runtime_file.read_values, path)
+        checked = RuntimeConfig.validated(values or {})
+    except (OSError, ValueError) as exc:
+        raise MigrationRefused(
+            "config",
+            f"{path} does not read ({exc}); the embedded server ignored it too. Fix or "
+            "remove it, then run again",
+        ) from None
+    if values is None:
+        return StepResult("config", 0, 0, 0.0, "none in the data dir (never changed)")
+    entries = [
+        Entry(f"setting {name}", *shared_runtime.setting_entry(name, value))
+        for name, value in sorted(checked.items())
+    ]
+    return await copy_entries(m, "config", shared_runtime.KIND, entries)
+
+
+async def copy_credentials(m: Migration) -> StepResult:
+    """The connector credentials (`credentials.db`), sealed as they are: never decrypted, so
+    every node must run with the FLUX_ENCRYPTION_KEY that sealed them."""
+    path = m.data_dir / CREDENTIALS_FILE
+    if not path.is_file():
+        return StepResult("credentials", 0, 0, 0.0, "none in the data dir")
+    sealed = await asyncio.to_thread(read_sealed, path)
+    m.say(
+        "credentials: copied sealed, never decrypted: start every node with the "
+        "FLUX_ENCRYPTION_KEY this data dir's server had"
+    )
+    entries = [
+        Entry(
+            f"credential {credential.owner}/{credential.connector}",
+            *shared_credentials.credential_entry(credential),
+        )
+        for credential in sealed
+    ]
+    result = await copy_entries(m, "credentials", shared_credentials.KIND, entries)
+    result.detail = _joined(result.detail, "sealed: the nodes need the same FLUX_ENCRYPTION_KEY")
+    return result
+
+
+async def copy_sources(m: Migration) -> StepResult:
+    """The generic sources (`sources.db`): each source's owner and configuration (its token is
+    a credential, moved by `copy_credentials`)."""
+    path = m.data_dir / SOURCES_FILE
+    if not path.is_file():
+        return StepResult("sources", 0, 0, 0.0, "none in the data dir")
+    store = await asyncio.to_thread(SourceStore, path)
+    try:
+        sources = await asyncio.to_thread(store.all)
+    finally:
+        await asyncio.to_thread(store.close)
+    entries = [
+        Entry(f"source {source.id} ({source.config.name})", *sharedsources.source_entry(source))
+        for source in sources
+    ]
+    return await copy_entries(m, "sources", sharedsources.KIND, entries)
+
+
+def _same_json(held: bytes, ours: bytes) -> bool:
+    """Whether a bucket's value is ours, as JSON (a value that is not JSON is not)."""
+    try:
+        return bool(orjson.loads(held) == orjson.loads(ours))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
+
+
 Step = Callable[[Migration], Awaitable[StepResult]]
 
-# The parts of a data dir, in the order they move.
-STEPS: list[tuple[str, Step]] = [("events", copy_events), ("snapshot", copy_snapshot)]
+# The parts of a data dir, in the order they move (a source's token, a credential, before it).
+STEPS: list[tuple[str, Step]] = [
+    ("events", copy_events),
+    ("snapshot", copy_snapshot),
+    ("namespaces", copy_namespaces),
+    ("config", copy_config),
+    ("credentials", copy_credentials),
+    ("sources", copy_sources),
+]
 
 
 async def migrate(
@@ -252,11 +467,12 @@ async def migrate(
                 target,
                 FileSnapshots(SnapshotStore(data_dir / "snapshots")),
                 ObjectSnapshots(cluster, keep=snapshot_keep),
+                cluster,
                 say,
             )
             results = []
             for name, step in STEPS:
-                say(f"{name}: from {data_dir} into the stream {target.stream!r}")
+                say(f"{name}: from {data_dir} into the cluster of stream {target.stream!r}")
                 results.append(await step(m))
             return results
         finally:

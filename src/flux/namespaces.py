@@ -50,6 +50,8 @@ logger = logging.getLogger("flux.namespaces")
 
 T = TypeVar("T")
 
+FILE_NAME = "namespaces.db"  # in the data dir
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS namespaces (
     id TEXT PRIMARY KEY,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -30,6 +30,17 @@ class RuntimeStore(Protocol):
         """Bring `config` up to every change already persisted (before showing it)."""
 
 
+def read_values(path: Path) -> dict[str, Any] | None:
+    """The values the file at `path` holds (not yet checked), or None when there is none.
+    Raises OSError, or ValueError when it is not a JSON object."""
+    if not path.exists():
+        return None
+    values = orjson.loads(path.read_bytes())
+    if not isinstance(values, dict):
+        raise ValueError("not a JSON object")
+    return values
+
+
 class RuntimeFile:
     def __init__(self, data_dir: str | Path, config: RuntimeConfig) -> None:
         self.path = Path(data_dir) / FILE_NAME
@@ -39,12 +50,10 @@ class RuntimeFile:
         """Apply the file's values to `config`, if there is a file; a file that does not read
         is logged and ignored."""
         path = self.path
-        if not path.exists():
-            return
         try:
-            values = orjson.loads(path.read_bytes())
-            if not isinstance(values, dict):
-                raise ValueError("not a JSON object")
+            values = read_values(path)
+            if values is None:
+                return
             self.config.update(values)
         except (OSError, ValueError) as exc:
             logger.error("ignoring %s: %s", path, exc)

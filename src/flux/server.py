@@ -47,6 +47,7 @@ from flux.jobs import Jobs
 from flux.live import Live
 from flux.log import Appended, EventLog, open_log
 from flux.log.jetstream import JetStreamLog
+from flux.namespaces import FILE_NAME as NAMESPACES_FILE
 from flux.namespaces import NamespaceAdmin, NamespaceRegistry, Registry
 from flux.permissions import Permissions
 from flux.presence import Presence
@@ -108,7 +109,7 @@ class Server:
         self.catch_up: Callable[[], Awaitable[None]] | None = None
         if self.cluster is None:
             self.runtime_store = self.runtime_file = RuntimeFile(data_dir, self.runtime)
-            self.registry = NamespaceRegistry(data_dir / "namespaces.db", self.access)
+            self.registry = NamespaceRegistry(data_dir / NAMESPACES_FILE, self.access)
         else:
             self.runtime_store = self.shared_runtime = SharedRuntime(self.cluster, self.runtime)
             shared_registry = SharedRegistry(self.cluster, self.access)

@@ -530,7 +530,10 @@ def test_resume_while_events_keep_arriving_has_no_gap_and_no_duplicate(
                     got.append(message)
                 await writer
                 assert ack is not None
-                assert backlog[-1] < ack["version"] < published[-1]  # live ones followed it
+                # Live ones followed the ack. (Whether some landed before it too depends on
+                # the machine's pace: on a loaded one the replay can end before the writer's
+                # first batch, so only "at or after the backlog" is certain.)
+                assert backlog[-1] <= ack["version"] < published[-1]
                 assert [m["version"] for m in got] == published  # none lost, none twice
                 await ws.nothing()
 

@@ -31,6 +31,18 @@ PREFIX = "source."
 OnChange = Callable[[str, StoredSource | None], Awaitable[None]]
 
 
+def source_entry(source: StoredSource) -> tuple[str, bytes]:
+    """The key and value of a source in the bucket: what the embedded store's row holds."""
+    row = {
+        "owner": source.owner,
+        "namespace": source.config.namespace,
+        "config": source.config.as_json(),
+        "has_token": source.has_token,
+        "created_at": source.created_at,
+    }
+    return PREFIX + source.id, orjson.dumps(row)
+
+
 class SharedSourceStore:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -94,14 +106,7 @@ class SharedSourceStore:
             raise SourceStoreError(f"source store: {exc}") from exc
 
     def add(self, source: StoredSource) -> None:
-        row = {
-            "owner": source.owner,
-            "namespace": source.config.namespace,
-            "config": source.config.as_json(),
-            "has_token": source.has_token,
-            "created_at": source.created_at,
-        }
-        self.mirror.blocking(self._write(PREFIX + source.id, orjson.dumps(row)))
+        self.mirror.blocking(self._write(*source_entry(source)))
 
     def delete(self, source_id: str) -> bool:
         if source_id not in self._sources:

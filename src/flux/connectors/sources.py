@@ -52,6 +52,7 @@ logger = logging.getLogger("flux.connectors")
 
 SECRET_OWNER = "generic"  # the credential store's user_id for source secrets (the original's)
 KEY_PREFIX = "source:"
+FILE_NAME = "sources.db"  # in the data dir
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS generic_sources (
@@ -201,7 +202,7 @@ class Sources:
         if self._shared is not None:
             return self._shared
         if self.store is None:
-            self.store = SourceStore(Path(self._settings.data_dir) / "sources.db")
+            self.store = SourceStore(Path(self._settings.data_dir) / FILE_NAME)
         return self.store
 
     # -- lifecycle ---------------------------------------------------------------------------

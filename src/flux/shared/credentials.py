@@ -30,6 +30,7 @@ import orjson
 
 from flux.cluster import Cluster
 from flux.credentials import (
+    Sealed,
     StoredCredential,
     decode_key,
     format_time,
@@ -72,6 +73,20 @@ def parse_key(key: str) -> tuple[str, str] | None:
         return _decode(owner), _decode(connector)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
+
+
+def credential_entry(credential: Sealed) -> tuple[str, bytes]:
+    """The key and value of a sealed credential in the bucket: the columns of its row."""
+    row = {
+        "access_token": credential.access_token,
+        "access_token_nonce": credential.access_token_nonce,
+        "refresh_token": credential.refresh_token,
+        "refresh_token_nonce": credential.refresh_token_nonce,
+        "expires_at": credential.expires_at,
+        "created_at": credential.created_at,
+        "updated_at": credential.updated_at,
+    }
+    return credential_key(credential.owner, credential.connector), orjson.dumps(row)
 
 
 class SharedCredentialStore:
@@ -142,21 +157,16 @@ class SharedCredentialStore:
         expires_at: datetime | None = None,
     ) -> None:
         """Store (or replace) the credential of (owner, connector), sealed as on disk."""
-        sealed, nonce, refresh, refresh_nonce, expires = sealed_columns(
-            self._key, secret, refresh_token, expires_at
-        )
         now = format_time(datetime.now(UTC))
         held = self._rows.get((owner, connector))
-        row = {
-            "access_token": sealed,
-            "access_token_nonce": nonce,
-            "refresh_token": refresh,
-            "refresh_token_nonce": refresh_nonce,
-            "expires_at": expires,
-            "created_at": held["created_at"] if held is not None else now,
-            "updated_at": now,
-        }
-        self.mirror.blocking(self._write(credential_key(owner, connector), orjson.dumps(row)))
+        sealed = Sealed(
+            owner,
+            connector,
+            *sealed_columns(self._key, secret, refresh_token, expires_at),
+            created_at=held["created_at"] if held is not None else now,
+            updated_at=now,
+        )
+        self.mirror.blocking(self._write(*credential_entry(sealed)))
 
     async def _write(self, key: str, value: bytes | None) -> None:
         """Put `value` (None: delete the key) and apply it here. A delete marker's revision is

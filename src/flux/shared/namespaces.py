@@ -57,7 +57,19 @@ REVOKED = "revoked:"
 Record = dict[str, Any]
 
 
+def key_of(name: str) -> str:
+    """The bucket key of a namespace name."""
+    return PREFIX + name
+
+
+def value_of(record: Record) -> bytes:
+    """A record as the bucket holds it."""
+    return orjson.dumps(record)
+
+
 def record_of(namespace: Namespace | None, floor: int) -> Record:
+    """The record of a namespace (None: a deleted name) and its name's history floor (0: none):
+    what `NamespaceStore.open` gives of one name becomes one key."""
     record: Record = {}
     if namespace is not None:
         record.update(
@@ -135,8 +147,8 @@ class SharedRegistry:
         then apply it here. Raises KeyWrongLastSequenceError when another write came first,
         StorageError when NATS does not take it."""
         mirror = self.mirror
-        key = PREFIX + name
-        value = orjson.dumps(record)
+        key = key_of(name)
+        value = value_of(record)
         try:
             if last is None:
                 revision = await mirror.kv.create(key, value)
@@ -151,7 +163,7 @@ class SharedRegistry:
     async def _read(self, name: str) -> tuple[Record, int] | None:
         """`name`'s record and revision in the bucket (not this node's copy), or None."""
         try:
-            entry = await self.mirror.kv.get(PREFIX + name)
+            entry = await self.mirror.kv.get(key_of(name))
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
         except (TimeoutError, nats.errors.Error) as exc:

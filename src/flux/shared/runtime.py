@@ -26,6 +26,11 @@ KIND = "config"
 PREFIX = "setting."
 
 
+def setting_entry(name: str, value: object) -> tuple[str, bytes]:
+    """The key and value of one setting's change (a checked JSON value) in the bucket."""
+    return PREFIX + name, orjson.dumps(value)
+
+
 class SharedRuntime:
     def __init__(self, cluster: Cluster, config: RuntimeConfig) -> None:
         self.cluster = cluster
@@ -67,8 +72,7 @@ class SharedRuntime:
         checked = self.config.validated(changes)
         mirror = self.mirror
         for name, value in checked.items():
-            key = PREFIX + name
-            data = orjson.dumps(value)
+            key, data = setting_entry(name, value)
             try:
                 revision = await mirror.kv.put(key, data)
             except (TimeoutError, nats.errors.Error) as exc:

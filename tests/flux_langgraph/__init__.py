@@ -1,0 +1,1 @@
+"""flux.langgraph (the directory is not named `langgraph`: it would shadow the package)."""
