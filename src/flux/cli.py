@@ -1309,6 +1309,43 @@ def source_rm(source_id: str) -> None:
     click.echo(f"Removed source {source_id}", err=True)
 
 
+@main.command(name="mcp")
+def mcp_command() -> None:
+    """Serve Flux to an AI agent host as an MCP server over stdio.
+
+    A desktop host (Claude Desktop, an IDE, an agent framework) starts this command and
+    talks MCP on its stdin/stdout. Every tool call goes to the Flux server at $FLUX_URL
+    with $FLUX_TOKEN as bearer token, so the agent may do exactly what that token may.
+    Nothing but MCP is written to stdout; logs go to stderr.
+
+    \b
+    Tools: publish (with expected_version, if_absent, expected_properties,
+      fencing_token, ttl_ms), get, list, history, changes_since, delete, claim, renew,
+      release, presence. A failed condition is a tool error giving the entity's current
+      version and state. Resources: flux://entities/{id}, flux://namespaces/{namespace},
+      both subscribable (notifications/resources/updated); hosts that ignore
+      notifications follow changes with changes_since and its `next` cursor.
+
+    \b
+    A host's config (claude_desktop_config.json and the like):
+      {"mcpServers": {"flux": {
+        "command": "flux", "args": ["mcp"],
+        "env": {"FLUX_URL": "http://localhost:3000", "FLUX_TOKEN": "<namespace token>"}
+      }}}
+
+    \b
+    Hosts that speak streamable HTTP can use `flux serve` directly instead:
+    http://localhost:3000/mcp with the header `Authorization: Bearer <token>`.
+    See docs/mcp.md.
+    """
+    from flux.mcp.stdio import serve_stdio
+
+    options = _options()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with _stopping_quietly():
+        asyncio.run(serve_stdio(options.url, options.token))
+
+
 @main.command()
 def health() -> None:
     """Check the server and count its entities.

@@ -587,6 +587,16 @@ class Settings:
         "address (`127.0.0.1`, `::1`, `localhost`), `localhost`, `127.0.0.1`, `[::1]` and the "
         "bind address; bound to any other address, every name. A guard against DNS rebinding.",
     )
+    mcp_allowed_origins: tuple[str, ...] = setting(
+        "FLUX_MCP_ALLOWED_ORIGINS",
+        (),
+        parse.origins,
+        "Web origins (`scheme://host[:port]`, comma separated, or `*`) whose pages may use the "
+        "MCP endpoint `/mcp`. A request without `Origin` (an agent host, not a browser) always "
+        "may, and so may a page of the server's own origin; any other `Origin` gets `403`. The "
+        "`Host` check (`FLUX_ALLOWED_HOSTS`) applies to `/mcp` as to every path. See "
+        "[mcp.md](mcp.md#streamable-http-in-flux-serve).",
+    )
     header_timeout_seconds: float = setting(
         "FLUX_HEADER_TIMEOUT_SECONDS",
         20.0,

@@ -80,7 +80,8 @@ class MisdirectedRequest(FluxError):
 
 
 class OriginNotAllowed(Forbidden):
-    """A browser's WebSocket handshake from a page of an origin not allowed (403)."""
+    """A browser's WebSocket handshake, or MCP request, from a page of an origin not allowed
+    (403)."""
 
 
 class RequestTimeout(FluxError):

@@ -21,6 +21,8 @@ from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
 from flux.api.freshness import Freshness
 from flux.api.hosts import host_check
+from flux.api.mcp import PATH as MCP_PATH
+from flux.api.mcp import McpEndpoint
 from flux.api.openapi import DOCS_STATIC, docs_page, openapi_document
 from flux.api.prometheus import Histograms, metrics_endpoint
 from flux.api.reads import EntityReads
@@ -69,6 +71,8 @@ def _route(path: str, **handlers: Handler) -> Route:
 
 
 def routes() -> list[BaseRoute]:
+    """The HTTP API's routes (docs/openapi.json describes each; `/mcp` is added beside them by
+    `create_app`: MCP, not part of the API)."""
     return [
         _route("/api/events", GET=http.history, POST=http.publish_event),
         _route("/api/events/stream", GET=sse_endpoint),
@@ -128,6 +132,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     the state), serves, and on shutdown stops it (a final snapshot, the log closed)."""
     flux = server if server is not None else Server(settings)
     histograms: Histograms = {}
+    mcp = McpEndpoint(flux.live, settings.mcp_allowed_origins)  # /mcp (flux.api.mcp)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -144,12 +149,13 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
         gc.collect()
         gc.freeze()
         try:
-            yield
+            async with mcp.run():
+                yield
         finally:
             await flux.stop()
 
     app = Starlette(
-        routes=routes(),
+        routes=[*routes(), Route(MCP_PATH, mcp, name=MCP_PATH)],
         # One layer for the Host check, timing, CORS and the JSON 500 (see flux.api.edge:
         # three layers cost a third of a GET's time in the app).
         middleware=[
@@ -175,5 +181,6 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     app.state.service = flux.service
     app.state.live = flux.live
     app.state.histograms = histograms
+    mcp.bind(app)  # the MCP tools call this app, in-process, as their caller
     app.state.oauth_states = OAuthStates()  # sign-ins in progress (flux.api.oauth)
     return app

@@ -33,3 +33,10 @@ def credential_of(scope: MutableMapping[str, Any]) -> Credential:
                 break
         scope[_KEY] = credential
     return credential
+
+
+def assume(scope: MutableMapping[str, Any], credential: Credential) -> None:
+    """Give a scope a credential already decided: an in-process request made on behalf of
+    another request's caller (the MCP tools, flux.api.mcp), which `credential_of` then answers
+    with, whatever the scope's own headers say."""
+    scope[_KEY] = credential
