@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from flux.api import connectors, coordination, errors, http, namespaces, oauth, sources
+from flux.api import connectors, console, coordination, errors, http, namespaces, oauth, sources
 from flux.api.cors import CrossOrigin
 from flux.api.edge import Edge
 from flux.api.freshness import Freshness
@@ -81,6 +81,7 @@ def routes() -> list[BaseRoute]:
         _route("/api/events/batch", POST=http.publish_batch),
         _route("/api/state/entities", GET=http.list_entities),
         _route("/api/state/entities/delete", POST=http.batch_delete),
+        _route("/api/state/groups", GET=http.list_groups),
         _route("/api/state/changes", GET=coordination.changes),
         _route("/api/leases/acquire", POST=coordination.acquire),
         _route("/api/leases/renew", POST=coordination.renew),
@@ -115,6 +116,9 @@ def routes() -> list[BaseRoute]:
         _route("/openapi.json", GET=openapi_document),
         _route("/docs", GET=docs_page),
         Mount("/docs/static", StaticFiles(directory=DOCS_STATIC), name="docs-static"),
+        # The web console (flux.api.console): a page for people, reading the API above.
+        _route("/", GET=console.page),
+        _route("/console/{name}", GET=console.asset),
     ]
 
 

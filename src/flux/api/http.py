@@ -25,11 +25,15 @@ from flux.events import (
     parse_time,
     validate_event,
 )
+from flux.grouping import group_level
 from flux.server import Server
 
 HISTORY_WINDOW_US = 24 * 3600 * 1_000_000
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 500
+GROUPS_DEFAULT_LIMIT = 200
+GROUPS_MAX_LIMIT = 1000
+GROUPS_MAX_DELIMITERS = 8
 
 
 def server_of(request: Request) -> Server:
@@ -285,6 +289,47 @@ async def list_entities(request: Request) -> Response:
     if hidden:
         selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
     return json_response([entity_json(entity) for entity in selected])
+
+
+async def list_groups(request: Request) -> Response:
+    """One level of the id tree under `prefix`, in pages (`flux.grouping`): the groups below it
+    with their entity counts and the entities that end at that level. The console's entity
+    browser reads this, so 100,000 entities reach the browser a page at a time. Private
+    namespaces the caller may not read are left out, as in the listing."""
+    server = server_of(request)
+    params = request.query_params
+    max_length = server.settings.max_entity_id_length
+    prefix = check_id_part(params.get("prefix", ""), "prefix", max_length)
+    after = check_id_part(params.get("after", ""), "after", max_length)
+    contains = check_id_part(params.get("q", ""), "q", max_length)
+    delimiters = params.get("delimiter", "/")
+    if not delimiters or len(delimiters) > GROUPS_MAX_DELIMITERS:
+        raise ValidationError(
+            f"invalid `delimiter`: expected 1 to {GROUPS_MAX_DELIMITERS} characters"
+        )
+    limit = GROUPS_DEFAULT_LIMIT
+    limit_text = params.get("limit")
+    if limit_text is not None:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise ValidationError("invalid `limit`: expected an integer") from None
+        if not 1 <= limit <= GROUPS_MAX_LIMIT:
+            raise ValidationError(f"invalid `limit`: expected 1 to {GROUPS_MAX_LIMIT}")
+    selected = server.engine.select(prefix)
+    hidden = server.permissions.hidden(credential_of(request.scope))
+    if hidden:
+        selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
+    level = group_level(((e.id, e) for e in selected), prefix, delimiters, limit, after, contains)
+    return json_response(
+        {
+            "prefix": prefix,
+            "total": level.total,
+            "groups": [{"prefix": key, "count": count} for key, count in level.groups],
+            "entities": [entity_json(entity) for entity in level.entities],
+            "next": level.next,
+        }
+    )
 
 
 async def get_entity(request: Request) -> Response:

@@ -29,7 +29,14 @@ from starlette.responses import HTMLResponse, Response
 
 from flux import __version__
 from flux.api.coordination import LEASE_BODY_LIMIT
-from flux.api.http import HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, HISTORY_WINDOW_US
+from flux.api.http import (
+    GROUPS_DEFAULT_LIMIT,
+    GROUPS_MAX_DELIMITERS,
+    GROUPS_MAX_LIMIT,
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    HISTORY_WINDOW_US,
+)
 from flux.auth import NAME_CHARS, NAME_MAX, NAME_MIN
 from flux.config import SETTINGS
 from flux.connectors.base import KNOWN
@@ -92,6 +99,9 @@ FACTS: dict[str, Any] = {
     },
     "max_entity_id_length": _default("max_entity_id_length"),
     "max_payload_depth": MAX_PAYLOAD_DEPTH,
+    "groups_default_limit": GROUPS_DEFAULT_LIMIT,
+    "groups_max_delimiters": GROUPS_MAX_DELIMITERS,
+    "groups_max_limit": GROUPS_MAX_LIMIT,
     "history_default_limit": HISTORY_DEFAULT_LIMIT,
     "history_max_limit": HISTORY_MAX_LIMIT,
     "history_window_hours": HISTORY_WINDOW_US // 3_600_000_000,
