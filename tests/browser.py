@@ -76,6 +76,13 @@ class Browser:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
             time.sleep(0.02)
 
+    def wait_click(self, css: str, condition: str, what: str, timeout: float = 10.0) -> float:
+        """Click `css`, then wait for `condition`; returns the seconds from click to done."""
+        started = time.monotonic()
+        self.find(css).click()
+        self.wait(condition, what, timeout)
+        return time.monotonic() - started
+
     def find(self, css: str) -> WebElement:
         return self.driver.find_element(By.CSS_SELECTOR, css)
 

@@ -267,6 +267,11 @@ function apply(batch) {
 
 onBatch(apply);
 
+// "5s ago" goes stale: refresh the shown times now and then.
+setInterval(() => {
+  for (const known of rows.values()) known.when.textContent = ago(known.entity.lastUpdated);
+}, 15000);
+
 export function reload() {
   if (!root || !root.isConnected) return;
   const list = root.querySelector("ul.level");

@@ -29,11 +29,12 @@ export function ago(iso) {
   return `${Math.floor(seconds / 86400)}d ago`;
 }
 
-// Restart a CSS animation on `node` (the highlight of a changed value).
+// Highlight a changed value: (re)start its CSS animation. Switching between two identical
+// animations restarts it without forcing a layout (removing and re-adding one class would need
+// a reflow in between, once per changed value).
 export function flash(node) {
-  node.classList.remove("flash");
-  void node.offsetWidth;
-  node.classList.add("flash");
+  if (node.classList.contains("flash")) node.classList.toggle("again");
+  else node.classList.add("flash");
 }
 
 let noticeTimer = 0;
