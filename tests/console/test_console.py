@@ -232,3 +232,27 @@ def test_a_private_namespace_shows_only_with_its_token(
     browser.wait(f"!({row_present('secret/plans')}) && {row_present('public/news')}", "hidden")
     assert browser.problems() == []
     srv.stop()
+
+
+def test_the_admin_token_creates_a_namespace_and_reads_the_config(
+    server_factory: type[FluxServer], tmp_path: Path, browser: Browser
+) -> None:
+    srv = server_factory(
+        tmp_path / "data", {"FLUX_AUTH_ENABLED": "true", "FLUX_ADMIN_TOKEN": ADMIN}
+    ).start()
+    browser.open(srv.url + "/")
+    browser.find("#token").send_keys(ADMIN)
+    browser.find('#token-form button[type="submit"]').click()
+    browser.driver.get(srv.url + "/#/admin")
+    browser.wait("document.getElementById('config').value.includes('rate_limit')", "config")
+    browser.find('#namespaces input[name="ns"]').send_keys("made-here")
+    browser.find('#namespaces input[name="private"]').click()
+    browser.find("#ns-create").click()
+    browser.wait("document.getElementById('namespace-out').textContent.includes('token')", "it")
+    shown = httpx.get(
+        srv.url + "/api/namespaces/made-here", headers={"authorization": f"Bearer {ADMIN}"}
+    )
+    assert shown.status_code == 200 and shown.json()["private"] is True
+    browser.screenshot("admin")
+    assert browser.problems() == []
+    srv.stop()

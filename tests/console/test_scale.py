@@ -105,6 +105,7 @@ def test_100k_entities_with_500_events_per_second(server: FluxServer, browser: B
             "site00/ to reopen",
         )
         time.sleep(1.0)
+        browser.screenshot("scale-100k")
     finally:
         stop.set()
         sender.join()

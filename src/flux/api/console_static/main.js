@@ -63,4 +63,5 @@ document.getElementById("token-clear").addEventListener("click", () => {
 
 window.addEventListener("hashchange", route);
 connect(true);
+metrics.prime();
 route();

@@ -1,5 +1,6 @@
 // Live metrics from the server's `metrics_update` messages: the cards at the top of every view
 // and, on the metrics view, events per second over the last minutes.
+import { api } from "./api.js";
 import { h } from "./dom.js";
 import { onBatch } from "./live.js";
 
@@ -53,6 +54,17 @@ onBatch((batch) => {
   set("m-connections", String(last.websocket?.connections ?? "–"));
   draw();
 });
+
+// Until the first `metrics_update` arrives: the entity count and the log's sequence from health.
+export function prime() {
+  api("/api/health")
+    .then((health) => {
+      if (document.getElementById("m-events").textContent !== "–") return;
+      set("m-events", String(health.lastSequence));
+      set("m-entities", String(health.entities));
+    })
+    .catch(() => {});
+}
 
 export function render(view) {
   chart = h("div", { id: "rate-chart" });
