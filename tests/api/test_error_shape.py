@@ -18,7 +18,7 @@ JSON = {"content-type": "application/json"}
 TEXT = {"content-type": "text/plain"}
 
 CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
-    ("GET", "/", {}, 404, "Not Found"),
+    ("GET", "/console/nothing.js", {}, 404, "No console file named 'nothing.js'"),
     ("GET", "/nope", {}, 404, "Not Found"),
     ("GET", "/api", {}, 404, "Not Found"),
     ("GET", "/api/unknown", {}, 404, "Not Found"),
