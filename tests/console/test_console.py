@@ -17,7 +17,7 @@ from browser import Browser
 from conftest import FluxServer
 from jsonserver import JsonServer
 
-from .helpers import delete, publish
+from .helpers import delete, event, publish, publish_batch
 
 ROW = 'li.entity[data-id="{}"]'
 
@@ -256,3 +256,25 @@ def test_the_admin_token_creates_a_namespace_and_reads_the_config(
     browser.screenshot("admin")
     assert browser.problems() == []
     srv.stop()
+
+
+def test_a_closed_group_counts_deletions_and_the_page_resumes_after_a_restart(
+    server_factory: type[FluxServer], tmp_path: Path, browser: Browser
+) -> None:
+    srv = server_factory(tmp_path / "data").start()
+    publish_batch(srv.url, [event(f"big/item-{n:02d}", n=n) for n in range(60)])
+    browser.open(srv.url + "/")
+    count = "document.querySelector('li.group[data-prefix=\"big/\"] > .count').textContent"
+    browser.wait(f"{count} === '60'", "big/ with 60")
+    shown = "return document.querySelectorAll('li.entity[data-id^=\"big/\"]').length"
+    assert browser.js(shown) == 0  # a group of 60 stays closed
+    delete(srv.url, "big/item-07")
+    browser.wait(f"{count} === '59'", "big/ to count 59", 1.0)
+    # A restart closes the WebSocket; the page reconnects, resumes, and follows again.
+    srv.stop()
+    browser.wait("!window.fluxConsole.connected", "the disconnect")
+    again = server_factory(tmp_path / "data", port=srv.port).start()
+    publish(again.url, "after/restart", ok=True)
+    browser.wait(row_present("after/restart"), "a write after the restart", 15.0)
+    browser.wait(f"{count} === '59'", "big/ still 59")
+    again.stop()

@@ -217,30 +217,31 @@ function applyUpdate(message) {
   flash(cell);
 }
 
+// A deleted entity: its row goes, and every shown group that held it counts one fewer (a
+// group emptied goes too). Live, Flux sends a deletion only for an entity that existed, so
+// this holds for entities inside closed groups as well.
 function applyDelete(message) {
-  const known = rows.get(message.entity_id);
-  if (!known) {
-    markDirty(message.entity_id);
-    return;
+  const id = message.entity_id;
+  if (filter && !id.toLowerCase().includes(filter.toLowerCase())) return;
+  const known = rows.get(id);
+  if (known) {
+    known.row.remove();
+    rows.delete(id);
   }
-  known.row.remove();
-  rows.delete(message.entity_id);
-  // The groups that held it count one fewer; an emptied group goes.
-  for (const [key, level] of levels) {
+  for (const level of levels.values()) {
+    level.entities.delete(id);
     for (const [group, count] of level.groups) {
-      if (message.entity_id.startsWith(group)) {
-        const node = root.querySelector(`li.group[data-prefix="${CSS.escape(group)}"]`);
-        if (count <= 1) {
-          level.groups.delete(group);
-          node?.remove();
-        } else {
-          level.groups.set(group, count - 1);
-          const counter = node?.querySelector(":scope > .count");
-          if (counter) counter.textContent = String(count - 1);
-        }
+      if (!id.startsWith(group)) continue;
+      const node = root.querySelector(`li.group[data-prefix="${CSS.escape(group)}"]`);
+      if (count <= 1) {
+        level.groups.delete(group);
+        node?.remove();
+      } else {
+        level.groups.set(group, count - 1);
+        const counter = node?.querySelector(":scope > .count");
+        if (counter) counter.textContent = String(count - 1);
       }
     }
-    level.entities.delete(message.entity_id);
   }
 }
 

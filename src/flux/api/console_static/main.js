@@ -36,11 +36,16 @@ function route() {
   }
 }
 
+let wasDown = false;
 onStatus((state, detail) => {
   if (state === "error") {
     notice(detail);
     return;
   }
+  // Back after a disconnect: the replay brought every change, but a replayed deletion may
+  // name an entity that no longer existed then, so the shown levels are read again.
+  if (state === "live" && wasDown) browser.reload();
+  wasDown = state === "down";
   link.className = "link " + state;
   link.textContent = state === "live" ? "live" : "offline";
 });
