@@ -66,11 +66,12 @@ class Browser:
         return self.driver.execute_script(script, *args)
 
     def wait(self, condition: str, what: str, timeout: float = 10.0) -> float:
-        """Poll the JavaScript expression `condition` until it is truthy; returns the seconds
-        it took. Raises AssertionError after `timeout`."""
+        """Poll the JavaScript expression `condition` until it is truthy (one that throws is
+        false); returns the seconds it took. Raises AssertionError after `timeout`."""
         started = time.monotonic()
         while True:
-            if self.js(f"return Boolean({condition});"):
+            # Not there yet (an element still missing) counts as false, not as an error.
+            if self.js(f"try {{ return Boolean({condition}); }} catch (e) {{ return false; }}"):
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")

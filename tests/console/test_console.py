@@ -5,7 +5,9 @@ Each test saves a screenshot of the view it drives (build/screenshots/)."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +280,23 @@ def test_a_closed_group_counts_deletions_and_the_page_resumes_after_a_restart(
     browser.wait(row_present("after/restart"), "a write after the restart", 15.0)
     browser.wait(f"{count} === '59'", "big/ still 59")
     again.stop()
+
+
+def test_a_connector_token_set_in_the_console_configures_it(
+    server_factory: type[FluxServer], tmp_path: Path, browser: Browser
+) -> None:
+    key = base64.b64encode(os.urandom(32)).decode()
+    srv = server_factory(tmp_path / "data", {"FLUX_ENCRYPTION_KEY": key}).start()
+    browser.open(srv.url + "/#/sources")
+    status = "document.querySelector('#connectors tr[data-name=\"gmail\"] .status').textContent"
+    browser.wait(f"{status}.startsWith('not_configured')", "gmail listed, not configured")
+    browser.find('#connectors tr[data-name="gmail"] input').send_keys("upstream-secret")
+    browser.find('#connectors tr[data-name="gmail"] button:not(.danger)').click()
+    browser.wait(f"{status}.startsWith('configured')", "gmail configured")
+    assert httpx.get(srv.url + "/api/connectors/gmail").json()["status"] == "configured"
+    # The secret is never shown back.
+    assert browser.js("return document.body.textContent.includes('upstream-secret')") is False
+    browser.find('#connectors tr[data-name="gmail"] button.danger').click()
+    browser.wait(f"{status}.startsWith('not_configured')", "gmail's token deleted")
+    assert browser.problems() == []
+    srv.stop()

@@ -20,7 +20,10 @@ async function load(root) {
   let sources = [];
   try {
     [connectors, sources] = await Promise.all([
-      api("/api/connectors").then((d) => d.connectors),
+      // The listing names each connector; its own page has the last poll and error.
+      api("/api/connectors").then((d) =>
+        Promise.all(d.connectors.map((c) => api(`/api/connectors/${encodeURIComponent(c.name)}`).catch(() => c))),
+      ),
       api("/api/connectors/generic").then((d) => d.sources),
     ]);
   } catch (error) {
@@ -40,7 +43,19 @@ async function load(root) {
         }
       },
     }, "set token");
-    return h("tr", { dataset: { name: c.name } }, h("td", {}, c.name), h("td", { class: "status" }, status(c)), h("td", {}, input, save));
+    const forget = h("button", {
+      type: "button",
+      class: "danger",
+      onclick: async () => {
+        try {
+          await api(`/api/connectors/${encodeURIComponent(c.name)}/token`, { method: "DELETE" });
+          load(root);
+        } catch (error) {
+          notice(error.message);
+        }
+      },
+    }, "delete token");
+    return h("tr", { dataset: { name: c.name } }, h("td", {}, c.name), h("td", { class: "status" }, status(c)), h("td", {}, input, save, forget));
   });
   const sourceRows = sources.map((s) =>
     h(
