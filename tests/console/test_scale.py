@@ -85,6 +85,13 @@ def test_100k_entities_with_500_events_per_second(server: FluxServer, browser: B
         "site00/'s first page",
     )
     assert browser.js("return document.querySelectorAll('li.entity').length") == 200
+    # The next page, from the server, on demand.
+    browser.wait_click(
+        'li.group[data-prefix="site00/"] li.more button',
+        "document.querySelector('li.entity[data-id=\"site00/dev-00399\"]') !== null",
+        "site00/'s second page",
+    )
+    assert browser.js("return document.querySelectorAll('li.entity').length") == 400
 
     stop = threading.Event()
     sent = [0]
