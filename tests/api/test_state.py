@@ -460,3 +460,34 @@ def test_batch_delete_bound_from_settings(make_client: ClientFactory) -> None:
         400,
         "Batch too large: 2 entities requested, max is 1",
     )
+
+
+def test_has_lists_only_the_entities_carrying_a_property(make_client: ClientFactory) -> None:
+    """`?has=__lease__` and `?has=__presence__`: the leases and presences the console shows."""
+    client = make_client()
+    publish(client, "work/plain", {"status": "open"})
+    acquired = client.post(
+        "/api/leases/acquire", json={"entity_id": "work/led", "owner": "a", "ttl_ms": 60000}
+    )
+    assert acquired.status_code == 200, acquired.text
+    token = acquired.json()["token"]
+    leases = client.get("/api/state/entities", params={"has": "__lease__"}).json()
+    assert [(e["id"], e["properties"]["__lease__"]["owner"]) for e in leases] == [("work/led", "a")]
+    assert client.get("/api/state/entities", params={"has": "__presence__"}).json() == []
+    with client.websocket_connect("/api/ws") as ws:
+        ws.send_json({"type": "presence", "entity_id": "agents/w7", "properties": {"on": True}})
+        while ws.receive_json()["type"] != "presence":
+            pass  # the connection's own live messages before the answer
+        present = client.get("/api/state/entities", params={"has": "__presence__"}).json()
+        assert [e["id"] for e in present] == ["agents/w7"]
+    # A released lease is `null`: not listed.
+    released = client.post(
+        "/api/leases/release", json={"entity_id": "work/led", "owner": "a", "token": token}
+    )
+    assert released.status_code == 200, released.text
+    assert client.get("/api/state/entities", params={"has": "__lease__"}).json() == []
+    assert [
+        e["id"] for e in client.get("/api/state/entities", params={"has": "status"}).json()
+    ] == ["work/plain"]
+    message = assert_error(client.get("/api/state/entities", params={"has": "x" * 2000}), 400)
+    assert message.startswith("has is too long")

@@ -288,6 +288,12 @@ async def list_entities(request: Request) -> Response:
     hidden = server.permissions.hidden(credential_of(request.scope))
     if hidden:
         selected = (e for e in selected if e.id.partition("/")[0] not in hidden)
+    # `has`: only the entities carrying that property (not null). The console lists the
+    # leases and presences this way (`__lease__`, `__presence__`) without reading the world.
+    has = params.get("has")
+    if has is not None:
+        check_id_part(has, "has", max_length)
+        selected = (e for e in selected if e.properties.get(has) is not None)
     return json_response([entity_json(entity) for entity in selected])
 
 
