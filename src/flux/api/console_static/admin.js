@@ -10,7 +10,9 @@ function namespaceForms(root) {
   const isPrivate = h("input", { type: "checkbox", name: "private" });
   const run = (method, suffix = "", body) => async () => {
     try {
-      say(await api(`/api/namespaces${suffix(name.value)}`, { method, body: body?.() }));
+      const answer = await api(`/api/namespaces${suffix(name.value)}`, { method, body: body?.() });
+      // A deletion answers 204, with no body.
+      say(answer ?? { namespace: name.value, deleted: true });
     } catch (error) {
       notice(error.message);
     }
@@ -26,10 +28,10 @@ function namespaceForms(root) {
       name,
       h("label", {}, isPrivate, " private"),
       h("button", { type: "button", id: "ns-create", onclick: run("POST", () => "", () => ({ name: name.value, private: isPrivate.checked })) }, "create"),
-      h("button", { type: "button", onclick: run("GET", path) }, "show"),
-      h("button", { type: "button", onclick: run("PUT", path, () => ({ private: isPrivate.checked })) }, "set private"),
-      h("button", { type: "button", onclick: run("POST", (v) => path(v) + "/token") }, "rotate token"),
-      h("button", { type: "button", class: "danger", onclick: run("DELETE", path) }, "delete"),
+      h("button", { type: "button", id: "ns-show", onclick: run("GET", path) }, "show"),
+      h("button", { type: "button", id: "ns-private", onclick: run("PUT", path, () => ({ private: isPrivate.checked })) }, "set private"),
+      h("button", { type: "button", id: "ns-rotate", onclick: run("POST", (v) => path(v) + "/token") }, "rotate token"),
+      h("button", { type: "button", id: "ns-delete", class: "danger", onclick: run("DELETE", path) }, "delete"),
     ),
     out,
   );
@@ -44,6 +46,7 @@ async function configForm(root) {
   }
   const save = h("button", {
     type: "button",
+    id: "config-save",
     onclick: async () => {
       try {
         text.value = JSON.stringify(await api("/api/admin/config", { method: "PUT", body: JSON.parse(text.value) }), null, 2);

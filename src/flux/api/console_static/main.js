@@ -1,8 +1,9 @@
 // The console's entry point: the token form, the live connection's status, and the views
-// (the entity browser, an entity's page, metrics, sources, admin) chosen by the URL's hash.
+// (the entity browser, an entity's page, coordination, metrics, sources, admin) chosen by the URL's hash.
 import { setToken, token } from "./api.js";
 import * as admin from "./admin.js";
 import * as browser from "./browser.js";
+import * as coordination from "./coordination.js";
 import * as entity from "./entity.js";
 import { connect, onStatus } from "./live.js";
 import * as metrics from "./metrics.js";
@@ -21,6 +22,9 @@ function route() {
   } else if (hash === "/metrics") {
     name = "metrics";
     metrics.render(view);
+  } else if (hash === "/coordination") {
+    name = "coordination";
+    coordination.render(view);
   } else if (hash === "/sources") {
     name = "sources";
     sources.render(view);
@@ -44,7 +48,10 @@ onStatus((state, detail) => {
   }
   // Back after a disconnect: the replay brought every change, but a replayed deletion may
   // name an entity that no longer existed then, so the shown levels are read again.
-  if (state === "live" && wasDown) browser.reload();
+  if (state === "live" && wasDown) {
+    browser.reload();
+    coordination.reload();
+  }
   wasDown = state === "down";
   link.className = "link " + state;
   link.textContent = state === "live" ? "live" : "offline";
