@@ -60,6 +60,10 @@ def test_a_lease_shows_its_holder_counts_down_and_goes_when_released(
     lease(server.url, "release", entity_id="work/schedule", owner="node-a", token=held["token"])
     browser.wait(f"{row('leases', 'work/schedule')} === null", "the released lease to go", 1.0)
     assert browser.js(f"return {row('leases', 'work/backup')} !== null") is True
+    # The entity's page says who holds its lease, in words.
+    browser.find('#leases tr[data-id="work/backup"] a.id').click()
+    browser.wait("document.querySelector('dd.lease') !== null", "the entity's lease")
+    assert browser.texts("dd.lease")[0].startswith(f"held by node-b, token {other['token']}")
     assert browser.problems() == []
 
 

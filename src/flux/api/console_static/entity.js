@@ -10,6 +10,25 @@ function time(ms) {
   return typeof ms === "number" ? new Date(ms).toISOString() : String(ms ?? "");
 }
 
+// The entity's coordination markers (docs/coordination.md) in words: who holds its lease
+// until when, which connection keeps it present, its time to live.
+function coordinationFacts(properties) {
+  const facts = [];
+  const lease = properties.__lease__;
+  if (lease) {
+    const kind = lease.presence ? "presence lease" : "lease";
+    facts.push(h("dt", {}, kind), h("dd", { class: "lease" }, `held by ${lease.owner}, token ${lease.token}, until ${time(lease.expires_at)}`));
+  }
+  const presence = properties.__presence__;
+  if (presence) {
+    facts.push(h("dt", {}, "present"), h("dd", { class: "presence" }, `connection ${presence.connection}${presence.node ? " on " + presence.node : ""} since ${time(presence.since)}`));
+  }
+  if (properties.__ttl_ms__) {
+    facts.push(h("dt", {}, "time to live"), h("dd", { class: "ttl" }, `${properties.__ttl_ms__} ms after its last change`));
+  }
+  return facts;
+}
+
 async function load() {
   const page = current;
   let entity = null;
@@ -34,6 +53,7 @@ async function load() {
         h("dt", {}, "version"), h("dd", { class: "version" }, String(entity.version)),
         h("dt", {}, "last update"), h("dd", { class: "updated" }, `${entity.lastUpdated} (${ago(entity.lastUpdated)})`),
         h("dt", {}, "source"), h("dd", { class: "source" }, newest.length ? newest[0].source : "(not in the last day's history)"),
+        ...coordinationFacts(entity.properties),
       ]
     : [h("dt", {}, "state"), h("dd", { class: "deleted" }, "deleted (or never written)")];
   const props = entity
