@@ -1,7 +1,8 @@
 """The console's Coordination view in a real headless Chromium against a real `flux serve`:
 leases taken over HTTP appear with their holder, token and a time left that counts down, and
-go when released or expired; presences (a WebSocket connection's, an HTTP presence lease) appear
-and go. Everything within a second, through the page's one live connection."""
+go when released or expired; an entity with a time to live goes when it runs out; presences
+(a WebSocket connection's, an HTTP presence lease) appear and go. Everything within a second,
+through the page's one live connection."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from websockets.sync.client import connect
 from browser import Browser
 from conftest import FluxServer
 
-from .helpers import publish
+from .helpers import event, publish
 
 
 def row(table: str, entity_id: str) -> str:
@@ -67,11 +68,20 @@ def test_a_lease_shows_its_holder_counts_down_and_goes_when_released(
     assert browser.problems() == []
 
 
-def test_a_lease_that_runs_out_goes_within_a_second(server: FluxServer, browser: Browser) -> None:
+def test_a_lease_and_a_ttl_that_run_out_go_within_a_second(
+    server: FluxServer, browser: Browser
+) -> None:
     browser.open(server.url + "/#/coordination")
     browser.wait("document.getElementById('leases-empty') !== null", "no lease yet")
+    heartbeat = {**event("work/worker-2", heartbeat=1), "ttl_ms": 1500}
+    assert httpx.post(server.url + "/api/events", json=heartbeat).status_code == 200
     held = lease(server.url, "acquire", entity_id="work/short", owner="node-c", ttl_ms=1500)
-    browser.wait(f"{row('leases', 'work/short')} !== null", "the short lease", 1.0)
+    browser.wait(
+        f"{row('leases', 'work/short')} !== null && {row('ttls', 'work/worker-2')} !== null",
+        "the short lease and the TTL",
+        1.0,
+    )
+    assert cells(browser, "ttls", "work/worker-2")[1] == "1500 ms"
     expires_at = int(str(held["expires_at"])) / 1000
     browser.wait(
         f"{row('leases', 'work/short')} === null", "the expired lease to go", 1.5 + 1.0 + 1.0
@@ -79,6 +89,7 @@ def test_a_lease_that_runs_out_goes_within_a_second(server: FluxServer, browser:
     gone = time.time()
     print(f"an expired lease left the page {(gone - expires_at) * 1000:.0f} ms after expires_at")
     assert gone - expires_at < 1.0
+    browser.wait(f"{row('ttls', 'work/worker-2')} === null", "the expired entity to go", 1.0)
     assert browser.problems() == []
 
 
