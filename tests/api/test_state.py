@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from conftest import untyped
 
+from .authkit import bearer, open_client, register
 from .conftest import ClientFactory
 from .helpers import REST_TIME, UUID7, assert_error, encode_id, new_event
 
@@ -491,3 +492,29 @@ def test_has_lists_only_the_entities_carrying_a_property(make_client: ClientFact
     ] == ["work/plain"]
     message = assert_error(client.get("/api/state/entities", params={"has": "x" * 2000}), 400)
     assert message.startswith("has is too long")
+
+
+def test_has_leaves_out_private_namespaces_the_caller_may_not_read(data_dir: Path) -> None:
+    client = open_client(data_dir)
+    try:
+        secret = register(client, "secret", private=True)
+        public = register(client, "public")
+        for token, entity_id in ((secret, "secret/leader"), (public, "public/leader")):
+            acquired = client.post(
+                "/api/leases/acquire",
+                json={"entity_id": entity_id, "owner": "a", "ttl_ms": 60000},
+                headers=bearer(token),
+            )
+            assert acquired.status_code == 200, acquired.text
+
+        def leased(token: str | None) -> list[str]:
+            answer = client.get(
+                "/api/state/entities", params={"has": "__lease__"}, headers=bearer(token)
+            )
+            assert answer.status_code == 200, answer.text
+            return sorted(e["id"] for e in answer.json())
+
+        assert leased(None) == ["public/leader"]
+        assert leased(secret) == ["public/leader", "secret/leader"]
+    finally:
+        client.__exit__(None, None, None)
