@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
@@ -161,3 +162,21 @@ def test_presences_present_before_the_page_opened_are_listed(
         browser.open(server.url + "/#/coordination")
         browser.wait(f"{row('presences', 'agents/a1')} !== null", "the presence read at load")
     browser.wait(f"{row('presences', 'agents/a1')} === null", "it to go", 1.0)
+
+
+def test_after_a_restart_the_view_follows_again(
+    server_factory: type[FluxServer], tmp_path: Path, browser: Browser
+) -> None:
+    srv = server_factory(tmp_path / "data").start()
+    held = lease(srv.url, "acquire", entity_id="work/keeper", owner="node-a", ttl_ms=600000)
+    browser.open(srv.url + "/#/coordination")
+    browser.wait(f"{row('leases', 'work/keeper')} !== null", "the lease")
+    srv.stop()
+    browser.wait("!window.fluxConsole.connected", "the disconnect")
+    again = server_factory(tmp_path / "data", port=srv.port).start()
+    browser.wait("window.fluxConsole.connected", "the reconnection", 15.0)
+    lease(again.url, "release", entity_id="work/keeper", owner="node-a", token=held["token"])
+    browser.wait(f"{row('leases', 'work/keeper')} === null", "the release after the restart", 5.0)
+    lease(again.url, "acquire", entity_id="work/next", owner="node-b", ttl_ms=60000)
+    browser.wait(f"{row('leases', 'work/next')} !== null", "a lease after the restart", 1.0)
+    again.stop()
