@@ -73,6 +73,14 @@ def untyped(client: TestClient) -> Iterator[TestClient]:
             client.headers["content-type"] = saved
 
 
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Flux runs on asyncio (uvloop in production): `@pytest.mark.anyio` tests run there only.
+    anyio's own fixture would also run them on trio whenever trio is installed (selenium,
+    which the browser tests use, brings it)."""
+    return "asyncio"
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
