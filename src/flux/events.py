@@ -141,6 +141,7 @@ def describe(value: Any) -> str:
     return "map"
 
 
+_ABSENT = object()
 _REQUIRED = ("stream", "source", "timestamp", "payload")
 # Fields that must be strings when present: True for required ones (null is a type error),
 # False for optional ones (null means absent).
@@ -274,7 +275,11 @@ def validate_event(obj: Any, max_id_length: int = MAX_ENTITY_ID_LENGTH) -> Event
         if "\x00" in entity_id:
             raise ValidationError(NUL_MESSAGE.format(field="entity_id"))
 
-    props = payload.get("properties")
+    props = payload.get("properties", _ABSENT)
+    if type(props) is not dict and props is not _ABSENT:
+        # The original stored such an event and changed no state: a silent no-op a newcomer
+        # takes for a bug. An absent `properties` still is one (an event the state ignores).
+        raise ValidationError(f"`payload.properties` must be a JSON object, got {describe(props)}")
     if type(props) is dict and (
         LEASE in props or PRESENCE in props or TTL in props or EXPIRED in props
     ):

@@ -241,8 +241,14 @@ def test_timestamp_bounds() -> None:
 
 
 def test_payload_need_not_follow_the_state_convention() -> None:
-    for payload in ({}, {"entity_id": 5}, {"properties": []}, {"other": "x"}):
+    for payload in ({}, {"entity_id": 5}, {"properties": {}}, {"other": "x"}):
         assert validate_event(new_event(payload=payload))["payload"] == payload
+
+
+def test_properties_present_must_be_an_object() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_event(new_event(payload={"entity_id": "ns/a", "properties": []}))
+    assert caught.value.message == "`payload.properties` must be a JSON object, got sequence"
 
 
 def test_payload_depth_limit() -> None:

@@ -1,0 +1,52 @@
+"""What a new user meets first, against a real `flux serve` (issue 16, first contact): each
+rough edge found by trying Flux as a newcomer would, pinned so it stays smooth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import FluxServer, module_server
+
+from .helpers import assert_error, new_event
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
+    yield from module_server(tmp_path_factory, "first-contact")
+
+
+NOT_OBJECTS: list[tuple[Any, str]] = [
+    (None, "null"),
+    ([1, 2], "sequence"),
+    ("warm", 'string "warm"'),
+    (3, "integer `3`"),
+    (True, "boolean `true`"),
+]
+
+
+@pytest.mark.parametrize(("value", "named"), NOT_OBJECTS)
+def test_properties_that_are_not_an_object_are_a_400_everywhere(
+    srv: FluxServer, value: Any, named: str
+) -> None:
+    """The OpenAPI says `payload.properties` is an object: anything else present is refused
+    with the same message on a single publish, in an atomic batch (400), and in a batch as that
+    event's error; nothing is stored."""
+    message = f"`payload.properties` must be a JSON object, got {named}"
+    bad = new_event("fc/props")
+    bad["payload"]["properties"] = value
+    before = httpx.get(f"{srv.url}/api/events", params={"entity": "fc/props"}).json()
+
+    assert_error(httpx.post(f"{srv.url}/api/events", json=bad), 400, message)
+    atomic = httpx.post(f"{srv.url}/api/events/batch", json={"events": [bad], "atomic": True})
+    assert "must be a JSON object" in assert_error(atomic, 400)
+    batch = httpx.post(f"{srv.url}/api/events/batch", json=[new_event("fc/ok"), bad])
+    assert batch.status_code == 200, batch.text
+    assert batch.json()["successful"] == 1
+    assert batch.json()["results"][1]["error"] == f"validation failed: {message}"
+
+    after = httpx.get(f"{srv.url}/api/events", params={"entity": "fc/props"}).json()
+    assert after == before
