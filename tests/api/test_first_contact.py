@@ -4,6 +4,7 @@ rough edge found by trying Flux as a newcomer would, pinned so it stays smooth."
 from __future__ import annotations
 
 from collections.abc import Iterator
+import time
 from typing import Any
 
 import httpx
@@ -50,3 +51,22 @@ def test_properties_that_are_not_an_object_are_a_400_everywhere(
 
     after = httpx.get(f"{srv.url}/api/events", params={"entity": "fc/props"}).json()
     assert after == before
+
+
+def test_an_event_without_timestamp_takes_the_servers_time(srv: FluxServer) -> None:
+    """The seed's examples leave `timestamp` out: the event is stored with the server's time
+    (epoch milliseconds) on a single publish and in a batch, conditions included."""
+    bare = new_event("fc/when")
+    del bare["timestamp"]
+    before = time.time_ns() // 1_000_000
+    response = httpx.post(f"{srv.url}/api/events", json=bare)
+    assert response.status_code == 200, response.text
+    conditional = {**bare, "payload": {"entity_id": "fc/when2", "properties": {"a": 1}}}
+    conditional["expected_version"] = 0
+    batch = httpx.post(f"{srv.url}/api/events/batch", json=[conditional, conditional])
+    assert [r["error"] for r in batch.json()["results"]][0] is None, batch.text
+    assert batch.json()["results"][1]["error"].startswith("condition failed"), batch.text
+    after = time.time_ns() // 1_000_000
+    for entity in ("fc/when", "fc/when2"):
+        (stored,) = httpx.get(f"{srv.url}/api/events", params={"entity": entity}).json()
+        assert before <= stored["timestamp"] <= after, stored
