@@ -3,8 +3,8 @@ rough edge found by trying Flux as a newcomer would, pinned so it stays smooth."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
