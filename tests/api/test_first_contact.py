@@ -3,8 +3,11 @@ rough edge found by trying Flux as a newcomer would, pinned so it stays smooth."
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +16,8 @@ import pytest
 from conftest import FluxServer, module_server
 
 from .helpers import assert_error, new_event
+
+OPENAPI = Path(__file__).resolve().parents[2] / "src" / "flux" / "api" / "openapi.json"
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,40 @@ def test_an_event_without_timestamp_takes_the_servers_time(srv: FluxServer) -> N
     for entity in ("fc/when", "fc/when2"):
         (stored,) = httpx.get(f"{srv.url}/api/events", params={"entity": entity}).json()
         assert before <= stored["timestamp"] <= after, stored
+
+
+def json_body_operations() -> list[tuple[str, str]]:
+    """Every operation the OpenAPI document gives a JSON request body, path parameters filled
+    in: a new endpoint is covered as soon as it is documented (test_openapi.py checks that
+    every route is)."""
+    doc = json.loads(OPENAPI.read_text())
+    found = []
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                found.append((method.upper(), re.sub(r"\{[^}]+\}", "fc-x", path)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def auth_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FluxServer]:
+    env = {"FLUX_AUTH_ENABLED": "true", "FLUX_ADMIN_TOKEN": "first-contact-admin"}
+    yield from module_server(tmp_path_factory, "first-contact-auth", env)
+
+
+@pytest.mark.parametrize(("method", "path"), json_body_operations())
+def test_every_json_endpoint_treats_content_type_alike(
+    srv: FluxServer, auth_srv: FluxServer, method: str, path: str
+) -> None:
+    """One rule (docs/auth.md): a JSON body must be typed `application/json` (parameters and
+    `+json` types allowed); another type or none is a 415 with the same message, before
+    anything else is looked at (an unknown name's 404, auth on: a missing token's 401)."""
+    body = b'{"name": "fc-x"}'
+    message = "Expected request with `Content-Type: application/json`"
+    for url in (srv.url, auth_srv.url):
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"content-type": content_type} if content_type else {}
+            answer = httpx.request(method, url + path, content=body, headers=headers)
+            assert_error(answer, 415, message)
+    typed = {"content-type": "Application/JSON; charset=utf-8"}
+    assert httpx.request(method, srv.url + path, content=body, headers=typed).status_code != 415

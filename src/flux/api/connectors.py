@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flux.api.body import read_json_object
+from flux.api.body import read_json_object, require_json_content_type
 from flux.api.http import json_response, server_of
 from flux.api.identity import credential_of
 from flux.auth import UNKNOWN_TOKEN
@@ -135,7 +135,9 @@ async def show(request: Request) -> Response:
 
 
 async def store_token(request: Request) -> Response:
-    """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`."""
+    """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`. The body's
+    type is checked first, as on every JSON endpoint (docs/auth.md)."""
+    require_json_content_type(request)
     server = server_of(request)
     info = connector_info(request)
     store = _store(server)
