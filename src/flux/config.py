@@ -367,15 +367,16 @@ class Settings:
         "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES",
         1_048_576,
         parse.positive_int,
-        "Largest body for `POST /api/events` and the other JSON endpoints (`413 payload too "
-        "large`).",
+        "Largest body for `POST /api/events` and the other JSON endpoints (leases excepted: "
+        "16 KiB, fixed). A larger body is a 413 `payload too large: …` that says its size, "
+        "the limit and this setting.",
         runtime=True,
     )
     body_size_limit_batch_bytes: int = setting(
         "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES",
         10_485_760,
         parse.positive_int,
-        "Largest body for `POST /api/events/batch`.",
+        "Largest body for `POST /api/events/batch` (a 413 names this setting).",
         runtime=True,
     )
     max_batch_delete: int = setting(

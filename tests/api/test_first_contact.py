@@ -17,6 +17,7 @@ from conftest import FluxServer, module_server
 
 from .helpers import assert_error, new_event
 
+JSON = {"content-type": "application/json"}
 OPENAPI = Path(__file__).resolve().parents[2] / "src" / "flux" / "api" / "openapi.json"
 
 
@@ -112,3 +113,49 @@ def test_every_json_endpoint_treats_content_type_alike(
             assert_error(answer, 415, message)
     typed = {"content-type": "Application/JSON; charset=utf-8"}
     assert httpx.request(method, srv.url + path, content=body, headers=typed).status_code != 415
+
+
+def chunks(body: bytes) -> Iterator[bytes]:
+    """`body` streamed with no Content-Length (chunked), so the limit is met while reading."""
+    for start in range(0, len(body), 65536):
+        yield body[start : start + 65536]
+
+
+@pytest.mark.parametrize(
+    ("path", "limit", "raise_with"),
+    [
+        (
+            "/api/events",
+            1_048_576,
+            "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES, or `body_size_limit_single_bytes` in "
+            "PUT /api/admin/config",
+        ),
+        (
+            "/api/events/batch",
+            10_485_760,
+            "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES, or `body_size_limit_batch_bytes` in "
+            "PUT /api/admin/config",
+        ),
+        ("/api/namespaces", 1_048_576, "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES"),
+        ("/api/leases/acquire", 16_384, None),
+    ],
+)
+def test_a_413_says_the_limit_and_the_setting_that_raises_it(
+    srv: FluxServer, path: str, limit: int, raise_with: str | None
+) -> None:
+    """The message keeps the original's `payload too large` first, then says how large the body
+    is (when declared) and the limit, and the setting that raises it (the leases' is fixed)."""
+    body = b" " * (limit + 10)
+    declared = assert_error(httpx.post(srv.url + path, content=body, headers=JSON), 413)
+    streamed = assert_error(httpx.post(srv.url + path, content=chunks(body), headers=JSON), 413)
+    assert declared.startswith(
+        f"payload too large: a body of {limit + 10} bytes is over the limit of {limit} bytes"
+    ), declared
+    assert streamed.startswith(f"payload too large: the body is over the limit of {limit} bytes"), (
+        streamed
+    )
+    for message in (declared, streamed):
+        if raise_with is None:
+            assert message.endswith("(a fixed limit)"), message
+        else:
+            assert f"(raise it with {raise_with}" in message, message

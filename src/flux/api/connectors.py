@@ -142,7 +142,7 @@ async def store_token(request: Request) -> Response:
     info = connector_info(request)
     store = _store(server)
     owner = writer_of(request, server)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     token = doc.get("token")
     if token is None:
         raise ValidationError("missing field `token`")

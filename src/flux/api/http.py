@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux import __version__
-from flux.api.body import read_body, read_json_object, require_json_content_type
+from flux.api.body import BATCH, SINGLE, read_body, read_json_object, require_json_content_type
 from flux.api.identity import credential_of
 from flux.auth import HIDE_ALL
 from flux.conditions import SIBLING
@@ -61,7 +61,7 @@ def entity_json(entity: Entity) -> dict[str, Any]:
 async def publish_event(request: Request) -> Response:
     server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, server.runtime.current.body_size_limit_single_bytes)
+    body = await read_body(request, SINGLE)
     event = validate_event(decode_json(body), server.settings.max_entity_id_length)
     _version_from_headers(request, event)
     server.permissions.admit(credential_of(request.scope), event)
@@ -111,7 +111,7 @@ def _version_from_headers(request: Request, event: dict[str, Any]) -> None:
 async def publish_batch(request: Request) -> Response:
     server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, server.runtime.current.body_size_limit_batch_bytes)
+    body = await read_body(request, BATCH)
     doc = decode_json(body)
     atomic = False
     if type(doc) is dict:
@@ -324,7 +324,7 @@ async def batch_delete(request: Request) -> Response:
     namespace's rate limit, whether it existed or not."""
     server = server_of(request)
     permissions = server.permissions
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     credential = credential_of(request.scope)
     max_length = server.settings.max_entity_id_length
     limit = server.runtime.current.max_batch_delete
@@ -414,7 +414,7 @@ async def get_admin_config(request: Request) -> Response:
 
 async def put_admin_config(request: Request) -> Response:
     server = server_of(request)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     server.permissions.check_admin(credential_of(request.scope))
     try:
         await server.runtime_store.update(doc)

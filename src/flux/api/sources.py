@@ -63,7 +63,7 @@ async def create(request: Request) -> Response:
     require_json_content_type(request)
     server = server_of(request)
     owner = writer_of(request, server)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     sources = _sources(server)
     policy = sources.policy
     config = parse_config(doc, policy, sources.min_interval)
