@@ -186,6 +186,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.access_log:
+        logging.getLogger("flux.access").setLevel(logging.INFO)  # asked for: shown at any level
     if level != "DEBUG":
         # httpx logs every request of every connector poll at INFO; the connectors' own log
         # says what matters (failures, waits, starts and stops).

@@ -629,6 +629,15 @@ class Settings:
         parse.text,
         "Server log level: `debug`, `info`, `warning` or `error`.",
     )
+    access_log: bool = setting(
+        "FLUX_ACCESS_LOG",
+        False,
+        parse.boolean,
+        "Log one line per HTTP request on the `flux.access` logger (whatever "
+        "`FLUX_LOG_LEVEL` says): the client's address and port, method, path with its query, "
+        'status and duration, e.g. `127.0.0.1:51234 "GET /api/health" 200 0.41ms`. Off by '
+        "default.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:

@@ -159,3 +159,23 @@ def test_a_413_says_the_limit_and_the_setting_that_raises_it(
             assert message.endswith("(a fixed limit)"), message
         else:
             assert f"(raise it with {raise_with}" in message, message
+
+
+ACCESS_LINE = re.compile(
+    r'flux\.access: 127\.0\.0\.1:\d+ "GET /api/state/entities/fc%2Faccess" 404 \d+\.\d+ms$'
+)
+
+
+def test_an_access_log_by_setting(server_factory: type[FluxServer], tmp_path: Path) -> None:
+    """FLUX_ACCESS_LOG=true: one line per HTTP request (client, method, path, status,
+    duration) on the `flux.access` logger, even at FLUX_LOG_LEVEL=warning; off by default."""
+    quiet = server_factory(tmp_path / "off").start()
+    on = server_factory(
+        tmp_path / "on", env={"FLUX_ACCESS_LOG": "true", "FLUX_LOG_LEVEL": "warning"}
+    ).start()
+    for srv in (quiet, on):
+        assert httpx.get(f"{srv.url}/api/state/entities/fc%2Faccess").status_code == 404
+    lines = [line for line in on.logs().splitlines() if "flux.access" in line]
+    assert len([line for line in lines if ACCESS_LINE.search(line)]) == 1, on.logs()
+    assert any('"GET /api/health" 200' in line for line in lines), lines
+    assert "flux.access" not in quiet.logs()
