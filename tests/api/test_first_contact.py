@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import FluxServer, module_server
+from conftest import FluxServer, module_server, wait_for
 
 from .helpers import assert_error, new_event
 
@@ -179,3 +179,25 @@ def test_an_access_log_by_setting(server_factory: type[FluxServer], tmp_path: Pa
     assert len([line for line in lines if ACCESS_LINE.search(line)]) == 1, on.logs()
     assert any('"GET /api/health" 200' in line for line in lines), lines
     assert "flux.access" not in quiet.logs()
+
+
+def test_flux_core_directory_is_named_as_flux_own_and_left_out_of_the_count(
+    server_factory: type[FluxServer], tmp_path: Path
+) -> None:
+    """A fresh server holds one entity nobody published, `flux-core/directory`: health counts
+    it apart (`systemEntities`), not in `entities`, and listings mark it `"system": true`."""
+    srv = server_factory(tmp_path / "data", env={"FLUX_DIRECTORY_INTERVAL_SECONDS": "0.05"}).start()
+
+    def directory_written() -> bool:
+        answer = httpx.get(f"{srv.url}/api/state/entities/flux-core%2Fdirectory")
+        return answer.status_code == 200
+
+    wait_for(directory_written, "the directory")
+    assert httpx.post(f"{srv.url}/api/events", json=new_event("fc/mine")).status_code == 200
+    health = httpx.get(f"{srv.url}/api/health").json()
+    assert (health["entities"], health["systemEntities"]) == (1, 1), health
+    listed = {e["id"]: e for e in httpx.get(f"{srv.url}/api/state/entities").json()}
+    assert listed["flux-core/directory"]["system"] is True
+    assert "system" not in listed["fc/mine"]
+    one = httpx.get(f"{srv.url}/api/state/entities/flux-core%2Fdirectory").json()
+    assert one["system"] is True

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from flux import __version__
 from flux.api.body import BATCH, SINGLE, read_body, read_json_object, require_json_content_type
 from flux.api.identity import credential_of
-from flux.auth import HIDE_ALL
+from flux.auth import HIDE_ALL, RESERVED_NAMESPACE
 from flux.conditions import SIBLING
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
@@ -47,12 +47,20 @@ def json_response(
 
 
 def entity_json(entity: Entity) -> dict[str, Any]:
-    return {
+    """An entity as the API answers it; Flux's own entities (`flux-core/...`, the directory)
+    say so with `"system": true`, which no other entity carries."""
+    body = {
         "id": entity.id,
         "properties": entity.properties,
         "lastUpdated": format_time(entity.last_updated),
         "version": entity.version,
     }
+    if entity.id.startswith(_SYSTEM_PREFIX):
+        body["system"] = True
+    return body
+
+
+_SYSTEM_PREFIX = RESERVED_NAMESPACE + "/"
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -389,7 +397,9 @@ async def health(request: Request) -> Response:
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
         "version": __version__,
-        "entities": len(service.engine),
+        # Flux's own entities (the directory) are not the user's: counted apart.
+        "entities": len(service.engine) - (system := service.engine.count_in(RESERVED_NAMESPACE)),
+        "systemEntities": system,
         "lastSequence": service.engine.last_seq,
     }
     trouble = service.log_damage or service.log_unavailable
