@@ -162,7 +162,8 @@ def test_a_413_says_the_limit_and_the_setting_that_raises_it(
 
 
 ACCESS_LINE = re.compile(
-    r'flux\.access: 127\.0\.0\.1:\d+ "GET /api/state/entities/fc%2Faccess" 404 \d+\.\d+ms$'
+    r'flux\.access: 127\.0\.0\.1:\d+ "GET /api/state/entities/fc%2Faccess" 404 \d+\.\d+ms$',
+    re.MULTILINE,
 )
 
 
@@ -175,6 +176,8 @@ def test_an_access_log_by_setting(server_factory: type[FluxServer], tmp_path: Pa
     ).start()
     for srv in (quiet, on):
         assert httpx.get(f"{srv.url}/api/state/entities/fc%2Faccess").status_code == 404
+    # The line is written once the response has gone: wait for it.
+    wait_for(lambda: ACCESS_LINE.search(on.logs()), "the access line")
     lines = [line for line in on.logs().splitlines() if "flux.access" in line]
     assert len([line for line in lines if ACCESS_LINE.search(line)]) == 1, on.logs()
     assert any('"GET /api/health" 200' in line for line in lines), lines
