@@ -3,6 +3,7 @@ rough edge found by trying Flux as a newcomer would, pinned so it stays smooth."
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -204,3 +205,30 @@ def test_flux_core_directory_is_named_as_flux_own_and_left_out_of_the_count(
     assert "system" not in listed["fc/mine"]
     one = httpx.get(f"{srv.url}/api/state/entities/flux-core%2Fdirectory").json()
     assert one["system"] is True
+
+
+def test_a_connector_nothing_polls_is_not_enabled(
+    server_factory: type[FluxServer], tmp_path: Path
+) -> None:
+    """`enabled` says whether this server polls the connector for the caller: not without a
+    credential, never for a listed connector Flux does not implement (gmail, even with a
+    token), and yes for GitHub once its token is stored, until it is deleted."""
+    key = base64.b64encode(bytes(range(32))).decode()
+    env = {"FLUX_ENCRYPTION_KEY": key, "FLUX_GITHUB_API_URL": "http://127.0.0.1:9"}
+    srv = server_factory(tmp_path / "data", env=env).start()
+
+    def enabled() -> dict[str, bool]:
+        listed = httpx.get(f"{srv.url}/api/connectors").json()["connectors"]
+        each = {c["name"]: c["enabled"] for c in listed}
+        for name, flag in each.items():
+            assert httpx.get(f"{srv.url}/api/connectors/{name}").json()["enabled"] is flag
+        return each
+
+    none = {"github": False, "gmail": False, "linkedin": False, "calendar": False}
+    assert enabled() == none
+    for name in ("github", "gmail"):
+        stored = httpx.post(f"{srv.url}/api/connectors/{name}/token", json={"token": "t"})
+        assert stored.status_code == 200, stored.text
+    assert enabled() == {**none, "github": True}
+    assert httpx.delete(f"{srv.url}/api/connectors/github/token").status_code == 200
+    assert enabled() == none

@@ -102,11 +102,17 @@ async def _status(server: Server, owner: str | None, name: str) -> str:
 
 
 async def list_connectors(request: Request) -> Response:
-    """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
+    """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`; `enabled`
+    says whether this server polls it for the caller (`ConnectorManager.polled`)."""
     server = server_of(request)
     owner = owner_of(request, server)
+    polled = server.connectors.polled
     items = [
-        {"name": name, "enabled": True, "status": await _status(server, owner, name)}
+        {
+            "name": name,
+            "enabled": polled(owner, name),
+            "status": await _status(server, owner, name),
+        }
         for name in KNOWN
     ]
     return json_response({"connectors": items})
@@ -119,7 +125,7 @@ async def show(request: Request) -> Response:
     owner = owner_of(request, server)
     body: dict[str, Any] = {
         "name": info.name,
-        "enabled": True,
+        "enabled": server.connectors.polled(owner, info.name),
         "status": await _status(server, owner, info.name),
         "poll_interval_seconds": server.connectors.poll_interval(info),
         "last_poll": None,
