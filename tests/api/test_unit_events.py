@@ -357,3 +357,11 @@ def test_entity_ids_have_a_maximum_length() -> None:
     unnamed = new_event("x")
     unnamed["payload"]["entity_id"] = ["x" * 5000]  # not a string: logged, no state
     assert validate_event(unnamed, 10)["payload"]["entity_id"] == ["x" * 5000]
+
+
+def test_an_absent_timestamp_is_the_time_of_validation() -> None:
+    raw = new_event()
+    del raw["timestamp"]
+    before = time.time_ns() // 1_000_000
+    stamped = validate_event(raw)["timestamp"]
+    assert before <= stamped <= time.time_ns() // 1_000_000
