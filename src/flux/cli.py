@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -186,6 +187,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if settings.access_log:
+        logging.getLogger("flux.access").setLevel(logging.INFO)  # asked for: shown at any level
     if level != "DEBUG":
         # httpx logs every request of every connector poll at INFO; the connectors' own log
         # says what matters (failures, waits, starts and stops).
@@ -198,6 +201,9 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     )
     soft, hard = raise_open_file_limit()
     logging.getLogger("flux").info("open file limit %d (hard limit %d)", soft, hard)
+    # Bound before anything opens the log: uvicorn binds after the lifespan's start-up, so a
+    # busy port was found only after a full replay.
+    listener = listen(settings.host, settings.port)
     app = create_app(settings)
     http_protocol, ws_protocol = protocols(settings)
 
@@ -233,9 +239,32 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     sys.setswitchinterval(0.001)
     server = Server(config)
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn shut down, then re-raised
-        server.run()
+        server.run(sockets=[listener])
     if not server.started:
         raise SystemExit(1)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (as uvicorn binds: IPv6 for a host with a colon,
+    SO_REUSEADDR). Raises ClickException naming the port when it cannot be had (in use, or
+    not allowed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = (
+            f"port {port} is in use (another Flux, or another program, listens on it)"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot listen on port {port}: {exc.strerror or exc}"
+        )
+        raise click.ClickException(
+            f"{why}; nothing was started. Choose another with --port or PORT (host {host})."
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @main.command()

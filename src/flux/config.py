@@ -367,15 +367,16 @@ class Settings:
         "FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES",
         1_048_576,
         parse.positive_int,
-        "Largest body for `POST /api/events` and the other JSON endpoints (`413 payload too "
-        "large`).",
+        "Largest body for `POST /api/events` and the other JSON endpoints (leases excepted: "
+        "16 KiB, fixed). A larger body is a 413 `payload too large: …` that says its size, "
+        "the limit and this setting.",
         runtime=True,
     )
     body_size_limit_batch_bytes: int = setting(
         "FLUX_BODY_SIZE_LIMIT_BATCH_BYTES",
         10_485_760,
         parse.positive_int,
-        "Largest body for `POST /api/events/batch`.",
+        "Largest body for `POST /api/events/batch` (a 413 names this setting).",
         runtime=True,
     )
     max_batch_delete: int = setting(
@@ -627,6 +628,15 @@ class Settings:
         "info",
         parse.text,
         "Server log level: `debug`, `info`, `warning` or `error`.",
+    )
+    access_log: bool = setting(
+        "FLUX_ACCESS_LOG",
+        False,
+        parse.boolean,
+        "Log one line per HTTP request on the `flux.access` logger (whatever "
+        "`FLUX_LOG_LEVEL` says): the client's address and port, method, path with its query, "
+        'status and duration, e.g. `127.0.0.1:51234 "GET /api/health" 200 0.41ms`. Off by '
+        "default.",
     )
 
     @classmethod

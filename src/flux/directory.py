@@ -10,8 +10,8 @@ entities:
 With auth on, the active namespaces are the registered public ones (a private namespace is left
 out; a registered one with no entities yet is listed with 0). With auth off they are the id
 prefixes in use (the part of an id before its first `/`). Flux's own `flux-core` is not listed;
-`totalEntities` counts every entity on the server, the directory and private ones included (the
-same figure as `/api/health`).
+`totalEntities` counts every entity on the server, the directory and private ones included
+(`/api/health`'s `entities` plus its `systemEntities`: health counts Flux's own entities apart).
 
 The directory is an ordinary entity, written by ordinary events (source `flux`, stream
 `flux.directory`) through the service's `publish` (which the composition root hands over), so it

@@ -245,6 +245,11 @@ class StateEngine:
             if key.startswith(prefix):
                 yield from bucket.values()
 
+    def count_in(self, namespace: str) -> int:
+        """How many entities the namespace holds (ids `<namespace>/...`)."""
+        bucket = self._by_head.get(namespace)
+        return 0 if bucket is None else len(bucket) - (namespace in bucket)
+
     def namespace_counts(self) -> dict[str, int]:
         """Entity count per namespace (ids without a `/` are not counted)."""
         counts = {}

@@ -102,12 +102,22 @@ class QuotaExceeded(FluxError):
 
 
 class PayloadTooLarge(FluxError):
-    """The body is over its limit (413)."""
+    """The body is over its limit (413). `size` is the declared length (None when the body
+    streamed past the limit without one); `setting` the runtime setting that holds the limit
+    (None for a fixed one). The message starts with the original's `payload too large`, then
+    says the sizes and how to raise the limit: the first thing a newcomer asks."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__("payload too large")
+    def __init__(self, size: int | None, limit: int, setting: str | None = None) -> None:
+        how = (
+            f"raise it with FLUX_{setting.upper()}, or `{setting}` in PUT /api/admin/config"
+            if setting is not None
+            else "a fixed limit"
+        )
+        body = "the body is" if size is None else f"a body of {size} bytes is"
+        super().__init__(f"payload too large: {body} over the limit of {limit} bytes ({how})")
         self.size = size
         self.limit = limit
+        self.setting = setting
 
 
 class RateLimited(FluxError):

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from flux.auth import (
     RESERVED_NAMESPACE,
+    UNKNOWN_TOKEN,
     Access,
     Credential,
     check_not_reserved,
@@ -25,7 +26,7 @@ from flux.auth import (
 )
 from flux.config import RuntimeConfig, Settings
 from flux.engine import Entity, StateEngine
-from flux.errors import Forbidden, NamespaceNotFound, RateLimited
+from flux.errors import AuthError, Forbidden, NamespaceNotFound, RateLimited
 from flux.events import Event, entity_of, namespace_of, validate_event
 from flux.ratelimit import RateLimiter, retry_after
 
@@ -181,6 +182,11 @@ class Permissions:
             return True
         credential = token if isinstance(token, Credential) else Credential.from_token(token)
         return self.access.can_read(credential, entity_id)
+
+    def check_known(self, credential: Credential) -> None:
+        """Raises AuthError unless the credential is a namespace's token or the admin's."""
+        if self.access.owner(credential) is None and not self.access.is_admin(credential):
+            raise AuthError(UNKNOWN_TOKEN)
 
     def check_read(self, credential: Credential, entity_id: str) -> None:
         """Raises AuthError (401) or Forbidden (403) when the entity is in a private namespace

@@ -23,7 +23,6 @@ CASES: list[tuple[str, Any, str]] = [
     ("string", "x", 'invalid type: string "x", expected struct Event'),
     ("missing stream", _without("stream"), "missing field `stream`"),
     ("missing source", _without("source"), "missing field `source`"),
-    ("missing timestamp", _without("timestamp"), "missing field `timestamp`"),
     ("missing payload", _without("payload"), "missing field `payload`"),
     ("stream number", new_event(stream=1), "invalid type: integer `1`, expected a string"),
     ("stream null", new_event(stream=None), "invalid type: null, expected a string"),

@@ -47,4 +47,6 @@ def test_changes_survive_a_restart(make_client: ClientFactory) -> None:
 def test_connectors(client: TestClient) -> None:
     body = client.get("/api/connectors").json()
     assert [c["name"] for c in body["connectors"]] == ["github", "gmail", "linkedin", "calendar"]
-    assert all(c["enabled"] is True and c["status"] == "not_configured" for c in body["connectors"])
+    assert all(
+        c["enabled"] is False and c["status"] == "not_configured" for c in body["connectors"]
+    )

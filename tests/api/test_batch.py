@@ -48,7 +48,7 @@ def test_invalid_events_are_reported_at_their_index_and_the_rest_applied(
     events: list[Any] = [
         new_event("ns/ok1", {"v": 1}),
         new_event("ns/bad1", stream="Bad"),
-        {"stream": "sensors", "source": "x", "payload": {}},  # no timestamp
+        {"stream": "sensors", "source": "x", "timestamp": None, "payload": {}},
         new_event("ns/ok2", {"v": 2}, eventId="given-id"),
         42,
         None,
@@ -83,7 +83,7 @@ def test_invalid_events_are_reported_at_their_index_and_the_rest_applied(
         "index": 2,
         "eventId": None,
         "stream": "sensors",
-        "error": "validation failed: missing field `timestamp`",
+        "error": "validation failed: invalid type: null, expected i64",
     }
     assert results[3]["eventId"] == "given-id"
     assert results[4] == {

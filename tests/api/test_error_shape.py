@@ -62,7 +62,15 @@ CASES: list[tuple[str, str, dict[str, Any], int, str | None]] = [
         400,
         "rate_limit_enabled must be true or false",
     ),
-    ("POST", "/api/events", {"content": b" " * 1_048_577}, 413, "payload too large"),
+    (
+        "POST",
+        "/api/events",
+        {"content": b" " * 1_048_577},
+        413,
+        "payload too large: a body of 1048577 bytes is over the limit of 1048576 bytes (raise "
+        "it with FLUX_BODY_SIZE_LIMIT_SINGLE_BYTES, or `body_size_limit_single_bytes` in "
+        "PUT /api/admin/config)",
+    ),
 ]
 
 

@@ -13,7 +13,13 @@ from .helpers import new_event
 
 def test_health(client: TestClient) -> None:
     body = client.get("/api/health").json()
-    assert body == {"status": "ok", "version": __version__, "entities": 0, "lastSequence": 0}
+    assert body == {
+        "status": "ok",
+        "version": __version__,
+        "entities": 0,
+        "systemEntities": 0,
+        "lastSequence": 0,
+    }
     events = [new_event("ns/a"), new_event("ns/b"), new_event("ns/a")]
     client.post("/api/events/batch", content=orjson.dumps(events))
     body = client.get("/api/health").json()

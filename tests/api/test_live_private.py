@@ -94,6 +94,28 @@ def test_websocket_leaves_out_private_entities(server: FluxServer, tokens: dict[
     asyncio.run(scenario())
 
 
+def test_a_wrong_token_in_an_auth_message_is_refused(
+    server: FluxServer, tokens: dict[str, str]
+) -> None:
+    """A token of no namespace (and not the admin's) is answered with an `error` naming the
+    problem, never `authenticated`; the connection stays open with what it had, so a private
+    namespace stays out of reach until a right token follows."""
+
+    async def scenario() -> None:
+        async with ws_client(server.url) as client:
+            await client.send(type="auth", token="not-a-token-of-anything")
+            refused = await client.expect("error")
+            assert refused["error"] == "Invalid token: it belongs to no namespace"
+            await client.send(type="subscribe", entity_id="sec/a")
+            denied = await client.expect("error")
+            assert "sec" in denied["error"] or "token" in denied["error"].lower()
+            await client.send(type="auth", token=tokens["sec"])
+            await client.expect("authenticated")
+            await client.subscribe(entity_id="sec/a")
+
+    asyncio.run(scenario())
+
+
 def test_sse_leaves_out_private_entities(server: FluxServer, tokens: dict[str, str]) -> None:
     async def scenario() -> None:
         owner_headers = bearer(tokens["sec"])

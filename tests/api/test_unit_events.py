@@ -241,8 +241,14 @@ def test_timestamp_bounds() -> None:
 
 
 def test_payload_need_not_follow_the_state_convention() -> None:
-    for payload in ({}, {"entity_id": 5}, {"properties": []}, {"other": "x"}):
+    for payload in ({}, {"entity_id": 5}, {"properties": {}}, {"other": "x"}):
         assert validate_event(new_event(payload=payload))["payload"] == payload
+
+
+def test_properties_present_must_be_an_object() -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_event(new_event(payload={"entity_id": "ns/a", "properties": []}))
+    assert caught.value.message == "`payload.properties` must be a JSON object, got sequence"
 
 
 def test_payload_depth_limit() -> None:
@@ -351,3 +357,11 @@ def test_entity_ids_have_a_maximum_length() -> None:
     unnamed = new_event("x")
     unnamed["payload"]["entity_id"] = ["x" * 5000]  # not a string: logged, no state
     assert validate_event(unnamed, 10)["payload"]["entity_id"] == ["x" * 5000]
+
+
+def test_an_absent_timestamp_is_the_time_of_validation() -> None:
+    raw = new_event()
+    del raw["timestamp"]
+    before = time.time_ns() // 1_000_000
+    stamped = validate_event(raw)["timestamp"]
+    assert before <= stamped <= time.time_ns() // 1_000_000

@@ -168,6 +168,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
                 histograms=histograms,
                 cors=CrossOrigin.from_settings(settings),
                 hosts=host_check(settings),
+                access_log=settings.access_log,
             ),
             *_freshness(settings, flux),
             Middleware(EntityReads, server=flux),  # the hot read, before the router

@@ -9,19 +9,31 @@ from starlette.requests import Request
 from flux.errors import PayloadTooLarge, UnsupportedMediaType, ValidationError
 from flux.events import decode_json, describe
 
+SINGLE = "body_size_limit_single_bytes"
+BATCH = "body_size_limit_batch_bytes"
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it passes `limit` bytes (a declared
-    Content-Length over the limit is refused before anything is read)."""
+
+def body_limit(request: Request, setting: str) -> int:
+    """The current value of a body-limit runtime setting (`SINGLE` or `BATCH`)."""
+    limit: int = getattr(request.app.state.server.runtime.current, setting)
+    return limit
+
+
+async def read_body(request: Request, limit: int | str) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it passes the limit (a declared
+    Content-Length over it is refused before anything is read). `limit` is a runtime
+    setting's name (`SINGLE`, `BATCH`), which the 413 names, or a fixed number of bytes."""
+    setting = limit if isinstance(limit, str) else None
+    limit = body_limit(request, limit) if isinstance(limit, str) else limit
     declared = declared_length(request.headers.get("content-length"))
     if declared is not None and declared > limit:
-        raise PayloadTooLarge(declared, limit)
+        raise PayloadTooLarge(declared, limit, setting)
     chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(size, limit)
+            raise PayloadTooLarge(None, limit, setting)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -54,8 +66,9 @@ def require_json_content_type(request: Request) -> None:
         raise UnsupportedMediaType("Expected request with `Content-Type: application/json`")
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """A JSON object body from an endpoint that insists on `Content-Type: application/json`."""
+async def read_json_object(request: Request, limit: int | str = SINGLE) -> dict[str, Any]:
+    """A JSON object body from an endpoint that insists on `Content-Type: application/json`;
+    `limit` as for `read_body` (the single-event limit by default)."""
     require_json_content_type(request)
     doc = decode_json(await read_body(request, limit))
     if type(doc) is not dict:

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flux.api.body import read_json_object
+from flux.api.body import read_json_object, require_json_content_type
 from flux.api.http import json_response, server_of
 from flux.api.identity import credential_of
 from flux.auth import UNKNOWN_TOKEN
@@ -102,11 +102,17 @@ async def _status(server: Server, owner: str | None, name: str) -> str:
 
 
 async def list_connectors(request: Request) -> Response:
-    """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`."""
+    """GET /api/connectors: `{"connectors": [{"name", "enabled", "status"}, ...]}`; `enabled`
+    says whether this server polls it for the caller (`ConnectorManager.polled`)."""
     server = server_of(request)
     owner = owner_of(request, server)
+    polled = server.connectors.polled
     items = [
-        {"name": name, "enabled": True, "status": await _status(server, owner, name)}
+        {
+            "name": name,
+            "enabled": polled(owner, name),
+            "status": await _status(server, owner, name),
+        }
         for name in KNOWN
     ]
     return json_response({"connectors": items})
@@ -119,7 +125,7 @@ async def show(request: Request) -> Response:
     owner = owner_of(request, server)
     body: dict[str, Any] = {
         "name": info.name,
-        "enabled": True,
+        "enabled": server.connectors.polled(owner, info.name),
         "status": await _status(server, owner, info.name),
         "poll_interval_seconds": server.connectors.poll_interval(info),
         "last_poll": None,
@@ -135,12 +141,14 @@ async def show(request: Request) -> Response:
 
 
 async def store_token(request: Request) -> Response:
-    """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`."""
+    """POST /api/connectors/{name}/token `{"token": "..."}` → `{"success": true}`. The body's
+    type is checked first, as on every JSON endpoint (docs/auth.md)."""
+    require_json_content_type(request)
     server = server_of(request)
     info = connector_info(request)
     store = _store(server)
     owner = writer_of(request, server)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     token = doc.get("token")
     if token is None:
         raise ValidationError("missing field `token`")

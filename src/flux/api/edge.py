@@ -32,6 +32,7 @@ from flux.api.prometheus import METHODS, Histogram, Histograms
 from flux.errors import FluxError, MisdirectedRequest, OriginNotAllowed
 
 logger = logging.getLogger("flux.api")
+access = logging.getLogger("flux.access")  # FLUX_ACCESS_LOG
 
 _ORIGIN = b"origin"
 _VARY = b"vary"
@@ -46,14 +47,16 @@ class Edge:
         histograms: Histograms,
         cors: CrossOrigin,
         hosts: HostCheck | None = None,
+        access_log: bool = False,
     ) -> None:
         """`cors` holds configured CORS objects that are not in the stack: the edge uses their
         preflight answer and header logic for requests that carry an `Origin`. `hosts` is None
-        when every `Host` is answered."""
+        when every `Host` is answered. `access_log`: a line per request on `flux.access`."""
         self.app = app
         self.histograms = histograms
         self.cors = cors
         self.hosts = hosts
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,7 +117,10 @@ class Edge:
                 logger.exception("%s %s raised", scope["method"], scope["path"], exc_info=exc)
                 await error_response(500, "internal server error")(scope, receive, edge_send)
         finally:
-            self._observe(scope, status, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            self._observe(scope, status, seconds)
+            if self.access_log:
+                _log_access(scope, status, seconds)
 
     def _refuse_socket(self, scope: Scope) -> FluxError | None:
         """Why a WebSocket handshake is refused (its `Host`, or a browser page's `Origin`), or
@@ -150,6 +156,18 @@ class Edge:
         if histogram is None:
             histogram = self.histograms[key] = Histogram()
         histogram.observe(seconds)
+
+
+def _log_access(scope: Scope, status: int, seconds: float) -> None:
+    """`127.0.0.1:51234 "GET /api/state/entities/a%2Fb?x=1" 200 0.41ms`: the path as sent
+    (percent-encoding kept, so an entity id's `/` reads as it was written)."""
+    client = scope.get("client")
+    who = f"{client[0]}:{client[1]}" if client else "-"
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope.get("query_string", b"")
+    if query:
+        path = f"{path}?{query.decode('latin-1')}"
+    access.info('%s "%s %s" %d %.2fms', who, scope["method"], path, status, seconds * 1000)
 
 
 def _misdirected(host: bytes) -> MisdirectedRequest:

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from flux import __version__
-from flux.api.body import read_body, read_json_object, require_json_content_type
+from flux.api.body import BATCH, SINGLE, read_body, read_json_object, require_json_content_type
 from flux.api.identity import credential_of
-from flux.auth import HIDE_ALL
+from flux.auth import HIDE_ALL, RESERVED_NAMESPACE
 from flux.conditions import SIBLING
 from flux.engine import Entity
 from flux.errors import FluxError, NotFound, RateLimited, ValidationError
@@ -51,12 +51,20 @@ def json_response(
 
 
 def entity_json(entity: Entity) -> dict[str, Any]:
-    return {
+    """An entity as the API answers it; Flux's own entities (`flux-core/...`, the directory)
+    say so with `"system": true`, which no other entity carries."""
+    body = {
         "id": entity.id,
         "properties": entity.properties,
         "lastUpdated": format_time(entity.last_updated),
         "version": entity.version,
     }
+    if entity.id.startswith(_SYSTEM_PREFIX):
+        body["system"] = True
+    return body
+
+
+_SYSTEM_PREFIX = RESERVED_NAMESPACE + "/"
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -65,7 +73,7 @@ def entity_json(entity: Entity) -> dict[str, Any]:
 async def publish_event(request: Request) -> Response:
     server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, server.runtime.current.body_size_limit_single_bytes)
+    body = await read_body(request, SINGLE)
     event = validate_event(decode_json(body), server.settings.max_entity_id_length)
     _version_from_headers(request, event)
     server.permissions.admit(credential_of(request.scope), event)
@@ -115,7 +123,7 @@ def _version_from_headers(request: Request, event: dict[str, Any]) -> None:
 async def publish_batch(request: Request) -> Response:
     server = server_of(request)
     require_json_content_type(request)
-    body = await read_body(request, server.runtime.current.body_size_limit_batch_bytes)
+    body = await read_body(request, BATCH)
     doc = decode_json(body)
     atomic = False
     if type(doc) is dict:
@@ -375,7 +383,7 @@ async def batch_delete(request: Request) -> Response:
     namespace's rate limit, whether it existed or not."""
     server = server_of(request)
     permissions = server.permissions
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     credential = credential_of(request.scope)
     max_length = server.settings.max_entity_id_length
     limit = server.runtime.current.max_batch_delete
@@ -440,7 +448,9 @@ async def health(request: Request) -> Response:
     body: dict[str, Any] = {
         "status": "ok" if service.ready else "starting",
         "version": __version__,
-        "entities": len(service.engine),
+        # Flux's own entities (the directory) are not the user's: counted apart.
+        "entities": len(service.engine) - (system := service.engine.count_in(RESERVED_NAMESPACE)),
+        "systemEntities": system,
         "lastSequence": service.engine.last_seq,
     }
     trouble = service.log_damage or service.log_unavailable
@@ -465,7 +475,7 @@ async def get_admin_config(request: Request) -> Response:
 
 async def put_admin_config(request: Request) -> Response:
     server = server_of(request)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     server.permissions.check_admin(credential_of(request.scope))
     try:
         await server.runtime_store.update(doc)

@@ -52,7 +52,7 @@ def _private(doc: dict[str, Any], required: bool) -> bool:
 async def register(request: Request) -> Response:
     """POST /api/namespaces `{"name": ..., "private": false}`."""
     server = server_of(request)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     name = doc.get("name")
     if name is None:
         raise ValidationError("missing field `name`")
@@ -75,7 +75,7 @@ async def show(request: Request) -> Response:
 async def update(request: Request) -> Response:
     """PUT /api/namespaces/{name} `{"private": true}`: the admin or the namespace's token."""
     server = server_of(request)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     private = _private(doc, required=True)
     name = request.path_params["name"]
     namespaces = server.namespaces

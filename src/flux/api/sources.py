@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from flux.api.body import read_json_object
+from flux.api.body import read_json_object, require_json_content_type
 from flux.api.connectors import NO_STORE, owner_of, writer_of
 from flux.api.http import json_response, server_of
 from flux.api.identity import credential_of
@@ -58,10 +58,12 @@ def _check_namespace(server: Server, owner: str, namespace: str, doc: dict[str, 
 
 
 async def create(request: Request) -> Response:
-    """POST /api/connectors/generic → 201 `{"source_id": "<uuid4>"}`."""
+    """POST /api/connectors/generic → 201 `{"source_id": "<uuid4>"}`. The body's type is
+    checked first, as on every JSON endpoint (docs/auth.md)."""
+    require_json_content_type(request)
     server = server_of(request)
     owner = writer_of(request, server)
-    doc = await read_json_object(request, server.runtime.current.body_size_limit_single_bytes)
+    doc = await read_json_object(request)
     sources = _sources(server)
     policy = sources.policy
     config = parse_config(doc, policy, sources.min_interval)

@@ -98,7 +98,11 @@ async def handle(live: Live, outbox: Outbox, text: str, presence: Presence) -> N
             if type(token) is not str or not token.strip():
                 raise ValidationError("`token` must be a non-empty string")
             if live.settings.auth_enabled:
-                outbox.credential = Credential.from_token(token)
+                credential = Credential.from_token(token)
+                # A token of nothing would read as anonymous: say so rather than answer
+                # `authenticated` and leave the client wondering why private entities never come.
+                live.permissions.check_known(credential)
+                outbox.credential = credential
             outbox.push(encode({"type": "authenticated"}))
         elif kind == "ping":
             outbox.push(encode({"type": "pong"}))

@@ -150,6 +150,12 @@ class ConnectorManager:
     def runner(self, owner: str, name: str) -> ConnectorRunner | None:
         return self.scheduler.runners.get(f"{name}:{owner}")
 
+    def polled(self, owner: str | None, name: str) -> bool:
+        """Whether this server polls the connector for `owner`: implemented (gmail, linkedin
+        and calendar are not), a credential stored (a runner scheduled), and this node
+        running its connectors (in a cluster, the holder of the `connectors` job)."""
+        return owner is not None and self.runner(owner, name) is not None and self.scheduler.running
+
     def poll_interval(self, info: ConnectorInfo) -> float | int:
         """The interval the status API reports: the setting for GitHub, else the catalogue's."""
         if info.name == GitHub.name:

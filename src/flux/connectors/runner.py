@@ -221,6 +221,12 @@ class Scheduler:
                 self.runners[key].run(), name=f"flux-connector-{key}"
             )
 
+    @property
+    def running(self) -> bool:
+        """Whether this scheduler runs its runners (in a cluster: on the `connectors` job's
+        holder only)."""
+        return self._running
+
     def start(self) -> None:
         self._running = True
         for key in self.runners:
