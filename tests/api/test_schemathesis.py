@@ -198,6 +198,12 @@ def start_flux(
             answer = http.post(
                 "/api/namespaces", json={"name": name}, headers={"authorization": f"Bearer {ADMIN}"}
             )
+            # Seen once: an answer without a token here; say what it was when it happens.
+            assert answer.status_code == 200, (
+                answer.status_code,
+                answer.text,
+                server.logs()[-3000:],
+            )
             TOKENS.current[name] = answer.json()["token"]
     return server
 
