@@ -386,7 +386,10 @@ def test_watch_survives_a_server_restart_without_loss_or_repeat(
         expected += [(version, "state_update", entity, k, v) for k, v in props.items()]
     assert changes(watch.messages) == expected
     assert "reconnecting" in watch.stderr
-    assert [m["type"] for m in watch.messages].count("subscribed") == 2
+    # The second subscription's ack comes after its replay: when the watch reconnected after
+    # the last publishes, the replay alone reaches --max-messages and the watch ends before
+    # printing that ack; when it reconnected before them, the ack comes first.
+    assert [m["type"] for m in watch.messages].count("subscribed") in (1, 2)
 
 
 class Proxy:
