@@ -35,6 +35,7 @@ class FakeOAuth:
         self.expires_in: int | None = 3600
         self.rotate = True
         self.deny = False
+        self.revoked = False  # every refresh token is refused, as after a revocation
         self.token_status: int | None = None
         self.error_with_200 = False
         self.codes: dict[str, str] = {}  # code -> redirect_uri
@@ -100,7 +101,7 @@ class FakeOAuth:
             elif redirect != form.get("redirect_uri"):
                 refused = "redirect_uri mismatch"
         elif grant == "refresh_token":
-            if form.get("refresh_token") not in self.refresh_tokens:
+            if self.revoked or form.get("refresh_token") not in self.refresh_tokens:
                 refused = "unknown refresh token"
         else:
             refused = f"unsupported grant_type {grant}"

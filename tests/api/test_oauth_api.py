@@ -365,9 +365,11 @@ def test_a_failed_refresh_fails_the_poll_with_a_clear_error(
 ) -> None:
     provider.access_tokens = ["expiring-token"]
     provider.expires_in = 30
+    # Revoked from the start: the first poll may begin as soon as the sign-in stored the
+    # credential, before the test could revoke it afterwards.
+    provider.revoked = True
     client = oauth_client()
     assert client.get(authorize(client)).status_code == 200
-    provider.refresh_tokens.clear()  # the provider revoked it
     detail = wait_for(what="a failed poll", check=lambda: (d := show(client))["last_error"] and d)
     assert detail["status"] == "error"
     assert detail["last_error"] == (
