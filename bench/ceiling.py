@@ -10,7 +10,12 @@ every client frame with `{"type":"subscribed"}`, and every body POSTed to /api/e
 as it is, as one text frame, to every connected socket (before the POST is answered). That is the
 most the stack can deliver: no subscriptions to match, no queues, no encoding.
 
-Run standalone: `python bench/ceiling.py --port 8000`.
+`--bare` serves the same paths from a plain ASGI callable instead (`bare_app`: no Starlette,
+no router, no middleware; uvicorn, uvloop and httptools as above): the most any ASGI application
+can reach on this server, the ceiling issue 17 measures Flux against. The Starlette one counts
+the framework as free; the bare one does not.
+
+Run standalone: `python bench/ceiling.py --port 8000 [--bare]`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 _OK = b'{"ok":true}'
@@ -84,14 +90,79 @@ def create_app() -> Starlette:
     )
 
 
+# -- the bare ASGI ceiling ---------------------------------------------------------------------
+
+_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(_OK))]
+_HEALTH_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", b"%d" % len(_HEALTH)),
+]
+_BARE_SOCKETS: set[Send] = set()
+
+
+async def _body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def bare_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The same paths as `create_app`'s, as one ASGI callable with no framework."""
+    kind = scope["type"]
+    if kind == "http":
+        body, headers = _OK, _HEADERS
+        if scope["method"] == "POST":
+            text = await _body(receive)
+            if _BARE_SOCKETS and scope["path"] == "/api/events":
+                frame = {"type": "websocket.send", "text": text.decode()}
+                for ws_send in list(_BARE_SOCKETS):
+                    try:
+                        await ws_send(frame)
+                    except Exception:
+                        _BARE_SOCKETS.discard(ws_send)
+        elif scope["path"] == "/api/health":
+            body, headers = _HEALTH, _HEALTH_HEADERS
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    elif kind == "websocket":
+        await _bare_socket(receive, send)
+    elif kind == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _bare_socket(receive: Receive, send: Send) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    _BARE_SOCKETS.add(send)
+    subscribed = {"type": "websocket.send", "text": _SUBSCRIBED}
+    try:
+        while (await receive())["type"] == "websocket.receive":
+            await send(subscribed)
+    except Exception:
+        pass
+    finally:
+        _BARE_SOCKETS.discard(send)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--bare", action="store_true", help="the plain ASGI callable (bare_app)")
     args = parser.parse_args()
     # The same uvicorn settings as `flux serve` (src/flux/cli.py).
     config = uvicorn.Config(
-        create_app(),
+        bare_app if args.bare else create_app(),
         host=args.host,
         port=args.port,
         loop="uvloop",

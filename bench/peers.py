@@ -248,6 +248,16 @@ class CeilingPeer(Peer):
         return [sys.executable, str(ROOT / "bench" / "ceiling.py"), "--port", str(port)]
 
 
+class BareCeilingPeer(CeilingPeer):
+    """The same paths as a plain ASGI callable on uvicorn + uvloop + httptools, no framework
+    (bench/ceiling.py --bare): the most any ASGI application could reach on Flux's server."""
+
+    name = "bare ceiling"
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        return [*super().argv(port, data_dir), "--bare"]
+
+
 def _venv_bin(name: str) -> str:
     """A console script installed next to this interpreter (.venv/bin), else from $PATH."""
     local = Path(sys.executable).parent / name
@@ -506,6 +516,7 @@ class FluxJetStreamPeer(Peer):
 
 SUBJECT = FluxPeer()
 PEERS: list[Peer] = [
+    BareCeilingPeer(),
     CeilingPeer(),
     RedisPeer(),
     NatsPeer(),

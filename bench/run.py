@@ -44,7 +44,7 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
 
 # --peers keys -> the peers (columns) or stacks (extra rows) they select
 PEER_KEYS: dict[str, list[Peer]] = {
-    "ceiling": [p for p in peers.PEERS if p.name == "ceiling"],
+    "ceiling": [p for p in peers.PEERS if p.name in ("ceiling", "bare ceiling")],
     "redis": [p for p in peers.PEERS if p.kind == "redis"],
     "nats": [p for p in peers.PEERS if p.name == "NATS KV"],
     "granian": list(peers.STACKS),
