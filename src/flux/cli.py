@@ -170,6 +170,8 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     from flux import _parsers as parse
     from flux.api.app import create_app
     from flux.api.connections import protocols, raise_open_file_limit
+    from flux.api.hosts import host_check
+    from flux.api.hotpaths import HotPaths
 
     if nats_url is not None:
         # Parsed as FLUX_NATS_URL is, so the flag and the variable give the same settings.
@@ -205,7 +207,11 @@ def serve(host: str | None, port: int | None, data_dir: str | None, nats_url: st
     # busy port was found only after a full replay.
     listener = listen(settings.host, settings.port)
     app = create_app(settings)
-    http_protocol, ws_protocol = protocols(settings)
+    hot = None
+    if settings.hot_paths and not settings.access_log:  # the access log is the edge's
+        state = app.state
+        hot = HotPaths(state.server, state.histograms, host_check(settings), state.hot_counts)
+    http_protocol, ws_protocol = protocols(settings, hot)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:

@@ -629,6 +629,15 @@ class Settings:
         parse.text,
         "Server log level: `debug`, `info`, `warning` or `error`.",
     )
+    hot_paths: bool = setting(
+        "FLUX_HOT_PATHS",
+        True,
+        parse.boolean,
+        "Answer the two most frequent requests, reading one entity and publishing one event, "
+        "in the HTTP protocol itself instead of through the ASGI app (the same answers, about "
+        "twice the rate; see docs/architecture.md). Off: every request goes through the app. "
+        "Only in `flux serve`; off while `FLUX_ACCESS_LOG` is on.",
+    )
     access_log: bool = setting(
         "FLUX_ACCESS_LOG",
         False,

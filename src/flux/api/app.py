@@ -186,6 +186,7 @@ def create_app(settings: Settings, server: Server | None = None) -> Starlette:
     app.state.service = flux.service
     app.state.live = flux.live
     app.state.histograms = histograms
+    app.state.hot_counts = {}  # filled by `flux serve`'s hot paths (flux.api.hotpaths)
     mcp.bind(app)  # the MCP tools call this app, in-process, as their caller
     app.state.oauth_states = OAuthStates()  # sign-ins in progress (flux.api.oauth)
     return app

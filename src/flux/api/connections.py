@@ -46,6 +46,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.http11 import Request
 
 from flux.api.errors import status_of
+from flux.api.hotpaths import HotPaths, HotPublish, HotRead
 from flux.config import Settings
 from flux.errors import FluxError, RequestTimeout, TooManyConnections
 
@@ -149,9 +150,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     deadlines: Deadlines
     header_timeout: float
     body_timeout: float
+    hot: HotPaths | None = None  # the requests answered below ASGI (flux.api.hotpaths)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.hot_request: HotRead | HotPublish | None = None  # the one being parsed
         self.deadline_at: float | None = None  # event-loop time; None: no deadline running
         self.refused = False
         self.upgraded = False
@@ -196,8 +199,43 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # `data_received` or `on_message_complete` of our own. The request's scope (made in
         # `on_message_begin`, handed to the application here) gets the abort hook.
         self.deadline_at = self.deadlines.soon + self.body_timeout
+        hot = self.hot
+        if hot is not None:
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:  # nothing before it to answer first
+                request = hot.take(self)
+                if request is not None:
+                    self.hot_request = request
+                    return
         self.scope["extensions"] = self.extensions  # type: ignore[typeddict-item]
         HttpToolsProtocol.on_headers_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        request = self.hot_request
+        if request is None:
+            HttpToolsProtocol.on_body(self, body)
+        else:
+            request.body(body)
+
+    def on_message_complete(self) -> None:
+        request = self.hot_request
+        if request is None:
+            HttpToolsProtocol.on_message_complete(self)
+            return
+        self.hot_request = None
+        try:
+            if request.complete(self):
+                return
+        except Exception:
+            logger.exception("%s: the hot path failed; the app answers", self.url)
+        # Not the plain case: the ASGI app answers it, with the body as read.
+        self.scope["extensions"] = self.extensions  # type: ignore[typeddict-item]
+        HttpToolsProtocol.on_headers_complete(self)
+        cycle = self.cycle
+        if isinstance(request, HotPublish):
+            cycle.body += request.received
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def on_response_complete(self) -> None:
         HttpToolsProtocol.on_response_complete(self)
@@ -277,9 +315,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 def protocols(
-    settings: Settings,
+    settings: Settings, hot: HotPaths | None = None
 ) -> tuple[type[GuardedHttpProtocol], type[GuardedWebSocketProtocol]]:
-    """The HTTP and WebSocket protocol classes for one server, sharing its per-client counts."""
+    """The HTTP and WebSocket protocol classes for one server, sharing its per-client counts;
+    `hot`: the requests the HTTP protocol answers itself (None: all go to the app)."""
     counts = ClientCounts(settings.max_connections_per_client)
 
     class Http(GuardedHttpProtocol):
@@ -294,6 +333,7 @@ def protocols(
     )
     Http.header_timeout = settings.header_timeout_seconds
     Http.body_timeout = settings.body_timeout_seconds
+    Http.hot = hot
     return Http, WebSocket
 
 

@@ -150,12 +150,16 @@ class Edge:
             await websocket.close(code=1008, reason=refusal.message)
 
     def _observe(self, scope: Scope, status: int, seconds: float) -> None:
-        method = scope["method"] if scope["method"] in METHODS else "other"
-        key = (method, _route(scope), f"{status // 100}xx")
-        histogram = self.histograms.get(key)
-        if histogram is None:
-            histogram = self.histograms[key] = Histogram()
-        histogram.observe(seconds)
+        histogram_of(self.histograms, scope["method"], _route(scope), status).observe(seconds)
+
+
+def histogram_of(histograms: Histograms, method: str, route: str, status: int) -> Histogram:
+    """The latency histogram of (method, route template, status class), made on first use."""
+    key = (method if method in METHODS else "other", route, f"{status // 100}xx")
+    histogram = histograms.get(key)
+    if histogram is None:
+        histogram = histograms[key] = Histogram()
+    return histogram
 
 
 def _log_access(scope: Scope, status: int, seconds: float) -> None:

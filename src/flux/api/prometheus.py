@@ -30,13 +30,16 @@ class Histogram:
 
 
 Histograms = dict[tuple[str, str, str], Histogram]
+# Requests answered in the HTTP protocol itself, by route template (flux.api.hotpaths); empty
+# when `flux serve` runs without the hot paths.
+HotCounts = dict[str, int]
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render(live: Live, histograms: Histograms) -> str:
+def render(live: Live, histograms: Histograms, hot: HotCounts) -> str:
     service = live.service
     lines = [
         "# HELP flux_events_total Events in the log (its last sequence).",
@@ -62,6 +65,16 @@ def render(live: Live, histograms: Histograms) -> str:
             for transport, count in live.slow_closes.items()
         ),
     ]
+    if hot:
+        lines += [
+            "# HELP flux_http_hot_path_requests_total Requests answered in the HTTP protocol "
+            "itself, below the ASGI app (FLUX_HOT_PATHS).",
+            "# TYPE flux_http_hot_path_requests_total counter",
+            *(
+                f'flux_http_hot_path_requests_total{{route="{_escape(route)}"}} {count}'
+                for route, count in sorted(hot.items())
+            ),
+        ]
     if histograms:
         lines += [
             "# HELP flux_http_request_duration_seconds HTTP request latency.",
@@ -87,4 +100,7 @@ def render(live: Live, histograms: Histograms) -> str:
 async def metrics_endpoint(request: Request) -> Response:
     live: Live = request.app.state.live
     histograms: Histograms = request.app.state.histograms
-    return Response(render(live, histograms), media_type="text/plain; version=0.0.4; charset=utf-8")
+    hot: HotCounts = request.app.state.hot_counts
+    return Response(
+        render(live, histograms, hot), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
