@@ -4,6 +4,7 @@ and a full disk reaching the client as 503."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import logging
 import shutil
@@ -328,18 +329,21 @@ async def test_a_delete_waiting_on_a_failed_tombstone_checks_again(
 ) -> None:
     async with running(settings) as service:
         await service.publish([new_event("ns/x", a=1)])
-        real_append = service.log.append
+        real_submit = service.log.submit
         calls = 0
 
-        async def first_fails(entries: Any, **options: Any) -> Any:
+        async def fail_soon() -> Any:
+            await anyio.sleep(0.05)
+            raise LogUnavailable("event log unavailable: disk full")
+
+        def first_fails(entries: Any, **options: Any) -> Any:
             nonlocal calls
             calls += 1
             if calls == 1:
-                await anyio.sleep(0.05)
-                raise LogUnavailable("event log unavailable: disk full")
-            return await real_append(entries, **options)
+                return asyncio.ensure_future(fail_soon())
+            return real_submit(entries, **options)
 
-        monkeypatch.setattr(service.log, "append", first_fails)
+        monkeypatch.setattr(service.log, "submit", first_fails)
         outcomes: dict[str, Any] = {}
 
         async def first() -> None:

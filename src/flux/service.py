@@ -274,6 +274,12 @@ class FluxService:
         if they hold where the log orders it; otherwise its result carries the `Failure`
         (`failure`, sequence 0). `atomic`: all of them are stored, in consecutive sequences,
         or none (each refused one's result says why)."""
+        return await self.submit(events, atomic=atomic)
+
+    def submit(
+        self, events: Sequence[Event], *, atomic: bool = False
+    ) -> asyncio.Future[list[Appended]]:
+        """`publish` as a future (`flux.log.EventLog.submit`): done once the state has them."""
         datas = encode_events(events)
         entries: list[Entry] = []
         append = entries.append
@@ -287,7 +293,7 @@ class FluxService:
                 check = check_of(event)
                 checked = True
             append(_new_tuple(Entry, (event, event["eventId"], entity_id, data, check)))
-        return await self.log.append(entries, checked=checked, atomic=atomic)
+        return self.log.submit(entries, checked=checked, atomic=atomic)
 
     async def publish_checked(self, event: Event, check: Check) -> Appended:
         """Append one event that Flux made, with a check of Flux's own (leases, expiries,

@@ -158,10 +158,10 @@ def test_log_failures(
     kept = orjson.dumps(new_event("ns/kept"))
     assert client.post("/api/events", content=kept).status_code == 200
 
-    async def failing(entries: Any, **options: Any) -> Any:
+    def failing(entries: Any, **options: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(service.log, "append", failing)
+    monkeypatch.setattr(service.log, "submit", failing)
     body = orjson.dumps(new_event("ns/lost"))
     assert_error(client.post("/api/events", content=body), status, str(error))
     assert_error(client.post("/api/events/batch", content=b"[" + body + b"]"), status, str(error))
@@ -182,10 +182,10 @@ def test_a_failed_write_says_what_became_of_it(
     service = client.app.state.service  # type: ignore[attr-defined]
     message = "event log unavailable: NATS is gone"
 
-    async def failing(entries: Any, **options: Any) -> Any:
+    def failing(entries: Any, **options: Any) -> Any:
         raise LogUnavailable(message, outcome)
 
-    monkeypatch.setattr(service.log, "append", failing)
+    monkeypatch.setattr(service.log, "submit", failing)
     body = orjson.dumps(new_event("ns/maybe"))
     for answer in (
         client.post("/api/events", content=body),

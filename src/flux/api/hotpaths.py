@@ -29,6 +29,7 @@ the hot paths are off (each request then goes through the edge, which writes the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import urllib.parse
@@ -44,12 +45,14 @@ from flux.api.edge import histogram_of
 from flux.api.errors import error_response, response_for, status_of
 from flux.api.hosts import HostCheck
 from flux.api.http import entity_json
+from flux.api.identity import AUTHORIZATION, credential_in
 from flux.api.prometheus import Histograms, HotCounts
 from flux.api.reads import PREFIX, TEMPLATE
 from flux.api.writes import PATH
-from flux.auth import ANONYMOUS, Credential
+from flux.auth import ANONYMOUS
 from flux.errors import FluxError
 from flux.events import Event, decode_json, validate_event
+from flux.log import Appended
 from flux.server import Server
 
 
@@ -135,7 +138,7 @@ class HotPaths:
         self.auth_enabled = server.settings.auth_enabled
         self.max_id_length = server.settings.max_entity_id_length
         self.admit = server.permissions.admit
-        self.publish = server.service.publish
+        self.submit = server.service.submit
         self.condition_failed = server.service.condition_failed
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -163,7 +166,7 @@ class HotPaths:
                     length = int(value)
                 except ValueError:
                     return None
-            elif name == b"authorization":
+            elif name == AUTHORIZATION:
                 token = value
             elif name == b"content-type":
                 json = value == b"application/json"
@@ -187,36 +190,74 @@ class HotPaths:
         return HotPublish(self, token, length)
 
     def run(self, protocol: Connection, publish: HotPublish, event: Event) -> None:
-        """Publish `event` for `protocol` in a task of its own; the connection waits meanwhile
-        (a pipelined request queues behind `_Pending`)."""
+        """Hand `event` to the log for `protocol`, answered from the future's callback (no task
+        per request); the connection waits meanwhile (a pipelined request queues behind
+        `_Pending`)."""
         pending = _Pending()
         protocol.cycle = pending  # type: ignore[assignment]
-        task = asyncio.get_running_loop().create_task(
-            self._publish(protocol, publish, event, pending)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish(
-        self, protocol: Connection, publish: HotPublish, event: Event, pending: _Pending
-    ) -> None:
         try:
-            (appended,) = await self.publish([event])
-            if appended.failure is not None:
-                raise await self.condition_failed(appended.failure)
-        except FluxError as exc:
+            future = self.submit([event])
+        except FluxError as exc:  # the log refused it at once (closed, full, unreachable)
+            self._refused(protocol, publish, pending, exc)
+            return
+        future.add_done_callback(functools.partial(self._stored, protocol, publish, event, pending))
+
+    def _stored(
+        self,
+        protocol: Connection,
+        publish: HotPublish,
+        event: Event,
+        pending: _Pending,
+        future: asyncio.Future[list[Appended]],
+    ) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._refused(protocol, publish, pending, exc)
+            return
+        (appended,) = future.result()
+        if appended.failure is not None:  # its 409 says what the log holds: a coroutine's work
+            task = asyncio.ensure_future(self._conflict(protocol, publish, pending, appended))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        body = orjson.dumps(
+            {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
+        )
+        answer = b"".join((_OK, default_headers(protocol), _JSON_HEAD % len(body), body))
+        self._answer(protocol, publish, pending, answer, 200)
+
+    async def _conflict(
+        self, protocol: Connection, publish: HotPublish, pending: _Pending, appended: Appended
+    ) -> None:
+        assert appended.failure is not None
+        try:
+            exc: BaseException = await self.condition_failed(appended.failure)
+        except Exception as error:
+            exc = error
+        self._refused(protocol, publish, pending, exc)
+
+    def _refused(
+        self, protocol: Connection, publish: HotPublish, pending: _Pending, exc: BaseException
+    ) -> None:
+        """The answer to a publish that was not stored as asked: the error's own answer (a
+        `FluxError`), or the edge's JSON 500 for anything else."""
+        if isinstance(exc, FluxError):
             answer = response_bytes(protocol, response_for(exc, "POST", PATH))
             status = status_of(exc)
-        except Exception as exc:
-            logger.exception("POST %s raised", PATH, exc_info=exc)
+        else:
+            logger.error("POST %s raised", PATH, exc_info=exc)
             answer = response_bytes(protocol, error_response(500, "internal server error"))
             status = 500
-        else:
-            body = orjson.dumps(
-                {"eventId": event["eventId"], "stream": event["stream"], "sequence": appended.seq}
-            )
-            answer = b"".join((_OK, default_headers(protocol), _JSON_HEAD % len(body), body))
-            status = 200
+        self._answer(protocol, publish, pending, answer, status)
+
+    def _answer(
+        self,
+        protocol: Connection,
+        publish: HotPublish,
+        pending: _Pending,
+        answer: bytes,
+        status: int,
+    ) -> None:
         pending.response_complete = True
         if cast(object, protocol.cycle) is pending:
             protocol.cycle = None  # type: ignore[assignment]
@@ -289,10 +330,8 @@ class HotPublish:
         hot = self.hot
         try:
             event = validate_event(decode_json(self.received), hot.max_id_length)
-            credential = ANONYMOUS
-            if hot.auth_enabled and self.token is not None:
-                credential = Credential.from_header(self.token.decode("latin-1"))
-            hot.admit(credential, event)
+            # With auth off admission looks at no credential (as in flux.api.writes).
+            hot.admit(credential_in(self.token) if hot.auth_enabled else ANONYMOUS, event)
         except FluxError:
             return False
         hot.run(protocol, self, event)

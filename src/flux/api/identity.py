@@ -2,10 +2,11 @@
 into a `flux.auth.Credential`, from its `Authorization` header.
 
 Every path asks `credential_of` (the hot write, the handlers, the admin gate, the namespace,
-connector and source endpoints, WebSocket and SSE), so a header is read the same way
-everywhere. It is parsed and hashed once per request and kept in the ASGI scope. What the
-credential may do is `flux.permissions`' decision; with auth off nothing but the admin gate
-(when an admin token is set) looks at it.
+connector and source endpoints, WebSocket and SSE), or, below ASGI, `credential_in` (the hot
+paths of `flux.api.hotpaths`, which have the header's value and no scope), so a header is read
+the same way everywhere. It is parsed and hashed once per request and kept in the ASGI scope.
+What the credential may do is `flux.permissions`' decision; with auth off nothing but the admin
+gate (when an admin token is set) looks at it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from flux.auth import ANONYMOUS, Credential
 
-_AUTHORIZATION = b"authorization"
+AUTHORIZATION = b"authorization"  # the header's name, as ASGI and uvicorn give it
 _KEY = "flux.credential"
 
 
@@ -28,8 +29,8 @@ def credential_of(scope: MutableMapping[str, Any]) -> Credential:
     if credential is None:
         credential = ANONYMOUS
         for name, value in scope["headers"]:
-            if name == _AUTHORIZATION:
-                credential = Credential.from_header(value.decode("latin-1"))
+            if name == AUTHORIZATION:
+                credential = credential_in(value)
                 break
         scope[_KEY] = credential
     return credential
@@ -40,3 +41,10 @@ def assume(scope: MutableMapping[str, Any], credential: Credential) -> None:
     another request's caller (the MCP tools, flux.api.mcp), which `credential_of` then answers
     with, whatever the scope's own headers say."""
     scope[_KEY] = credential
+
+
+def credential_in(value: bytes | None) -> Credential:
+    """The credential an `Authorization` header's value presents (None: no such header)."""
+    if value is None:
+        return ANONYMOUS
+    return Credential.from_header(value.decode("latin-1"))

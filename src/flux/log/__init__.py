@@ -38,6 +38,7 @@ Contract (tests/log/contract.py runs it against every backend):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -93,6 +94,14 @@ class EventLog(Protocol):
     async def append(
         self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
     ) -> list[Appended]: ...
+
+    def submit(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> asyncio.Future[list[Appended]]:
+        """`append` as a future, for a caller that is not a coroutine (the hot publish answers
+        from the future's callback, without a task per request). Raises what `append` would
+        raise before anything is handed to the log."""
+        ...
 
     def read(self, after_seq: int, batch_size: int = 10_000) -> AsyncIterator[list[Record]]: ...
 

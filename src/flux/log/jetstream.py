@@ -642,6 +642,12 @@ class JetStreamLog:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def submit(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> asyncio.Future[list[Appended]]:
+        """`append` in a task of its own (its work is a coroutine's: NATS round trips)."""
+        return asyncio.ensure_future(self.append(entries, checked=checked, atomic=atomic))
+
     async def append(
         self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
     ) -> list[Appended]:

@@ -346,19 +346,25 @@ class SQLiteLog:
     async def append(
         self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
     ) -> list[Appended]:
+        return await self.submit(entries, checked=checked, atomic=atomic)
+
+    def submit(
+        self, entries: Sequence[Entry], *, checked: bool = False, atomic: bool = False
+    ) -> asyncio.Future[list[Appended]]:
         error = self._unavailable()
         if error is not None:
             raise error
-        if not entries:
-            return []
         assert self._loop is not None
+        future: asyncio.Future[list[Appended]] = self._loop.create_future()
+        if not entries:
+            future.set_result([])
+            return future
         if checked and self._checker is None:
             raise LogUnavailable("event log unavailable: conditions need a checker")
-        future: asyncio.Future[list[Appended]] = self._loop.create_future()
         self._queue.put(_Append(entries, future, checked, atomic))
         if self._broken is not None:  # the writer died after the check: it may not see this one
             _settle(future, None, self._unavailable())
-        return await future
+        return future
 
     async def sync(self) -> int:
         """Returns the highest sequence assigned so far, once every append queued before this
