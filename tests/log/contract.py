@@ -156,6 +156,18 @@ class LogContract:
         assert [r.seq for r in opened.seen] == [1, 2, 3]
         assert opened.seen == await opened.all()
 
+    async def test_submit_is_append_as_a_future(self, opened: Opened) -> None:
+        """`submit` (the hot publish's way in) stores as `append` does: consecutive sequences,
+        the records applied before the future is done, a repeated id answered as a duplicate."""
+        first, second = make_event(), make_event()
+        futures = [opened.log.submit(entries(first)), opened.log.submit(entries(second))]
+        (one,), (two,) = await asyncio.gather(*futures)
+        assert (one.seq, two.seq) == (1, 2)
+        assert opened.seen == [Record(1, one.at, first), Record(2, two.at, second)]
+        (again,) = await opened.log.submit(entries(first))
+        assert again.duplicate and again.seq == 1
+        assert await opened.log.submit([]) == []
+
     async def test_read_comes_in_batches(self, opened: Opened) -> None:
         await opened.append(*(make_event(x=i) for i in range(25)))
         sizes = []
@@ -495,6 +507,8 @@ class LogContract:
             await log.append(make_event())
         with pytest.raises(LogUnavailable):
             await log.append(make_event())
+        with pytest.raises(LogUnavailable):
+            await log.log.submit(entries(make_event()))
         with pytest.raises(LogUnavailable):
             await log.log.history("ns/a", 0, 10)
         with pytest.raises(LogUnavailable):
