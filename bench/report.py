@@ -165,6 +165,7 @@ def report(ctx: Context, rows: list[Row], started: datetime, elapsed: float) -> 
         "",
         markdown_table(cells),
         "",
+        *targets(ctx, rows),
         f"Each figure is the median of {cfg.repeats} runs of {cfg.duration:g} s after a "
         f"{cfg.warmup:g} s warm-up ({batch}; restart: as its rows say). "
         "Ratio = Flux / peer (for Flux's own other modes, `Flux JetStream ...`: mode / Flux, "
@@ -186,3 +187,41 @@ def report(ctx: Context, rows: list[Row], started: datetime, elapsed: float) -> 
     if ctx.notes:
         lines += ["", "Notes:", "", *[f"- {x}" for x in ctx.notes]]
     return "\n".join(lines) + "\n"
+
+
+# Issue 17's targets: (row label start, what, the figure's test). `figure` picks Flux's figure
+# from a row or its ratio to a peer; each test says whether the target is met.
+TARGETS = (
+    ("single-event publish (", "single publish, of the bare ASGI ceiling", "bare ceiling", 0.60),
+    ("read one entity", "GET entity, of the bare ASGI ceiling", "bare ceiling", 0.90),
+    ("batch ingest", "batch ingest, events/s", None, 100_000),
+    ("batch ingest", "batch ingest, of Redis", "Redis", 1.0),
+    ("fan-out delivered", "fan-out delivered, msgs/s", None, 50_000),
+    ("  delivery p99 latency", "fan-out delivery p99, ms", None, -50),
+)
+
+
+def targets(ctx: Context, rows: list[Row]) -> list[str]:
+    """A list of issue 17's targets with this run's figure and whether it is met, for the
+    scenarios the run measured (a negative bound is an upper one)."""
+    subject = ctx.subject.name
+    lines = []
+    for start, what, peer, bound in TARGETS:
+        row = next((r for r in rows if r.scenario.startswith(start)), None)
+        if row is None:
+            continue
+        mine = row.values.get(subject)
+        figure = mine
+        if peer is not None:
+            theirs = row.values.get(peer)
+            figure = mine / theirs if mine is not None and theirs else None
+        if figure is None:
+            lines.append(f"- {what}: not measured in this run")
+            continue
+        met = figure <= -bound if bound < 0 else figure >= bound
+        shown = f"{figure:,.2f}" if abs(figure) < 100 else f"{figure:,.0f}"
+        lines.append(
+            f"- {what}: {shown} (target {'at most ' if bound < 0 else 'at least '}"
+            f"{abs(bound):,g}): {'met' if met else '**not met**'}"
+        )
+    return ["Targets (issue 17):", "", *lines, ""] if lines else []
