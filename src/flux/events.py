@@ -82,7 +82,10 @@ def uuid7_many(count: int) -> list[str]:
     return list(
         map(
             _prefix.__add__,
-            map("-".join, zip(fourth.hex(",", 2).split(","), fifth.hex(",", 6).split(","))),
+            map(
+                "-".join,
+                zip(fourth.hex(",", 2).split(","), fifth.hex(",", 6).split(","), strict=True),
+            ),
         )
     )
 
