@@ -159,18 +159,18 @@ class StateEngine:
         pop = entities.pop
         seq = self.last_seq
         for seq, at, event in records:
-            payload = event["payload"]
-            props = payload.get("properties")
-            entity_id = payload.get("entity_id")
-            if type(props) is dict and props and DELETED not in props and type(entity_id) is str:
+            props = event["payload"].get("properties")
+            entity_id = event["payload"].get("entity_id")
+            if type(props) is dict and props and type(entity_id) is str:
                 entity = pop(entity_id, None)
                 if entity is not None:
                     entities[entity_id] = entity  # back, at the end: the newest version
-                    entity.properties.update(props)
-                    entity.last_updated = at
-                    entity.version = seq
-                    append(_new_change(Change, ("update", entity_id, props, seq, at)))
-                    continue
+                    if props.get(DELETED) is not True:
+                        entity.properties.update(props)
+                        entity.last_updated = at
+                        entity.version = seq
+                        append(_new_change(Change, ("update", entity_id, props, seq, at)))
+                        continue
             change = self.apply(event, seq, at)
             if change is not None:
                 append(change)

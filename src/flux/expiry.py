@@ -22,7 +22,6 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
 from flux.conditions import Check, LeaseOp
@@ -37,8 +36,6 @@ logger = logging.getLogger("flux.expiry")
 
 RETRY_MS = 1000  # after the log failed to take an expiry
 BATCH = 1000  # expiries handed to the log at once
-_TRACKED = frozenset((TTL, LEASE))  # the properties that give an entity a due time
-_properties = itemgetter(2)  # a Change's properties (None for a delete)
 
 
 class Expiries:
@@ -83,10 +80,6 @@ class Expiries:
     def on_changes(self, changes: list[Change], records: list[Record]) -> None:
         if self._task is None:
             return  # not running: the next `start` scans the state
-        # Almost no change sets a time to live or a lease: look at each only when one does (a
-        # scan in C over the batch's properties).
-        if all(map(_TRACKED.isdisjoint, filter(None, map(_properties, changes)))):
-            return
         engine = self.engine
         for change in changes:
             props = change.properties

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import operator
 import time
 from collections.abc import Callable, Sequence
 from itertools import islice, repeat
@@ -74,11 +72,6 @@ LEASE_EXPIRED_STREAM = "flux.leases.expired"
 # A NamedTuple's own constructor is a Python-level __new__; the C one skips it (once per event).
 _new_tuple = tuple.__new__
 _EVENT_ID = "eventId"
-_new_entry = functools.partial(tuple.__new__, Entry)
-_payload = operator.itemgetter("payload")
-_event_id = operator.itemgetter(_EVENT_ID)
-_entity_id = operator.methodcaller("get", "entity_id")
-_STR = frozenset((str,))
 
 
 class Deletion(NamedTuple):
@@ -284,19 +277,7 @@ class FluxService:
         (`failure`, sequence 0). `atomic`: all of them are stored, in consecutive sequences,
         or none (each refused one's result says why)."""
         datas = encode_events(events)
-        if events and max(map(len, events)) <= 5:  # no event carries a condition (`conditions_of`)
-            entity_ids = list(map(_entity_id, map(_payload, events)))
-            if _STR.issuperset(map(type, entity_ids)):  # every one a string (`entity_of`)
-                # The common batch, its entries made in C (a Python step per event was a
-                # tenth of the batch's time on the loop).
-                entries = list(
-                    map(
-                        _new_entry,
-                        zip(events, map(_event_id, events), entity_ids, datas, repeat(None)),
-                    )
-                )
-                return await self.log.append(entries, atomic=atomic)
-        entries = []
+        entries: list[Entry] = []
         append = entries.append
         checked = False
         for event, data in zip(events, datas, strict=True):
