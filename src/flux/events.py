@@ -61,6 +61,35 @@ def uuid7() -> str:
     return f"{_prefix}{tail[:4]}-{tail[4:]}"
 
 
+# Sets the top two bits of a byte to the RFC 9562 variant (0b10), leaving its six random bits.
+_VARIANT_BYTE = bytes((b & 0x3F) | 0x80 for b in range(256))
+
+
+def uuid7_many(count: int) -> list[str]:
+    """`count` UUIDv7 strings of the current millisecond, as `uuid7` makes them (the same
+    prefix, 62 random bits each), drawn and formatted with a few C calls for all of them: a
+    sixth of `uuid7`'s cost per id, for a batch whose events arrive without an `eventId`."""
+    global _prefix_ms, _prefix
+    ms = _time_ns() // 1_000_000
+    if ms != _prefix_ms:
+        h = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+        _prefix = f"{h[:8]}-{h[8:]}-7{_getrandbits(12):03x}-"
+        _prefix_ms = ms
+    # Each id's fourth group (2 bytes, the variant in its top bits) and fifth (6 bytes).
+    fourth = bytearray(_getrandbits(16 * count).to_bytes(2 * count, "big"))
+    fourth[0::2] = fourth[0::2].translate(_VARIANT_BYTE)
+    fifth = _getrandbits(48 * count).to_bytes(6 * count, "big")
+    return list(
+        map(
+            _prefix.__add__,
+            map(
+                "-".join,
+                zip(fourth.hex(",", 2).split(","), fifth.hex(",", 6).split(","), strict=True),
+            ),
+        )
+    )
+
+
 def now_us() -> int:
     """Server time in microseconds since the epoch."""
     return time.time_ns() // 1000
@@ -307,6 +336,81 @@ def validate_event(obj: Any, max_id_length: int = MAX_ENTITY_ID_LENGTH) -> Event
     if len(obj) > 4 - stamped + (event_id is not None) + (key is not None) + (schema is not None):
         _coordination_fields(obj, event)
     return event
+
+
+# The JSON values that nest nothing: properties of only these are two levels below a payload.
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def validate_many(
+    items: list[Any], max_id_length: int = MAX_ENTITY_ID_LENGTH
+) -> list[Event | ValidationError]:
+    """`validate_event` for each item of a batch: its event, or the ValidationError it raises.
+
+    The common shape is checked inline: an object of exactly `stream`, `source`, `timestamp`
+    and `payload` (and, optionally, a non-empty `eventId`), a stream already seen to be valid,
+    a payload of exactly a string `entity_id` and a `properties` object of scalar values. Such
+    an event passes every rule of `validate_event` and takes the same canonical form (its ids,
+    when it has none, made together: `uuid7_many`); anything else goes to `validate_event`
+    itself, so every error and every unusual event is handled by the one validator. A
+    per-event function call and the nesting walk were most of the validation's cost."""
+    out: list[Event | ValidationError] = []
+    append = out.append
+    ids: list[str] | None = None
+    next_id = 0
+    streams = _valid_streams
+    scalars = _SCALARS
+    reserved = RESERVED
+    for obj in items:
+        if type(obj) is dict and 4 <= len(obj) <= 5:
+            get = obj.get
+            stream = get("stream")
+            source = get("source")
+            timestamp = get("timestamp")
+            payload = get("payload")
+            event_id = get("eventId") if len(obj) == 5 else None
+            if (
+                type(payload) is dict
+                and len(payload) == 2
+                and type(source) is str
+                and source
+                and type(timestamp) is int
+                and 0 < timestamp <= I64_MAX
+                and (len(obj) == 4 or (type(event_id) is str and event_id))
+                and type(stream) is str
+                and stream in streams  # only valid streams are in it
+            ):
+                entity_id = payload.get("entity_id")
+                props = payload.get("properties")
+                if (
+                    type(entity_id) is str
+                    and type(props) is dict
+                    and len(entity_id) <= max_id_length
+                    and "\x00" not in entity_id
+                    and scalars.issuperset(map(type, props.values()))
+                    and props.keys().isdisjoint(reserved)
+                    and (event_id is None or "\x00" not in event_id)
+                ):
+                    if event_id is None:
+                        if ids is None:
+                            ids = uuid7_many(len(items))
+                        event_id = ids[next_id]
+                        next_id += 1
+                    append(
+                        {
+                            "eventId": event_id,
+                            "stream": stream,
+                            "source": source,
+                            "timestamp": timestamp,
+                            "payload": payload,
+                        }
+                    )
+                    continue
+        try:
+            append(validate_event(obj, max_id_length))
+        except ValidationError as exc:
+            append(exc)
+    return out
 
 
 def _coordination_fields(obj: dict[str, Any], event: Event) -> None:

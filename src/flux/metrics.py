@@ -25,9 +25,7 @@ class EventMetrics:
         else:
             self._buckets.append([second, count])
             self._trim(second)
-        publishers = self._publishers
-        for source in sources:
-            publishers[source] = now
+        self._publishers.update(dict.fromkeys(sources, now))  # in C: one source per event
 
     def _trim(self, second: int) -> None:
         while self._buckets and self._buckets[0][0] <= second - RATE_WINDOW_SECONDS:

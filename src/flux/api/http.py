@@ -24,6 +24,7 @@ from flux.events import (
     now_us,
     parse_time,
     validate_event,
+    validate_many,
 )
 from flux.grouping import group_level
 from flux.server import Server
@@ -151,16 +152,15 @@ async def publish_batch(request: Request) -> Response:
     valid = []
     wait = 0
     max_id_length = server.settings.max_entity_id_length
-    for index, item in enumerate(items):
-        try:
-            event = validate_event(item, max_id_length)
-        except ValidationError as exc:
+    for index, event in enumerate(validate_many(items, max_id_length)):
+        if isinstance(event, ValidationError):
+            item = items[index]
             stream = item.get("stream") if type(item) is dict else None
             results[index] = {
                 "index": index,
                 "eventId": None,
                 "stream": stream if type(stream) is str else None,
-                "error": f"validation failed: {exc.message}",
+                "error": f"validation failed: {event.message}",
             }
             continue
         try:
@@ -211,9 +211,10 @@ async def _publish_atomic(server: Server, request: Request, items: list[Any]) ->
     admit = server.permissions.admit
     max_id_length = server.settings.max_entity_id_length
     events = []
-    for index, item in enumerate(items):
+    for index, event in enumerate(validate_many(items, max_id_length)):
         try:
-            event = validate_event(item, max_id_length)
+            if isinstance(event, ValidationError):
+                raise event
             admit(credential, event)
         except FluxError as exc:
             exc.message = f"event {index}: {exc.message}; nothing was stored (atomic batch)"
