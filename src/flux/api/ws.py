@@ -212,9 +212,7 @@ async def _receive_loop(
 
 async def ended(outbox: Outbox) -> None:
     """Return once the outbox has ended (overflow, a stalled send, or server shutdown)."""
-    while not outbox.ended:
-        outbox.room.clear()
-        await outbox.room.wait()
+    await outbox.finished.wait()
 
 
 def quiet(task: asyncio.Task[None]) -> None:
