@@ -54,6 +54,7 @@ class Outbox:
         "max_bytes",
         "wake",
         "room",
+        "finished",
         "overflowed",
         "reason",
         "staging",
@@ -82,6 +83,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self.wake = asyncio.Event()  # set when there is something for the sender
         self.room = asyncio.Event()  # set when the sender took messages (or the outbox ended)
+        # Set once the outbox ends: what a connection's watcher waits on (not `room`, which
+        # the sender sets at every take: a task woken per delivery for nothing).
+        self.finished = asyncio.Event()
         self.overflowed = False  # ended as a slow consumer (over a bound, or a send timed out)
         self.reason = ""  # why, when it overflowed
         self.staging: list[Message] | None = None
@@ -193,6 +197,7 @@ class Outbox:
         self.staged_size = 0
         self.wake.set()
         self.room.set()
+        self.finished.set()
 
     def begin_staging(self) -> None:
         if self.staging is None:

@@ -493,3 +493,83 @@ def test_an_event_stream_replaying_to_a_client_that_never_reads_is_closed(
     finally:
         for sock in clients:
             sock.close()
+
+
+# -- bursts: what is queued for a WebSocket goes out in one write -------------------------------
+
+
+def burst_values(count: int) -> list[str]:
+    """Property values whose messages take every WebSocket length form (7-bit, 16-bit and
+    64-bit lengths), in characters of one, two and three bytes (so characters and bytes
+    differ)."""
+    sizes = [0, 1, 50, 100, 110, 120, 130, 200, 1_000, 5_000]
+    values = []
+    for n in range(count):
+        size = {7: 65_000, 77: 70_000, 150: 100_000}.get(n, sizes[n % len(sizes)])
+        values.append("xé€"[n % 3] * size)
+    return values
+
+
+def test_a_burst_reaches_every_websocket_whole_and_in_order(srv: FluxServer) -> None:
+    """One batch of 200 changes of every frame size, to three subscribers: the server writes
+    the messages queued for a connection together (several frames per write, 64 KiB of text at
+    most: flux.api.ws), and each subscriber still receives every change once, in commit order,
+    each an intact message of its own, and nothing after them."""
+    values = burst_values(200)
+    events = [event(f"burst/e{n % 7}", {"v": value}) for n, value in enumerate(values)]
+
+    async def main() -> None:
+        async with (
+            ws_client(srv.url, max_size=None) as a,
+            ws_client(srv.url, max_size=None) as b,
+            ws_client(srv.url, max_size=None) as c,
+            Publisher(srv.url) as pub,
+        ):
+            for ws in (a, b, c):
+                await ws.subscribe(prefix="burst/")
+            seqs = await pub.batch(events)
+
+            async def read(ws: Client) -> list[tuple[str, str, int]]:
+                got = await ws.changes(len(events))
+                await ws.nothing()
+                return [(m["entity_id"], m["value"], m["version"]) for m in got]
+
+            expected = [
+                (e["payload"]["entity_id"], value, seq)
+                for e, value, seq in zip(events, values, seqs, strict=True)
+            ]
+            for got in await asyncio.gather(read(a), read(b), read(c)):
+                assert got == expected
+
+    run(main())
+
+
+def test_a_websocket_that_stops_reading_mid_burst_is_closed_and_a_reader_gets_it_all(
+    srv: FluxServer,
+) -> None:
+    """One batch of about 7.5 MB of changes, more than the loopback socket and the transport
+    buffer hold, then nothing: the sender of a subscriber that never reads is left waiting on
+    the server's flow control in the middle of the burst, so it is closed as a slow consumer
+    after the send timeout (and counted), while a subscriber that reads gets every change in
+    order."""
+    blob = secrets.token_hex(1_500)
+    events = [event(f"midburst/e{n}", {"blob": blob, "n": n}) for n in range(2_500)]
+    closes = slow_closes(srv, "ws")
+    stalled = stalled_websocket(srv.port, subscribe={"type": "subscribe", "prefix": "midburst/"})
+    try:
+
+        async def main() -> None:
+            async with ws_client(srv.url) as reader, Publisher(srv.url) as pub:
+                await reader.subscribe(prefix="midburst/")
+                await asyncio.sleep(0.5)  # the stalled socket's subscribe is in
+                seqs = await pub.batch(events)
+                got = await reader.changes(len(events) * 2)
+                assert [m["version"] for m in got[1::2]] == seqs
+                assert [m["value"] for m in got if m["property"] == "n"] == list(range(2_500))
+
+        run(main())
+        waited = wait_until_released(srv, [stalled], "a WebSocket that stopped reading")
+        assert waited < SEND_TIMEOUT + 10
+        assert slow_closes(srv, "ws") - closes == 1
+    finally:
+        stalled.close()

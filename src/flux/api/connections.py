@@ -29,6 +29,16 @@ so a connection whose client stopped reading would be held until the client read
 ever). `scope["extensions"][ABORT](delay)` aborts the connection after `delay` seconds if the
 transport still holds unsent data then (and the request is still the current one).
 
+The WebSocket protocol also puts a `SEND_TEXTS` hook there, for the live fan-out: ASGI sends
+one message per call, and uvicorn writes each to the socket (a system call per message per
+subscriber: the largest share of the server's time with many subscribers).
+`await scope["extensions"][SEND_TEXTS](texts)` sends several text messages, in order, in one
+`transport.write` (flux.api.frames), after waiting as uvicorn's `send` does while the transport
+has paused writing (its buffer is over the high-water mark), and raises uvicorn's
+`ClientDisconnected` (an OSError) once the connection is closing or gone. It is there only
+when the connection negotiated no extension (compression frames each message itself), so an
+application falls back to the ASGI `send` without it (and under other servers).
+
 `raise_open_file_limit()` lifts the process's soft limit on open files to its hard limit.
 """
 
@@ -37,15 +47,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from flux.api.errors import status_of
+from flux.api.frames import text_frames
 from flux.api.hotpaths import HotPaths, HotPublish, HotRead
 from flux.config import Settings
 from flux.errors import FluxError, RequestTimeout, TooManyConnections
@@ -53,7 +67,8 @@ from flux.errors import FluxError, RequestTimeout, TooManyConnections
 logger = logging.getLogger("flux.api")
 
 LINGER_SECONDS = 0.5  # between an error answer (and half-close) and the close
-ABORT = "flux.abort_if_stalled"  # the scope extension (see the module's doc)
+ABORT = "flux.abort_if_stalled"  # the scope extensions (see the module's doc)
+SEND_TEXTS = "flux.send_texts"
 
 
 class ClientCounts:
@@ -287,7 +302,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
 
 class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, counting its connection out of the per-client count."""
+    """uvicorn's WebSocket protocol, counting its connection out of the per-client count, with
+    the `ABORT` and `SEND_TEXTS` hooks."""
 
     counts: ClientCounts
 
@@ -295,7 +311,18 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None:  # accepted: the application's task has not run yet
-            scope["extensions"][ABORT] = self.abort_if_stalled
+            extensions = scope["extensions"]
+            extensions[ABORT] = self.abort_if_stalled
+            if not self.conn.extensions:
+                extensions[SEND_TEXTS] = self.send_texts
+
+    async def send_texts(self, texts: Sequence[str]) -> None:
+        """Send `texts` as text messages, in order, in one write (see the module's doc).
+        Raises ClientDisconnected when the connection is closing or gone."""
+        await self.writable.wait()  # as uvicorn's `send`: the transport's flow control
+        if self.disconnected or self.close_sent or self.conn.state is not State.OPEN:
+            raise ClientDisconnected()
+        self.transport.write(text_frames(texts))
 
     def abort_if_stalled(self, delay: float) -> None:
         """In `delay` seconds (at once for 0), abort the connection if it still holds unsent
