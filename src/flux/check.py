@@ -45,6 +45,7 @@ class _Log:
     last_seq: int = 0  # highest ever assigned (meta included)
     gaps: dict[int, int] = field(default_factory=dict)
     bits: int = BUCKET_BITS
+    history_upto: int | None = None  # events up to here have history rows (None: all do)
 
 
 def check_data_dir(
@@ -117,6 +118,7 @@ def _structure(conn: sqlite3.Connection, log: _Log, say: Say, tell: Say, problem
             problem(f"integrity_check: and {len(found) - _MAX_LISTED} more")
     marks = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     log.bits = marks.get("history_bucket_bits", BUCKET_BITS)
+    log.history_upto = marks.get("history_upto")
     log.gaps = {
         int(key[4:]): value
         for key, value in marks.items()
@@ -170,17 +172,20 @@ def _sequences(conn: sqlite3.Connection, log: _Log, say: Say, tell: Say, problem
 
 
 def _history(conn: sqlite3.Connection, log: _Log, say: Say, problem: Say) -> None:
-    """`entity_history` holds exactly one row per stored event that names an entity."""
+    """`entity_history` holds exactly one row per stored event that names an entity, up to
+    `meta`'s history_upto (the writer indexes in batches; above the mark there are none)."""
+    upto = log.history_upto if log.history_upto is not None else (1 << 62)
     dangling, first = conn.execute(
         "SELECT COUNT(*), MIN(h.seq) FROM entity_history h LEFT JOIN events e ON e.seq = h.seq "
-        "WHERE e.seq IS NULL OR e.entity_id IS NOT h.entity_id OR h.bucket != h.seq >> ?",
-        (log.bits,),
+        "WHERE e.seq IS NULL OR e.entity_id IS NOT h.entity_id OR h.bucket != h.seq >> ? "
+        "OR h.seq > ?",
+        (log.bits, upto),
     ).fetchone()
     missing, first_missing = conn.execute(
-        "SELECT COUNT(*), MIN(e.seq) FROM events e WHERE e.entity_id IS NOT NULL AND NOT EXISTS "
-        "(SELECT 1 FROM entity_history h WHERE h.bucket = e.seq >> ? "
+        "SELECT COUNT(*), MIN(e.seq) FROM events e WHERE e.seq <= ? AND e.entity_id IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM entity_history h WHERE h.bucket = e.seq >> ? "
         "AND h.entity_id = e.entity_id AND h.seq = e.seq)",
-        (log.bits,),
+        (upto, log.bits),
     ).fetchone()
     if dangling:
         problem(

@@ -35,7 +35,9 @@ class TestSQLiteLogNarrowBuckets(TestSQLiteLog):
 
     @pytest.fixture
     def make_log(self, tmp_path: Path) -> MakeLog:
-        return lambda: SQLiteLog(str(tmp_path / "log" / "events.db"), bucket_bits=1)
+        return lambda: SQLiteLog(
+            str(tmp_path / "log" / "events.db"), bucket_bits=1, history_batch=3
+        )
 
 
 OLD_LAYOUT = """
@@ -95,6 +97,106 @@ async def test_a_log_in_the_old_layout_is_migrated_on_open(
     await reopened.log.start(reopened.on_records)
     assert len(await reopened.history("ns/b")) == 5
     await reopened.log.close()
+
+
+_TRIGGER = (
+    "CREATE TRIGGER events_history AFTER INSERT ON events WHEN NEW.entity_id IS NOT NULL "
+    "BEGIN INSERT INTO entity_history(bucket, entity_id, seq) VALUES (NEW.seq >> 14, "
+    "NEW.entity_id, NEW.seq); END"
+)
+
+
+def _history_rows(path: Path) -> tuple[int, int | None, set[str]]:
+    """(entity_history's row count, meta's history_upto, the names in the schema)."""
+    with sqlite3.connect(path) as conn:
+        count = conn.execute("SELECT COUNT(*) FROM entity_history").fetchone()[0]
+        mark = conn.execute("SELECT value FROM meta WHERE key = 'history_upto'").fetchone()
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    return count, mark[0] if mark else None, names
+
+
+@pytest.mark.anyio
+async def test_history_rows_are_written_in_batches_behind_the_events(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path), history_batch=5))
+    await log.log.start(log.on_records)
+    for i in range(8):  # one commit each: indexed once 5 more are in (after the 6th commit)
+        await log.append(make_event("ns/a", v=i))
+        if i == 5:  # the writer indexes right after it hands the commit over
+            with anyio.fail_after(TIMEOUT):
+                while _history_rows(path)[:2] != (6, 6):
+                    await anyio.sleep(0.01)
+        assert _history_rows(path)[:2] == ((0, 0) if i < 5 else (6, 6))
+        assert len(await log.history("ns/a")) == i + 1  # the tail is read from the events
+    assert [e["payload"]["properties"]["v"] for e in await log.history("ns/a", limit=4)] == [
+        7,
+        6,
+        5,
+        4,
+    ]
+    await log.log.close()
+    count, mark, _ = _history_rows(path)
+    assert (count, mark) == (6, 6)  # closing does not index; opening does
+
+    reopened = Opened(SQLiteLog(str(path)))
+    await reopened.log.start(reopened.on_records)
+    assert _history_rows(path)[:2] == (8, 8)
+    assert len(await reopened.history("ns/a")) == 8
+    await reopened.log.close()
+
+
+@pytest.mark.anyio
+async def test_a_log_indexed_by_the_old_trigger_keeps_its_history(tmp_path: Path) -> None:
+    """A log the previous Flux wrote (history rows by trigger, no mark), also one an older Flux
+    wrote to again after this one (the trigger re-created, rows above the mark indexed)."""
+    path = tmp_path / "events.db"
+    log = Opened(SQLiteLog(str(path), history_batch=1_000))
+    await log.log.start(log.on_records)
+    await log.append(*(make_event("ns/a", v=i) for i in range(3)))
+    await log.log.close()
+    with sqlite3.connect(path) as conn:  # as the older Flux: its trigger indexes what it writes
+        conn.execute("DELETE FROM meta WHERE key = 'history_upto'")
+        conn.execute(
+            "INSERT INTO entity_history(bucket, entity_id, seq) "
+            "SELECT seq >> 14, entity_id, seq FROM events"
+        )
+        conn.execute(_TRIGGER)
+        older = make_event("ns/a", v=3)
+        conn.execute(
+            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (4, ?, ?, 1, ?)",
+            (older["eventId"], "ns/a", orjson.dumps(older)),
+        )
+    conn.close()
+
+    reopened = Opened(SQLiteLog(str(path), history_batch=1_000))
+    await reopened.log.start(reopened.on_records)
+    count, mark, names = _history_rows(path)
+    assert (count, mark) == (4, 4) and "events_history" not in names
+    await reopened.append(make_event("ns/a", v=4))
+    assert [e["payload"]["properties"]["v"] for e in await reopened.history("ns/a")] == [
+        4,
+        3,
+        2,
+        1,
+        0,
+    ]
+    await reopened.log.close()
+
+    with sqlite3.connect(path) as conn:  # an older Flux again, after this one
+        conn.execute(_TRIGGER)
+        again = make_event("ns/a", v=5)
+        conn.execute(
+            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (6, ?, ?, 1, ?)",
+            (again["eventId"], "ns/a", orjson.dumps(again)),
+        )
+    conn.close()
+    last = Opened(SQLiteLog(str(path)))
+    await last.log.start(last.on_records)
+    count, mark, names = _history_rows(path)
+    assert (count, mark) == (6, 6) and "events_history" not in names
+    assert len(await last.history("ns/a")) == 6
+    await last.log.close()
 
 
 def test_open_log_picks_the_backend_by_url(tmp_path: Path) -> None:
@@ -207,7 +309,7 @@ def _delete(path: Path, sql: str, *args: object) -> None:
 @pytest.mark.anyio
 async def test_rows_missing_inside_a_read_raise_log_corrupt(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
-    log = Opened(SQLiteLog(str(path)))
+    log = Opened(SQLiteLog(str(path), history_batch=1))  # history rows right after the commit
     await log.log.start(log.on_records)
     await log.append(*(make_event(f"ns/{i % 3}", v=i) for i in range(20)))
     _delete(path, "DELETE FROM events WHERE seq BETWEEN 8 AND 9")

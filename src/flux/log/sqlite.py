@@ -96,12 +96,27 @@ _INSERT_GROUP = (
     "SELECT ?1 + key, value->>0, value->>1, ?2, CAST(substr(?4, value->>2, value->>3) AS TEXT) "
     "FROM json_each(?3)"
 )
-# A new event's history row is written by a trigger, in the statement that inserts the event.
-_HISTORY_TRIGGER = (
-    "CREATE TRIGGER IF NOT EXISTS events_history AFTER INSERT ON events "
-    "WHEN NEW.entity_id IS NOT NULL BEGIN "
-    "INSERT INTO entity_history(bucket, entity_id, seq) VALUES (NEW.seq >> {bits}, "
-    "NEW.entity_id, NEW.seq); END"
+# History rows are written behind the events, in batches: every event up to `meta`'s
+# `history_upto` that names an entity has its row, none above it has one, and a history query
+# reads the events above the mark directly (a range of the table's own key, at most a batch and
+# a group long). Writing each group's history rows in its own commit (a trigger did, until
+# issue 17) dirtied one page of the newest bucket per event, about 25 of a 28-event group's 30
+# WAL pages; a batch of thousands sorted by (bucket, entity) writes each page once.
+HISTORY_BATCH = 4096
+_OLD_HISTORY_TRIGGER = "events_history"
+_INDEX_HISTORY = (
+    "INSERT OR IGNORE INTO entity_history(bucket, entity_id, seq) "
+    "SELECT seq >> ?3, entity_id, seq FROM events "
+    "WHERE seq > ?1 AND seq <= ?2 AND entity_id IS NOT NULL ORDER BY 1, 2, 3"
+)
+_HISTORY_MARK = (
+    "INSERT INTO meta(key, value) VALUES ('history_upto', ?) "
+    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+# The newest events of one entity that are not in entity_history yet, newest first.
+_HISTORY_TAIL = (
+    "SELECT seq, entity_id, data FROM events WHERE seq >= ? AND entity_id = ? "
+    "ORDER BY seq DESC LIMIT ?"
 )
 # A LEFT JOIN: a history row whose event is not there (a damaged page, a lost row) comes back
 # with NULLs and is refused, instead of being skipped by the join.
@@ -208,14 +223,24 @@ class _Job:
 
 class SQLiteLog:
     def __init__(
-        self, path: str, *, max_page_count: int | None = None, bucket_bits: int = BUCKET_BITS
+        self,
+        path: str,
+        *,
+        max_page_count: int | None = None,
+        bucket_bits: int = BUCKET_BITS,
+        history_batch: int = HISTORY_BATCH,
     ) -> None:
         """`max_page_count` caps the database size in pages (SQLite's pragma); tests use it to
         make the disk look full. `bucket_bits` sets the history bucket width of a new log
-        (2**bits sequences; an existing log keeps its own); tests use narrow ones."""
+        (2**bits sequences; an existing log keeps its own); tests use narrow ones.
+        `history_batch`: how many events the history index may lag behind before the writer
+        indexes them (tests use small batches to cross the mark often)."""
         self.path = path
         self.max_page_count = max_page_count
         self.bucket_bits = bucket_bits
+        self.history_batch = history_batch
+        self._history_upto = 0  # the writer's copy of `meta`'s history_upto
+        self._history_next = 0  # index once the log's last sequence reaches this
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -411,7 +436,7 @@ class SQLiteLog:
             conn.executescript(SCHEMA)
             self.bucket_bits = _bucket_bits(conn, self.bucket_bits)
             _migrate(conn, self.bucket_bits)
-            conn.execute(_HISTORY_TRIGGER.format(bits=int(self.bucket_bits)))
+            self._history_upto = _history_mark(conn)
             row = conn.execute(
                 "SELECT seq, stored_at FROM events ORDER BY seq DESC LIMIT 1"
             ).fetchone()
@@ -443,6 +468,7 @@ class SQLiteLog:
                 self._known_gaps[stored_seq] = after_seq
                 last_seq = after_seq
             self._next_seq = last_seq + 1
+            self._index_history(conn)
         except BaseException:
             _rollback(conn)
             conn.close()
@@ -546,6 +572,8 @@ class SQLiteLog:
                     self._unapplied.append(records)
                     self._forget_applied()
                 loop.call_soon_threadsafe(self._deliver, appends, records)
+                if self._next_seq > self._history_next:
+                    self._index_history(conn)
             for job in jobs:
                 try:
                     result = job.fn(conn)
@@ -634,6 +662,27 @@ class SQLiteLog:
         conn.execute(_INSERT_GROUP, (first, at, rows, blob))
         conn.execute("COMMIT")
         return outcome, len(fresh)
+
+    def _index_history(self, conn: sqlite3.Connection) -> None:
+        """Write the history rows of every event above the mark, and move the mark, in one
+        transaction. A failure (a full disk) leaves the mark where it was: history reads cover
+        the events above it from the events table, and the next try is a batch later."""
+        last = self._next_seq - 1
+        self._history_next = last + self.history_batch + 1
+        if last <= self._history_upto:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_INDEX_HISTORY, (self._history_upto, last, self.bucket_bits))
+            conn.execute(_HISTORY_MARK, (last,))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            logger.warning(
+                "indexing the history of events %d-%d failed: %s", self._history_upto + 1, last, exc
+            )
+            return
+        self._history_upto = last
 
     def _count_for_checkpoint(self, entries: list[Entry]) -> None:
         """Wake the checkpointer once `_CHECKPOINT_BYTES` more have been committed."""
@@ -900,9 +949,12 @@ class SQLiteLog:
             if after_seq >= high:
                 return []
             bound = max(bound, after_seq + 1)
-            found: list[bytes] = []
+            mark = conn.execute("SELECT value FROM meta WHERE key = 'history_upto'").fetchone()
+            upto = int(mark[0]) if mark else high
+            tail = conn.execute(_HISTORY_TAIL, (max(bound, upto + 1), entity_id, limit))
+            found: list[bytes] = _checked_history(entity_id, tail.fetchall())
             bits = self.bucket_bits
-            bucket = high >> bits
+            bucket = min(high, upto) >> bits
             while bucket >= bound >> bits and len(found) < limit:
                 rows = conn.execute(
                     _HISTORY_BUCKET, (bucket, entity_id, bound, limit - len(found))
@@ -1012,6 +1064,21 @@ def _bucket_bits(conn: sqlite3.Connection, wanted: int) -> int:
         return int(row[0])
     conn.execute("INSERT INTO meta(key, value) VALUES ('history_bucket_bits', ?)", (wanted,))
     return wanted
+
+
+def _history_mark(conn: sqlite3.Connection) -> int:
+    """`meta`'s history_upto, set on a log that has none. Flux wrote history rows by trigger
+    before the mark existed, so such a log is indexed up to its newest event; the trigger is
+    dropped (also when an older Flux re-created it: its rows are then ignored when indexed)."""
+    conn.execute("BEGIN IMMEDIATE")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'history_upto'").fetchone()
+    if row is None:
+        high = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
+        row = (int(high or 0),)
+        conn.execute(_HISTORY_MARK, row)
+    conn.execute(f"DROP TRIGGER IF EXISTS {_OLD_HISTORY_TRIGGER}")
+    conn.execute("COMMIT")
+    return int(row[0])
 
 
 def _migrate(conn: sqlite3.Connection, bits: int) -> None:
