@@ -160,9 +160,10 @@ class _WebSocket(asyncio.Protocol):
 
 async def _measure(window: list[int], grace: float) -> tuple[int, int, float]:
     """The subscribers' side of a run, once they are connected: say `READY`, read `T0 T1` from
-    stdin into `window` (the receivers count what arrives inside it), wait until T1 plus
-    `grace` (the last in-window messages being read); returns T0, T1 and the CPU seconds this
-    process used between them."""
+    stdin into `window` (the receivers count the messages published inside it, by the
+    `sent_ns` they carry, so the edges of the window do not depend on the delivery latency),
+    wait until T1 plus `grace` (the last in-window messages being read); returns T0, T1 and the
+    CPU seconds this process used between them."""
     print("READY", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     t0, t1 = (int(x) for x in line.split())
@@ -199,10 +200,9 @@ async def _subscribe(url: str, connections: int, grace: float) -> dict[str, Any]
     loop = asyncio.get_running_loop()
 
     def on_text(data: bytes, now: int) -> None:
-        if window[0] <= now < window[1]:
-            sent = sent_ns_of(data)
-            if sent is not None:
-                latencies.append(now - sent)
+        sent = sent_ns_of(data)
+        if sent is not None and window[0] <= sent < window[1]:
+            latencies.append(now - sent)
 
     async def open_one() -> _WebSocket:
         acked: asyncio.Future[None] = loop.create_future()
@@ -256,9 +256,9 @@ async def _subscribe_redis(url: str, connections: int, grace: float) -> dict[str
                     continue
                 if reply[0] == b"psubscribe" and not self.subscribed.done():
                     self.subscribed.set_result(None)
-                elif reply[0] == b"pmessage" and window[0] <= now < window[1]:
+                elif reply[0] == b"pmessage":
                     sent = sent_ns_of(reply[3])
-                    if sent is not None:
+                    if sent is not None and window[0] <= sent < window[1]:
                         latencies.append(now - sent)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -465,7 +465,7 @@ async def _publish(
 
 @dataclass
 class FanoutResult:
-    delivered: int  # messages received in the window, all subscribers together
+    delivered: int  # messages published in the window and received, all subscribers together
     seconds: float
     expected: int  # events published in the window x subscribers
     p50_ms: float

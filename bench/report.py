@@ -196,7 +196,10 @@ TARGETS = (
     ("read one entity", "GET entity, of the bare ASGI ceiling", "bare ceiling", 0.90),
     ("batch ingest", "batch ingest, events/s", None, 100_000),
     ("batch ingest", "batch ingest, of Redis", "Redis", 1.0),
-    ("fan-out delivered", "fan-out delivered, msgs/s", None, 50_000),
+    # Everything offered (500 events/s x 100): the messages published in the 5 s window, as
+    # counted by their send time; the window's edges can cut one event either way (100
+    # messages, 20 msgs/s), so 0.1% below 50,000 is everything.
+    ("fan-out delivered", "fan-out delivered, msgs/s", None, 49_950),
     ("  delivery p99 latency", "fan-out delivery p99, ms", None, -50),
 )
 
