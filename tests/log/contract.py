@@ -474,6 +474,34 @@ class LogContract:
         assert first.failure is None and again.failure is None
         assert again.duplicate and again.seq == first.seq
 
+    async def test_stored_ids_in_a_checked_group_are_duplicates_whatever_their_conditions(
+        self, opened: Opened
+    ) -> None:
+        """The SQLite log decides a checked group as if none of its ids were stored, and again
+        with them looked up when one is: the answers must be those of deciding with them known,
+        whether the repeat's condition holds now or not, and whether the repeat is checked or
+        plain, in the same group or not."""
+        claim = make_event("ns/r", claim="w1")
+        (stored,) = await opened.append_checked([(claim, Check(expected_version=0))])
+        plain = make_event("ns/p", n=1)
+        (plain_stored,) = await opened.append(plain)
+        checked_group = opened.append_checked(
+            [
+                (claim, Check(expected_properties={"other": None})),  # still holds
+                (claim, Check(expected_version=0)),  # no longer holds
+                (make_event("ns/r", claim="w2"), Check(expected_version=stored.seq)),
+            ]
+        )
+        again, plain_again = await asyncio.gather(checked_group, opened.append(plain))
+        assert [(r.seq, r.duplicate, r.failure) for r in again[:2]] == [
+            (stored.seq, True, None),
+            (stored.seq, True, None),
+        ]
+        assert again[2].failure is None and not again[2].duplicate
+        assert plain_again[0].duplicate and plain_again[0].seq == plain_stored.seq
+        assert [r.seq for r in await opened.all()] == [1, 2, 3]
+        assert opened.engine.entities["ns/r"].properties == {"claim": "w2"}
+
     async def test_conditions_are_decided_at_the_time_the_entries_are_stored_with(
         self, opened: Opened
     ) -> None:

@@ -154,6 +154,11 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
+class _Repeated(Exception):
+    """A checked group decided as if none of its event ids were stored held one that is; its
+    insert was undone whole (see `SQLiteLog._commit_checked`)."""
+
+
 class Damaged(Exception):
     """Raised inside the log's reader and writer threads for damage found by Flux itself (not
     by SQLite); translated into `LogCorrupt` with the log's file name."""
@@ -620,10 +625,16 @@ class SQLiteLog:
         return records
 
     def _insert(
-        self, conn: sqlite3.Connection, entries: list[Entry], first: int, at: int
+        self,
+        conn: sqlite3.Connection,
+        entries: list[Entry],
+        first: int,
+        at: int,
+        fresh_only: bool = False,
     ) -> tuple[list[Appended] | None, int]:
         """Store `entries` from sequence `first` in one transaction; returns (None, count) when
-        every entry was new, else (each entry's result, how many were new)."""
+        every entry was new, else (each entry's result, how many were new). `fresh_only`:
+        raise `_Repeated`, storing nothing, when an id is stored already or repeats."""
         if not entries:
             return None, 0
         rows, blob = _group_params(entries)
@@ -636,6 +647,8 @@ class SQLiteLog:
         except sqlite3.IntegrityError:
             # Some ids are stored already or repeat within the group (the statement was undone
             # whole): redo without them, so the new events keep consecutive sequences.
+            if fresh_only:
+                raise _Repeated from None
             return self._insert_new(conn, entries, first, at)
         return None, len(entries)
 
@@ -704,10 +717,16 @@ class SQLiteLog:
         has not seen yet (`_unapplied`: the checker counts them as applied), then the plain
         appends' entries, all in one transaction. Checked appends were concurrent with the
         plain ones of the group (neither was answered), so storing them first is an order the
-        clients may see. Duplicates of stored events are found first and answered as
-        duplicates, never checked."""
+        clients may see. Duplicates of stored events are answered as duplicates, never
+        checked: the group is first decided as if none of its ids were stored (the common
+        case: most ids are drawn by the server), and when the insert finds one that is, it is
+        undone whole and the group decided again with the stored ones looked up. Looking them
+        up first cost a statement per group, more than the insert itself under load."""
+        try:
+            return self._decide_checked(conn, appends, None)
+        except _Repeated:
+            pass
         checked = [a for a in appends if a.checked]
-        plain = [a for a in appends if not a.checked]
         try:
             known = _lookup(conn, list({e.event_id for a in checked for e in a.entries}))
         except Exception as exc:
@@ -715,6 +734,24 @@ class SQLiteLog:
             for append in appends:
                 append.results = error
             return []
+        return self._decide_checked(conn, appends, known)
+
+    def _decide_checked(
+        self,
+        conn: sqlite3.Connection,
+        appends: list[_Append],
+        known: dict[str, tuple[int, int]] | None,
+    ) -> list[Record]:
+        """`_commit_checked` with the stored events among the checked entries' ids in `known`;
+        None: assume there are none, and raise `_Repeated` (nothing stored) if the insert finds
+        a stored id."""
+        checked = [a for a in appends if a.checked]
+        plain = [a for a in appends if not a.checked]
+        if known is None:
+            known = {}
+            fresh_only = True
+        else:
+            fresh_only = False
         # Per checked append: for each entry, the (seq, at) of the stored event it repeats, or
         # the index of the earlier entry of this group it repeats, or None (to be checked).
         repeats: list[list[tuple[int, int] | int | None]] = []
@@ -749,13 +786,16 @@ class SQLiteLog:
             verdicts = checker(groups, first, unapplied, at // 1000)
         except Exception as exc:
             logger.exception("deciding the conditions of %d appends failed", len(checked))
-            error = LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}")
+            error: LogError = LogUnavailable(
+                f"event log unavailable: conditions not decided: {exc!r}"
+            )
             for append in appends:
                 append.results = error
             return []
         # The entries to store: the checked ones that passed (as the checker rewrote them),
         # in order, then every plain entry.
         stored_entries: list[Entry] = []
+        refused: list[str] = []  # the ids of entries that failed their condition
         for marks, asked_verdicts, append in zip(repeats, verdicts, checked, strict=True):
             it = iter(asked_verdicts)
             for mark, entry in zip(marks, append.entries, strict=True):
@@ -763,16 +803,33 @@ class SQLiteLog:
                     continue
                 verdict = next(it)
                 if isinstance(verdict, Failure):
+                    refused.append(entry.event_id)
                     continue
                 if verdict.event is not None:
                     event = verdict.event
                     entry = Entry(event, entry.event_id, entry.entity_id, orjson.dumps(event))
                 stored_entries.append(entry)
+        if fresh_only and refused:
+            # A refused entry is not inserted, so the insert cannot tell whether it repeats a
+            # stored event (a retried write whose condition no longer holds: a duplicate, not
+            # a conflict). Rare: only when a condition fails.
+            try:
+                if _lookup(conn, refused):
+                    raise _Repeated
+            except _Repeated:
+                raise
+            except Exception as exc:
+                error = self._translate(exc)
+                for append in appends:
+                    append.results = error
+                return []
         n_checked = len(stored_entries)
         for append in plain:
             stored_entries.extend(append.entries)
         try:
-            outcome, count = self._insert(conn, stored_entries, first, at)
+            outcome, count = self._insert(conn, stored_entries, first, at, fresh_only)
+        except _Repeated:
+            raise
         except Exception as exc:
             _rollback(conn)
             error = self._translate(exc)
