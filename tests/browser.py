@@ -74,8 +74,22 @@ class Browser:
             if self.js(f"try {{ return Boolean({condition}); }} catch (e) {{ return false; }}"):
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}; {self._situation()}"
+                )
             time.sleep(0.02)
+
+    def _situation(self) -> str:
+        """What the page showed and logged, for a timeout's message: its last notice (an
+        error it put up) and its console's warnings and errors."""
+        try:
+            shown = self.js(
+                "const n = document.getElementById('notice');"
+                "return n ? `${n.className}: ${n.textContent}` : null;"
+            )
+            return f"the page's notice: {shown!r}; its console: {self.problems()!r}"
+        except Exception as exc:  # the page itself is gone
+            return f"the page did not answer: {exc!r}"
 
     def wait_click(self, css: str, condition: str, what: str, timeout: float = 10.0) -> float:
         """Click `css`, then wait for `condition`; returns the seconds from click to done."""

@@ -282,6 +282,40 @@ def test_a_closed_group_counts_deletions_and_the_page_resumes_after_a_restart(
     again.stop()
 
 
+def test_a_group_closed_while_it_loads_stays_closed_and_the_last_click_wins(
+    server: FluxServer, browser: Browser
+) -> None:
+    publish_batch(server.url, [event(f"slow/item-{n:03d}", n=n) for n in range(450)])
+    browser.open(server.url + "/")
+    toggle = "document.querySelector('li.group[data-prefix=\"slow/\"] > .toggle')"
+    browser.wait(f"{toggle} !== null", "the group slow/")
+    shown = "return document.querySelectorAll('li.entity[data-id^=\"slow/\"]').length"
+    # Opened and closed in one turn: the first page is still on its way when the group closes.
+    browser.js(f"const t = {toggle}; t.click(); t.click();")
+    time.sleep(1.0)
+    assert browser.js(shown) == 0
+    assert browser.js(f"return {toggle}.getAttribute('aria-expanded')") == "false"
+    # "more", then closed and reopened at once: the reopened group shows its first page, not
+    # the two pages "more" asked for before.
+    browser.js(f"{toggle}.click();")
+    browser.wait(row_present("slow/item-199"), "slow/'s first page")
+    browser.js(
+        "document.querySelector('li.group[data-prefix=\"slow/\"] li.more button').click();"
+        f"const t = {toggle}; t.click(); t.click();"
+    )
+    browser.wait(row_present("slow/item-199"), "slow/ reopened")
+    time.sleep(1.0)
+    assert browser.js(shown) == 200
+    # "more" on its own still brings the next page.
+    browser.wait_click(
+        'li.group[data-prefix="slow/"] li.more button',
+        row_present("slow/item-399"),
+        "slow/'s second page",
+    )
+    assert browser.js(shown) == 400
+    assert browser.problems() == []
+
+
 def test_a_connector_token_set_in_the_console_configures_it(
     server_factory: type[FluxServer], tmp_path: Path, browser: Browser
 ) -> None:

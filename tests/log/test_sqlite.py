@@ -312,6 +312,8 @@ async def test_rows_missing_inside_a_read_raise_log_corrupt(tmp_path: Path) -> N
     log = Opened(SQLiteLog(str(path), history_batch=1))  # history rows right after the commit
     await log.log.start(log.on_records)
     await log.append(*(make_event(f"ns/{i % 3}", v=i) for i in range(20)))
+    # The writer indexes history after it has answered the append; sync waits for that.
+    await log.log.sync()
     _delete(path, "DELETE FROM events WHERE seq BETWEEN 8 AND 9")
     assert log.log.damage is None
     for batch_size in (100, 7, 3):  # the hole inside a batch, and between two batches

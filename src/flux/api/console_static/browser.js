@@ -98,15 +98,22 @@ function forget(prefix) {
   }
 }
 
+// The newest render asked of each level's list, and how many items it keeps: a render whose
+// answer arrives after a newer one was asked (a group closed, "more" clicked, a refetch) is
+// dropped, so the last thing asked is what the list shows, not the last answer to arrive.
+const renders = new WeakMap();
+
 async function renderLevel(prefix, list, keep = PAGE) {
+  const ticket = { keep };
+  renders.set(list, ticket);
   let level;
   try {
     level = await loadLevel(prefix, list, keep);
   } catch (error) {
-    notice(error.message);
+    if (renders.get(list) === ticket) notice(error.message);
     return;
   }
-  if (!list.isConnected) return;
+  if (renders.get(list) !== ticket || !list.isConnected) return;
   forget(prefix);
   levels.set(prefix, level);
   const items = [];
@@ -143,6 +150,7 @@ function toggleGroup(key) {
     button.setAttribute("aria-expanded", "false");
     button.textContent = "▸";
     forget(key);
+    renders.delete(child); // a render still on its way is not shown
     child.replaceChildren();
   } else {
     opened.add(key);
@@ -189,7 +197,9 @@ function refetch() {
   dirty = new Set();
   for (const prefix of prefixes) {
     const level = levels.get(prefix);
-    if (level) renderLevel(prefix, level.list, level.groups.size + level.entities.size);
+    if (!level) continue;
+    const asked = renders.get(level.list)?.keep ?? 0; // "more" may be on its way
+    renderLevel(prefix, level.list, Math.max(asked, level.groups.size + level.entities.size));
   }
 }
 
