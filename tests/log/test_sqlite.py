@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import sqlite3
 from pathlib import Path
 
@@ -11,10 +13,10 @@ import pytest
 
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import Event, entity_of
-from flux.log import EventLog, open_log
+from flux.log import Appended, EventLog, open_log
 from flux.log.sqlite import SQLiteLog, translate
 
-from .contract import TIMEOUT, LogContract, MakeLog, Opened, ids, make_event
+from .contract import TIMEOUT, LogContract, MakeLog, Opened, entry, ids, make_event
 
 
 class TestSQLiteLog(LogContract):
@@ -379,4 +381,34 @@ async def test_verify_finds_a_damaged_page(tmp_path: Path) -> None:
     with pytest.raises(LogCorrupt, match="event log is damaged"):
         await log.log.verify()
     assert log.log.damage is not None
+    await log.log.close()
+
+
+@pytest.mark.anyio
+async def test_the_wal_stays_bounded_under_writes_without_a_pause(tmp_path: Path) -> None:
+    """Appends kept in flight, so the writer never waits: a PASSIVE checkpoint then never finds
+    the WAL fully copied with no commit after it, and without a RESTART the WAL grew by every
+    page written (as it did: 977 MB in 40 s of single publishes)."""
+    path = tmp_path / "events.db"
+    wal = Path(str(path) + "-wal")
+    limit = 1 << 20
+    log = Opened(SQLiteLog(str(path), checkpoint_bytes=64 << 10, wal_limit=limit))
+    await log.log.start(log.on_records)
+    padding = "x" * 2000
+    in_flight: collections.deque[asyncio.Future[list[Appended]]] = collections.deque()
+    largest = 0
+    for n in range(2000):  # 2,000 appends of 25 events, 16 in flight: about 100 MB of events
+        in_flight.append(
+            log.log.submit([entry(make_event(f"ns/{i}", pad=padding)) for i in range(25)])
+        )
+        if len(in_flight) == 16:
+            with anyio.fail_after(TIMEOUT):
+                await in_flight.popleft()
+        if n % 10 == 0:
+            largest = max(largest, wal.stat().st_size)
+    while in_flight:
+        with anyio.fail_after(TIMEOUT):
+            await in_flight.popleft()
+    assert largest < 32 * limit, f"the WAL reached {largest} bytes"
+    assert len(await log.all()) == 2000 * 25
     await log.log.close()

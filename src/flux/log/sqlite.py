@@ -142,6 +142,19 @@ _STOP = object()
 # An entry's event id, entity id and encoded event (`flux.log.Entry`'s fields 1, 2 and 3).
 _event_id, _entity_id, _data = itemgetter(1), itemgetter(2), itemgetter(3)
 _CHECKPOINT_BYTES = 4 << 20  # committed event bytes between two checkpoints
+# The WAL is restarted (written again from its start) only once a checkpoint has copied every
+# frame and no commit came after it; under writes without a pause that never happens on its
+# own, and the WAL grew without end (measured: 977 MB after 40 s of single publishes, every
+# page read searching a larger index). When the file passes this size the writer itself runs
+# a RESTART checkpoint between two commits (the checkpointer cannot: waiting for the write
+# lock, it starves behind a writer that takes it every millisecond); the checkpointer's PASSIVE
+# passes have copied most frames by then, so the pause is about one fsync of the database
+# file. The next commit writes the WAL from its start and cuts the file back to this size
+# (`journal_size_limit`). While the checkpointer is in a pass, the writer tries again after its
+# next commit; readers still on old frames make a restart wait at most _RESTART_WAIT_MS, and if
+# they are not done, the writer tries again a quarter of the size later.
+WAL_LIMIT = 64 << 20
+_RESTART_WAIT_MS = 50  # how long a restart waits for readers still on old frames
 _MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
 _PRUNE_CHUNK = 20_000
 _LOOKUP_CHUNK = 500
@@ -234,16 +247,24 @@ class SQLiteLog:
         max_page_count: int | None = None,
         bucket_bits: int = BUCKET_BITS,
         history_batch: int = HISTORY_BATCH,
+        checkpoint_bytes: int = _CHECKPOINT_BYTES,
+        wal_limit: int = WAL_LIMIT,
     ) -> None:
         """`max_page_count` caps the database size in pages (SQLite's pragma); tests use it to
         make the disk look full. `bucket_bits` sets the history bucket width of a new log
         (2**bits sequences; an existing log keeps its own); tests use narrow ones.
         `history_batch`: how many events the history index may lag behind before the writer
-        indexes them (tests use small batches to cross the mark often)."""
+        indexes them (tests use small batches to cross the mark often). `checkpoint_bytes`:
+        committed event bytes between two checkpoints; `wal_limit`: the WAL size past which
+        the writer restarts it (tests use small ones)."""
         self.path = path
         self.max_page_count = max_page_count
         self.bucket_bits = bucket_bits
         self.history_batch = history_batch
+        self.checkpoint_bytes = checkpoint_bytes
+        self.wal_limit = wal_limit
+        self._restart_above = wal_limit  # the WAL size at which the writer restarts it
+        self._checkpointing = threading.Lock()  # held by the checkpointer during a pass
         self._history_upto = 0  # the writer's copy of `meta`'s history_upto
         self._history_next = 0  # index once the log's last sequence reaches this
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -428,6 +449,7 @@ class SQLiteLog:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit)}")
             if self.max_page_count is not None:
                 conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
         except BaseException:
@@ -579,6 +601,13 @@ class SQLiteLog:
                 loop.call_soon_threadsafe(self._deliver, appends, records)
                 if self._next_seq > self._history_next:
                     self._index_history(conn)
+                if self._wal_size() > self._restart_above and self._checkpointing.acquire(
+                    blocking=False
+                ):
+                    try:
+                        self._restart_wal(conn)
+                    finally:
+                        self._checkpointing.release()
             for job in jobs:
                 try:
                     result = job.fn(conn)
@@ -697,10 +726,33 @@ class SQLiteLog:
             return
         self._history_upto = last
 
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
+
+    def _restart_wal(self, conn: sqlite3.Connection) -> None:
+        """On the writer, between commits: copy the rest of the WAL into the database and
+        restart it (see WAL_LIMIT)."""
+        busy = 1
+        try:
+            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+            finally:
+                conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as exc:
+            logger.warning("restarting the event log's WAL failed: %s", exc)
+        if busy:  # readers on old frames: later
+            self._restart_above = self._wal_size() + self.wal_limit // 4
+        else:
+            self._restart_above = self.wal_limit
+
     def _count_for_checkpoint(self, entries: list[Entry]) -> None:
-        """Wake the checkpointer once `_CHECKPOINT_BYTES` more have been committed."""
+        """Wake the checkpointer once `checkpoint_bytes` more have been committed."""
         self._unchecked_bytes += sum(len(entry.data) for entry in entries)
-        if self._unchecked_bytes >= _CHECKPOINT_BYTES:
+        if self._unchecked_bytes >= self.checkpoint_bytes:
             self._unchecked_bytes = 0
             self._checkpoint_wake.set()
 
@@ -894,9 +946,10 @@ class SQLiteLog:
 
     def _checkpoints(self) -> None:
         """The checkpointer thread: copy the WAL into the database (PASSIVE: it never blocks
-        the writer or readers) each time the writer has committed `_CHECKPOINT_BYTES` more,
-        and once more at close. A failed checkpoint is logged and retried on the next wake;
-        commits stay durable in the WAL meanwhile."""
+        the writer or readers) each time the writer has committed `checkpoint_bytes` more,
+        and once more at close (the writer restarts the WAL: see WAL_LIMIT). A failed
+        checkpoint is logged and retried on the next wake; commits stay durable in the WAL
+        meanwhile."""
         conn: sqlite3.Connection | None = None
         while True:
             self._checkpoint_wake.wait()
@@ -908,7 +961,8 @@ class SQLiteLog:
                     conn = sqlite3.connect(self.path, isolation_level=None)
                     conn.execute("PRAGMA synchronous=FULL")
                     conn.execute("PRAGMA busy_timeout=10000")
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                with self._checkpointing:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error as exc:
                 logger.warning("checkpoint of the event log failed: %s", exc)
             if self._closed:
