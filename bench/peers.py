@@ -514,6 +514,25 @@ class FluxJetStreamPeer(Peer):
         return Cluster(self.name, nats, nodes)
 
 
+class FluxStorageBoundPeer(FluxPeer):
+    """Flux with its log's storage statement replaced (bench/storage_bound.py): `none` stores
+    nothing, `file` writes each group to a flat file with one fdatasync. Bounds what another
+    storage engine could give single publish; its events are not kept."""
+
+    scenarios = frozenset({"single"})
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        self.name = {"none": "Flux storing nothing", "file": "Flux on a flat file"}[storage]
+
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        flux = super().argv(port, data_dir)
+        return [sys.executable, str(ROOT / "bench" / "storage_bound.py"), *flux[3:]]
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "BENCH_STORAGE": self.storage}
+
+
 SUBJECT = FluxPeer()
 PEERS: list[Peer] = [
     BareCeilingPeer(),
@@ -523,8 +542,10 @@ PEERS: list[Peer] = [
     FluxJetStreamPeer(nodes=1),
     FluxJetStreamPeer(nodes=2),
     NatsSyncPeer(),
+    FluxStorageBoundPeer("none"),
+    FluxStorageBoundPeer("file"),
 ]
 # The peers that are Flux itself in another mode: their ratio is peer / Flux (SQLite), the
 # other way round from the others (report.table).
-MODES: list[Peer] = [p for p in PEERS if isinstance(p, FluxJetStreamPeer)]
+MODES: list[Peer] = [p for p in PEERS if isinstance(p, FluxJetStreamPeer | FluxStorageBoundPeer)]
 STACKS: list[Peer] = [FluxGranianPeer(), CeilingGranianPeer()]

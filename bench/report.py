@@ -100,7 +100,15 @@ def durability_fact(ctx: Context) -> str:
                 "`sync_interval: always` (every acknowledged event fsynced by JetStream before "
                 "its 200, as with SQLite), one stream, replicas 1, a fresh store per run; "
                 "NATS KV sync: NATS KV on a nats-server with that configuration."
-                if any(p in peers.MODES for p in ctx.peers)
+                if any(isinstance(p, peers.FluxJetStreamPeer) for p in ctx.peers)
+                else ""
+            )
+            + (
+                " Flux storing nothing / on a flat file (bench/storage_bound.py): Flux with "
+                "its log's SQLite statement replaced by nothing, or by one write and one "
+                "fdatasync of the group to a flat file; their events are not kept (bounds, "
+                "not a storage engine)."
+                if any(isinstance(p, peers.FluxStorageBoundPeer) for p in ctx.peers)
                 else ""
             )
         )

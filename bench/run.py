@@ -50,7 +50,12 @@ PEER_KEYS: dict[str, list[Peer]] = {
     "granian": list(peers.STACKS),
     # Flux itself on NATS JetStream, one node and two nodes on one stream, and NATS KV on the
     # same nats-server configuration (not in the default run: each is a nats-server of its own).
-    "jetstream": [*peers.MODES, *[p for p in peers.PEERS if p.name == "NATS KV sync"]],
+    "jetstream": [
+        *[p for p in peers.MODES if isinstance(p, peers.FluxJetStreamPeer)],
+        *[p for p in peers.PEERS if p.name == "NATS KV sync"],
+    ],
+    # Flux with its storage statement replaced (bench/storage_bound.py): single publish only.
+    "bound": [p for p in peers.PEERS if isinstance(p, peers.FluxStorageBoundPeer)],
 }
 DEFAULT_PEERS = ("ceiling", "redis", "nats", "granian")
 
