@@ -161,7 +161,14 @@ def conversation(tokens: dict[str, str]) -> list[bytes]:
             PUBLISH,
             event("pub/d", 12),
             {**pub, "content-type": "application/json; charset=utf-8"},
-        ),
+        ),  # hot: any JSON type
+        request(
+            "POST",
+            PUBLISH,
+            event("pub/d", 21),
+            {**pub, "content-type": "Application/Vnd.Flux+JSON"},
+        ),  # hot
+        request("POST", PUBLISH, event("pub/d", 22), {**pub, "content-type": "application/jsonx"}),
         request("POST", PUBLISH, event("pub/d", 13), {**pub, "if-none-match": "*"}),
         request("POST", PUBLISH, event("pub/d", 14, expected_version=1), pub),  # fails: 409
         request("POST", PUBLISH, event("pub/e", 15, expected_version=0), pub),  # holds
@@ -207,7 +214,7 @@ def test_same_answers_with_and_without_the_hot_paths(hot: FluxServer, cold: Flux
     statuses = [a.split(b" ", 2)[1] for a in answers[hot.port]]
     assert statuses.count(b"200") >= 12 and b"409" in statuses and b"413" in statuses
     # The hot server answered the plain cases itself, the cold one none.
-    assert hot_counts(hot) == {READ: 3, PUBLISH: 7}
+    assert hot_counts(hot) == {READ: 3, PUBLISH: 9}
     assert hot_counts(cold) == {}
 
 

@@ -41,6 +41,7 @@ from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
 from uvicorn.server import ServerState
 
+from flux.api.body import is_json_type
 from flux.api.edge import histogram_of
 from flux.api.errors import error_response, response_for, status_of
 from flux.api.hosts import HostCheck
@@ -168,8 +169,8 @@ class HotPaths:
                     return None
             elif name == AUTHORIZATION:
                 token = value
-            elif name == b"content-type":
-                json = value == b"application/json"
+            elif name == b"content-type":  # any JSON type, as the app takes (flux.api.body)
+                json = value == b"application/json" or is_json_type(value.decode("latin-1"))
             elif name == b"host":
                 host = value
             elif name == b"connection" and value.lower() != b"keep-alive":
