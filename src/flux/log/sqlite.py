@@ -145,14 +145,15 @@ _CHECKPOINT_BYTES = 4 << 20  # committed event bytes between two checkpoints
 # The WAL is restarted (written again from its start) only once a checkpoint has copied every
 # frame and no commit came after it; under writes without a pause that never happens on its
 # own, and the WAL grew without end (measured: 977 MB after 40 s of single publishes, every
-# page read searching a larger index). When the file passes this size the writer itself runs
-# a RESTART checkpoint between two commits (the checkpointer cannot: waiting for the write
-# lock, it starves behind a writer that takes it every millisecond); the checkpointer's PASSIVE
-# passes have copied most frames by then, so the pause is about one fsync of the database
-# file. The next commit writes the WAL from its start and cuts the file back to this size
-# (`journal_size_limit`). While the checkpointer is in a pass, the writer tries again after its
-# next commit; readers still on old frames make a restart wait at most _RESTART_WAIT_MS, and if
-# they are not done, the writer tries again a quarter of the size later.
+# page read searching a larger index). When a PASSIVE pass of the checkpointer finds the WAL
+# past this size, it asks the writer (`_wal_full`), which runs a RESTART checkpoint itself
+# after its next commit (the checkpointer cannot: waiting for the write lock, it starves behind
+# a writer that takes it every millisecond). The pass has just copied most frames, so the
+# pause is about one fsync of the database file. The next commit writes the WAL from its start
+# and cuts the file back to this size (`journal_size_limit`). Readers still on old frames make
+# a restart wait at most _RESTART_WAIT_MS; if they are not done, the next pass asks again. (The
+# writer does not look at the file itself: a stat releases the GIL, and taking it back from a
+# busy event loop can cost a commit up to a switch interval.)
 WAL_LIMIT = 64 << 20
 _RESTART_WAIT_MS = 50  # how long a restart waits for readers still on old frames
 _MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
@@ -263,7 +264,7 @@ class SQLiteLog:
         self.history_batch = history_batch
         self.checkpoint_bytes = checkpoint_bytes
         self.wal_limit = wal_limit
-        self._restart_above = wal_limit  # the WAL size at which the writer restarts it
+        self._wal_full = False  # set by the checkpointer: the writer restarts the WAL
         self._checkpointing = threading.Lock()  # held by the checkpointer during a pass
         self._history_upto = 0  # the writer's copy of `meta`'s history_upto
         self._history_next = 0  # index once the log's last sequence reaches this
@@ -601,9 +602,7 @@ class SQLiteLog:
                 loop.call_soon_threadsafe(self._deliver, appends, records)
                 if self._next_seq > self._history_next:
                     self._index_history(conn)
-                if self._wal_size() > self._restart_above and self._checkpointing.acquire(
-                    blocking=False
-                ):
+                if self._wal_full and self._checkpointing.acquire(blocking=False):
                     try:
                         self._restart_wal(conn)
                     finally:
@@ -726,32 +725,22 @@ class SQLiteLog:
             return
         self._history_upto = last
 
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self.path + "-wal").st_size
-        except OSError:
-            return 0
-
     def _restart_wal(self, conn: sqlite3.Connection) -> None:
         """On the writer, between commits: copy the rest of the WAL into the database and
         restart it (see WAL_LIMIT)."""
-        busy = 1
+        self._wal_full = False
         try:
             conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
             try:
-                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             finally:
                 conn.execute("PRAGMA busy_timeout=10000")
         except sqlite3.Error as exc:
             logger.warning("restarting the event log's WAL failed: %s", exc)
-        if busy:  # readers on old frames: later
-            self._restart_above = self._wal_size() + self.wal_limit // 4
-        else:
-            self._restart_above = self.wal_limit
 
     def _count_for_checkpoint(self, entries: list[Entry]) -> None:
         """Wake the checkpointer once `checkpoint_bytes` more have been committed."""
-        self._unchecked_bytes += sum(len(entry.data) for entry in entries)
+        self._unchecked_bytes += sum(map(len, map(_data, entries)))
         if self._unchecked_bytes >= self.checkpoint_bytes:
             self._unchecked_bytes = 0
             self._checkpoint_wake.set()
@@ -947,7 +936,8 @@ class SQLiteLog:
     def _checkpoints(self) -> None:
         """The checkpointer thread: copy the WAL into the database (PASSIVE: it never blocks
         the writer or readers) each time the writer has committed `checkpoint_bytes` more,
-        and once more at close (the writer restarts the WAL: see WAL_LIMIT). A failed
+        and once more at close; past `wal_limit`, it asks the writer to restart the WAL (see
+        WAL_LIMIT). A failed
         checkpoint is logged and retried on the next wake; commits stay durable in the WAL
         meanwhile."""
         conn: sqlite3.Connection | None = None
@@ -961,8 +951,11 @@ class SQLiteLog:
                     conn = sqlite3.connect(self.path, isolation_level=None)
                     conn.execute("PRAGMA synchronous=FULL")
                     conn.execute("PRAGMA busy_timeout=10000")
+                    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
                 with self._checkpointing:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+                if frames * page_size > self.wal_limit:
+                    self._wal_full = True
             except sqlite3.Error as exc:
                 logger.warning("checkpoint of the event log failed: %s", exc)
             if self._closed:
