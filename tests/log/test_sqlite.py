@@ -108,6 +108,18 @@ _TRIGGER = (
 )
 
 
+def _write_as_older_flux(path: Path, seq: int, event: Event) -> None:
+    """Store `event` at `seq` as a Flux before history batches did: its trigger writes the
+    history row in the same statement."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(_TRIGGER)
+        conn.execute(
+            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (?, ?, ?, 1, ?)",
+            (seq, event["eventId"], entity_of(event), orjson.dumps(event)),
+        )
+    conn.close()
+
+
 def _history_rows(path: Path) -> tuple[int, int | None, set[str]]:
     """(entity_history's row count, meta's history_upto, the names in the schema)."""
     with sqlite3.connect(path) as conn:
@@ -157,19 +169,14 @@ async def test_a_log_indexed_by_the_old_trigger_keeps_its_history(tmp_path: Path
     await log.log.start(log.on_records)
     await log.append(*(make_event("ns/a", v=i) for i in range(3)))
     await log.log.close()
-    with sqlite3.connect(path) as conn:  # as the older Flux: its trigger indexes what it writes
+    with sqlite3.connect(path) as conn:  # as the older Flux: every row indexed, no mark
         conn.execute("DELETE FROM meta WHERE key = 'history_upto'")
         conn.execute(
             "INSERT INTO entity_history(bucket, entity_id, seq) "
             "SELECT seq >> 14, entity_id, seq FROM events"
         )
-        conn.execute(_TRIGGER)
-        older = make_event("ns/a", v=3)
-        conn.execute(
-            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (4, ?, ?, 1, ?)",
-            (older["eventId"], "ns/a", orjson.dumps(older)),
-        )
     conn.close()
+    _write_as_older_flux(path, 4, make_event("ns/a", v=3))
 
     reopened = Opened(SQLiteLog(str(path), history_batch=1_000))
     await reopened.log.start(reopened.on_records)
@@ -185,14 +192,7 @@ async def test_a_log_indexed_by_the_old_trigger_keeps_its_history(tmp_path: Path
     ]
     await reopened.log.close()
 
-    with sqlite3.connect(path) as conn:  # an older Flux again, after this one
-        conn.execute(_TRIGGER)
-        again = make_event("ns/a", v=5)
-        conn.execute(
-            "INSERT INTO events(seq, event_id, entity_id, stored_at, data) VALUES (6, ?, ?, 1, ?)",
-            (again["eventId"], "ns/a", orjson.dumps(again)),
-        )
-    conn.close()
+    _write_as_older_flux(path, 6, make_event("ns/a", v=5))  # an older Flux again, after this one
     last = Opened(SQLiteLog(str(path)))
     await last.log.start(last.on_records)
     count, mark, names = _history_rows(path)

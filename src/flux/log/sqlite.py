@@ -855,15 +855,14 @@ class SQLiteLog:
             # stored event (a retried write whose condition no longer holds: a duplicate, not
             # a conflict). Rare: only when a condition fails.
             try:
-                if _lookup(conn, refused):
-                    raise _Repeated
-            except _Repeated:
-                raise
+                repeated = bool(_lookup(conn, refused))
             except Exception as exc:
                 error = self._translate(exc)
                 for append in appends:
                     append.results = error
                 return []
+            if repeated:
+                raise _Repeated
         n_checked = len(stored_entries)
         for append in plain:
             stored_entries.extend(append.entries)
@@ -937,9 +936,8 @@ class SQLiteLog:
         """The checkpointer thread: copy the WAL into the database (PASSIVE: it never blocks
         the writer or readers) each time the writer has committed `checkpoint_bytes` more,
         and once more at close; past `wal_limit`, it asks the writer to restart the WAL (see
-        WAL_LIMIT). A failed
-        checkpoint is logged and retried on the next wake; commits stay durable in the WAL
-        meanwhile."""
+        WAL_LIMIT). A failed checkpoint is logged and retried on the next wake; commits stay
+        durable in the WAL meanwhile."""
         conn: sqlite3.Connection | None = None
         while True:
             self._checkpoint_wake.wait()
