@@ -14,7 +14,9 @@ namespace's rate limit; a read of a private namespace needs its token or the adm
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from itertools import repeat
+from operator import itemgetter
+from typing import Any, NamedTuple, cast
 
 from flux.auth import (
     RESERVED_NAMESPACE,
@@ -26,9 +28,12 @@ from flux.auth import (
 )
 from flux.config import RuntimeConfig, Settings
 from flux.engine import Entity, StateEngine
-from flux.errors import AuthError, Forbidden, NamespaceNotFound, RateLimited
+from flux.errors import AuthError, Forbidden, NamespaceNotFound, RateLimited, ValidationError
 from flux.events import Event, entity_of, namespace_of, validate_event
 from flux.ratelimit import RateLimiter, retry_after
+
+_PAYLOAD = itemgetter("payload")
+_RESERVED_AFTER_NUL = "\x00" + RESERVED_NAMESPACE + "/"
 
 
 class AdmittedDeletes(NamedTuple):
@@ -80,6 +85,22 @@ class Permissions:
         namespace = self.authorize_write(credential, entity_of(event))
         if namespace is not None:
             self.rate_limit(namespace)
+
+    def admits_all(self, events: Sequence[Event | ValidationError]) -> bool:
+        """True when `admit` would let every item through without a step of its own: each is
+        an event, auth is off (so no rate limit applies) and none is in Flux's reserved
+        namespace. Decided with C calls over the whole batch (calling `admit` per event was a
+        tenth of the event loop's instructions in batch ingest). False: ask `admit` event by
+        event, which says which ones it refuses and why."""
+        if self.auth_enabled or set(map(type, events)) != {dict}:
+            return False
+        payloads = map(_PAYLOAD, cast(Sequence[Event], events))
+        ids: list[Any] = list(map(dict.get, payloads, repeat("entity_id")))
+        if set(map(type, ids)) != {str}:
+            return False
+        # Each id follows a NUL in the text, so an id that starts in the reserved namespace
+        # is found (and one with a NUL of its own can only make this say False).
+        return _RESERVED_AFTER_NUL not in "\x00" + "\x00".join(ids)
 
     def admit_as(self, namespace: str | None, items: Sequence[object]) -> list[Event]:
         """Validate event objects published on behalf of a namespace (None: auth off), as

@@ -209,3 +209,19 @@ def test_large_batch(client: TestClient) -> None:
     assert response.status_code == 200
     assert response.json()["successful"] == 5000
     assert len(client.get("/api/state/entities", params={"namespace": "big"}).json()) == 5000
+
+
+def test_a_reserved_id_is_refused_alone_with_auth_off(client: TestClient) -> None:
+    """Auth off, a batch of valid events is admitted at once (`Permissions.admits_all`); one in
+    Flux's reserved namespace sends the whole batch through `admit` one by one, which refuses
+    it alone."""
+    events = [new_event("ns/r1"), new_event("flux-core/directory"), new_event("ns/r2")]
+    body = post_batch(client, {"events": events}).json()
+    assert body["successful"] == 2 and body["failed"] == 1
+    refused = body["results"][1]
+    assert "sequence" not in refused
+    assert refused["error"] == (
+        "authorization failed: Forbidden: Namespace 'flux-core' is reserved for Flux"
+    )
+    assert [r["error"] for r in body["results"][::2]] == [None, None]
+    assert entity(client, "ns/r2").status_code == 200
