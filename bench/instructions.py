@@ -19,9 +19,9 @@ groups differs from a native run: the writer's figure per single publish (a grou
 shared by fewer or more events) is less exact than the loop's; a batch is one group either way.
 
 Not in the default run (`bench/run --scenarios instructions`): under callgrind each server runs
-50-100x slower, so it takes about 6 minutes (3.5 with --quick); a server's figure is its instructions, not its
-speed (a peer's instructions may be cheaper or dearer ones, but on one core at one clock rate
-the count is what time follows).
+50-100x slower, so it takes about 6 minutes (3.5 with --quick). A server's figure is its
+instructions, not its speed: a peer's instructions may be cheaper or dearer ones (C runs more of
+them per cycle than the interpreter), which bench/RESULTS.md takes into account.
 """
 
 from __future__ import annotations
