@@ -225,3 +225,17 @@ def test_a_reserved_id_is_refused_alone_with_auth_off(client: TestClient) -> Non
     )
     assert [r["error"] for r in body["results"][::2]] == [None, None]
     assert entity(client, "ns/r2").status_code == 200
+
+
+def test_an_atomic_batch_with_a_reserved_id_stores_nothing(client: TestClient) -> None:
+    """The atomic form asks `admits_all` too; a reserved id fails the whole batch, by index."""
+    events = [new_event("ns/a1"), new_event("flux-core/directory")]
+    response = post_batch(client, {"events": events, "atomic": True})
+    assert_error(
+        response,
+        403,
+        "event 1: Namespace 'flux-core' is reserved for Flux; nothing was stored (atomic batch)",
+    )
+    assert entity(client, "ns/a1").status_code == 404
+    stored = post_batch(client, {"events": events[:1], "atomic": True}).json()
+    assert stored["successful"] == 1 and stored["results"][0]["sequence"] == 1
