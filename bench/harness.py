@@ -226,6 +226,7 @@ class Load:
     server_cpu: float  # cores
     client_cpu: float  # cores
     requests: int = 0  # requests (operations) answered with success
+    server_system: float | None = None  # cores the kernel spent for the server (of server_cpu)
 
 
 def wrk_load(
@@ -241,7 +242,7 @@ def wrk_load(
     connections: int,
     seconds: float,
 ) -> Load:
-    cpu0 = server.cpu_seconds()
+    cpu0 = server.cpu_split()
     urls = getattr(server, "urls", [server.url])
     if len(urls) == 1:
         result = wrk.run(
@@ -272,7 +273,8 @@ def wrk_load(
                 )
             )
         result = wrk.merge(parts)
-    server_cpu = (server.cpu_seconds() - cpu0) / result.seconds
+    cpu1 = server.cpu_split()
+    server_cpu = (sum(cpu1) - sum(cpu0)) / result.seconds
     log_path = ctx.work / "wrk" / f"{label}.txt"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as f:
@@ -287,16 +289,18 @@ def wrk_load(
         p99_ms=result.p99_ms,
         server_cpu=server_cpu,
         client_cpu=result.cpu_seconds / result.seconds,
+        server_system=(cpu1[1] - cpu0[1]) / result.seconds,
     )
 
 
 def client_load(server: Server, run: Callable[[], ClientResult]) -> Load:
     """Run a Python load generator (`run`) against `server`; its figures as a Load."""
-    cpu0 = server.cpu_seconds()
+    cpu0 = server.cpu_split()
     result = run()
     if not result.requests:
         raise RuntimeError(f"{server.name}: the load generator completed no request")
-    server_cpu = (server.cpu_seconds() - cpu0) / result.seconds
+    cpu1 = server.cpu_split()
+    server_cpu = (sum(cpu1) - sum(cpu0)) / result.seconds
     lat = sorted(result.latencies_ms)
     return Load(
         requests=result.requests,
@@ -305,6 +309,7 @@ def client_load(server: Server, run: Callable[[], ClientResult]) -> Load:
         p99_ms=lat[min(len(lat) - 1, int(len(lat) * 0.99))],
         server_cpu=server_cpu,
         client_cpu=result.cpu_seconds / result.seconds,
+        server_system=(cpu1[1] - cpu0[1]) / result.seconds,
     )
 
 
@@ -394,11 +399,29 @@ def interleaved(
     for name in failed:
         loads.pop(name, None)
     for name, runs in loads.items():
-        ctx.cpu.append(
-            f"{scenario}, {name}: server {median([x.server_cpu for x in runs]):.0%} of a core, "
-            f"load generator {median([x.client_cpu for x in runs]):.0%}"
-        )
+        ctx.cpu.append(f"{scenario}, {name}: {cpu_line(runs, unit)}")
     return loads
+
+
+def cpu_line(runs: list[Load], unit: str) -> str:
+    """The server's and the load generator's CPU over `runs` (medians), and the server's CPU
+    time per operation split into user and system (kernel) time where it was measured: the
+    throughput of a server that uses one core is one second over its CPU time per operation,
+    so the split says where a difference between two servers lies."""
+    line = (
+        f"server {median([x.server_cpu for x in runs]):.0%} of a core, "
+        f"load generator {median([x.client_cpu for x in runs]):.0%}"
+    )
+    split = [x for x in runs if x.server_system is not None and x.rps > 0]
+    if split:
+        per = unit.rsplit("/", 1)[0].removesuffix("s")  # "events/s" -> "event"
+        total = median([x.server_cpu / x.rps * 1e6 for x in split])
+        system = median([(x.server_system or 0.0) / x.rps * 1e6 for x in split])
+        line += (
+            f"; server CPU per {per}: {total:.1f} µs "
+            f"(user {total - system:.1f}, system {system:.1f})"
+        )
+    return line
 
 
 def figures(

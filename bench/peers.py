@@ -129,8 +129,16 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the server (all its processes and threads) so far."""
-        ticks = sum(int(f[11]) + int(f[12]) for f in self._group())  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server (all its processes and threads) so far:
+        system is the kernel's work for it (sockets, epoll, futexes, fsync)."""
+        group = self._group()
+        tick = os.sysconf("SC_CLK_TCK")
+        user = sum(int(f[11]) for f in group)  # utime
+        system = sum(int(f[12]) for f in group)  # stime
+        return user / tick, system / tick
 
     def rss_bytes(self) -> int:
         """Resident memory of the server (all its processes)."""
@@ -461,7 +469,11 @@ class Cluster:
         return [n.port for n in self.nodes]
 
     def cpu_seconds(self) -> float:
-        return sum(s.cpu_seconds() for s in [self.nats, *self.nodes])
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        splits = [s.cpu_split() for s in [self.nats, *self.nodes]]
+        return sum(u for u, _ in splits), sum(k for _, k in splits)
 
     def rss_bytes(self) -> int:
         return sum(s.rss_bytes() for s in [self.nats, *self.nodes])

@@ -272,6 +272,73 @@ def test_pipelined_requests_answered_in_order(hot: FluxServer) -> None:
         connection.close()
 
 
+def test_pipelined_reads_answered_in_order(hot: FluxServer) -> None:
+    """Reads of several entities in one write, with a health check and a miss between them: a
+    hot GET's answer is written after the event loop's pass, and the reads behind it wait for
+    it, so every answer comes back in order and about its own entity."""
+    token = setup_once(hot)
+    pub = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    for n in range(300, 310):
+        answer = httpx.post(f"{hot.url}{PUBLISH}", content=event(f"pub/r{n}", n), headers=pub)
+        assert answer.status_code == 200, answer.text
+    order = [300, 301, 301, "health", 302, "missing", *range(303, 310), 300]
+    burst = b"".join(
+        request("GET", "/api/health")
+        if n == "health"
+        else request("GET", f"/api/state/entities/pub/r{n}")
+        for n in order
+    )
+    before = hot_counts(hot)[READ]
+    connection = Connection(hot.port)
+    try:
+        connection.send(burst)
+        for n in order:
+            answer = connection.answer()
+            doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+            if n == "health":
+                assert doc["status"] == "ok"
+            elif n == "missing":
+                assert answer.startswith(b"HTTP/1.1 404 "), answer
+            else:
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                assert doc["id"] == f"pub/r{n}" and doc["properties"] == {"n": n}
+    finally:
+        connection.close()
+    assert hot_counts(hot)[READ] > before  # the first read at least took the hot path
+
+
+def test_reads_on_many_connections_each_get_their_own(hot: FluxServer) -> None:
+    """Many connections send their reads at once, so one pass of the event loop reads several
+    and writes their answers together: each connection gets the answer to its own request, and
+    a client gone before its answer is written leaves the others answered."""
+    token = setup_once(hot)
+    pub = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    ns = range(400, 440)
+    for n in ns:
+        answer = httpx.post(f"{hot.url}{PUBLISH}", content=event(f"pub/m{n}", n), headers=pub)
+        assert answer.status_code == 200, answer.text
+    before = hot_counts(hot)[READ]
+    for _ in range(5):
+        connections = {n: Connection(hot.port) for n in ns}
+        try:
+            for n, connection in connections.items():
+                connection.send(request("GET", f"/api/state/entities/pub/m{n}"))
+                if n % 4 == 0:  # gone before its answer
+                    connection.close()
+            for n, connection in connections.items():
+                if n % 4 == 0:
+                    continue
+                answer = connection.answer()
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+                doc = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+                assert doc["id"] == f"pub/m{n}" and doc["properties"] == {"n": n}
+        finally:
+            for connection in connections.values():
+                connection.close()
+    assert hot_counts(hot)[READ] - before >= 5 * 30  # answered by the hot path
+    assert httpx.get(f"{hot.url}/api/state/entities/pub/m400").json()["properties"] == {"n": 400}
+
+
 def test_client_gone_before_the_commit_answers(hot: FluxServer) -> None:
     """A client that sends a hot publish and closes at once: the event is stored, and the
     server goes on serving."""
