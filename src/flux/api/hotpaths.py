@@ -41,7 +41,7 @@ import functools
 import logging
 import time
 import urllib.parse
-from typing import Protocol, cast
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 import orjson
@@ -124,6 +124,18 @@ class _Pending:
             pass
 
 
+class _Out(NamedTuple):
+    """An answer made, to be written after the event loop's pass (`HotPaths._flush`)."""
+
+    protocol: Connection
+    pending: _Pending
+    answer: bytes
+    method: str
+    route: str
+    status: int
+    began: float
+
+
 class HotPaths:
     """The hot requests of one server (`server`, the app's `flux.server.Server`), bound once:
     the protocol calls `take` at each request's headers."""
@@ -150,8 +162,8 @@ class HotPaths:
         self.submit = server.service.submit
         self.condition_failed = server.service.condition_failed
         self._tasks: set[asyncio.Task[None]] = set()
-        # Hot GETs answered in this pass of the event loop, written after its reads (`_flush`).
-        self._reads: list[tuple[Connection, _Pending, bytes, float]] = []
+        # The answers made in this pass of the event loop, written after its reads (`_flush`).
+        self._out: list[_Out] = []
 
     def take(self, protocol: Connection) -> HotRead | HotPublish | None:
         """The hot request `protocol` is parsing (its headers are in), or None for the ASGI app."""
@@ -238,28 +250,32 @@ class HotPaths:
         self._answer(protocol, publish, pending, answer, 200)
 
     def read(self, protocol: Connection, answer: bytes, began: float) -> None:
-        """Answer a hot GET with `answer` once this pass of the event loop has read what its
-        sockets hold (`_flush`); the connection waits meanwhile, as for a publish."""
+        """Answer a hot GET with `answer`; the connection waits meanwhile, as for a publish."""
         pending = _Pending()
         protocol.cycle = pending  # type: ignore[assignment]
-        reads = self._reads
-        if not reads:
+        self._later(_Out(protocol, pending, answer, "GET", TEMPLATE, 200, began))
+
+    def _later(self, out: _Out) -> None:
+        """Write `out`'s answer once this pass of the event loop is over (`_flush`)."""
+        if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
-        reads.append((protocol, pending, answer, began))
+        self._out.append(out)
 
     def _flush(self) -> None:
-        """Write the answers of the hot GETs read in the last pass, one after another."""
-        reads = self._reads
-        self._reads = []
-        histogram = histogram_of(self.histograms, "GET", TEMPLATE, 200)
-        for protocol, pending, answer, began in reads:
+        """Write the answers made in the last pass one after another, then count them."""
+        done = self._out
+        self._out = []
+        for out in done:
             try:
-                _send(protocol, pending, answer)
+                _send(out.protocol, out.pending, out.answer)
             except Exception:  # one connection's failure must not leave the others unanswered
-                logger.exception("GET %s: writing the answer failed", TEMPLATE)
-                protocol.transport.abort()
-            histogram.observe(time.perf_counter() - began)
-        self.counts[TEMPLATE] += len(reads)
+                logger.exception("%s %s: writing the answer failed", out.method, out.route)
+                out.protocol.transport.abort()
+        counts = self.counts
+        observe = self.observe
+        for out in done:
+            counts[out.route] += 1
+            observe(out.method, out.route, out.status, out.began)
 
     async def _conflict(
         self, protocol: Connection, publish: HotPublish, pending: _Pending, appended: Appended
@@ -293,9 +309,7 @@ class HotPaths:
         answer: bytes,
         status: int,
     ) -> None:
-        _send(protocol, pending, answer)
-        self.counts[PATH] += 1
-        self.observe("POST", PATH, status, publish.began)
+        self._later(_Out(protocol, pending, answer, "POST", PATH, status, publish.began))
 
     def observe(self, method: str, route: str, status: int, began: float) -> None:
         """Into GET /metrics' latency histograms, as the edge times every other request."""
