@@ -10,8 +10,8 @@ such a request to `HotPaths` once its headers are in; the answer is written with
 `transport.write`.
 
 Answers are written in bursts, after the event loop's pass has read what its sockets hold: a
-publish's when its group commits (every future of the group resolves in one pass), a GET's
-from one callback per pass (`HotPaths._flush`). Written at once, between two reads, each
+GET's is made at once, a publish's when its group commits, and both are written from one
+callback per pass (`HotPaths._flush`). Written at once, between two reads, each GET's
 answer found a client on the same machine asleep, and the kernel woke it in the writer's
 system call: measured with `perf` under `bench/run`'s GET load, those wake-ups were 12% of
 the server's CPU time, and deferring the write to the end of the pass took Flux from 14k to
