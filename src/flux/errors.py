@@ -135,6 +135,11 @@ class UpstreamError(FluxError):
     token endpoint (502)."""
 
 
+class McpUnavailable(FluxError):
+    """The MCP endpoint (`/mcp`) is not running: it did not start, or the server is stopping
+    (503)."""
+
+
 class StorageError(FluxError):
     """The namespace registry could not be written (503); nothing changed."""
 

@@ -624,3 +624,71 @@ def test_open_mcp_streams_do_not_hold_up_a_shutdown(
     ((code, seconds),) = stopped
     assert code == -signal.SIGTERM and seconds < 10, (code, seconds, flux.logs()[-2000:])
     assert "Application shutdown complete" in flux.logs()  # the lifespan ended, not killed
+
+
+# -- loading the MCP SDK beside a started server -------------------------------------------------
+
+# On PYTHONPATH (as `sitecustomize`) for the servers below: it slows or breaks the import of the
+# SDK-bound endpoint, `flux.api.mcp_sessions`, which `flux serve` loads once it serves.
+_SLOW_LOAD = """
+import sys, time
+class _Slow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "flux.api.mcp_sessions":
+            time.sleep({seconds})
+            if {fail}:
+                raise ImportError("the MCP SDK is broken here (a test)")
+        return None
+sys.meta_path.insert(0, _Slow())
+"""
+
+
+def _server_loading_mcp(tmp_path: Path, seconds: float, fail: bool) -> FluxServer:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SLOW_LOAD.format(seconds=seconds, fail=fail))
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return FluxServer(tmp_path / "data", env={"PYTHONPATH": path}).start()
+
+
+def test_the_server_answers_while_mcp_loads_and_an_early_mcp_request_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """The server answers once its state is restored, before the MCP SDK is loaded (here the
+    load takes 3 s more than usual); an MCP session opened right then is served once it is."""
+    flux = _server_loading_mcp(tmp_path, seconds=3.0, fail=False)
+    try:
+        began = time.monotonic()
+        assert httpx.get(f"{flux.url}/api/health").status_code == 200
+
+        async def session() -> None:
+            async with connect("http", flux, "") as client:
+                tools = await client.list_tools()
+                assert {tool.name for tool in tools.tools} == EXPECTED_TOOLS
+                stored = await call(client, "publish", entity_id="early", properties={"a": 1})
+                assert stored["entity_id"] == "early"
+
+        run(session())
+        # The session waited for the load: it could not have been served sooner.
+        assert time.monotonic() - began > 1.5
+        assert http_get(flux, "early").json()["properties"] == {"a": 1}
+    finally:
+        flux.stop()
+
+
+def test_mcp_that_cannot_load_answers_503_and_the_api_goes_on(tmp_path: Path) -> None:
+    flux = _server_loading_mcp(tmp_path, seconds=0.0, fail=True)
+    try:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        answer = httpx.post(
+            f"{flux.url}/mcp", json=body, headers={"Accept": "application/json, text/event-stream"}
+        )
+        assert answer.status_code == 503
+        assert "MCP endpoint is not running" in answer.json()["error"]
+        assert http_get(flux, "missing").status_code == 404
+        assert "the MCP endpoint did not start" in flux.logs()
+        assert "the MCP SDK is broken here" in flux.logs()
+    finally:
+        # A clean stop all the same (uvicorn re-raises the signal once it has shut down).
+        assert flux.stop() in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in flux.logs()

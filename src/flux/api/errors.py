@@ -34,6 +34,7 @@ STATUS: dict[type[errors.FluxError], int] = {
     errors.QuotaExceeded: 429,
     errors.UpstreamError: 502,
     errors.StorageError: 503,
+    errors.McpUnavailable: 503,
     errors.LogError: 500,
     errors.LogUnavailable: 503,
     errors.LogCorrupt: 500,

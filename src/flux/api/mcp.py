@@ -1,92 +1,96 @@
 """`/mcp`: the MCP server over streamable HTTP (docs/mcp.md), an ASGI endpoint of the app.
 
-Each MCP request reaches Flux as its caller. Its credential is `credential_of` its own
-request; the tools' calls (flux.mcp.http) go to this very app in-process
-(`httpx.ASGITransport`, no socket) with that credential already decided (`identity.assume`)
-and the request's own `Host`, so the HTTP API's checks and handlers decide each one, as for a
-request the caller had sent. The session manager runs in the app's lifespan (`run`).
+The MCP SDK (with pydantic under it) takes about as long to import as the rest of `flux
+serve`: 0.8 s of a 1.8 s start on the bench machine, and as much of every restart. So the
+server does not wait for it. Once the app's lifespan has started the server, `McpEndpoint.run`
+imports `flux.api.mcp_sessions` on a thread while the server already answers, then runs its
+session manager until the lifespan ends. An MCP request that comes before that waits for it;
+if the SDK cannot be loaded, `/mcp` answers 503 and the log says why, and the rest of the API is
+unaffected.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-import httpx
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from mcp.server.auth.provider import AccessToken
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from flux.api.identity import assume, credential_of
-from flux.client import AsyncFluxClient
-from flux.errors import OriginNotAllowed
+from flux.errors import McpUnavailable
 from flux.live import Live
-from flux.mcp.http import HttpBinding
-from flux.mcp.tools import build_server
+
+if TYPE_CHECKING:
+    from flux.api.mcp_sessions import McpSessions
 
 PATH = "/mcp"
-_HOST = b"host"
+
+logger = logging.getLogger("flux.api")
+
+
+def _load() -> type[McpSessions]:
+    """The SDK-bound endpoint (run on a thread: the import is the slow part)."""
+    from flux.api.mcp_sessions import McpSessions
+
+    return McpSessions
 
 
 class McpEndpoint:
-    """The ASGI app at `/mcp`: the Origin check, then the MCP session manager."""
+    """The ASGI app at `/mcp`: waits for the MCP session manager, then hands it the request."""
 
     def __init__(self, live: Live, allowed_origins: tuple[str, ...]) -> None:
+        self.live = live
+        self.allowed_origins = allowed_origins
         self.app: ASGIApp | None = None  # the Flux app, named by `bind`
-        self.server = build_server(HttpBinding(live, self.client_for, credential_of))
-        self.allowed_origins = frozenset(allowed_origins)
-        self.sessions = StreamableHTTPSessionManager(
-            app=self.server._lowlevel_server,
-            # Host is checked by the app's edge for every path (FLUX_ALLOWED_HOSTS), Origin
-            # here (FLUX_MCP_ALLOWED_ORIGINS).
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        )
+        self.sessions: McpSessions | None = None  # while the session manager runs
+        self._ready: asyncio.Event | None = None  # made by `run`; set once loaded (or failed)
 
     def bind(self, app: ASGIApp) -> None:
         """Name the Flux app the tools send their requests to."""
         self.app = app
 
-    def client_for(self, scope: Scope) -> AsyncFluxClient:
-        """A client whose requests reach the app as the caller of the MCP request `scope`."""
-        app = self.app
-        assert app is not None, "McpEndpoint.bind was not called"
-        credential = credential_of(scope)
-        host = [(name, value) for name, value in scope["headers"] if name == _HOST]
+    @contextlib.asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Load and run the session manager beside the server, from the app's lifespan: its
+        exit ends every session."""
+        ready = self._ready = asyncio.Event()
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._serve(ready, stop), name="flux-mcp")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
 
-        async def as_caller(inner: Scope, receive: Receive, send: Send) -> None:
-            assume(inner, credential)
-            inner["headers"] = [(n, v) for n, v in inner["headers"] if n != _HOST] + host
-            await app(inner, receive, send)
-
-        # The address is a placeholder: every request goes to `as_caller`.
-        return AsyncFluxClient("http://flux.invalid", transport=httpx.ASGITransport(as_caller))
-
-    def run(self) -> AbstractAsyncContextManager[None]:
-        """The session manager's life: enter it in the app's lifespan (its exit ends every
-        session). Open streams do not hold up a shutdown: a listen stream ends with its live
-        connection (`Live.close_all`), a session's SSE stream on the server's exit signal
-        (sse-starlette watches uvicorn's)."""
-        return self.sessions.run()
-
-    def origin_allowed(self, headers: Headers) -> bool:
-        origin = headers.get("origin")
-        if origin is None or "*" in self.allowed_origins:
-            return True
-        origin = origin.rstrip("/").lower()
-        if origin in self.allowed_origins:
-            return True
-        _, _, netloc = origin.partition("://")
-        host = headers.get("host")
-        return host is not None and netloc == host.lower()
+    async def _serve(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        try:
+            sessions_type = await asyncio.to_thread(_load)
+            # The SDK's modules live as long as the server: out of the cyclic GC's
+            # generations, as the app's lifespan does for the restored state.
+            gc.freeze()
+            assert self.app is not None, "McpEndpoint.bind was not called"
+            sessions = sessions_type(self.live, self.allowed_origins, self.app)
+            async with sessions.run():
+                self.sessions = sessions
+                ready.set()
+                await stop.wait()
+                self.sessions = None
+        except Exception:
+            logger.exception("the MCP endpoint did not start; /mcp answers 503")
+        finally:
+            self.sessions = None
+            ready.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.origin_allowed(Headers(scope=scope)):
-            raise OriginNotAllowed("this page's origin may not use /mcp (FLUX_MCP_ALLOWED_ORIGINS)")
-        # The session manager binds an MCP session to the principal of the request that opened
-        # it and answers 404 to any other: the principal here is the bearer token's hash, so a
-        # session (and the subscriptions it holds) is usable only with the token that made it.
-        principal = credential_of(scope).token_hash or "anonymous"
-        scope["user"] = AuthenticatedUser(AccessToken(token="", client_id=principal, scopes=[]))
-        await self.sessions.handle_request(scope, receive, send)
+        ready = self._ready
+        if ready is None:
+            raise McpUnavailable("the MCP endpoint is not running")
+        if not ready.is_set():
+            await ready.wait()
+        sessions = self.sessions
+        if sessions is None:
+            raise McpUnavailable("the MCP endpoint is not running (see the server's log)")
+        await sessions(scope, receive, send)

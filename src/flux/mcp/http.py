@@ -1,4 +1,4 @@
-"""The MCP server inside `flux serve` (`/mcp`, served by flux.api.mcp): how its tools and
+"""The MCP server inside `flux serve` (`/mcp`, served by flux.api.mcp_sessions): how its tools and
 subscriptions reach Flux as the MCP request's caller.
 
 The tools run an `AsyncFluxClient` whose requests go in-process to the Flux app itself
