@@ -403,6 +403,15 @@ def interleaved(
     return loads
 
 
+_SINGULAR = {
+    "req/s": "request",
+    "events/s": "event",
+    "batches/s": "batch",
+    "msgs/s": "message",
+    "lists/s": "list",
+}
+
+
 def cpu_line(runs: list[Load], unit: str) -> str:
     """The server's and the load generator's CPU over `runs` (medians), and the server's CPU
     time per operation split into user and system (kernel) time where it was measured: the
@@ -414,12 +423,12 @@ def cpu_line(runs: list[Load], unit: str) -> str:
     )
     split = [x for x in runs if x.server_system is not None and x.rps > 0]
     if split:
-        per = unit.rsplit("/", 1)[0].removesuffix("s")  # "events/s" -> "event"
+        per = _SINGULAR.get(unit, unit)
         total = median([x.server_cpu / x.rps * 1e6 for x in split])
         system = median([(x.server_system or 0.0) / x.rps * 1e6 for x in split])
         line += (
-            f"; server CPU per {per}: {total:.1f} µs "
-            f"(user {total - system:.1f}, system {system:.1f})"
+            f"; server CPU per {per}: {total:,.1f} µs "
+            f"(user {total - system:,.1f}, system {system:,.1f})"
         )
     return line
 

@@ -186,7 +186,7 @@ def scenario_batch(ctx: Context) -> list[Row]:
             counts[peer.name] = (before, sent + count * cfg.batch_size)
         return load
 
-    loads = interleaved(ctx, "batch", measure, servers=own)
+    loads = interleaved(ctx, "batch", measure, unit="batches/s", servers=own)
     if by_count:
         check_stored(ctx, "batch", counts, loads, servers=own)
     total = len(bodies) + cfg.repeats * cfg.batch_requests
