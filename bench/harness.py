@@ -183,6 +183,14 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
         conn.close()
 
 
+def mcp_loaded(port: int) -> int:
+    """Wait until a Flux server's `/mcp` answers: `flux serve` loads the MCP SDK on a thread
+    once the API answers (flux.api.mcp), and a request to `/mcp` returns only after that (any
+    status will do; the ping carries no session). Returns the status."""
+    status, _ = request(port, "POST", "/mcp", b'{"jsonrpc": "2.0", "id": 1, "method": "ping"}')
+    return status
+
+
 def flux_counts(port: int) -> tuple[int, int] | None:
     """(entities, events) a Flux server holds, less its own: Flux writes its `flux-core/`
     entities (the namespace directory, refreshed now and then) by itself, so they are counted

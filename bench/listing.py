@@ -28,6 +28,7 @@ from bench.harness import (
     figures,
     interleaved,
     latency_rows,
+    mcp_loaded,
     read_lines,
     request,
     request_file,
@@ -88,6 +89,8 @@ def loaded(ctx: Context, peer: Peer) -> Loaded:
     cfg = ctx.config
     ctx.log(f"{peer.name}: loading {cfg.list_entities:,} entities into a fresh server")
     server = peer.start(ctx.work)
+    if peer.kind == "http":  # Flux: started in full, the MCP SDK too, before "empty"
+        mcp_loaded(server.port)
     empty = _settled_rss(server)
     notes = []
     if peer.kind == "redis":

@@ -12,11 +12,20 @@ scenario fills a fresh Flux itself.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import client, data
-from bench.harness import Context, Row, flux_counts, median, read_lines, request_file
+from bench.harness import (
+    Context,
+    Row,
+    flux_counts,
+    mcp_loaded,
+    median,
+    read_lines,
+    request_file,
+)
 from bench.peers import HOST, Server
 
 HANDED_OVER = "restart-data"  # ctx.shared key of the batch scenario's stopped Flux
@@ -105,6 +114,8 @@ def scenario_restart(ctx: Context) -> list[Row]:
         f"{expected[0]:,} entities, {expected[1]:,} events"
     )
 
+    mcp_after: list[float] = []
+
     def restart(kind: str) -> float:
         if kind == "replay":
             shutil.rmtree(data_dir / "snapshots", ignore_errors=True)
@@ -112,6 +123,9 @@ def scenario_restart(ctx: Context) -> list[Row]:
         try:
             seconds = server.wait_ready(timeout=600)
             check_health(server, expected)
+            if kind == "snapshot":
+                mcp_loaded(server.port)
+                mcp_after.append(time.monotonic() - server.started_at)
         finally:
             server.stop()
         ctx.log(f"restart ({kind}): ready after {seconds:.2f}s")
@@ -123,6 +137,10 @@ def scenario_restart(ctx: Context) -> list[Row]:
             times["snapshot"].append(restart("snapshot"))
         if i < cfg.replay_repeats:  # its stop writes a new snapshot for the next one
             times["replay"].append(restart("replay"))
+    ctx.notes.append(
+        f"restart from snapshot: /mcp answering after {median(mcp_after):.2f} s (median; the "
+        "row is the API's readiness: the MCP SDK loads on a thread once the API answers)"
+    )
     ctx.checks.append(
         f"restart: after each restart Flux had the same {expected[0]:,} entities and "
         f"{expected[1]:,} events as before the stop (less its own `flux-core/` ones)"
