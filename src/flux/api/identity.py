@@ -38,8 +38,8 @@ def credential_of(scope: MutableMapping[str, Any]) -> Credential:
 
 def assume(scope: MutableMapping[str, Any], credential: Credential) -> None:
     """Give a scope a credential already decided: an in-process request made on behalf of
-    another request's caller (the MCP tools, flux.api.mcp_sessions), which `credential_of` then answers
-    with, whatever the scope's own headers say."""
+    another request's caller (the MCP tools, flux.api.mcp_sessions), which `credential_of`
+    then answers with, whatever the scope's own headers say."""
     scope[_KEY] = credential
 
 

@@ -69,7 +69,9 @@ class McpEndpoint:
         try:
             sessions_type = await asyncio.to_thread(_load)
             # The SDK's modules live as long as the server: out of the cyclic GC's
-            # generations, as the app's lifespan does for the restored state.
+            # generations, as the app's lifespan does for the restored state (collected
+            # first, so that no garbage of the import is frozen with them).
+            gc.collect()
             gc.freeze()
             assert self.app is not None, "McpEndpoint.bind was not called"
             sessions = sessions_type(self.live, self.allowed_origins, self.app)
