@@ -12,8 +12,8 @@ such a request to `HotPaths` once its headers are in; the answer is written with
 Answers are written in bursts, after the event loop's pass has read what its sockets hold: a
 GET's is made at once, a publish's when its group commits, and both are written from one
 callback per pass (`HotPaths._flush`). Written at once, between two reads, each GET's
-answer found a client on the same machine asleep, and the kernel woke it in the writer's
-system call: measured with `perf` under `bench/run`'s GET load, those wake-ups were 12% of
+answer found a client on the same machine asleep, and the kernel woke it inside the server's
+own `send`: measured with `perf` under `bench/run`'s GET load, those wake-ups were 12% of
 the server's CPU time, and deferring the write to the end of the pass took Flux from 14k to
 25k GETs a second (bench/RESULTS.md, issue 17).
 

@@ -1,7 +1,7 @@
 """`/mcp`: the MCP server over streamable HTTP (docs/mcp.md), an ASGI endpoint of the app.
 
 The MCP SDK (with pydantic under it) takes about as long to import as the rest of `flux
-serve`: 0.8 s of a 1.8 s start on the bench machine, and as much of every restart. So the
+serve`: 0.9 s of a 1.9 s start on the bench machine, and as much of every restart. So the
 server does not wait for it. Once the app's lifespan has started the server, `McpEndpoint.run`
 imports `flux.api.mcp_sessions` on a thread while the server already answers, then runs its
 session manager until the lifespan ends. An MCP request that comes before that waits for it;
