@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -67,6 +68,7 @@ class McpEndpoint:
 
     async def _serve(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
         try:
+            began = time.monotonic()
             sessions_type = await asyncio.to_thread(_load)
             # The SDK's modules live as long as the server: out of the cyclic GC's
             # generations, as the app's lifespan does for the restored state (collected
@@ -78,6 +80,9 @@ class McpEndpoint:
             async with sessions.run():
                 self.sessions = sessions
                 ready.set()
+                logger.info(
+                    "MCP endpoint ready at %s (loaded in %.1f s)", PATH, time.monotonic() - began
+                )
                 await stop.wait()
                 self.sessions = None
         except Exception:
