@@ -8,6 +8,11 @@ the answers); the statement that stores a group is replaced by
 - `BENCH_STORAGE=file`: one `write` of the group's encoded events to a flat file and one
   `fdatasync`: the core of an append-only segment log, without the event-id index, recovery
   or framing a real one needs.
+- `BENCH_STORAGE=inline`: no log thread in the path at all. `submit` queues the append on the
+  event loop, and one callback per pass "commits" the pass's appends (sequences, results,
+  records: what the writer does, nothing stored) and delivers them. That is the most a log
+  writer outside the interpreter (a process of its own, native code) could give: no GIL
+  hand-over, no storage, no messages between them.
 
 Events acknowledged by these servers are not stored; only the single-publish scenario runs
 on them. Usage: `BENCH_STORAGE=none python bench/storage_bound.py serve --port 8000 ...`.
@@ -15,11 +20,14 @@ on them. Usage: `BENCH_STORAGE=none python bench/storage_bound.py serve --port 8
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
+from collections.abc import Sequence
 
 from flux.cli import main
+from flux.events import now_us
 from flux.log import Appended, Entry
 from flux.log import sqlite as sqlite_log
 
@@ -47,9 +55,40 @@ def _insert(
     return None, len(entries)
 
 
+def _inline_submit(
+    self: sqlite_log.SQLiteLog,
+    entries: Sequence[Entry],
+    *,
+    checked: bool = False,
+    atomic: bool = False,
+) -> asyncio.Future[list[Appended]]:
+    loop = self._loop
+    assert loop is not None
+    future: asyncio.Future[list[Appended]] = loop.create_future()
+    pending: list[sqlite_log._Append] = self.__dict__.setdefault("_bench_pending", [])
+    if not pending:
+        loop.call_soon(_inline_commit, self)
+    pending.append(sqlite_log._Append(entries, future, checked, atomic))
+    return future
+
+
+def _inline_commit(self: sqlite_log.SQLiteLog) -> None:
+    appends: list[sqlite_log._Append] = self.__dict__["_bench_pending"]
+    self.__dict__["_bench_pending"] = []
+    first = self._next_seq
+    at = max(now_us(), self._last_at)
+    records = sqlite_log._results_in_order(appends, first, at)
+    self._next_seq = first + len(records)
+    self._last_at = at
+    self._deliver(appends, records)
+
+
 if __name__ == "__main__":
-    if os.environ.get("BENCH_STORAGE") not in ("none", "file"):
-        sys.exit("set BENCH_STORAGE to none or file")
+    storage = os.environ.get("BENCH_STORAGE")
+    if storage not in ("none", "file", "inline"):
+        sys.exit("set BENCH_STORAGE to none, file or inline")
+    if storage == "inline":
+        sqlite_log.SQLiteLog.submit = _inline_submit  # type: ignore[method-assign]
     sqlite_log.SQLiteLog._insert = _insert  # type: ignore[method-assign]
     sys.argv[0] = "flux"
     main()
