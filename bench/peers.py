@@ -541,6 +541,7 @@ class FluxStorageBoundPeer(FluxPeer):
             "none": "Flux storing nothing",
             "file": "Flux on a flat file",
             "inline": "Flux without a log thread",
+            "process": "Flux with a writer process",
         }[storage]
 
     def argv(self, port: int, data_dir: Path) -> list[str]:
@@ -563,6 +564,7 @@ PEERS: list[Peer] = [
     FluxStorageBoundPeer("none"),
     FluxStorageBoundPeer("file"),
     FluxStorageBoundPeer("inline"),
+    FluxStorageBoundPeer("process"),
 ]
 # The peers that are Flux itself in another mode: their ratio is peer / Flux (SQLite), the
 # other way round from the others (report.table).

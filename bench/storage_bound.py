@@ -8,6 +8,12 @@ the answers); the statement that stores a group is replaced by
 - `BENCH_STORAGE=file`: one `write` of the group's encoded events to a flat file and one
   `fdatasync`: the core of an append-only segment log, without the event-id index, recovery
   or framing a real one needs.
+- `BENCH_STORAGE=process`: the log's statement run by a child process with its own SQLite
+  connection (`synchronous=FULL`, the same statement, fsync before the answer): `submit`
+  queues the append, one callback per pass sends the pass's group down a pipe, and the child
+  commits what it has read in one transaction and answers a byte per group, which the loop
+  reads (`add_reader`). No second thread takes the GIL; the events are stored, but with none
+  of the log's recovery, jobs or condition checks.
 - `BENCH_STORAGE=inline`: no log thread in the path at all. `submit` queues the append on the
   event loop, and one callback per pass "commits" the pass's appends (sequences, results,
   records: what the writer does, nothing stored) and delivers them. That is the most a log
@@ -21,8 +27,12 @@ on them. Usage: `BENCH_STORAGE=none python bench/storage_bound.py serve --port 8
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import select
 import sqlite3
+import struct
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -83,12 +93,110 @@ def _inline_commit(self: sqlite_log.SQLiteLog) -> None:
     self._deliver(appends, records)
 
 
+_FRAME = struct.Struct("<IIqq")  # rows length, blob length, first sequence, time (µs)
+
+
+def _process_submit(
+    self: sqlite_log.SQLiteLog,
+    entries: Sequence[Entry],
+    *,
+    checked: bool = False,
+    atomic: bool = False,
+) -> asyncio.Future[list[Appended]]:
+    loop = self._loop
+    assert loop is not None
+    state = self.__dict__
+    if "_bench_child" not in state:
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--child", self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert child.stdout is not None
+        state["_bench_child"] = child
+        state["_bench_in_flight"] = collections.deque()
+        loop.add_reader(child.stdout.fileno(), _process_answers, self)
+    future: asyncio.Future[list[Appended]] = loop.create_future()
+    pending: list[sqlite_log._Append] = state.setdefault("_bench_pending", [])
+    if not pending:
+        loop.call_soon(_process_send, self)
+    pending.append(sqlite_log._Append(entries, future, checked, atomic))
+    return future
+
+
+def _process_send(self: sqlite_log.SQLiteLog) -> None:
+    state = self.__dict__
+    appends: list[sqlite_log._Append] = state["_bench_pending"]
+    state["_bench_pending"] = []
+    first = self._next_seq
+    at = max(now_us(), self._last_at)
+    records = sqlite_log._results_in_order(appends, first, at)
+    self._next_seq = first + len(records)
+    self._last_at = at
+    rows, blob = sqlite_log._group_params([e for a in appends for e in a.entries])
+    child = state["_bench_child"]
+    os.write(child.stdin.fileno(), _FRAME.pack(len(rows), len(blob), first, at) + rows + blob)
+    state["_bench_in_flight"].append((appends, records))
+
+
+def _process_answers(self: sqlite_log.SQLiteLog) -> None:
+    state = self.__dict__
+    answers = os.read(state["_bench_child"].stdout.fileno(), 65536)
+    if not answers:
+        raise RuntimeError("the bench writer process ended")
+    in_flight = state["_bench_in_flight"]
+    for _ in answers:
+        appends, records = in_flight.popleft()
+        self._deliver(appends, records)
+
+
+def _child(path: str) -> None:
+    """The writer process: frames from stdin, each batch of them read together committed in
+    one transaction, a byte per frame to stdout once committed."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    source = sys.stdin.fileno()
+    buffer = b""
+    while True:
+        chunk = os.read(source, 1 << 20)
+        if not chunk:
+            return
+        buffer += chunk
+        while select.select([source], [], [], 0)[0]:  # everything that has come: one commit
+            more = os.read(source, 1 << 20)
+            if not more:
+                break
+            buffer += more
+        frames = 0
+        conn.execute("BEGIN IMMEDIATE")
+        while len(buffer) >= _FRAME.size:
+            rows_len, blob_len, first, at = _FRAME.unpack_from(buffer)
+            end = _FRAME.size + rows_len + blob_len
+            if len(buffer) < end:
+                break
+            rows = buffer[_FRAME.size : _FRAME.size + rows_len]
+            blob = buffer[_FRAME.size + rows_len : end]
+            conn.execute(sqlite_log._INSERT_GROUP, (first, at, rows, blob))
+            buffer = buffer[end:]
+            frames += 1
+        conn.execute("COMMIT")
+        if frames:
+            os.write(sys.stdout.fileno(), b"." * frames)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2])
+        sys.exit(0)
     storage = os.environ.get("BENCH_STORAGE")
-    if storage not in ("none", "file", "inline"):
-        sys.exit("set BENCH_STORAGE to none, file or inline")
+    if storage not in ("none", "file", "inline", "process"):
+        sys.exit("set BENCH_STORAGE to none, file, inline or process")
     if storage == "inline":
         sqlite_log.SQLiteLog.submit = _inline_submit  # type: ignore[method-assign]
+    if storage == "process":
+        sqlite_log.SQLiteLog.submit = _process_submit  # type: ignore[method-assign]
     sqlite_log.SQLiteLog._insert = _insert  # type: ignore[method-assign]
     sys.argv[0] = "flux"
     main()
