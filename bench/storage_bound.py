@@ -34,11 +34,11 @@ import sqlite3
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flux.cli import main
 from flux.events import now_us
-from flux.log import Appended, Entry
+from flux.log import Appended, Entry, Record
 from flux.log import sqlite as sqlite_log
 
 
@@ -65,24 +65,28 @@ def _insert(
     return None, len(entries)
 
 
-def _inline_submit(
+def _queued(
     self: sqlite_log.SQLiteLog,
     entries: Sequence[Entry],
-    *,
-    checked: bool = False,
-    atomic: bool = False,
+    checked: bool,
+    atomic: bool,
+    flush: Callable[[sqlite_log.SQLiteLog], None],
 ) -> asyncio.Future[list[Appended]]:
+    """Queue an append on the event loop; the first of a pass asks for `flush` after it."""
     loop = self._loop
     assert loop is not None
     future: asyncio.Future[list[Appended]] = loop.create_future()
     pending: list[sqlite_log._Append] = self.__dict__.setdefault("_bench_pending", [])
     if not pending:
-        loop.call_soon(_inline_commit, self)
+        loop.call_soon(flush, self)
     pending.append(sqlite_log._Append(entries, future, checked, atomic))
     return future
 
 
-def _inline_commit(self: sqlite_log.SQLiteLog) -> None:
+def _sequenced(
+    self: sqlite_log.SQLiteLog,
+) -> tuple[list[sqlite_log._Append], list[Record], int, int]:
+    """The pass's appends, given their sequences and results as the writer gives them."""
     appends: list[sqlite_log._Append] = self.__dict__["_bench_pending"]
     self.__dict__["_bench_pending"] = []
     first = self._next_seq
@@ -90,6 +94,21 @@ def _inline_commit(self: sqlite_log.SQLiteLog) -> None:
     records = sqlite_log._results_in_order(appends, first, at)
     self._next_seq = first + len(records)
     self._last_at = at
+    return appends, records, first, at
+
+
+def _inline_submit(
+    self: sqlite_log.SQLiteLog,
+    entries: Sequence[Entry],
+    *,
+    checked: bool = False,
+    atomic: bool = False,
+) -> asyncio.Future[list[Appended]]:
+    return _queued(self, entries, checked, atomic, _inline_commit)
+
+
+def _inline_commit(self: sqlite_log.SQLiteLog) -> None:
+    appends, records, _, _ = _sequenced(self)
     self._deliver(appends, records)
 
 
@@ -103,10 +122,10 @@ def _process_submit(
     checked: bool = False,
     atomic: bool = False,
 ) -> asyncio.Future[list[Appended]]:
-    loop = self._loop
-    assert loop is not None
     state = self.__dict__
     if "_bench_child" not in state:
+        loop = self._loop
+        assert loop is not None
         child = subprocess.Popen(
             [sys.executable, __file__, "--child", self.path],
             stdin=subprocess.PIPE,
@@ -116,24 +135,13 @@ def _process_submit(
         state["_bench_child"] = child
         state["_bench_in_flight"] = collections.deque()
         loop.add_reader(child.stdout.fileno(), _process_answers, self)
-    future: asyncio.Future[list[Appended]] = loop.create_future()
-    pending: list[sqlite_log._Append] = state.setdefault("_bench_pending", [])
-    if not pending:
-        loop.call_soon(_process_send, self)
-    pending.append(sqlite_log._Append(entries, future, checked, atomic))
-    return future
+    return _queued(self, entries, checked, atomic, _process_send)
 
 
 def _process_send(self: sqlite_log.SQLiteLog) -> None:
-    state = self.__dict__
-    appends: list[sqlite_log._Append] = state["_bench_pending"]
-    state["_bench_pending"] = []
-    first = self._next_seq
-    at = max(now_us(), self._last_at)
-    records = sqlite_log._results_in_order(appends, first, at)
-    self._next_seq = first + len(records)
-    self._last_at = at
+    appends, records, first, at = _sequenced(self)
     rows, blob = sqlite_log._group_params([e for a in appends for e in a.entries])
+    state = self.__dict__
     child = state["_bench_child"]
     os.write(child.stdin.fileno(), _FRAME.pack(len(rows), len(blob), first, at) + rows + blob)
     state["_bench_in_flight"].append((appends, records))
