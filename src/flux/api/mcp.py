@@ -84,7 +84,7 @@ class McpEndpoint:
                     "MCP endpoint ready at %s (loaded in %.1f s)", PATH, time.monotonic() - began
                 )
                 await stop.wait()
-                self.sessions = None
+                self.sessions = None  # requests from here on get 503, not a stopping manager
         except Exception:
             logger.exception("the MCP endpoint did not start; /mcp answers 503")
         finally:
