@@ -9,14 +9,14 @@ counters are zeroed (`callgrind_control -z`), a fixed number of operations is se
 clients as the load scenarios, and the counters are dumped (`callgrind_control -d`): the dump
 holds exactly the instructions each thread ran for those operations. Rows: batch ingest per
 event, single publish and GET entity per request, each split into the server's main thread (the
-event loop) and its other threads (Flux's log writer, Redis's background I/O), and for Flux the
-part of its writer inside SQLite's `sqlite3_step` (which runs without the GIL; the rest of the
-writer is Python that holds it). Then Flux's batch path in one process (bench/pipeline.py),
+event loop), its other threads (Redis's background I/O) and its child processes (Flux's log
+writer, traced by callgrind with `--trace-children=yes`), and for Flux the part inside SQLite's
+`sqlite3_step`. Then Flux's batch path in one process (bench/pipeline.py),
 stage by stage, next to the least each stage could do with the C libraries alone.
 
-Valgrind runs a process's threads one at a time, so how requests fall into the log writer's
-groups differs from a native run: the writer's figure per single publish (a group's fixed cost
-shared by fewer or more events) is less exact than the loop's; a batch is one group either way.
+Under valgrind everything runs much slower, so how requests fall into the log writer's groups
+differs from a native run: the writer's figure per single publish (a group's fixed cost shared
+by fewer or more events) is less exact than the loop's; a batch is one group either way.
 
 Not in the default run (`bench/run --scenarios instructions`): under callgrind each server runs
 50-100x slower, so it takes about 6 minutes (3.5 with --quick). A server's figure is its
@@ -26,6 +26,7 @@ them per cycle than the interpreter), which bench/RESULTS.md takes into account.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from bench.peers import HOST, ROOT, Peer, Server, free_port
 BATCH_PATH = "/api/events/batch"
 PUBLISH_PATH = "/api/events"
 MEASURED = ("Redis", "bare ceiling", "ceiling")  # the peers counted next to Flux
+CHILD = 1000  # a child process's threads are counted as CHILD + its thread number
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,11 @@ def available() -> str | None:
 
 
 class Counted:
-    """A process under callgrind whose counters can be zeroed and dumped while it runs."""
+    """A process under callgrind, with the child processes it starts (Flux's log writer), whose
+    counters can be zeroed and dumped while they run."""
 
     def __init__(self, out: Path, pid: int) -> None:
-        self.out = out  # callgrind's output file; a dump writes <out>.<n>-<thread>
+        self.out = out  # callgrind's output prefix; a dump writes <out>.<pid>.<n>-<thread>
         self.pid = pid
 
     @staticmethod
@@ -76,33 +79,47 @@ class Counted:
             "valgrind",
             "--tool=callgrind",
             "--separate-threads=yes",
-            f"--callgrind-out-file={out}",
+            "--trace-children=yes",
+            f"--callgrind-out-file={out}.%p",
             *argv,
         ]
 
+    def pids(self) -> list[int]:
+        """The process and its children."""
+        children = []
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(pid) for pid in (task / "children").read_text().split()]
+        return [self.pid, *children]
+
     def _control(self, *args: str) -> None:
-        done = subprocess.run(
-            ["callgrind_control", *args, str(self.pid)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if done.returncode != 0 or "OK" not in done.stdout:
-            raise RuntimeError(f"callgrind_control {' '.join(args)}: {done.stdout}{done.stderr}")
+        for pid in self.pids():
+            done = subprocess.run(
+                ["callgrind_control", *args, str(pid)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0 or "OK" not in done.stdout:
+                raise RuntimeError(
+                    f"callgrind_control {' '.join(args)} {pid}: {done.stdout}{done.stderr}"
+                )
 
     def count(self, label: str, work: Callable[[], object]) -> Dump:
-        """The instructions that `work` made the process run, per thread."""
+        """The instructions that `work` made the processes run, per thread: the process's
+        own threads by number (1: its main thread), a child's as CHILD + its thread."""
         self._control("-z")
         work()
         self._control(f"--dump={label}")
         dump = Dump({}, [])
-        for path in sorted(self.out.parent.glob(f"{self.out.name}.*-*")):
+        for path in sorted(self.out.parent.glob(f"{self.out.name}.*.*-*")):
             head = path.read_text(errors="replace").split("\nfn=", 1)[0]
             if f"desc: Trigger: dump {label}\n" not in head + "\n":
                 continue
+            pid = int(path.name[len(self.out.name) + 1 :].split(".", 1)[0])
             for line in head.splitlines():
                 if line.startswith("summary:"):
-                    thread = int(path.name.rsplit("-", 1)[1])
+                    thread = int(path.name.rsplit("-", 1)[1]) + (CHILD if pid != self.pid else 0)
                     dump.threads[thread] = dump.threads.get(thread, 0) + int(line.split()[1])
                     dump.files.append(path)
         if not dump.threads:
@@ -294,21 +311,27 @@ def scenario_instructions(ctx: Context) -> list[Row]:
         total: dict[str, float | None] = {}
         main: dict[str, float | None] = {}
         other: dict[str, float | None] = {}
+        children: dict[str, float | None] = {}
         for name, dumps in per_peer.items():
+            threads = dumps[op].threads
             all_threads = round(dumps[op].total / n)
-            main_thread = round(dumps[op].threads.get(1, 0) / n)
-            total[name], main[name] = all_threads, main_thread
-            other[name] = all_threads - main_thread
+            main_thread = round(threads.get(1, 0) / n)
+            child = round(sum(v for k, v in threads.items() if k > CHILD) / n)
+            total[name], main[name], children[name] = all_threads, main_thread, child
+            other[name] = all_threads - main_thread - child
         rows += [
             Row(title, unit, total, higher_is_better=False),
             Row("  main thread (event loop)", unit, main, higher_is_better=False),
             Row("  other threads", unit, other, higher_is_better=False),
+            Row(
+                "  child processes (Flux: the log's writer)", unit, children, higher_is_better=False
+            ),
         ]
-        if op != "get":  # Flux's log writer: the part inside SQLite runs without the GIL
+        if op != "get":  # Flux's log writer
             sqlite = per_peer[subject][op].inclusive("sqlite3_step")
             rows.append(
                 Row(
-                    "  of which in SQLite (sqlite3_step, without the GIL)",
+                    "  of which in SQLite (sqlite3_step)",
                     unit,
                     {subject: round(sqlite / n)},
                     higher_is_better=False,

@@ -527,22 +527,15 @@ class FluxJetStreamPeer(Peer):
 
 
 class FluxStorageBoundPeer(FluxPeer):
-    """Flux with its log's storage statement replaced (bench/storage_bound.py): `none` stores
-    nothing, `file` writes each group to a flat file with one fdatasync, `inline` takes the log
-    thread out of the path (a group per pass of the event loop, nothing stored). Bounds what
-    another storage engine or a writer outside the interpreter could give single publish; its
-    events are not kept."""
+    """Flux with its log's writer taken out of the path (bench/storage_bound.py): `inline`
+    sequences and answers each pass's appends on the event loop and stores nothing. Bounds
+    what any log could give single publish; its events are not kept."""
 
     scenarios = frozenset({"single"})
 
     def __init__(self, storage: str) -> None:
         self.storage = storage
-        self.name = {
-            "none": "Flux storing nothing",
-            "file": "Flux on a flat file",
-            "inline": "Flux without a log thread",
-            "process": "Flux with a writer process",
-        }[storage]
+        self.name = {"inline": "Flux without a log (nothing stored)"}[storage]
 
     def argv(self, port: int, data_dir: Path) -> list[str]:
         flux = super().argv(port, data_dir)
@@ -561,10 +554,7 @@ PEERS: list[Peer] = [
     FluxJetStreamPeer(nodes=1),
     FluxJetStreamPeer(nodes=2),
     NatsSyncPeer(),
-    FluxStorageBoundPeer("none"),
-    FluxStorageBoundPeer("file"),
     FluxStorageBoundPeer("inline"),
-    FluxStorageBoundPeer("process"),
 ]
 # The peers that are Flux itself in another mode: their ratio is peer / Flux (SQLite), the
 # other way round from the others (report.table).

@@ -6,6 +6,7 @@ but the state and the log must agree about them."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import signal
@@ -90,6 +91,18 @@ async def worker(w: int, client: httpx.AsyncClient, stop: asyncio.Event, out: Ou
                     out.unanswered[sent.event_id] = sent
                 return  # the server is gone
             if response.status_code != 200:
+                if response.status_code == 503 and "restarting" in response.text:
+                    # A new writer is starting: refused, not stored.
+                    for sent, _ in batch:
+                        out.rejected[sent.event_id] = sent
+                    out.failures["writer restarting"] += 1
+                    continue
+                if response.status_code == 503 and "may or may not be stored" in response.text:
+                    # The log's writer ended before answering: the outcome is unknown.
+                    for sent, _ in batch:
+                        out.unanswered[sent.event_id] = sent
+                    out.failures["writer ended"] += 1
+                    continue
                 if response.status_code >= 500:
                     out.server_errors.append(f"{response.status_code} {response.text}")
                 for sent, _ in batch:
@@ -110,9 +123,31 @@ async def worker(w: int, client: httpx.AsyncClient, stop: asyncio.Event, out: Ou
                     out.rejected[sent.event_id] = sent
 
 
-async def load_then(server: FluxServer, seconds: float, sig: int) -> Outcome:
-    """Run the load for `seconds`, then send `sig` to the server while requests are in flight;
-    returns what every request got."""
+def writer_pid(server: FluxServer) -> int:
+    """The pid of the server's log writer process."""
+    assert server.proc is not None
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            if b"writer.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+    raise AssertionError("the server has no log writer process")
+
+
+def gone(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie nobody reaped counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def load_then(
+    server: FluxServer, seconds: float, sig: int | None, *, kill_writer_at: float | None = None
+) -> Outcome:
+    """Run the load for `seconds`, then send `sig` to the server while requests are in flight
+    (None: stop the load and leave the server running); returns what every request got. With
+    `kill_writer_at`, the server's log writer is killed (SIGKILL) that many seconds in."""
     out = Outcome()
     stop = asyncio.Event()
     # Plain HTTP: verify=False only spares each client loading the CA bundle (~50 ms each).
@@ -126,9 +161,14 @@ async def load_then(server: FluxServer, seconds: float, sig: int) -> Outcome:
         for _ in range(WORKERS)
     ]
     tasks = [asyncio.create_task(worker(w, c, stop, out)) for w, c in enumerate(clients)]
+    if kill_writer_at is not None:
+        await asyncio.sleep(kill_writer_at)
+        os.kill(writer_pid(server), signal.SIGKILL)
+        seconds -= kill_writer_at
     await asyncio.sleep(seconds)
     assert not any(t.done() for t in tasks), [t.exception() for t in tasks if t.done()]
-    await asyncio.to_thread(server.stop, sig)
+    if sig is not None:
+        await asyncio.to_thread(server.stop, sig)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
     return out
@@ -216,8 +256,14 @@ async def test_sigkill_under_concurrent_load_loses_no_acknowledged_event(
     server_factory: type[FluxServer], data_dir: Path
 ) -> None:
     server = server_factory(data_dir, env=ENV).start()
+    writer = writer_pid(server)
     out = await load_then(server, 2.5, signal.SIGKILL)
     assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
+    for _ in range(100):  # its input ended: the writer stops by itself
+        if gone(writer):
+            break
+        await asyncio.sleep(0.05)
+    assert gone(writer), "the killed server's log writer is still running"
     assert len(out.acked) > 50, "the load did not get going"
     assert out.server_errors == []
     assert out.rejected, "no invalid event was sent"
@@ -247,3 +293,24 @@ async def test_sigterm_under_concurrent_load_finishes_requests_and_snapshots(
     assert figures["last sequence"] == int(final[1])
     print(f"\nshutdown under load (SIGTERM): {figures}")
     restarted.stop()
+
+
+async def test_a_log_writer_killed_under_load_is_replaced_and_loses_nothing_acknowledged(
+    server_factory: type[FluxServer], data_dir: Path
+) -> None:
+    """The log's writer process (not the server) is killed under load. Requests it had not
+    answered get a 503 saying their outcome is unknown; a new writer takes over and the server
+    goes on without a restart: every acknowledged event is in its state and history, and the
+    state holds exactly what the log holds of the others."""
+    server = server_factory(data_dir, env=ENV).start()
+    first = writer_pid(server)
+    out = await load_then(server, 3.0, None, kill_writer_at=1.0)
+    assert out.server_errors == [], out.server_errors[:3]
+    assert len(out.acked) > 50 and out.rejected
+    figures = await verify(server, out)
+    logs = server.logs()
+    assert "the event log's writer process ended" in logs
+    assert "the event log's writer was started again; writes resume" in logs
+    assert writer_pid(server) != first
+    print(f"\nlog writer killed under load: {figures}")
+    server.stop()

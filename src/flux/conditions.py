@@ -150,12 +150,12 @@ def evaluate(
     than every token issued before, for any entity).
 
     `unapplied` are records (seq, at, event) sequenced before `first_seq` that the engine may
-    not have applied yet: they are laid over it first. The log calls this on its writer thread
-    while the event loop may be applying exactly those records (between two `apply_all`
-    calls: the engine's `lock`, held here, keeps them out while the state is read). Some of
-    them may be applied already: laying a record over a state that has it (and what follows
-    it, laid over in order) gives the same result, since the merge is last-writer-wins per
-    property and a deletion resets the entity."""
+    not have applied yet: they are laid over it first. Both logs call this on the event loop;
+    a caller on another thread may do so while the loop applies exactly those records (between
+    two `apply_all` calls: the engine's `lock`, held here, keeps them out while the state is
+    read). Some of them may be applied already: laying a record over a state that has it (and
+    what follows it, laid over in order) gives the same result, since the merge is
+    last-writer-wins per property and a deletion resets the entity."""
     with engine.lock:
         return _evaluate(engine, groups, first_seq, now_ms, unapplied)
 

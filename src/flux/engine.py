@@ -78,7 +78,7 @@ class StateEngine:
         self.deleted_floor = 0
         self.tombstones_kept = tombstones_kept
         # Held while events are applied, and by whoever reads the state from another thread
-        # (`flux.conditions.evaluate` on the log's writer thread): an entity being applied is
+        # (`flux.conditions.evaluate` may be called off the loop): an entity being applied is
         # briefly out of `entities` (moved to the end), which such a reader must not see.
         self.lock = threading.Lock()
 
@@ -145,7 +145,7 @@ class StateEngine:
 
     def apply_all(self, records: Iterable[tuple[int, int, Event]]) -> list[Change]:
         """Apply (seq, at, event) records in order; returns the changes made. Holds `lock`
-        meanwhile (the log's writer thread reads the state under it to decide conditions).
+        meanwhile (a reader on another thread, such as a condition check, holds it).
 
         The common case (an update of an existing entity) is inlined here: this loop runs for
         every committed event, and a method call per event was a fifth of its cost."""

@@ -352,9 +352,8 @@ class FluxService:
         now_ms: int,
     ) -> list[list[Verdict]]:
         """The log's checker (see `flux.log`): conditions against the state plus the records
-        sequenced but not applied yet. Called on the SQLite log's writer thread (see
-        `flux.conditions.evaluate` for why reading the engine there is safe), or on the event
-        loop by the JetStream log."""
+        sequenced but not applied yet. Called on the event loop by both logs (the SQLite log
+        when every earlier append is applied, so it hands no unapplied records)."""
         return evaluate(self.engine, groups, first_seq, now_ms, unapplied)
 
     async def condition_failed(self, failure: Failure, index: int | None = None) -> ConditionFailed:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -16,7 +21,7 @@ from flux.events import Event, entity_of
 from flux.log import Appended, EventLog, open_log
 from flux.log.sqlite import SQLiteLog, translate
 
-from .contract import TIMEOUT, LogContract, MakeLog, Opened, entry, ids, make_event
+from .contract import TIMEOUT, LogContract, MakeLog, Opened, entries, entry, ids, make_event
 
 
 class TestSQLiteLog(LogContract):
@@ -412,3 +417,145 @@ async def test_the_wal_stays_bounded_under_writes_without_a_pause(tmp_path: Path
     assert largest < 32 * limit, f"the WAL reached {largest} bytes"
     assert len(await log.all()) == 2000 * 25
     await log.log.close()
+
+
+# -- the writer process ----------------------------------------------------------------------
+
+
+def writer_pids(parent: int) -> list[int]:
+    """The log writer processes started by process `parent`."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"writer.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+    return found
+
+
+@pytest.mark.anyio
+async def test_a_killed_writer_is_replaced_and_the_state_catches_up(tmp_path: Path) -> None:
+    """The writer process is killed with appends in flight: each of them either succeeded (and
+    is in the log) or failed with LogUnavailable; a new writer takes over, and `on_records`
+    has seen every stored record exactly once, including those the old writer stored without
+    answering."""
+    earlier = Opened(SQLiteLog(str(tmp_path / "events.db")))
+    await earlier.log.start(earlier.on_records)
+    await earlier.append(*(make_event(f"ns/{i}") for i in range(10)))
+    await earlier.log.close()
+    log = Opened(SQLiteLog(str(tmp_path / "events.db")))  # records from before its start
+    await log.log.start(log.on_records)
+    await log.append(*(make_event(f"ns/{i}") for i in range(10)))
+    (old,) = writer_pids(os.getpid())
+    for round_ in range(3):
+        futures = [log.log.submit(entries(make_event(f"ns/{i}", r=round_))) for i in range(200)]
+        await asyncio.sleep(0.002 * round_)  # some sent, some answered, some not yet
+        os.kill(old, signal.SIGKILL)
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(o, LogUnavailable) for o in failed), failed[:3]
+        acked = [done.seq for o in outcomes if not isinstance(o, BaseException) for done in o]
+        with anyio.fail_after(TIMEOUT):
+            while True:
+                try:
+                    (after,) = await log.append(make_event("ns/after"))
+                    break
+                except LogUnavailable as exc:
+                    assert "restarting" in exc.message or "writer process ended" in exc.message
+                    await asyncio.sleep(0.02)
+        stored = [r.seq for r in await log.all()]
+        assert stored == list(range(1, len(stored) + 1))
+        assert stored[10:] == [r.seq for r in log.seen], "on_records saw each new record once"
+
+        assert set(acked) <= set(stored) and after.seq == stored[-1]
+        (new,) = writer_pids(os.getpid())
+        assert new != old
+        old = new
+    await log.log.close()
+    assert writer_pids(os.getpid()) == []
+
+
+@pytest.mark.anyio
+async def test_a_second_writer_on_one_log_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+    first = Opened(SQLiteLog(path))
+    await first.log.start(first.on_records)
+    await first.append(make_event())
+    second = SQLiteLog(path, lock_wait_s=0.3)
+    with anyio.fail_after(TIMEOUT), pytest.raises(LogUnavailable, match="another process writes"):
+        await second.start(lambda records: None)
+    await second.close()
+    (done,) = await first.append(make_event())
+    assert done.seq == 2
+    await first.log.close()
+
+
+def test_the_writer_stops_when_its_input_ends_and_stores_nothing_more(tmp_path: Path) -> None:
+    """What happens to a writer whose server was killed: its input ends without STOP. It
+    exits at once, and what it had read but not committed is not stored."""
+    from flux.log import writer as w
+
+    path = tmp_path / "events.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-P", w.__file__, str(path), "{}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    kind, length = w.HEAD.unpack(proc.stdout.read(w.HEAD.size))
+    assert kind == w.READY
+    proc.stdout.read(length)
+    event = orjson.dumps(make_event())
+    rows = orjson.dumps([["e1", "ns/a", 1, len(event)]])
+    head = w.APPEND_HEAD.pack(0, 0, 0, 1, len(rows), 0)
+    proc.stdin.write(w.message(w.APPEND, head + rows + event))
+    proc.stdin.flush()
+    kind, length = w.HEAD.unpack(proc.stdout.read(w.HEAD.size))
+    assert kind == w.DONE
+    assert w.DONE_BODY.unpack(proc.stdout.read(length))[0] == 1
+    # Half a message, then the end of the input.
+    proc.stdin.write(w.message(w.APPEND, head + rows + event)[:-3])
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    proc.stdout.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT event_id FROM events").fetchall() == [("e1",)]
+
+
+@pytest.mark.anyio
+async def test_the_writer_outlives_ctrl_c_and_sigterm_sent_to_the_process_group(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (and often a service manager's SIGTERM) reaches every process of the group; the
+    server then shuts down cleanly and still needs its writer until it says STOP."""
+    log = Opened(SQLiteLog(str(tmp_path / "events.db")))
+    await log.log.start(log.on_records)
+    (writer,) = writer_pids(os.getpid())
+    os.kill(writer, signal.SIGINT)
+    os.kill(writer, signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    (done,) = await log.append(make_event())
+    assert done.seq == 1 and writer_pids(os.getpid()) == [writer]
+    await log.log.close()
+
+
+def test_the_writer_holds_none_of_the_server_s_sockets(tmp_path: Path) -> None:
+    """uvloop starts a process without closing the server's inheritable descriptors (uvicorn's
+    listening socket is one): a writer holding them would keep them open after the server
+    closed them."""
+    import socket
+
+    import uvloop
+
+    async def main() -> tuple[set[str], set[str]]:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.set_inheritable(True)  # as uvicorn makes its listening socket
+            log = SQLiteLog(str(tmp_path / "events.db"))
+            await log.start(lambda records: None)
+            (writer,) = writer_pids(os.getpid())
+            held = {os.readlink(fd) for fd in Path(f"/proc/{writer}/fd").iterdir()}
+            await log.close()
+            return held - {f"socket:[{os.fstat(listener.fileno()).st_ino}]"}, held
+
+    left, held = uvloop.run(main())
+    assert left == held, "the writer holds the server's listening socket"

@@ -17,9 +17,10 @@ Contract (tests/log/contract.py runs it against every backend):
   result carries the `Failure` (and sequence 0). A duplicate is reported as a duplicate
   before any condition is looked at (a retried conditional write is not refused by its own
   first success). With `atomic=True` an append's entries are stored all, in consecutive
-  sequences, or none. The SQLite log calls the checker on its writer thread, between two
-  commits; the JetStream log on the event loop, then has JetStream refuse the write if an
-  entity moved meanwhile (docs/architecture.md). A lease acquired gets the sequence the log
+  sequences, or none. The SQLite log calls the checker on the event loop once every earlier
+  append is committed and applied, and sends nothing more to its writer until the checked
+  group is stored; the JetStream log on the event loop, then has JetStream refuse the write if
+  an entity moved meanwhile (docs/architecture.md). A lease acquired gets the sequence the log
   expects it to be stored at as its token: on SQLite its own; on JetStream its own unless
   another write came first, and always above the entity's earlier tokens.
 - Sequences increase by one per stored record (a rejected duplicate takes no number) and never go

@@ -1,20 +1,30 @@
-"""The embedded event log: SQLite in WAL mode with `synchronous=FULL`, one writer thread.
+"""The embedded event log: SQLite in WAL mode with `synchronous=FULL`, written by a process of its
+own (`flux.log.writer`), read here.
 
-The writer drains everything queued since its last commit, appends it in one transaction and
-commits once (group commit: one fsync for the whole group). Only then does it hand the records to
-the event loop, in one callback, which passes them to `on_records` and resolves the waiting
-appends. Reads (replay, history) use their own connections on a small thread pool, each query in
-one read transaction (a consistent view even while the writer prunes).
+The event loop hands the writer every append of a pass in one message; the writer stores
+everything that has arrived in one transaction and commits once (group commit: one fsync for the
+whole group), then answers each message. The answer's callback, on the loop, builds the
+records, passes them to `on_records` and resolves the waiting appends. Reads (replay, history)
+use their own connections on a small thread pool, each query in one read transaction (a
+consistent view even while the writer prunes).
 
-Sequences are consecutive: a group is inserted with consecutive numbers and, when some of its
-event ids are already stored (or repeated within the group), the transaction is redone without
-them, so a rejected duplicate never uses up a number. The highest sequence ever assigned (and
-its time) is kept in the `meta` table before pruning removes rows, and a floor can be set at
-start (`after_seq`), so numbers never go back, even when every row was pruned or the log is
-younger than the snapshot that rebuilt the state.
+Sequences are given by the writer and are consecutive: a group takes consecutive numbers and an
+event whose id is already stored (or repeated within the group) takes none. The highest sequence
+ever assigned (and its time) is kept in the `meta` table before pruning removes rows, and a
+floor can be set at start (`after_seq`), so numbers never go back, even when every row was
+pruned or the log is younger than the snapshot that rebuilt the state.
 
-If the writer thread ever fails outside a transaction (a bug, memory), the log turns unavailable:
-every waiting and later append fails with `LogUnavailable` instead of hanging.
+Conditions are decided here, on the loop, when nothing sent before is still unanswered: the
+state `on_records` built then holds every committed record, and the next sequence is known. The
+checked group goes alone, carrying the sequence and time it was decided for, and nothing more is
+sent until it is answered; the writer stores it only when none of its ids is stored, and
+otherwise answers with the stored ones, for the group to be decided again (see `_send_checked`).
+
+If the writer process ends without being asked to (killed, out of memory), the appends it had
+not answered fail with `LogUnavailable` (they may or may not be stored; a retry with the same
+event id finds out), the log catches the state up with what the writer did store, and a new
+writer is started. If that fails too, the log turns unavailable: every later append fails
+instead of hanging.
 
 Damage is never served as data (docs/architecture.md, "A damaged log"). SQLite's corruption
 errors (a malformed page, a file that is not a database), rows missing inside a sequence range
@@ -32,87 +42,28 @@ import contextlib
 import functools
 import logging
 import os
-import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate, repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import orjson
 
-from flux.conditions import Check, Failure
+from flux.conditions import Check, Failure, Verdict
 from flux.errors import LogCorrupt, LogError, LogUnavailable
-from flux.events import Event, now_us
+from flux.events import Event
 from flux.log import Appended, Checker, Entry, OnRecords, Record
+from flux.log import writer as w
+from flux.log.writer import BUCKET_BITS, HISTORY_BATCH, WAL_LIMIT, Damaged, is_corruption
+
+__all__ = ["BUCKET_BITS", "Damaged", "SQLiteLog", "fetch_batch", "is_corruption", "translate"]
 
 logger = logging.getLogger("flux.log")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    event_id TEXT NOT NULL,
-    entity_id TEXT,
-    stored_at INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events(event_id);
-CREATE TABLE IF NOT EXISTS entity_history (
-    bucket INTEGER NOT NULL,
-    entity_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (bucket, entity_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-"""
-
-# Entity history is indexed by (bucket, entity_id, seq) with bucket = seq >> BUCKET_BITS, not by
-# (entity_id, seq): a group's index rows then land in the newest bucket's few pages instead of
-# one random page per event across an index of the whole log. Measured with 1,000-event groups
-# over 100,000 entities: the old index cost 40-70 ms per group at 300k rows and grew with the
-# log; the bucketed one stays at 2-5 ms. A history query reads the buckets newest first (with
-# the default width, a bucket holds 16,384 sequences).
-# The bucket width is recorded in `meta` (key `history_bucket_bits`) when the log is created, so
-# a log keeps the width it was written with; tests make narrow buckets to cross their boundaries.
-BUCKET_BITS = 14
-
-# The layout before entity_history: a B-tree index over (entity_id, seq). A log that still has
-# it is migrated on open (the index's rows are copied into entity_history, then it is dropped).
-_OLD_ENTITY_INDEX = "events_entity"
-
-# A whole group goes in with one statement, so the writer releases the GIL once for all of its
-# rows (a per-row executemany re-acquires the GIL after every row and, while the event loop is
-# busy, waits a switch interval each time: a convoy that cut throughput by 7x). The rows come as
-# a small JSON array of [event_id, entity_id, offset, length]; the encoded events come as one
-# blob that each row slices (SQLite re-rendering every event from a parsed JSON array cost
-# about 7 ms per 1,000 events).
-_INSERT_GROUP = (
-    "INSERT INTO events(seq, event_id, entity_id, stored_at, data) "
-    "SELECT ?1 + key, value->>0, value->>1, ?2, CAST(substr(?4, value->>2, value->>3) AS TEXT) "
-    "FROM json_each(?3)"
-)
-# History rows are written behind the events, in batches: every event up to `meta`'s
-# `history_upto` that names an entity has its row, none above it has one, and a history query
-# reads the events above the mark directly (a range of the table's own key, at most a batch and
-# a group long). Writing each group's history rows in its own commit (a trigger did, until
-# issue 17) dirtied one page of the newest bucket per event, about 25 of a 28-event group's 30
-# WAL pages; a batch of thousands sorted by (bucket, entity) writes each page once.
-HISTORY_BATCH = 4096
-_OLD_HISTORY_TRIGGER = "events_history"
-_INDEX_HISTORY = (
-    "INSERT OR IGNORE INTO entity_history(bucket, entity_id, seq) "
-    "SELECT seq >> ?3, entity_id, seq FROM events "
-    "WHERE seq > ?1 AND seq <= ?2 AND entity_id IS NOT NULL ORDER BY 1, 2, 3"
-)
-_HISTORY_MARK = (
-    "INSERT INTO meta(key, value) VALUES ('history_upto', ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-)
 # The newest events of one entity that are not in entity_history yet, newest first.
 _HISTORY_TAIL = (
     "SELECT seq, entity_id, data FROM events WHERE seq >= ? AND entity_id = ? "
@@ -133,62 +84,11 @@ _READ_BATCH = (
     "SELECT group_concat(seq), group_concat(stored_at), group_concat(data, ',') FROM "
     "(SELECT seq, stored_at, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?)"
 )
-_RAISE_MARKS = (
-    "INSERT INTO meta(key, value) VALUES ('last_seq', ?), ('last_at', ?) "
-    "ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)"
-)
 
-_STOP = object()
 # An entry's event id, entity id and encoded event (`flux.log.Entry`'s fields 1, 2 and 3).
 _event_id, _entity_id, _data = itemgetter(1), itemgetter(2), itemgetter(3)
-_CHECKPOINT_BYTES = 4 << 20  # committed event bytes between two checkpoints
-# The WAL is restarted (written again from its start) only once a checkpoint has copied every
-# frame and no commit came after it; under writes without a pause that never happens on its
-# own, and the WAL grew without end (measured: 977 MB after 40 s of single publishes, every
-# page read searching a larger index). When a PASSIVE pass of the checkpointer finds the WAL
-# past this size, it asks the writer (`_wal_full`), which runs a RESTART checkpoint itself
-# after its next commit (the checkpointer cannot: waiting for the write lock, it starves behind
-# a writer that takes it every millisecond). The pass has just copied most frames, so the
-# pause is about one fsync of the database file. The next commit writes the WAL from its start
-# and cuts the file back to this size (`journal_size_limit`). Readers still on old frames make
-# a restart wait at most _RESTART_WAIT_MS; if they are not done, the next pass asks again. (The
-# writer does not look at the file itself: a stat releases the GIL, and taking it back from a
-# busy event loop can cost a commit up to a switch interval.)
-WAL_LIMIT = 64 << 20
-_RESTART_WAIT_MS = 50  # how long a restart waits for readers still on old frames
-_MAX_GROUP = 20_000  # entries per transaction; more waits for the next commit
-_PRUNE_CHUNK = 20_000
-_LOOKUP_CHUNK = 500
-# A hole the log made on purpose: when the state (a snapshot) was ahead of the log at start,
-# new sequences continue above the state's, and `meta` records `gap:<last stored seq>` ->
-# <the state's seq>, so that readers and `flux check` tell it from rows gone missing.
-_GAP_KEY = "gap:{}"
-# SQLite's primary result codes for a damaged file (the extended codes keep them in the low byte).
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-
-
-class _Repeated(Exception):
-    """A checked group decided as if none of its event ids were stored held one that is; its
-    insert was undone whole (see `SQLiteLog._commit_checked`)."""
-
-
-class Damaged(Exception):
-    """Raised inside the log's reader and writer threads for damage found by Flux itself (not
-    by SQLite); translated into `LogCorrupt` with the log's file name."""
-
-
-def is_corruption(exc: BaseException) -> bool:
-    """Whether a driver error says the database file is damaged."""
-    if isinstance(exc, Damaged):
-        return True
-    if not isinstance(exc, sqlite3.DatabaseError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    text = str(exc)
-    return "malformed" in text or "not a database" in text
+_MAX_GROUP = 20_000  # entries per message; more go in the next
+_RESTARTS = 3  # writers started again in a row, each after the previous one ended, before giving up
 
 
 def corrupt_error(path: str, detail: str) -> LogCorrupt:
@@ -233,11 +133,61 @@ class _Append:
 
 
 class _Job:
-    __slots__ = ("fn", "future")
+    """A message other than APPEND (SYNC, PRUNE), answered in its turn."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]):
-        self.fn = fn
+    __slots__ = ("future", "kind", "payload")
+
+    def __init__(self, kind: int, payload: bytes, future: asyncio.Future[Any]) -> None:
+        self.kind = kind
+        self.payload = payload
         self.future = future
+
+
+class _Decision(NamedTuple):
+    """A checked group as decided on the loop, to be stored from `first` at `at`."""
+
+    checked: list[_Append]
+    plain: list[_Append]
+    # Per checked append: for each entry, the (seq, at) of the stored event it repeats, or the
+    # index of the earlier entry of this group it repeats, or None (it was checked).
+    repeats: list[list[tuple[int, int] | int | None]]
+    verdicts: list[list[Verdict]]
+    entries: list[Entry]  # to store: the checked ones that passed, then every plain one
+    n_checked: int
+    refused: list[str]  # the ids of entries that failed their condition
+    first: int
+    at: int
+
+
+class _Sent(NamedTuple):
+    """A message the writer has not answered yet."""
+
+    appends: list[_Append]  # empty for a job
+    decision: _Decision | None = None
+    job: _Job | None = None
+
+
+class _Pipe(asyncio.SubprocessProtocol):
+    """The writer process's pipes, for `SQLiteLog`."""
+
+    def __init__(self, log: SQLiteLog) -> None:
+        self.log = log
+        loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = loop.create_future()  # its output ended
+        self.exited: asyncio.Future[None] = loop.create_future()  # the process ended
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd == 1 and isinstance(data, bytes):
+            self.log._received(self, data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and not self.ended.done():  # every answer has been read
+            self.ended.set_result(None)
+            self.log._ended(self)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class SQLiteLog:
@@ -248,8 +198,9 @@ class SQLiteLog:
         max_page_count: int | None = None,
         bucket_bits: int = BUCKET_BITS,
         history_batch: int = HISTORY_BATCH,
-        checkpoint_bytes: int = _CHECKPOINT_BYTES,
+        checkpoint_bytes: int = w.CHECKPOINT_BYTES,
         wal_limit: int = WAL_LIMIT,
+        lock_wait_s: float = w.LOCK_WAIT_S,
     ) -> None:
         """`max_page_count` caps the database size in pages (SQLite's pragma); tests use it to
         make the disk look full. `bucket_bits` sets the history bucket width of a new log
@@ -257,26 +208,33 @@ class SQLiteLog:
         `history_batch`: how many events the history index may lag behind before the writer
         indexes them (tests use small batches to cross the mark often). `checkpoint_bytes`:
         committed event bytes between two checkpoints; `wal_limit`: the WAL size past which
-        the writer restarts it (tests use small ones)."""
+        the writer restarts it (tests use small ones). `lock_wait_s`: how long a new writer
+        waits for another process writing to the same file (an old writer finishing its
+        commit) before the log refuses to open."""
         self.path = path
-        self.max_page_count = max_page_count
         self.bucket_bits = bucket_bits
-        self.history_batch = history_batch
-        self.checkpoint_bytes = checkpoint_bytes
-        self.wal_limit = wal_limit
-        self._wal_full = False  # set by the checkpointer: the writer restarts the WAL
-        self._checkpointing = threading.Lock()  # held by the checkpointer during a pass
-        self._history_upto = 0  # the writer's copy of `meta`'s history_upto
-        self._history_next = 0  # index once the log's last sequence reaches this
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._options: dict[str, Any] = {
+            "max_page_count": max_page_count,
+            "bucket_bits": bucket_bits,
+            "history_batch": history_batch,
+            "checkpoint_bytes": checkpoint_bytes,
+            "wal_limit": wal_limit,
+            "lock_wait_s": lock_wait_s,
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_records: OnRecords | None = None
         self._checker: Checker | None = None
-        # Committed groups' records not yet handed to `on_records` (the writer's, for the
-        # checker), and the newest sequence `on_records` has seen (written on the loop).
-        self._unapplied: collections.deque[list[Record]] = collections.deque()
-        self._applied_seq = 0
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._pipe: _Pipe | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._answers = bytearray()
+        self._ready: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: list[_Append | _Job] = []  # not sent yet, in order
+        self._flushing = False  # a `_flush` is scheduled
+        self._in_flight: collections.deque[_Sent] = collections.deque()
+        self._holding = False  # a checked group is unanswered: nothing more is sent
+        self._restarting: asyncio.Task[None] | None = None
+        self._applied_seq = 0  # the newest sequence `on_records` has seen
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flux-log-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
@@ -288,17 +246,15 @@ class SQLiteLog:
         self._damage: str | None = None
         self._verifying: sqlite3.Connection | None = None
         self._known_gaps: dict[int, int] = {}  # last stored seq -> the seq after the hole - 1
-        self._checkpointer: threading.Thread | None = None
-        self._checkpoint_wake = threading.Event()
-        self._unchecked_bytes = 0  # event bytes committed since the last checkpoint was asked
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(
         self, on_records: OnRecords, *, after_seq: int = 0, checker: Checker | None = None
     ) -> None:
-        """Open the log. New records get sequences above every stored one and above
-        `after_seq`. Raises LogUnavailable when the database cannot be opened."""
+        """Open the log: start its writer. New records get sequences above every stored one and
+        above `after_seq`. Raises LogUnavailable when the database cannot be opened, LogCorrupt
+        when it fails the checks made on opening."""
         self._loop = asyncio.get_running_loop()
         self._on_records = on_records
         self._checker = checker
@@ -307,16 +263,55 @@ class SQLiteLog:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise LogUnavailable(f"event log unavailable: {exc}") from exc
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(
-            target=self._run, args=(ready, after_seq), name="flux-log-writer", daemon=True
-        )
-        self._thread.start()
-        await ready
-        self._checkpointer = threading.Thread(
-            target=self._checkpoints, name="flux-log-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        try:
+            await self._spawn(after_seq)
+        except LogError as error:
+            self._broken = error
+            raise
+        self._applied_seq = self._next_seq - 1  # `on_records` gets what is committed from now
+
+    async def _spawn(self, after_seq: int) -> None:
+        """Start a writer and wait for it to open the database."""
+        loop = self._loop
+        assert loop is not None
+        self._ready = loop.create_future()
+        self._answers = bytearray()
+        options = orjson.dumps({**self._options, "after_seq": after_seq}).decode()
+
+        def connected() -> _Pipe:
+            self._pipe = _Pipe(self)  # before any answer can arrive
+            return self._pipe
+
+        try:
+            transport, pipe = await loop.subprocess_exec(
+                connected,
+                sys.executable,
+                "-P",  # the script's directory is not put on the path
+                w.__file__,
+                self.path,
+                options,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+            )
+        except OSError as exc:
+            raise LogUnavailable(f"event log unavailable: cannot start its writer: {exc}") from exc
+        self._transport = transport
+        # uvloop's pipe transports write like asyncio.WriteTransport without subclassing it.
+        stdin = cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
+        assert stdin is not None
+        try:
+            opened = await self._ready
+        except BaseException:
+            await self._wait_exit(transport, pipe)
+            raise
+        self._stdin = stdin
+        self._next_seq = int(opened["next_seq"])
+        self._last_at = int(opened["last_at"])
+        self.bucket_bits = int(opened["bucket_bits"])
+        self._known_gaps = {int(start): int(end) for start, end in opened["gaps"]}
+        if opened["damage"] and self._damage is None:
+            self._note(corrupt_error(self.path, str(opened["damage"])))
 
     async def close(self) -> None:
         if self._closed:
@@ -325,17 +320,33 @@ class SQLiteLog:
         verifying = self._verifying
         if verifying is not None:
             verifying.interrupt()
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-        if self._checkpointer is not None:
-            self._checkpoint_wake.set()
-            await asyncio.to_thread(self._checkpointer.join)
+        if self._restarting is not None:
+            await asyncio.gather(self._restarting, return_exceptions=True)
+        pipe, transport = self._pipe, self._transport
+        if pipe is not None and transport is not None:
+            self._flush()
+            stdin = self._stdin
+            if stdin is not None and not stdin.is_closing():
+                stdin.write(w.message(w.STOP))
+            await asyncio.shield(pipe.ended)
+            await self._wait_exit(transport, pipe)
+            # Anything the writer did not answer (a checked group held the rest back, or the
+            # writer died meanwhile) is settled, not left waiting.
+            self._fail_all(LogUnavailable("event log unavailable: the log is closed"))
         self._readers.shutdown(wait=True)
         with self._reader_lock:
             conns, self._reader_conns = self._reader_conns, []
         for conn in conns:
             conn.close()
+
+    async def _wait_exit(self, transport: asyncio.SubprocessTransport, pipe: _Pipe) -> None:
+        """Let the writer end (it stops once its input ends), then release its pipes."""
+        stdin = transport.get_pipe_transport(0)
+        if stdin is not None:
+            stdin.close()
+        with contextlib.suppress(TimeoutError):  # 10 s: the last checkpoint of a large WAL
+            await asyncio.wait_for(asyncio.shield(pipe.exited), 10)
+        transport.close()  # kills it if it is still there
 
     @property
     def damage(self) -> str | None:
@@ -360,6 +371,16 @@ class SQLiteLog:
         if is_corruption(exc):
             return self._note(corrupt_error(self.path, str(exc)))
         return translate(exc)
+
+    def _failure(self, payload: bytes) -> LogError:
+        """The error a FAILED answer reports (see `flux.log.writer.failure`)."""
+        said = orjson.loads(payload)
+        text = str(said["message"])
+        if said["kind"] == "corrupt":
+            return self._note(corrupt_error(self.path, text))
+        if said["kind"] == "unavailable":
+            return LogUnavailable(f"event log unavailable: {text}")
+        return LogError(f"event log error: {text}")
 
     async def verify(self) -> None:
         """Check every page of the file: SQLite's `quick_check` (O(file): measured 0.27 s for a
@@ -394,6 +415,8 @@ class SQLiteLog:
             return type(self._broken)(self._broken.message)  # a fresh one per caller
         if self._closed or self._loop is None:
             return LogUnavailable("event log unavailable: the log is closed")
+        if self._restarting is not None:
+            return LogUnavailable("event log unavailable: its writer is restarting; try again")
         return None
 
     # -- writing ---------------------------------------------------------------------------
@@ -416,385 +439,136 @@ class SQLiteLog:
             return future
         if checked and self._checker is None:
             raise LogUnavailable("event log unavailable: conditions need a checker")
-        self._queue.put(_Append(entries, future, checked, atomic))
-        if self._broken is not None:  # the writer died after the check: it may not see this one
-            _settle(future, None, self._unavailable())
+        self._queue(_Append(entries, future, checked, atomic))
         return future
 
     async def sync(self) -> int:
         """Returns the highest sequence assigned so far, once every append queued before this
-        call has been committed (or has failed) and handed to `on_records`: the writer runs
-        this job after the appends it took with it, and their records reach the loop before
-        the job's answer does (both go through `call_soon_threadsafe`, in that order)."""
-        result: int = await self._job(lambda _conn: self._next_seq - 1)
+        call has been committed (or has failed) and handed to `on_records`: the writer answers
+        messages in order, and each answer is handled before the next."""
+        result: int = await self._job(w.SYNC)
         return result
 
-    async def _job(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _job(self, kind: int, payload: bytes = b"") -> Any:
         error = self._unavailable()
         if error is not None:
             raise error
         assert self._loop is not None
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put(_Job(fn, future))
-        if self._broken is not None:
-            _settle(future, None, self._unavailable())
+        self._queue(_Job(kind, payload, future))
         return await future
 
-    def _connect(self) -> sqlite3.Connection:
-        """The writer's connection. It never checkpoints: `_checkpoints` does, on its own
-        connection and thread, so a commit never waits for the WAL to be copied into the
-        database file and that file's fsync (measured: a quarter of the writer's time)."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=10000")
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            conn.execute(f"PRAGMA journal_size_limit={int(self.wal_limit)}")
-            if self.max_page_count is not None:
-                conn.execute(f"PRAGMA max_page_count={int(self.max_page_count)}")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+    def _queue(self, item: _Append | _Job) -> None:
+        """Send `item` with the rest of this pass's: one message per pass to the writer."""
+        self._pending.append(item)
+        if not self._flushing:
+            self._flushing = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
-    def _open(self, after_seq: int) -> sqlite3.Connection:
-        conn = self._connect()
-        try:
-            conn.executescript(SCHEMA)
-            self.bucket_bits = _bucket_bits(conn, self.bucket_bits)
-            _migrate(conn, self.bucket_bits)
-            self._history_upto = _history_mark(conn)
-            row = conn.execute(
-                "SELECT seq, stored_at FROM events ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            marks = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            stored_seq = int(row[0]) if row else 0
-            self._known_gaps = {
-                int(key[4:]): int(value)
-                for key, value in marks.items()
-                if key.startswith("gap:") and key[4:].isdigit()
-            }
-            self._check_open(conn, stored_seq, int(marks.get("last_seq", 0)))
-            last_seq = max(stored_seq, int(marks.get("last_seq", 0)))
-            self._last_at = max(int(row[1]) if row else 0, int(marks.get("last_at", 0)))
-            if after_seq > last_seq:
-                logger.warning(
-                    "the event log ends at sequence %d but the state is at %d (was the log "
-                    "replaced or lost?); new events get sequences from %d",
-                    last_seq,
-                    after_seq,
-                    after_seq + 1,
-                )
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute(_RAISE_MARKS, (after_seq, self._last_at))
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                    (_GAP_KEY.format(stored_seq), after_seq),
-                )
-                conn.execute("COMMIT")
-                self._known_gaps[stored_seq] = after_seq
-                last_seq = after_seq
-            self._next_seq = last_seq + 1
-            self._index_history(conn)
-        except BaseException:
-            _rollback(conn)
-            conn.close()
-            raise
-        return conn
-
-    def _check_open(self, conn: sqlite3.Connection, stored_seq: int, marked_seq: int) -> None:
-        """The start-up checks that cost no scan: SQLite has read the header, the schema, `meta`
-        and the newest row by now (damage there has raised already); the file must hold every
-        page its header counts (unless the WAL holds the rest); `meta` must not remember a
-        sequence above the newest row (rows lost from the end) unless the log recorded that
-        hole itself. Raises Damaged for a truncated file; the `meta` mismatch only marks the
-        log damaged (an older Flux made such holes without recording them)."""
-        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
-        size = os.path.getsize(self.path)
-        wal = self.path + "-wal"
-        wal_size = os.path.getsize(wal) if os.path.exists(wal) else 0
-        if wal_size == 0 and size < pages * page_size:
-            raise Damaged(
-                f"the file is {size} bytes but its header counts {pages} pages of {page_size} "
-                "bytes (truncated?)"
-            )
-        if (
-            stored_seq
-            and marked_seq > stored_seq
-            and self._known_gaps.get(stored_seq) != marked_seq
-        ):
-            self._note(
-                corrupt_error(
-                    self.path,
-                    f"sequence {marked_seq} was stored but the newest row is {stored_seq}",
-                )
-            )
-
-    def _run(self, ready: asyncio.Future[None], after_seq: int) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            conn = self._open(after_seq)
-        except Exception as exc:
-            error = self._translate(exc)
-            if not isinstance(error, LogCorrupt):
-                logger.error("cannot open the event log %s: %s", self.path, exc)
-            self._broken = error
-            loop.call_soon_threadsafe(_settle, ready, None, error)
-            return
-        loop.call_soon_threadsafe(_settle, ready, None, None)
-        taken: list[Any] = []
-        try:
-            self._serve(conn, loop, taken)
-        except BaseException as exc:
-            error = LogUnavailable(f"event log unavailable: the log writer failed: {exc!r}")
-            self._broken = error
-            logger.critical("the event log writer failed; no more writes", exc_info=True)
-            _rollback(conn)
-            self._fail(loop, taken, error)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def _fail(self, loop: asyncio.AbstractEventLoop, taken: list[Any], error: LogError) -> None:
-        """After the writer died: fail what it held and whatever is still queued."""
-        pending = list(taken)
-        while True:
-            try:
-                pending.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        for item in pending:
-            if isinstance(item, _Append | _Job):
-                with contextlib.suppress(RuntimeError):  # the loop may be closed already
-                    loop.call_soon_threadsafe(_settle, item.future, None, error)
-
-    def _serve(
-        self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, taken: list[Any]
-    ) -> None:
-        stop = False
-        while not stop:
-            taken.clear()
-            first = self._queue.get()
-            taken.append(first)
-            count = len(first.entries) if isinstance(first, _Append) else 0
-            while count < _MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                taken.append(item)
-                if isinstance(item, _Append):
-                    count += len(item.entries)
-            appends = [i for i in taken if isinstance(i, _Append)]
-            jobs = [i for i in taken if isinstance(i, _Job)]
-            stop = any(i is _STOP for i in taken)
-            if appends:
-                if any(a.checked for a in appends):
-                    records = self._commit_checked(conn, appends)
-                else:
-                    records = self._commit(conn, appends)
-                if records:
-                    self._unapplied.append(records)
-                    self._forget_applied()
-                loop.call_soon_threadsafe(self._deliver, appends, records)
-                if self._next_seq > self._history_next:
-                    self._index_history(conn)
-                if self._wal_full and self._checkpointing.acquire(blocking=False):
-                    try:
-                        self._restart_wal(conn)
-                    finally:
-                        self._checkpointing.release()
-            for job in jobs:
-                try:
-                    result = job.fn(conn)
-                except Exception as exc:  # a job's own failure must not kill the writer
-                    _rollback(conn)
-                    loop.call_soon_threadsafe(_settle, job.future, None, self._translate(exc))
-                else:
-                    loop.call_soon_threadsafe(_settle, job.future, result, None)
-        taken.clear()
-
-    def _commit(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[Record]:
-        """Append every entry of the group in one transaction; set each append's results.
-        Returns the new records (none when the transaction failed)."""
-        at = max(now_us(), self._last_at)
-        first = self._next_seq
-        try:
-            entries = [entry for append in appends for entry in append.entries]
-            outcome, count = self._insert(conn, entries, first, at)
-        except Exception as exc:
-            _rollback(conn)
-            error = self._translate(exc)
-            logger.error(
-                "append of %d events failed: %s", sum(len(a.entries) for a in appends), exc
-            )
-            for append in appends:
-                append.results = error
-            return []
-        self._next_seq = first + count
-        self._last_at = at
-        self._count_for_checkpoint(entries)
-        if outcome is None:
-            return _results_in_order(appends, first, at)
-        records: list[Record] = []
-        index = 0
-        for append in appends:
-            results = []
-            for entry in append.entries:
-                done = outcome[index]
-                results.append(done)
-                if not done.duplicate:
-                    records.append(Record(done.seq, at, entry.event))
-                index += 1
-            append.results = results
-        return records
-
-    def _insert(
-        self,
-        conn: sqlite3.Connection,
-        entries: list[Entry],
-        first: int,
-        at: int,
-        fresh_only: bool = False,
-    ) -> tuple[list[Appended] | None, int]:
-        """Store `entries` from sequence `first` in one transaction; returns (None, count) when
-        every entry was new, else (each entry's result, how many were new). `fresh_only`:
-        raise `_Repeated`, storing nothing, when an id is stored already or repeats."""
-        if not entries:
-            return None, 0
-        rows, blob = _group_params(entries)
-        try:
-            # Outside BEGIN ... COMMIT: the statement is its own transaction, so the whole
-            # commit (rows, history rows by trigger, fsync) is one call that releases the GIL
-            # once; each further call would wait up to a switch interval to take the GIL back
-            # from a busy event loop.
-            conn.execute(_INSERT_GROUP, (first, at, rows, blob))
-        except sqlite3.IntegrityError:
-            # Some ids are stored already or repeat within the group (the statement was undone
-            # whole): redo without them, so the new events keep consecutive sequences.
-            if fresh_only:
-                raise _Repeated from None
-            return self._insert_new(conn, entries, first, at)
-        return None, len(entries)
-
-    def _insert_new(
-        self, conn: sqlite3.Connection, entries: list[Entry], first: int, at: int
-    ) -> tuple[list[Appended], int]:
-        """Insert the entries whose event ids are not stored yet (nor earlier in `entries`), in
-        one transaction; returns every entry's result and how many were new."""
-        conn.execute("BEGIN IMMEDIATE")
-        known = _lookup(conn, list({entry.event_id for entry in entries}))
-        outcome: list[Appended] = []
-        fresh: list[Entry] = []
-        seq = first
-        for entry in entries:
-            stored = known.get(entry.event_id)
-            if stored is not None:
-                outcome.append(Appended(stored[0], stored[1], True))
+    def _flush(self) -> None:
+        """Send what is pending, in order: jobs one by one, appends as one group per run of
+        them (up to `_MAX_GROUP` entries). A run with a checked append waits until every
+        earlier message is answered (see the module's docstring)."""
+        self._flushing = False
+        pending = self._pending
+        while pending and not self._holding and self._stdin is not None:
+            head = pending[0]
+            if isinstance(head, _Job):
+                del pending[0]
+                self._in_flight.append(_Sent([], job=head))
+                self._write(w.message(head.kind, head.payload))
                 continue
-            known[entry.event_id] = (seq, at)
-            outcome.append(Appended(seq, at, False))
-            fresh.append(entry)
-            seq += 1
-        rows, blob = _group_params(fresh)
-        conn.execute(_INSERT_GROUP, (first, at, rows, blob))
-        conn.execute("COMMIT")
-        return outcome, len(fresh)
+            take: list[_Append] = []
+            count = 0
+            checked = False
+            for item in pending:
+                if not isinstance(item, _Append) or (
+                    take and count + len(item.entries) > _MAX_GROUP
+                ):
+                    break
+                take.append(item)
+                count += len(item.entries)
+                checked = checked or item.checked
+            if checked and self._in_flight:
+                return  # `_received` flushes again once everything sent is answered
+            del pending[: len(take)]
+            if checked:
+                self._send_checked(take, None)
+            else:
+                self._send(take)
 
-    def _index_history(self, conn: sqlite3.Connection) -> None:
-        """Write the history rows of every event above the mark, and move the mark, in one
-        transaction. A failure (a full disk) leaves the mark where it was: history reads cover
-        the events above it from the events table, and the next try is a batch later."""
-        last = self._next_seq - 1
-        self._history_next = last + self.history_batch + 1
-        if last <= self._history_upto:
+    def _write(self, data: bytes) -> None:
+        stdin = self._stdin
+        assert stdin is not None
+        stdin.write(data)
+
+    def _send(self, appends: list[_Append]) -> None:
+        entries = (
+            appends[0].entries if len(appends) == 1 else [e for a in appends for e in a.entries]
+        )
+        try:
+            rows, blob = _group_params(entries)
+        except Exception as exc:  # not entries: fail the group, not the log
+            self._refuse(appends, exc)
             return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_INDEX_HISTORY, (self._history_upto, last, self.bucket_bits))
-            conn.execute(_HISTORY_MARK, (last,))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            logger.warning(
-                "indexing the history of events %d-%d failed: %s", self._history_upto + 1, last, exc
-            )
-            return
-        self._history_upto = last
+        head = w.APPEND_HEAD.pack(0, 0, 0, len(entries), len(rows), 0)
+        size = len(head) + len(rows) + len(blob)
+        self._in_flight.append(_Sent(appends))
+        self._write(b"".join((w.HEAD.pack(w.APPEND, size), head, rows, blob)))
 
-    def _restart_wal(self, conn: sqlite3.Connection) -> None:
-        """On the writer, between commits: copy the rest of the WAL into the database and
-        restart it (see WAL_LIMIT)."""
-        self._wal_full = False
-        try:
-            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
-            try:
-                conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-            finally:
-                conn.execute("PRAGMA busy_timeout=10000")
-        except sqlite3.Error as exc:
-            logger.warning("restarting the event log's WAL failed: %s", exc)
-
-    def _count_for_checkpoint(self, entries: list[Entry]) -> None:
-        """Wake the checkpointer once `checkpoint_bytes` more have been committed."""
-        self._unchecked_bytes += sum(map(len, map(_data, entries)))
-        if self._unchecked_bytes >= self.checkpoint_bytes:
-            self._unchecked_bytes = 0
-            self._checkpoint_wake.set()
-
-    def _forget_applied(self) -> None:
-        """Drop the committed groups `on_records` has seen (`_applied_seq`, set on the loop)."""
-        unapplied = self._unapplied
-        applied = self._applied_seq
-        while unapplied and unapplied[0][-1].seq <= applied:
-            unapplied.popleft()
-
-    def _commit_checked(self, conn: sqlite3.Connection, appends: list[_Append]) -> list[Record]:
-        """A group with checked appends. Their entries go first, each decided by the checker
-        on this thread, against the state `on_records` has built plus the committed records it
-        has not seen yet (`_unapplied`: the checker counts them as applied), then the plain
-        appends' entries, all in one transaction. Checked appends were concurrent with the
-        plain ones of the group (neither was answered), so storing them first is an order the
-        clients may see. Duplicates of stored events are answered as duplicates, never
-        checked: the group is first decided as if none of its ids were stored (the common
-        case: most ids are drawn by the server), and when the insert finds one that is, it is
-        undone whole and the group decided again with the stored ones looked up. Looking them
-        up first cost a statement per group, more than the insert itself under load."""
-        try:
-            return self._decide_checked(conn, appends, None)
-        except _Repeated:
-            pass
-        checked = [a for a in appends if a.checked]
-        try:
-            known = _lookup(conn, list({e.event_id for a in checked for e in a.entries}))
-        except Exception as exc:
-            error = self._translate(exc)
+    def _send_checked(
+        self, appends: list[_Append], known: dict[str, tuple[int, int]] | None
+    ) -> None:
+        """Decide a group with checked appends and send it, alone: nothing is in flight, so the
+        state `on_records` built holds every committed record and `_next_seq` is the sequence
+        the writer will give next. Checked appends were concurrent with the plain ones of the
+        group (neither was answered), so storing them first is an order the clients may see.
+        Duplicates of stored events are answered as duplicates, never checked: the group is
+        first decided as if none of its ids were stored (`known` None; the common case: most
+        ids are drawn by the server) and sent to be stored only if so; when the writer finds
+        one that is, it answers with the stored ones and the group is decided again with them
+        (looking them up first would cost a round trip per group)."""
+        decision = self._decide(appends, known)
+        if isinstance(decision, LogError):
             for append in appends:
-                append.results = error
-            return []
-        return self._decide_checked(conn, appends, known)
+                append.results = decision
+            self._deliver(appends, [])
+            return
+        try:
+            rows, blob = _group_params(decision.entries)
+        except Exception as exc:
+            self._refuse(appends, exc)
+            return
+        self._holding = True
+        refused = orjson.dumps(decision.refused) if known is None and decision.refused else b""
+        head = w.APPEND_HEAD.pack(
+            decision.at,
+            decision.first,
+            known is None,
+            len(decision.entries),
+            len(rows),
+            len(refused),
+        )
+        size = len(head) + len(rows) + len(refused) + len(blob)
+        self._in_flight.append(_Sent(appends, decision))
+        self._write(b"".join((w.HEAD.pack(w.APPEND, size), head, rows, refused, blob)))
 
-    def _decide_checked(
-        self,
-        conn: sqlite3.Connection,
-        appends: list[_Append],
-        known: dict[str, tuple[int, int]] | None,
-    ) -> list[Record]:
-        """`_commit_checked` with the stored events among the checked entries' ids in `known`;
-        None: assume there are none, and raise `_Repeated` (nothing stored) if the insert finds
-        a stored id."""
+    def _refuse(self, appends: list[_Append], exc: Exception) -> None:
+        logger.error("append of %d events failed: %r", sum(len(a.entries) for a in appends), exc)
+        error = translate(exc)
+        for append in appends:
+            append.results = error
+        self._deliver(appends, [])
+
+    def _decide(
+        self, appends: list[_Append], known: dict[str, tuple[int, int]] | None
+    ) -> _Decision | LogError:
+        """Ask the checker about the checked appends' entries that are not stored (`known`)
+        nor repeat an earlier entry of the group."""
         checked = [a for a in appends if a.checked]
         plain = [a for a in appends if not a.checked]
-        if known is None:
-            known = {}
-            fresh_only = True
-        else:
-            fresh_only = False
-        # Per checked append: for each entry, the (seq, at) of the stored event it repeats, or
-        # the index of the earlier entry of this group it repeats, or None (to be checked).
+        known = known or {}
         repeats: list[list[tuple[int, int] | int | None]] = []
         first_index: dict[str, int] = {}
         groups: list[tuple[list[tuple[Event, Check | None]], bool]] = []
@@ -805,7 +579,7 @@ class SQLiteLog:
             for entry in append.entries:
                 stored = known.get(entry.event_id)
                 if stored is not None:
-                    marks.append(stored)
+                    marks.append((int(stored[0]), int(stored[1])))
                 elif entry.event_id in first_index:
                     marks.append(first_index[entry.event_id])
                 else:
@@ -818,25 +592,16 @@ class SQLiteLog:
         first = self._next_seq
         # The group's log time, taken before the conditions are decided and given to the
         # checker as its clock: a write a lease allows is stored with a time the lease covers.
-        at = max(now_us(), self._last_at)
+        at = max(w.now_us(), self._last_at)
         checker = self._checker
         assert checker is not None
-        self._forget_applied()
-        unapplied = [record for records in self._unapplied for record in records]
         try:
-            verdicts = checker(groups, first, unapplied, at // 1000)
+            verdicts = checker(groups, first, [], at // 1000)
         except Exception as exc:
             logger.exception("deciding the conditions of %d appends failed", len(checked))
-            error: LogError = LogUnavailable(
-                f"event log unavailable: conditions not decided: {exc!r}"
-            )
-            for append in appends:
-                append.results = error
-            return []
-        # The entries to store: the checked ones that passed (as the checker rewrote them),
-        # in order, then every plain entry.
-        stored_entries: list[Entry] = []
-        refused: list[str] = []  # the ids of entries that failed their condition
+            return LogUnavailable(f"event log unavailable: conditions not decided: {exc!r}")
+        entries: list[Entry] = []
+        refused: list[str] = []
         for marks, asked_verdicts, append in zip(repeats, verdicts, checked, strict=True):
             it = iter(asked_verdicts)
             for mark, entry in zip(marks, append.entries, strict=True):
@@ -849,47 +614,119 @@ class SQLiteLog:
                 if verdict.event is not None:
                     event = verdict.event
                     entry = Entry(event, entry.event_id, entry.entity_id, orjson.dumps(event))
-                stored_entries.append(entry)
-        if fresh_only and refused:
-            # A refused entry is not inserted, so the insert cannot tell whether it repeats a
-            # stored event (a retried write whose condition no longer holds: a duplicate, not
-            # a conflict). Rare: only when a condition fails.
-            try:
-                repeated = bool(_lookup(conn, refused))
-            except Exception as exc:
-                error = self._translate(exc)
-                for append in appends:
-                    append.results = error
-                return []
-            if repeated:
-                raise _Repeated
-        n_checked = len(stored_entries)
+                entries.append(entry)
+        n_checked = len(entries)
         for append in plain:
-            stored_entries.extend(append.entries)
-        try:
-            outcome, count = self._insert(conn, stored_entries, first, at, fresh_only)
-        except _Repeated:
-            raise
-        except Exception as exc:
-            _rollback(conn)
-            error = self._translate(exc)
-            logger.error("append of %d events failed: %s", len(stored_entries), exc)
+            entries.extend(append.entries)
+        return _Decision(checked, plain, repeats, verdicts, entries, n_checked, refused, first, at)
+
+    def _received(self, pipe: _Pipe, data: bytes) -> None:
+        """On the loop: the writer's answers (whole messages are handled; a part waits for its
+        rest), then whatever was held back for them is sent."""
+        if pipe is not self._pipe:
+            return
+        buffer = self._answers
+        buffer += data
+        pos = 0
+        size = len(buffer)
+        while size - pos >= w.HEAD.size:
+            kind, length = w.HEAD.unpack_from(buffer, pos)
+            end = pos + w.HEAD.size + length
+            if end > size:
+                break
+            self._answer(kind, bytes(buffer[pos + w.HEAD.size : end]))
+            pos = end
+        del buffer[:pos]
+        if self._pending and not self._flushing:
+            self._flush()
+
+    def _answer(self, kind: int, payload: bytes) -> None:
+        if kind == w.LOG:
+            level, text = orjson.loads(payload)
+            logger.log(int(level), "%s", text)
+            return
+        ready = self._ready
+        if ready is not None and not ready.done():
+            if kind == w.READY:
+                ready.set_result(orjson.loads(payload))
+            else:
+                error = self._failure(payload) if kind == w.FAILED else LogError("bad answer")
+                if not isinstance(error, LogCorrupt):
+                    logger.error("cannot open the event log %s: %s", self.path, error.message)
+                ready.set_exception(error)
+            return
+        sent = self._in_flight.popleft()
+        if sent.job is not None:
+            if kind == w.SYNCED:
+                _settle(sent.job.future, w.COUNT.unpack(payload)[0], None)
+            elif kind == w.PRUNED:
+                removed, more = w.PRUNED_BODY.unpack(payload)
+                _settle(sent.job.future, (removed, bool(more)), None)
+            else:
+                _settle(sent.job.future, None, self._failure(payload))
+            return
+        appends, decision = sent.appends, sent.decision
+        if decision is not None:
+            self._holding = False
+        if kind == w.DONE:
+            first, at, count = w.DONE_BODY.unpack(payload)
+            self._next_seq = first + count
+            self._last_at = max(self._last_at, at)
+            if decision is None:
+                records = _results_in_order(appends, first, at)
+            else:
+                outcome = [Appended(first + i, at, False) for i in range(count)]
+                records = self._checked_results(decision, outcome)
+        elif kind == w.DUPLICATES:
+            outcome = [Appended(seq, at, bool(dup)) for seq, at, dup in orjson.loads(payload)]
+            fresh = [done for done in outcome if not done.duplicate]
+            if fresh:
+                self._next_seq = fresh[-1].seq + 1
+                self._last_at = max(self._last_at, fresh[-1].at)
+            if decision is None:
+                records = self._plain_results(appends, outcome)
+            else:
+                records = self._checked_results(decision, outcome)
+        elif kind == w.REPEATED and decision is not None:
+            known = {key: (int(v[0]), int(v[1])) for key, v in orjson.loads(payload).items()}
+            self._send_checked(appends, known)
+            return
+        else:
+            error = self._failure(payload) if kind == w.FAILED else LogError("bad answer")
             for append in appends:
                 append.results = error
-            return []
-        self._next_seq = first + count
-        self._last_at = at
-        self._count_for_checkpoint(stored_entries)
-        if outcome is None:
-            outcome = [Appended(first + i, at, False) for i in range(count)]
+            records = []
+        self._deliver(appends, records)
+
+    @staticmethod
+    def _plain_results(appends: list[_Append], outcome: list[Appended]) -> list[Record]:
         records: list[Record] = []
-        for done, entry in zip(outcome, stored_entries, strict=True):
-            if not done.duplicate:
-                records.append(Record(done.seq, at, entry.event))
-        # Each append's results, entry by entry.
+        index = 0
+        for append in appends:
+            results = []
+            for entry in append.entries:
+                done = outcome[index]
+                results.append(done)
+                if not done.duplicate:
+                    records.append(Record(done.seq, done.at, entry.event))
+                index += 1
+            append.results = results
+        return records
+
+    @staticmethod
+    def _checked_results(decision: _Decision, outcome: list[Appended]) -> list[Record]:
+        """Each append's results, entry by entry, from the outcome of the stored entries."""
+        at = decision.at
+        records = [
+            Record(done.seq, done.at, entry.event)
+            for done, entry in zip(outcome, decision.entries, strict=True)
+            if not done.duplicate
+        ]
         slot = 0
         flat: list[Appended] = []
-        for marks, asked_verdicts, append in zip(repeats, verdicts, checked, strict=True):
+        for marks, asked_verdicts, append in zip(
+            decision.repeats, decision.verdicts, decision.checked, strict=True
+        ):
             it = iter(asked_verdicts)
             results: list[Appended] = []
             for mark in marks:
@@ -911,20 +748,16 @@ class SQLiteLog:
                     results.append(Appended(mark[0], mark[1], True))
                 flat.append(results[-1])
             append.results = results
-        assert slot == n_checked
-        for append in plain:
+        assert slot == decision.n_checked
+        for append in decision.plain:
             append.results = outcome[slot : slot + len(append.entries)]
             slot += len(append.entries)
         return records
 
     def _deliver(self, appends: list[_Append], records: list[Record]) -> None:
         """On the loop: hand the committed records on, then wake the appenders."""
-        if records and self._on_records is not None:
-            try:
-                self._on_records(records)
-            except Exception:  # the log stays correct; state is the caller's to fix
-                logger.exception("applying %d committed records failed", len(records))
-            self._applied_seq = records[-1].seq
+        if records:
+            self._apply(records)
         for append in appends:
             results = append.results
             if isinstance(results, BaseException):
@@ -932,35 +765,83 @@ class SQLiteLog:
             else:
                 _settle(append.future, results, None)
 
-    def _checkpoints(self) -> None:
-        """The checkpointer thread: copy the WAL into the database (PASSIVE: it never blocks
-        the writer or readers) each time the writer has committed `checkpoint_bytes` more,
-        and once more at close; past `wal_limit`, it asks the writer to restart the WAL (see
-        WAL_LIMIT). A failed checkpoint is logged and retried on the next wake; commits stay
-        durable in the WAL meanwhile."""
-        conn: sqlite3.Connection | None = None
-        while True:
-            self._checkpoint_wake.wait()
-            self._checkpoint_wake.clear()
-            if self._closed and self._thread is not None and self._thread.is_alive():
-                continue  # close() wakes this thread again once the writer has stopped
+    def _apply(self, records: list[Record]) -> None:
+        if self._on_records is not None:
             try:
-                if conn is None:
-                    conn = sqlite3.connect(self.path, isolation_level=None)
-                    conn.execute("PRAGMA synchronous=FULL")
-                    conn.execute("PRAGMA busy_timeout=10000")
-                    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-                with self._checkpointing:
-                    frames = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-                if frames * page_size > self.wal_limit:
-                    self._wal_full = True
-            except sqlite3.Error as exc:
-                logger.warning("checkpoint of the event log failed: %s", exc)
-            if self._closed:
-                break
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+                self._on_records(records)
+            except Exception:  # the log stays correct; state is the caller's to fix
+                logger.exception("applying %d committed records failed", len(records))
+        self._applied_seq = records[-1].seq
+
+    # -- when the writer ends --------------------------------------------------------------
+
+    def _ended(self, pipe: _Pipe) -> None:
+        """The writer's output ended, every answer read. Unless the log is closing, the writer
+        ended on its own: fail what it did not answer and start another."""
+        if pipe is not self._pipe or self._closed:
+            return
+        ready = self._ready
+        if ready is None or not ready.done():
+            if ready is not None:
+                ready.set_exception(
+                    LogUnavailable("event log unavailable: its writer ended before opening it")
+                )
+            return
+        if ready.cancelled() or ready.exception() is not None:
+            return  # it could not open the log: `_spawn` says so
+        self._stdin = None
+        transport = self._transport
+        code = transport.get_returncode() if transport is not None else None
+        said = f" (exit code {code})" if code is not None else ""
+        logger.critical("the event log's writer process ended%s; starting another", said)
+        error = LogUnavailable(
+            f"event log unavailable: its writer process ended{said} before answering; the "
+            "events may or may not be stored (publish them again with the same eventId to "
+            "find out)"
+        )
+        self._fail_all(error)
+        assert self._loop is not None
+        self._restarting = self._loop.create_task(self._restart(transport, pipe))
+
+    def _fail_all(self, error: LogError) -> None:
+        sent, self._in_flight = list(self._in_flight), collections.deque()
+        pending, self._pending = self._pending, []
+        self._holding = False
+        for item in sent:
+            if item.job is not None:
+                _settle(item.job.future, None, error)
+            for append in item.appends:
+                _settle(append.future, None, error)
+        for queued in pending:
+            _settle(queued.future, None, error)
+
+    async def _restart(self, old: asyncio.SubprocessTransport | None, pipe: _Pipe) -> None:
+        """Start a new writer (it continues the sequences from the database) and hand
+        `on_records` what the old one stored but did not answer. Gives up, leaving the log
+        unavailable, after `_RESTARTS` tries."""
+        try:
+            if old is not None:
+                await self._wait_exit(old, pipe)
+            for attempt in range(1, _RESTARTS + 1):
+                try:
+                    await self._spawn(self._applied_seq)
+                    async for records in self.read(self._applied_seq):
+                        self._apply(records)
+                except LogError as exc:
+                    logger.error("starting the event log's writer again failed: %s", exc.message)
+                    if attempt == _RESTARTS or self._closed:
+                        self._broken = LogUnavailable(
+                            f"event log unavailable: its writer could not be started: {exc.message}"
+                        )
+                        return
+                    await asyncio.sleep(0.1 * attempt)
+                    continue
+                logger.warning("the event log's writer was started again; writes resume")
+                return
+        finally:
+            self._restarting = None
+            if self._broken is not None:
+                self._fail_all(self._broken)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1044,7 +925,7 @@ class SQLiteLog:
         self, entity_id: str, since_us: int, limit: int, after_seq: int = 0
     ) -> list[bytes]:
         def query(conn: sqlite3.Connection) -> list[bytes]:
-            bound = _first_seq_at_or_after(conn, since_us)
+            bound = w.first_seq_at_or_after(conn, since_us)
             if bound is None:
                 return []
             high = int(conn.execute("SELECT MAX(seq) FROM events").fetchone()[0])
@@ -1081,7 +962,7 @@ class SQLiteLog:
                 return None
             limits = []
             if before_us is not None:
-                first_kept = _first_seq_at_or_after(conn, before_us)
+                first_kept = w.first_seq_at_or_after(conn, before_us)
                 limits.append(first_kept - 1 if first_kept is not None else upto_seq)
             if keep_events is not None:
                 row = conn.execute(
@@ -1094,28 +975,9 @@ class SQLiteLog:
         bound: int | None = await self._read(limit)
         if bound is None:
             return 0
-
-        def work(conn: sqlite3.Connection) -> tuple[int, bool]:
-            lowest = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
-            if lowest is None or bound < lowest:
-                return 0, False
-            chunk_end = min(bound, lowest + _PRUNE_CHUNK - 1)
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_RAISE_MARKS, (self._next_seq - 1, self._last_at))
-            cursor = conn.execute("DELETE FROM events WHERE seq <= ?", (chunk_end,))
-            removed = cursor.rowcount
-            last_bucket = chunk_end >> self.bucket_bits
-            conn.execute("DELETE FROM entity_history WHERE bucket < ?", (last_bucket,))
-            conn.execute(
-                "DELETE FROM entity_history WHERE bucket = ? AND seq <= ?",
-                (last_bucket, chunk_end),
-            )
-            conn.execute("COMMIT")
-            return removed, chunk_end < bound
-
         total = 0
-        while True:
-            step: tuple[int, bool] = await self._job(work)
+        while True:  # the writer removes a chunk per message: appends go on between them
+            step: tuple[int, bool] = await self._job(w.PRUNE, w.COUNT.pack(bound))
             removed, more = step
             total += removed
             if not more:
@@ -1157,87 +1019,6 @@ def _results_in_order(appends: list[_Append], first: int, at: int) -> list[Recor
         records.extend(map(new_record, zip(range(seq, end), repeat(at), events)))
         seq = end
     return records
-
-
-def _bucket_bits(conn: sqlite3.Connection, wanted: int) -> int:
-    """The history bucket width of this log: the recorded one, else `wanted` (recorded now)."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'history_bucket_bits'").fetchone()
-    if row is not None:
-        return int(row[0])
-    conn.execute("INSERT INTO meta(key, value) VALUES ('history_bucket_bits', ?)", (wanted,))
-    return wanted
-
-
-def _history_mark(conn: sqlite3.Connection) -> int:
-    """`meta`'s history_upto, set on a log that has none. Flux wrote history rows by trigger
-    before the mark existed, so such a log is indexed up to its newest event; the trigger is
-    dropped (also when an older Flux re-created it: its rows are then ignored when indexed)."""
-    conn.execute("BEGIN IMMEDIATE")
-    row = conn.execute("SELECT value FROM meta WHERE key = 'history_upto'").fetchone()
-    if row is None:
-        high = conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
-        row = (int(high or 0),)
-        conn.execute(_HISTORY_MARK, row)
-    conn.execute(f"DROP TRIGGER IF EXISTS {_OLD_HISTORY_TRIGGER}")
-    conn.execute("COMMIT")
-    return int(row[0])
-
-
-def _migrate(conn: sqlite3.Connection, bits: int) -> None:
-    """Move a log from the old layout (an `(entity_id, seq)` index over `events`) to the
-    bucketed `entity_history` table, in one transaction. Also repairs a log that an older Flux
-    wrote to after a newer one (it re-creates the old index): the history is rebuilt whole."""
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (_OLD_ENTITY_INDEX,)
-    ).fetchone()
-    if exists is None:
-        return
-    logger.info("migrating the event log's entity index to the bucketed layout")
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("DELETE FROM entity_history")
-    conn.execute(
-        "INSERT INTO entity_history(bucket, entity_id, seq) "
-        "SELECT seq >> ?, entity_id, seq FROM events WHERE entity_id IS NOT NULL ORDER BY seq",
-        (bits,),
-    )
-    conn.execute(f"DROP INDEX {_OLD_ENTITY_INDEX}")
-    conn.execute("COMMIT")
-
-
-def _lookup(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, tuple[int, int]]:
-    """Stored (seq, stored_at) by event id, for those of `event_ids` that are in the log."""
-    known: dict[str, tuple[int, int]] = {}
-    for i in range(0, len(event_ids), _LOOKUP_CHUNK):
-        part = event_ids[i : i + _LOOKUP_CHUNK]
-        marks = ",".join("?" * len(part))
-        for event_id, seq, at in conn.execute(
-            f"SELECT event_id, seq, stored_at FROM events WHERE event_id IN ({marks})", part
-        ):
-            known[event_id] = (int(seq), int(at))
-    return known
-
-
-def _first_seq_at_or_after(conn: sqlite3.Connection, at_us: int) -> int | None:
-    """The lowest sequence logged at or after `at_us`, by bisection over the sequence (stored_at
-    never decreases with seq; sequences may have gaps). Call it inside a read transaction."""
-
-    def first_from(seq: int) -> tuple[int, int]:
-        row = conn.execute(
-            "SELECT seq, stored_at FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (seq,)
-        ).fetchone()
-        return int(row[0]), int(row[1])
-
-    low, high = conn.execute("SELECT MIN(seq), MAX(seq) FROM events").fetchone()
-    if low is None or first_from(high)[1] < at_us:
-        return None
-    while low < high:
-        mid = (low + high) // 2
-        if first_from(mid)[1] >= at_us:
-            high = mid
-        else:
-            low = mid + 1
-    first: int = first_from(low)[0]
-    return first
 
 
 def fetch_batch(
