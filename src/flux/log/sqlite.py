@@ -355,7 +355,10 @@ class SQLiteLog:
 
     @property
     def unavailable(self) -> str | None:
-        """Always None: the file is local; its failures are answered per write."""
+        """Why the log takes no writes for the moment: its writer is being started again.
+        Otherwise None: the file is local, and its failures are answered per write."""
+        if self._restarting is not None:
+            return "event log unavailable: its writer is restarting"
         return None
 
     def _note(self, error: LogCorrupt) -> LogCorrupt:
