@@ -821,15 +821,13 @@ class SQLiteLog:
     async def _restart(self, old: asyncio.SubprocessTransport | None, pipe: _Pipe) -> None:
         """Start a new writer (it continues the sequences from the database) and hand
         `on_records` what the old one stored but did not answer. Gives up, leaving the log
-        unavailable, after `_RESTARTS` tries."""
+        unavailable, after `_RESTARTS` tries, or when what was stored cannot be read."""
         try:
             if old is not None:
                 await self._wait_exit(old, pipe)
             for attempt in range(1, _RESTARTS + 1):
                 try:
                     await self._spawn(self._applied_seq)
-                    async for records in self.read(self._applied_seq):
-                        self._apply(records)
                 except LogError as exc:
                     logger.error("starting the event log's writer again failed: %s", exc.message)
                     if attempt == _RESTARTS or self._closed:
@@ -839,8 +837,17 @@ class SQLiteLog:
                         return
                     await asyncio.sleep(0.1 * attempt)
                     continue
-                logger.warning("the event log's writer was started again; writes resume")
+                break
+            try:
+                async for records in self.read(self._applied_seq):
+                    self._apply(records)
+            except LogError as exc:
+                logger.error("reading what the event log's writer stored failed: %s", exc.message)
+                self._broken = LogUnavailable(
+                    f"event log unavailable: the state cannot catch up with it: {exc.message}"
+                )
                 return
+            logger.warning("the event log's writer was started again; writes resume")
         finally:
             self._restarting = None
             if self._broken is not None:
