@@ -97,7 +97,9 @@ async def connect(
             yield client
         return
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx2.AsyncClient(headers=headers) as http:
+    # httpx's default 5 s read timeout is shorter than an early request's wait for the SDK on
+    # a loaded machine (the slow-load test: 4 s plus the load itself); `run` bounds it all.
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
         server = streamable_http_client(f"{flux.url}/mcp", http_client=http)
         async with Client(server, mode=mode, **options) as client:
             yield client
