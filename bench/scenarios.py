@@ -388,8 +388,8 @@ def scenario_single(ctx: Context) -> list[Row]:
             "ratio",
             {
                 **{name: None for name in plain},
-                subject: checked_rps / plain[subject]
-                if checked_rps and plain.get(subject)
+                subject: checked_rps / base
+                if checked_rps and (base := plain.get(subject))
                 else None,
             },
             decimals=2,

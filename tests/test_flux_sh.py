@@ -12,13 +12,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import REPO, FluxServer, free_port, module_server
+from localhttp import QuietHTTPServer
 
 SCRIPT = REPO / "scripts" / "flux.sh"
 ADMIN_TOKEN = "sh-admin-secret"
@@ -746,7 +747,7 @@ class Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server = QuietHTTPServer(("127.0.0.1", 0), Recorder)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     Recorder.seen = []

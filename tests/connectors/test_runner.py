@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -15,6 +15,7 @@ import pytest
 from flux.connectors.base import KNOWN, Connector, ConnectorError, EventDict
 from flux.connectors.runner import ConnectorRunner, Scheduler, backoff_delays
 from flux.errors import RateLimited
+from localhttp import QuietHTTPServer
 
 
 class FakeSleep:
@@ -217,8 +218,7 @@ def source() -> Iterator[tuple[str, Source]]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
