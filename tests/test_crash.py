@@ -97,6 +97,12 @@ async def worker(w: int, client: httpx.AsyncClient, stop: asyncio.Event, out: Ou
                         out.rejected[sent.event_id] = sent
                     out.failures["writer restarting"] += 1
                     continue
+                if response.status_code == 503 and "were not stored" in response.text:
+                    # The log's writer ended before storing them (the log looked them up).
+                    for sent, _ in batch:
+                        out.rejected[sent.event_id] = sent
+                    out.failures["writer ended, not stored"] += 1
+                    continue
                 if response.status_code == 503 and "may or may not be stored" in response.text:
                     # The log's writer ended before answering: the outcome is unknown.
                     for sent, _ in batch:
@@ -298,15 +304,17 @@ async def test_sigterm_under_concurrent_load_finishes_requests_and_snapshots(
 async def test_a_log_writer_killed_under_load_is_replaced_and_loses_nothing_acknowledged(
     server_factory: type[FluxServer], data_dir: Path
 ) -> None:
-    """The log's writer process (not the server) is killed under load. Requests it had not
-    answered get a 503 saying their outcome is unknown; a new writer takes over and the server
-    goes on without a restart: every acknowledged event is in its state and history, and the
-    state holds exactly what the log holds of the others."""
+    """The log's writer process (not the server) is killed under load. A new writer takes
+    over and the server goes on without a restart. Requests the old writer had not answered
+    get their exact outcome, looked up in the log: a 200 when it stored them, a 503 saying
+    they were not stored otherwise (never "may or may not"). Every acknowledged event is in
+    the state and history, and no refused one is."""
     server = server_factory(data_dir, env=ENV).start()
     first = writer_pid(server)
     out = await load_then(server, 3.0, None, kill_writer_at=1.0)
     assert out.server_errors == [], out.server_errors[:3]
     assert len(out.acked) > 50 and out.rejected
+    assert not out.unanswered and out.failures["writer ended"] == 0, out.failures
     figures = await verify(server, out)
     logs = server.logs()
     assert "the event log's writer process ended" in logs

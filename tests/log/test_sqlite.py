@@ -10,15 +10,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import anyio
 import orjson
 import pytest
 
+from flux.conditions import Check
 from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import Event, entity_of
-from flux.log import Appended, EventLog, open_log
+from flux.log import Appended, Entry, EventLog, open_log
 from flux.log.sqlite import SQLiteLog, translate
 
 from .contract import TIMEOUT, LogContract, MakeLog, Opened, entries, entry, ids, make_event
@@ -434,28 +437,45 @@ def writer_pids(parent: int) -> list[int]:
 
 
 @pytest.mark.anyio
-async def test_a_killed_writer_is_replaced_and_the_state_catches_up(tmp_path: Path) -> None:
-    """The writer process is killed with appends in flight: each of them either succeeded (and
-    is in the log) or failed with LogUnavailable; a new writer takes over, and `on_records`
-    has seen every stored record exactly once, including those the old writer stored without
-    answering."""
+async def test_a_killed_writer_is_replaced_and_its_unanswered_appends_get_their_outcome(
+    tmp_path: Path,
+) -> None:
+    """The writer process is killed with plain and checked appends in flight, some repeating
+    stored events. A new writer takes over; `on_records` sees every stored record exactly
+    once, including those the old writer stored without answering; and every append gets its
+    exact outcome: those answered as stored are stored at the sequence they were told (a
+    duplicate at the earlier one), and those that failed were not stored. (The kill lands
+    where it may; the next test makes each case happen.)"""
     earlier = Opened(SQLiteLog(str(tmp_path / "events.db")))
     await earlier.log.start(earlier.on_records)
-    await earlier.append(*(make_event(f"ns/{i}") for i in range(10)))
+    old_events = [make_event(f"ns/{i}") for i in range(10)]
+    await earlier.append(*old_events)
     await earlier.log.close()
     log = Opened(SQLiteLog(str(tmp_path / "events.db")))  # records from before its start
-    await log.log.start(log.on_records)
+    await log.log.start(log.on_records, checker=log.checker)
     await log.append(*(make_event(f"ns/{i}") for i in range(10)))
     (old,) = writer_pids(os.getpid())
-    for round_ in range(3):
-        futures = [log.log.submit(entries(make_event(f"ns/{i}", r=round_))) for i in range(200)]
-        await asyncio.sleep(0.002 * round_)  # some sent, some answered, some not yet
+    padding = "x" * 1000  # a few milliseconds of writing per message
+    for round_ in range(6):
+        top = log.seen[-1].seq
+        sent: list[tuple[list[Entry], bool, asyncio.Future[list[Appended]]]] = []
+        for i in range(200):
+            if i % 25 == 0:
+                await asyncio.sleep(0)  # a message per 25 appends, several in flight
+            if i % 50 == 7:  # checked: the first of a pass passes, the others find a new version
+                current = log.engine.get("ns/c")
+                version = current.version if current is not None else 0
+                batch = [entry(make_event("ns/c", n=i), Check(expected_version=version))]
+                sent.append((batch, True, log.log.submit(batch, checked=True)))
+                continue
+            events = (make_event(f"ns/{i}", r=round_, k=k, pad=padding) for k in range(1 + i % 3))
+            batch = entries(*events)
+            if i % 10 == 3:  # repeats a stored event
+                batch.append(entry(old_events[i % 10]))
+            sent.append((batch, False, log.log.submit(batch)))
+        await asyncio.sleep(0.004 * round_)  # answered, stored, sent or not yet sent
         os.kill(old, signal.SIGKILL)
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        assert log.log.unavailable in (None, "event log unavailable: its writer is restarting")
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        assert all(isinstance(o, LogUnavailable) for o in failed), failed[:3]
-        acked = [done.seq for o in outcomes if not isinstance(o, BaseException) for done in o]
+        outcomes = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
         with anyio.fail_after(TIMEOUT):
             while True:
                 try:
@@ -464,16 +484,163 @@ async def test_a_killed_writer_is_replaced_and_the_state_catches_up(tmp_path: Pa
                 except LogUnavailable as exc:
                     assert "restarting" in exc.message or "writer process ended" in exc.message
                     await asyncio.sleep(0.02)
-        stored = [r.seq for r in await log.all()]
-        assert stored == list(range(1, len(stored) + 1))
-        assert stored[10:] == [r.seq for r in log.seen], "on_records saw each new record once"
-
-        assert set(acked) <= set(stored) and after.seq == stored[-1]
+        stored = await log.all()
+        assert [r.seq for r in stored] == list(range(1, len(stored) + 1))
+        assert stored[10:] == log.seen, "on_records saw each new record once"
+        at_seq = {r.event["eventId"]: r.seq for r in stored}
+        told: set[str] = set()
+        for (batch, _, _), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                assert isinstance(outcome, LogUnavailable), outcome
+                assert "were not stored" in outcome.message, outcome.message
+                fresh = [e.event_id for e in batch if e.event not in old_events]
+                assert not any(key in at_seq for key in fresh), outcome.message
+                continue
+            for e, done in zip(batch, outcome, strict=True):
+                if done.failure is not None:
+                    assert e.event_id not in at_seq
+                else:
+                    assert at_seq[e.event_id] == done.seq
+                    if not done.duplicate:
+                        told.add(e.event_id)
+        assert told == {r.event["eventId"] for r in stored if top < r.seq < after.seq}
         (new,) = writer_pids(os.getpid())
         assert new != old and log.log.unavailable is None
         old = new
     await log.log.close()
     assert writer_pids(os.getpid()) == []
+
+
+async def stored_ids(path: Path, event_ids: list[str]) -> set[str]:
+    """Which of `event_ids` the file holds, read on a connection of the test's own."""
+
+    def query() -> set[str]:
+        conn = sqlite3.connect(path)
+        try:
+            marks = ",".join("?" * len(event_ids))
+            sql = f"SELECT event_id FROM events WHERE event_id IN ({marks})"
+            return {row[0] for row in conn.execute(sql, event_ids)}
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(query)
+
+
+async def kill_after_commit(log: SQLiteLog, path: Path, submit: Callable[[], list[str]]) -> None:
+    """Make the writer die after committing what `submit` sends but before the log reads its
+    answers: the log stops reading the writer's output, `submit` sends (it returns the ids to
+    wait for), and once the file holds them the writer is killed and its unread answers are
+    drained from the pipe (as if it had died before writing them). Reading then resumes, and
+    the log sees the writer's output end."""
+    (pid,) = writer_pids(os.getpid())
+    transport = log._transport
+    assert transport is not None
+    answers = cast(asyncio.ReadTransport, transport.get_pipe_transport(1))
+    answers.pause_reading()
+    wanted = submit()
+    with anyio.fail_after(TIMEOUT):
+        while await stored_ids(path, wanted) != set(wanted):
+            await asyncio.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    fd = answers.get_extra_info("pipe").fileno()
+    with anyio.fail_after(TIMEOUT):
+        while True:  # every answer it wrote, until the end of its output
+            try:
+                if os.read(fd, 1 << 16) == b"":
+                    break
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+    answers.resume_reading()
+
+
+@pytest.mark.anyio
+async def test_appends_a_dead_writer_stored_or_not_are_answered_exactly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer dies with appends unanswered, and the log answers them from the file: those
+    it stored (a checked group, with an entry refused; plain messages with events that repeat
+    a stored one, one of the same message and one of the message before) get the answer the
+    writer would have given; those it had not stored, sent or not, fail with "not stored"."""
+    path = tmp_path / "events.db"
+    writing = SQLiteLog(str(path))
+    log = Opened(writing)
+    await log.log.start(log.on_records, checker=log.checker)
+    old = make_event("ns/old")
+    ((old_done,), (c0,)) = [await log.append(old), await log.append(make_event("ns/c", n=0))]
+    caplog.set_level("WARNING", logger="flux.log")
+
+    # 1. A checked group, stored: one entry passes, one is refused, a plain append goes along.
+    c1, stale, p0 = make_event("ns/c", n=1), make_event("ns/c", n=9), make_event("ns/p")
+    futures: list[asyncio.Future[list[Appended]]] = []
+
+    def checked() -> list[str]:
+        futures.append(
+            log.log.submit(
+                [
+                    entry(c1, Check(expected_version=c0.seq)),
+                    entry(stale, Check(expected_version=c0.seq - 1)),
+                ],
+                checked=True,
+            )
+        )
+        futures.append(log.log.submit(entries(p0)))
+        return [c1["eventId"], p0["eventId"]]
+
+    await kill_after_commit(writing, path, checked)
+    with anyio.fail_after(TIMEOUT):
+        (passed, refused), (plain,) = await asyncio.gather(*futures)
+    assert (passed.seq, passed.duplicate, passed.failure) == (c0.seq + 1, False, None)
+    assert refused.seq == 0 and refused.failure is not None
+    assert refused.failure.current_version == passed.seq  # it comes after the one that passed
+    assert (plain.seq, plain.duplicate) == (c0.seq + 2, False)
+
+    # 2. Two plain messages, stored: repeats of a stored event, within one, and across both.
+    a, b, c = make_event("ns/a"), make_event("ns/b"), make_event("ns/c", n=2)
+    futures = []
+
+    def plain_messages() -> list[str]:
+        futures.append(log.log.submit(entries(a, old, a, b)))
+        # Submitted after the log's pass has sent the first: a message of its own.
+        later = lambda: futures.append(log.log.submit(entries(b, c)))  # noqa: E731
+        asyncio.get_running_loop().call_soon(later)
+        return [a["eventId"], b["eventId"], c["eventId"]]
+
+    first = log.seen[-1].seq + 1
+    await kill_after_commit(writing, path, plain_messages)
+    with anyio.fail_after(TIMEOUT):
+        one, two = await asyncio.gather(*futures)
+    at = one[0].at
+    assert one == [
+        Appended(first, at, False),
+        Appended(old_done.seq, old_done.at, True),
+        Appended(first, at, True),
+        Appended(first + 1, at, False),
+    ]
+    assert two == [Appended(first + 1, at, True), Appended(first + 2, two[1].at, False)]
+
+    # 3. Not stored: sent to a writer that never reads it, and one held back behind it.
+    (pid,) = writer_pids(os.getpid())
+    os.kill(pid, signal.SIGSTOP)
+    d = make_event("ns/d")
+    sent_one = log.log.submit(entries(d))
+    await asyncio.sleep(0.05)  # written to the pipe
+    held = log.log.submit([entry(make_event("ns/c", n=3), Check(expected_version=1))], checked=True)
+    os.kill(pid, signal.SIGKILL)
+    outcomes = await asyncio.gather(sent_one, held, return_exceptions=True)
+    for outcome in outcomes:
+        assert isinstance(outcome, LogUnavailable) and "were not stored" in outcome.message
+    with anyio.fail_after(TIMEOUT):
+        while log.log.unavailable is not None:
+            await asyncio.sleep(0.01)
+    assert await stored_ids(path, [d["eventId"]]) == set()
+
+    stored = await log.all()
+    assert stored == log.seen, "on_records saw each stored record once"
+    said = [r.getMessage() for r in caplog.records if "left unanswered" in r.getMessage()]
+    assert said[0].endswith("2 stored, 0 not stored, 0 unknown"), said
+    assert said[-1].endswith("0 stored, 1 not stored, 0 unknown"), said
+    assert len(said) == 3, said
+    await log.log.close()
 
 
 @pytest.mark.anyio

@@ -20,11 +20,13 @@ checked group goes alone, carrying the sequence and time it was decided for, and
 sent until it is answered; the writer stores it only when none of its ids is stored, and
 otherwise answers with the stored ones, for the group to be decided again (see `_send_checked`).
 
-If the writer process ends without being asked to (killed, out of memory), the appends it had
-not answered fail with `LogUnavailable` (they may or may not be stored; a retry with the same
-event id finds out), the log catches the state up with what the writer did store, and a new
-writer is started. If that fails too, the log turns unavailable: every later append fails
-instead of hanging.
+If the writer process ends without being asked to (killed, out of memory), a new writer is
+started, the log catches the state up with what the old one stored, and then answers the appends
+it had left unanswered from the file (`_settle_orphans`): those it stored get the answer it would
+have given, the others fail with `LogUnavailable` saying they were not stored. If the new writer
+cannot be started or the file cannot be read, those appends fail saying they may or may not be
+stored (a retry with the same event id finds out), and the log turns unavailable: every later
+append fails instead of hanging.
 
 Damage is never served as data (docs/architecture.md, "A damaged log"). SQLite's corruption
 errors (a malformed page, a file that is not a database), rows missing inside a sequence range
@@ -797,14 +799,28 @@ class SQLiteLog:
         code = transport.get_returncode() if transport is not None else None
         said = f" (exit code {code})" if code is not None else ""
         logger.critical("the event log's writer process ended%s; starting another", said)
-        error = LogUnavailable(
+        # What was never sent is not stored; what was sent is looked up once the state has
+        # caught up (`_settle_orphans`).
+        orphans, self._in_flight = list(self._in_flight), collections.deque()
+        self._fail_all(
+            LogUnavailable(
+                f"event log unavailable: its writer process ended{said}; the events were not "
+                "stored (publish them again)"
+            )
+        )
+        unknown = LogUnavailable(
             f"event log unavailable: its writer process ended{said} before answering; the "
             "events may or may not be stored (publish them again with the same eventId to "
             "find out)"
         )
-        self._fail_all(error)
+        for item in orphans:
+            if item.job is not None:
+                _settle(item.job.future, None, unknown)
+        orphans = [item for item in orphans if item.job is None]
         assert self._loop is not None
-        self._restarting = self._loop.create_task(self._restart(transport, pipe))
+        self._restarting = self._loop.create_task(
+            self._restart(transport, pipe, orphans, self._applied_seq, unknown)
+        )
 
     def _fail_all(self, error: LogError) -> None:
         sent, self._in_flight = list(self._in_flight), collections.deque()
@@ -818,10 +834,19 @@ class SQLiteLog:
         for queued in pending:
             _settle(queued.future, None, error)
 
-    async def _restart(self, old: asyncio.SubprocessTransport | None, pipe: _Pipe) -> None:
-        """Start a new writer (it continues the sequences from the database) and hand
-        `on_records` what the old one stored but did not answer. Gives up, leaving the log
-        unavailable, after `_RESTARTS` tries, or when what was stored cannot be read."""
+    async def _restart(
+        self,
+        old: asyncio.SubprocessTransport | None,
+        pipe: _Pipe,
+        orphans: list[_Sent],
+        applied: int,
+        unknown: LogError,
+    ) -> None:
+        """Start a new writer (it continues the sequences from the database), hand
+        `on_records` what the old one stored but did not answer (everything above `applied`),
+        then answer the `orphans` it left unanswered from what is stored. Gives up, leaving
+        the log unavailable, after `_RESTARTS` tries, or when what was stored cannot be read;
+        the orphans then fail with `unknown`."""
         try:
             if old is not None:
                 await self._wait_exit(old, pipe)
@@ -841,6 +866,7 @@ class SQLiteLog:
             try:
                 async for records in self.read(self._applied_seq):
                     self._apply(records)
+                await self._settle_orphans(orphans, applied, unknown)
             except LogError as exc:
                 logger.error("reading what the event log's writer stored failed: %s", exc.message)
                 self._broken = LogUnavailable(
@@ -849,9 +875,68 @@ class SQLiteLog:
                 return
             logger.warning("the event log's writer was started again; writes resume")
         finally:
+            for item in orphans:
+                for append in item.appends:
+                    _settle(append.future, None, unknown)
             self._restarting = None
             if self._broken is not None:
                 self._fail_all(self._broken)
+
+    async def _settle_orphans(self, orphans: list[_Sent], applied: int, unknown: LogError) -> None:
+        """Answer the appends a dead writer left unanswered, message by message, from what the
+        file holds: a message was stored whole or not at all (it was one part of a
+        transaction). An entry found above `applied` (the newest sequence answered before the
+        writer died) was stored by that writer; one found at or below it was stored before,
+        so it is a duplicate. Stored messages get the answer the writer would have given, the
+        others fail with "not stored" (a retry stores them). `on_records` has seen the
+        records already (the catch-up)."""
+        ids = list({e.event_id for item in orphans for e in _sent_entries(item)})
+        found: dict[str, tuple[int, int]] = await self._read(lambda c: w.lookup(c, ids))
+        lost = LogUnavailable(
+            "event log unavailable: its writer process ended before storing these events; "
+            "they were not stored (publish them again)"
+        )
+        seen: set[str] = set()  # ids stored by the orphans answered so far, in their order
+        counts = collections.Counter[str]()
+        for item in orphans:
+            entries = _sent_entries(item)
+            outcome: list[Appended] = []
+            mine: set[str] = set()
+            for entry in entries:
+                stored = found.get(entry.event_id)
+                if stored is None:
+                    break
+                seq, at = stored
+                key = entry.event_id
+                outcome.append(Appended(seq, at, seq <= applied or key in seen or key in mine))
+                mine.add(key)
+            fresh = any(not done.duplicate for done in outcome)
+            if fresh:
+                seen |= mine
+            if len(outcome) < len(entries):
+                error = unknown if fresh else lost  # part of a transaction cannot be stored
+                for append in item.appends:
+                    append.results = error
+                counts["unknown" if fresh else "not stored"] += len(item.appends)
+            elif item.decision is None:
+                self._plain_results(item.appends, outcome)
+                counts["stored"] += len(item.appends)
+            elif fresh:
+                self._checked_results(item.decision, outcome)
+                counts["stored"] += len(item.appends)
+            else:  # nothing of it was stored (the writer may have refused it as repeated)
+                for append in item.appends:
+                    append.results = lost
+                counts["not stored"] += len(item.appends)
+            self._deliver(item.appends, [])
+        if counts:
+            logger.warning(
+                "appends the old writer left unanswered, answered from the log: %d stored, "
+                "%d not stored, %d unknown",
+                counts["stored"],
+                counts["not stored"],
+                counts["unknown"],
+            )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1099,6 +1184,13 @@ def _checked_history(entity_id: str, rows: list[tuple[Any, ...]]) -> list[bytes]
             raise Damaged(f"stored event {seq} does not decode") from None
         found.append(raw)
     return found
+
+
+def _sent_entries(sent: _Sent) -> list[Entry]:
+    """The entries a message asked the writer to store, in order."""
+    if sent.decision is not None:
+        return sent.decision.entries
+    return [entry for append in sent.appends for entry in append.entries]
 
 
 def _discard(pending: asyncio.Future[Any]) -> None:
