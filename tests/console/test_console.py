@@ -316,6 +316,39 @@ def test_a_group_closed_while_it_loads_stays_closed_and_the_last_click_wins(
     assert browser.problems() == []
 
 
+def test_an_open_group_keeps_the_pages_asked_for_when_the_page_comes_back_after_a_restart(
+    server_factory: type[FluxServer], tmp_path: Path, browser: Browser
+) -> None:
+    """Back after a disconnect, the page reads its levels again: an open group still shows the
+    pages "more" brought (it showed the first page only, and a "more" clicked as the page
+    came back was lost)."""
+    srv = server_factory(tmp_path / "data").start()
+    publish_batch(srv.url, [event(f"paged/item-{n:03d}", n=n) for n in range(450)])
+    browser.open(srv.url + "/")
+    toggle = "document.querySelector('li.group[data-prefix=\"paged/\"] > .toggle')"
+    browser.wait(f"{toggle} !== null", "the group paged/")
+    browser.js(f"{toggle}.click();")
+    browser.wait(row_present("paged/item-199"), "paged/'s first page")
+    browser.wait_click(
+        'li.group[data-prefix="paged/"] li.more button',
+        row_present("paged/item-399"),
+        "paged/'s second page",
+    )
+    shown = "return document.querySelectorAll('li.entity[data-id^=\"paged/\"]').length"
+    assert browser.js(shown) == 400
+    srv.stop()
+    browser.wait("!window.fluxConsole.connected", "the disconnect")
+    again = server_factory(tmp_path / "data", port=srv.port).start()
+    publish(again.url, "after/restart", ok=True)
+    after = "document.querySelector('li.group[data-prefix=\"after/\"]') !== null"
+    browser.wait(after, "the page back after the restart", 15.0)
+    browser.wait(row_present("paged/item-399"), "paged/'s two pages again")
+    time.sleep(0.5)  # every render asked has arrived
+    assert browser.js(shown) == 400
+    assert browser.js(f"return {toggle}.getAttribute('aria-expanded')") == "true"
+    again.stop()
+
+
 def test_a_connector_token_set_in_the_console_configures_it(
     server_factory: type[FluxServer], tmp_path: Path, browser: Browser
 ) -> None:

@@ -38,8 +38,8 @@ def event(entity_id: str, props: dict[str, Any], **fields: Any) -> dict[str, Any
     }
 
 
-async def increment(http: httpx.AsyncClient, entity_id: str, conflicts: list[int]) -> None:
-    """One read-modify-write, retried until its condition holds."""
+async def increment(http: httpx.AsyncClient, entity_id: str, conflicts: list[int]) -> int:
+    """One read-modify-write, retried until its condition holds; returns its sequence."""
     while True:
         current = (await http.get(f"/api/state/entities/{entity_id}")).json()
         value, version = current["properties"]["n"], current["version"]
@@ -47,7 +47,8 @@ async def increment(http: httpx.AsyncClient, entity_id: str, conflicts: list[int
             "/api/events", json=event(entity_id, {"n": value + 1}, expected_version=version)
         )
         if answer.status_code == 200:
-            return
+            sequence: int = answer.json()["sequence"]
+            return sequence
         assert answer.status_code == 409, answer.text
         body = answer.json()
         assert body["current_version"] != version  # the conflict names the newer version

@@ -14,6 +14,10 @@ const REFETCH_MS = 300; // a level changed by new or deleted entities is reloade
 let levels = new Map();
 const opened = new Set(); // groups the user opened
 const closed = new Set(); // groups the user closed
+// prefix -> how many items the user asked a level to show ("more"): a level drawn again (its
+// parent reloaded, the page back after a disconnect) keeps its pages, and a "more" still on its
+// way when that happens is not lost.
+const pages = new Map();
 const rows = new Map(); // entity id -> {row, props (Map name -> cell), entity}
 let filter = "";
 let dirty = new Set();
@@ -127,16 +131,21 @@ async function renderLevel(prefix, list, keep = PAGE) {
     else {
       const node = groupNode(item.key, item.count);
       items.push(node);
-      if (isOpen(item.key, item.count)) toOpen.push([item.key, node.querySelector("ul")]);
+      if (isOpen(item.key, item.count)) toOpen.push([item.key, node.querySelector("ul"), pages.get(item.key) ?? PAGE]);
     }
   }
   if (level.next) {
-    const more = h("li", { class: "more" }, h("button", { onclick: () => renderLevel(prefix, list, level.groups.size + level.entities.size + PAGE) }, `more (${level.total} in all)`));
+    const next = () => {
+      const keep = level.groups.size + level.entities.size + PAGE;
+      pages.set(prefix, keep);
+      renderLevel(prefix, list, keep);
+    };
+    const more = h("li", { class: "more" }, h("button", { onclick: next }, `more (${level.total} in all)`));
     items.push(more);
   }
   if (!sorted.length) items.push(h("li", { class: "empty" }, filter ? "nothing matches" : "no entities"));
   list.replaceChildren(...items);
-  await Promise.all(toOpen.map(([key, child]) => renderLevel(key, child)));
+  await Promise.all(toOpen.map(([key, child, keep]) => renderLevel(key, child, keep)));
 }
 
 function toggleGroup(key) {
@@ -150,6 +159,9 @@ function toggleGroup(key) {
     button.setAttribute("aria-expanded", "false");
     button.textContent = "▸";
     forget(key);
+    for (const prefix of [...pages.keys()]) {
+      if (prefix.startsWith(key)) pages.delete(prefix); // reopened, it shows its first page
+    }
     renders.delete(child); // a render still on its way is not shown
     child.replaceChildren();
   } else {
@@ -288,7 +300,7 @@ export function reload() {
   const list = root.querySelector("ul.level");
   levels = new Map();
   rows.clear();
-  renderLevel("", list);
+  renderLevel("", list, pages.get("") ?? PAGE);
 }
 
 let filterTimer = 0;
@@ -303,6 +315,7 @@ export function render(view) {
       clearTimeout(filterTimer);
       filterTimer = setTimeout(() => {
         filter = box.value.trim();
+        pages.clear(); // another listing: each level starts at its first page
         reload();
       }, 150);
     },
