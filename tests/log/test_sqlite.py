@@ -23,6 +23,7 @@ from flux.errors import LogCorrupt, LogError, LogUnavailable
 from flux.events import Event, entity_of
 from flux.log import Appended, Entry, EventLog, open_log
 from flux.log.sqlite import SQLiteLog, translate
+from flux.log.writer import lookup
 
 from .contract import TIMEOUT, LogContract, MakeLog, Opened, entries, entry, ids, make_event
 
@@ -458,7 +459,7 @@ async def test_a_killed_writer_is_replaced_and_its_unanswered_appends_get_their_
     padding = "x" * 1000  # a few milliseconds of writing per message
     for round_ in range(6):
         top = log.seen[-1].seq
-        sent: list[tuple[list[Entry], bool, asyncio.Future[list[Appended]]]] = []
+        sent: list[tuple[list[Entry], asyncio.Future[list[Appended]]]] = []
         for i in range(200):
             if i % 25 == 0:
                 await asyncio.sleep(0)  # a message per 25 appends, several in flight
@@ -466,16 +467,16 @@ async def test_a_killed_writer_is_replaced_and_its_unanswered_appends_get_their_
                 current = log.engine.get("ns/c")
                 version = current.version if current is not None else 0
                 batch = [entry(make_event("ns/c", n=i), Check(expected_version=version))]
-                sent.append((batch, True, log.log.submit(batch, checked=True)))
+                sent.append((batch, log.log.submit(batch, checked=True)))
                 continue
             events = (make_event(f"ns/{i}", r=round_, k=k, pad=padding) for k in range(1 + i % 3))
             batch = entries(*events)
             if i % 10 == 3:  # repeats a stored event
                 batch.append(entry(old_events[i % 10]))
-            sent.append((batch, False, log.log.submit(batch)))
+            sent.append((batch, log.log.submit(batch)))
         await asyncio.sleep(0.004 * round_)  # answered, stored, sent or not yet sent
         os.kill(old, signal.SIGKILL)
-        outcomes = await asyncio.gather(*(f for _, _, f in sent), return_exceptions=True)
+        outcomes = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
         with anyio.fail_after(TIMEOUT):
             while True:
                 try:
@@ -489,7 +490,7 @@ async def test_a_killed_writer_is_replaced_and_its_unanswered_appends_get_their_
         assert stored[10:] == log.seen, "on_records saw each new record once"
         at_seq = {r.event["eventId"]: r.seq for r in stored}
         told: set[str] = set()
-        for (batch, _, _), outcome in zip(sent, outcomes, strict=True):
+        for (batch, _), outcome in zip(sent, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 assert isinstance(outcome, LogUnavailable), outcome
                 assert "were not stored" in outcome.message, outcome.message
@@ -517,9 +518,7 @@ async def stored_ids(path: Path, event_ids: list[str]) -> set[str]:
     def query() -> set[str]:
         conn = sqlite3.connect(path)
         try:
-            marks = ",".join("?" * len(event_ids))
-            sql = f"SELECT event_id FROM events WHERE event_id IN ({marks})"
-            return {row[0] for row in conn.execute(sql, event_ids)}
+            return set(lookup(conn, event_ids))
         finally:
             conn.close()
 

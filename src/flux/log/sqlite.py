@@ -802,12 +802,11 @@ class SQLiteLog:
         # What was never sent is not stored; what was sent is looked up once the state has
         # caught up (`_settle_orphans`).
         orphans, self._in_flight = list(self._in_flight), collections.deque()
-        self._fail_all(
-            LogUnavailable(
-                f"event log unavailable: its writer process ended{said}; the events were not "
-                "stored (publish them again)"
-            )
+        lost = LogUnavailable(
+            f"event log unavailable: its writer process ended{said} before storing these "
+            "events; they were not stored (publish them again)"
         )
+        self._fail_all(lost)
         unknown = LogUnavailable(
             f"event log unavailable: its writer process ended{said} before answering; the "
             "events may or may not be stored (publish them again with the same eventId to "
@@ -819,7 +818,7 @@ class SQLiteLog:
         orphans = [item for item in orphans if item.job is None]
         assert self._loop is not None
         self._restarting = self._loop.create_task(
-            self._restart(transport, pipe, orphans, self._applied_seq, unknown)
+            self._restart(transport, pipe, orphans, self._applied_seq, lost, unknown)
         )
 
     def _fail_all(self, error: LogError) -> None:
@@ -840,13 +839,14 @@ class SQLiteLog:
         pipe: _Pipe,
         orphans: list[_Sent],
         applied: int,
+        lost: LogError,
         unknown: LogError,
     ) -> None:
         """Start a new writer (it continues the sequences from the database), hand
         `on_records` what the old one stored but did not answer (everything above `applied`),
-        then answer the `orphans` it left unanswered from what is stored. Gives up, leaving
-        the log unavailable, after `_RESTARTS` tries, or when what was stored cannot be read;
-        the orphans then fail with `unknown`."""
+        then answer the `orphans` it left unanswered from what is stored (`lost`: not stored).
+        Gives up, leaving the log unavailable, after `_RESTARTS` tries, or when what was
+        stored cannot be read; the orphans then fail with `unknown`."""
         try:
             if old is not None:
                 await self._wait_exit(old, pipe)
@@ -866,7 +866,7 @@ class SQLiteLog:
             try:
                 async for records in self.read(self._applied_seq):
                     self._apply(records)
-                await self._settle_orphans(orphans, applied, unknown)
+                await self._settle_orphans(orphans, applied, lost, unknown)
             except LogError as exc:
                 logger.error("reading what the event log's writer stored failed: %s", exc.message)
                 self._broken = LogUnavailable(
@@ -882,24 +882,22 @@ class SQLiteLog:
             if self._broken is not None:
                 self._fail_all(self._broken)
 
-    async def _settle_orphans(self, orphans: list[_Sent], applied: int, unknown: LogError) -> None:
+    async def _settle_orphans(
+        self, orphans: list[_Sent], applied: int, lost: LogError, unknown: LogError
+    ) -> None:
         """Answer the appends a dead writer left unanswered, message by message, from what the
         file holds: a message was stored whole or not at all (it was one part of a
         transaction). An entry found above `applied` (the newest sequence answered before the
         writer died) was stored by that writer; one found at or below it was stored before,
         so it is a duplicate. Stored messages get the answer the writer would have given, the
-        others fail with "not stored" (a retry stores them). `on_records` has seen the
-        records already (the catch-up)."""
-        ids = list({e.event_id for item in orphans for e in _sent_entries(item)})
+        others fail with `lost` (a retry stores them). `on_records` has seen the records
+        already (the catch-up)."""
+        messages = [(item, _sent_entries(item)) for item in orphans]
+        ids = list({e.event_id for _, entries in messages for e in entries})
         found: dict[str, tuple[int, int]] = await self._read(lambda c: w.lookup(c, ids))
-        lost = LogUnavailable(
-            "event log unavailable: its writer process ended before storing these events; "
-            "they were not stored (publish them again)"
-        )
         seen: set[str] = set()  # ids stored by the orphans answered so far, in their order
         counts = collections.Counter[str]()
-        for item in orphans:
-            entries = _sent_entries(item)
+        for item, entries in messages:
             outcome: list[Appended] = []
             mine: set[str] = set()
             for entry in entries:
